@@ -1,0 +1,80 @@
+# comodal — set-up, native build, tests. Every target is idempotent and fast when nothing changed.
+SHELL := /bin/bash
+DENO_VERSION := 2.9.6
+TOOLS := .tools
+DENO := $(TOOLS)/node_modules/.bin/deno
+BUILD := build
+CXX ?= g++
+CXXFLAGS := -std=c++17 -O3 -march=x86-64-v3 -fPIC -fopenmp -Wall -Wextra -Wno-unused-parameter
+CPU_SRCS := $(wildcard native/cpu/*.cpp)
+CPU_HDRS := native/include/comodal.h $(wildcard native/cpu/*.hpp)
+CPU_LIB := $(BUILD)/libcomodal_cpu.so
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_SRCS := $(wildcard native/cuda/*.cu native/cuda/*.cpp)
+CUDA_HDRS := $(wildcard native/cuda/*.cuh native/cuda/*.hpp)
+CUDA_LIB := $(BUILD)/libcomodal_cuda.so
+CUDNN_DIR := $(TOOLS)/cudnn
+NVCC_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	-gencode arch=compute_90,code=compute_90
+
+.PHONY: setup deps deno npm native cuda test bench check clean
+
+## setup: everything a fresh machine needs, then the native build
+setup: deps deno npm native
+
+# Debian packages: oneDNN (CPU kernels), nifti-bin (independent NIfTI reader for cross-checks).
+deps:
+	@missing=""; for p in libdnnl-dev nifti-bin; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "[setup] installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null) || \
+	  { echo "[setup] ERROR: could not install$$missing with apt-get; install them by hand (oneDNN is required for the CPU backend)"; exit 1; }; \
+	fi
+
+deno: $(DENO)
+$(DENO):
+	@echo "[setup] installing Deno $(DENO_VERSION) from npm into $(TOOLS)"
+	@mkdir -p $(TOOLS) && npm install --silent --no-audit --no-fund --prefix $(TOOLS) deno@$(DENO_VERSION) >/dev/null
+	@$(DENO) --version | head -1
+
+npm: $(DENO)
+	@$(DENO) install --frozen >/dev/null 2>&1 || $(DENO) install --frozen
+
+native: $(CPU_LIB) cuda
+
+$(CPU_LIB): $(CPU_SRCS) $(CPU_HDRS)
+	@mkdir -p $(BUILD)
+	@echo "[build] $@"
+	@$(CXX) $(CXXFLAGS) -shared -o $@ $(CPU_SRCS) -ldnnl
+
+# CUDA backend: built wherever nvcc exists (no GPU needed); cuDNN headers and stub from the wheel.
+cuda:
+ifeq ($(NVCC),)
+	@echo "[build] nvcc not found: skipping the CUDA backend"
+else
+	@if [ -n "$(CUDA_SRCS)" ]; then $(MAKE) --no-print-directory $(CUDA_LIB); fi
+endif
+
+$(CUDNN_DIR)/include/cudnn.h:
+	@bash native/cuda/fetch_cudnn.sh $(CUDNN_DIR)
+
+$(CUDA_LIB): $(CUDA_SRCS) $(CUDA_HDRS) native/include/comodal.h $(CUDNN_DIR)/include/cudnn.h
+	@mkdir -p $(BUILD)
+	@echo "[build] $@"
+	@$(NVCC) -O3 -std=c++17 -shared -Xcompiler -fPIC -cudart static $(NVCC_GENCODE) \
+	  -I$(CUDNN_DIR)/include -o $@ $(CUDA_SRCS) -L$(CUDNN_DIR)/lib -l:libcudnn.so.9 \
+	  -Xlinker -rpath -Xlinker '$$ORIGIN/../$(CUDNN_DIR)/lib'
+
+## test: the whole suite; ends with "N passed, N failed"
+test: setup
+	@bash tests/run.sh
+
+bench: setup
+	@$(DENO) task bench
+
+check: $(DENO)
+	@$(DENO) task check
+
+clean:
+	rm -rf $(BUILD)
