@@ -1,0 +1,333 @@
+/**
+ * Segmentation metrics per class: Dice, HD95 and ASSD in millimetres, with defined values for empty
+ * masks, and summaries over cases.
+ *
+ * Definitions (all distances between voxel centres, with the voxel spacing, in mm):
+ * - Surfaces: foreground voxels with a background 6-neighbour (see surface.ts). d(a, B) is the
+ *   distance from surface voxel a to the nearest surface voxel of B.
+ * - Dice = 2|P ∩ R| / (|P| + |R|).
+ * - HD95, mode "max" (default, as MONAI's `compute_hausdorff_distance(percentile=95)`): the larger of
+ *   the two directed 95th percentiles, max(P95{d(p, R)}, P95{d(r, P)}). Mode "pooled" (as medpy's
+ *   `hd95`): the 95th percentile of the union of both directed sets. Percentiles interpolate
+ *   linearly between order statistics (NumPy's default): rank = q/100 * (n - 1).
+ * - ASSD = mean of the union of both directed sets: (Σ d(p, R) + Σ d(r, P)) / (|∂P| + |∂R|).
+ * - Empty masks: both empty -> Dice 1, HD95 0, ASSD 0. Exactly one empty -> Dice 0, HD95 and ASSD
+ *   Infinity (not finite; summaries count them apart instead of averaging them).
+ *
+ * Layout: label volumes are row-major with `dims = [n0, n1, n2]`, last axis fastest, and `spacing`
+ * in the same axis order (for a NIfTI image with x fastest, pass dims [z, y, x] and spacing
+ * [sz, sy, sx]).
+ *
+ * @module
+ */
+import type { Dims3, Spacing3 } from "./edt.ts";
+import { surfaceDistances } from "./surface.ts";
+
+export type { Dims3, Spacing3 } from "./edt.ts";
+
+/** How HD95 combines the two directed distance sets. */
+export type HdMode = "max" | "pooled";
+
+/**
+ * A class to evaluate: a single label value, or a named region made of several label values
+ * (e.g. a tumour region that is the union of labels 1, 2 and 3).
+ */
+export type ClassSpec = number | { name: string; labels: readonly number[] };
+
+/** The values of one class in one case. */
+export interface ClassMetrics {
+  dice: number;
+  /** mm; Infinity when exactly one of the masks is empty. */
+  hd95: number;
+  /** mm; Infinity when exactly one of the masks is empty. */
+  assd: number;
+  predVoxels: number;
+  refVoxels: number;
+}
+
+/** All classes of one case, keyed by class name (the label value as a string for plain labels). */
+export interface CaseMetrics {
+  id?: string;
+  classes: Record<string, ClassMetrics>;
+}
+
+/** Options shared by the distance metrics. */
+export interface DistanceOptions {
+  dims: Dims3;
+  spacing: Spacing3;
+  /** Label value that makes the mask (default 1, so 0/1 masks work as they are). */
+  label?: number;
+  /** Percentile for the Hausdorff distance (default 95). */
+  percentile?: number;
+  /** How the two directed sets combine for HD (default "max"). */
+  mode?: HdMode;
+}
+
+/**
+ * The q-th percentile (0..100) of values, interpolating linearly between order statistics
+ * (NumPy's default). Sorts a copy. Returns NaN for an empty list.
+ */
+export function percentile(values: ArrayLike<number>, q: number): number {
+  const n = values.length;
+  if (n === 0) return NaN;
+  if (!(q >= 0 && q <= 100)) throw new Error(`Cannot compute percentile ${q}: expected 0..100`);
+  const sorted = Float64Array.from(values).sort();
+  const rank = (q / 100) * (n - 1);
+  const lo = Math.floor(rank);
+  const hi = Math.min(lo + 1, n - 1);
+  const t = rank - lo;
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * t;
+}
+
+function mean(values: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < values.length; i++) s += values[i];
+  return s / values.length;
+}
+
+function labelMask(labels: ArrayLike<number>, spec: ClassSpec): Uint8Array {
+  const out = new Uint8Array(labels.length);
+  if (typeof spec === "number") {
+    for (let i = 0; i < labels.length; i++) out[i] = labels[i] === spec ? 1 : 0;
+  } else {
+    const set = new Set(spec.labels);
+    for (let i = 0; i < labels.length; i++) out[i] = set.has(labels[i]) ? 1 : 0;
+  }
+  return out;
+}
+
+function count(mask: Uint8Array): number {
+  let c = 0;
+  for (let i = 0; i < mask.length; i++) c += mask[i];
+  return c;
+}
+
+function toMask(a: ArrayLike<number>, label: number): Uint8Array {
+  return labelMask(a, label);
+}
+
+/**
+ * Dice per label. Label volumes (any integer array) are compared label by label; both empty gives
+ * 1. Returns one value per entry of `labels`, in order.
+ */
+export function dice(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  opts: { labels: readonly ClassSpec[] },
+): number[] {
+  if (pred.length !== ref.length) {
+    throw new Error(
+      `Cannot compute Dice: prediction has ${pred.length} voxels, reference ${ref.length}`,
+    );
+  }
+  return opts.labels.map((spec) => diceOfMasks(labelMask(pred, spec), labelMask(ref, spec)));
+}
+
+function diceOfMasks(p: Uint8Array, r: Uint8Array): number {
+  let inter = 0, sp = 0, sr = 0;
+  for (let i = 0; i < p.length; i++) {
+    sp += p[i];
+    sr += r[i];
+    inter += p[i] & r[i];
+  }
+  return sp + sr === 0 ? 1 : (2 * inter) / (sp + sr);
+}
+
+function hdFrom(
+  predToRef: Float64Array,
+  refToPred: Float64Array,
+  q: number,
+  mode: HdMode,
+): number {
+  if (predToRef.length === 0 && refToPred.length === 0) return 0;
+  if (predToRef.length === 0 || refToPred.length === 0) return Infinity;
+  if (mode === "pooled") {
+    const all = new Float64Array(predToRef.length + refToPred.length);
+    all.set(predToRef);
+    all.set(refToPred, predToRef.length);
+    return percentile(all, q);
+  }
+  return Math.max(percentile(predToRef, q), percentile(refToPred, q));
+}
+
+function assdFrom(predToRef: Float64Array, refToPred: Float64Array): number {
+  if (predToRef.length === 0 && refToPred.length === 0) return 0;
+  if (predToRef.length === 0 || refToPred.length === 0) return Infinity;
+  let s = 0;
+  for (const v of predToRef) s += v;
+  for (const v of refToPred) s += v;
+  return s / (predToRef.length + refToPred.length);
+}
+
+/**
+ * Hausdorff distance at a percentile (HD95 by default) in mm between the masks of one label.
+ * Inputs are label volumes (or 0/1 masks) masked at `label`.
+ */
+export function hd95(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  opts: DistanceOptions,
+): number {
+  const label = opts.label ?? 1;
+  const d = surfaceDistances(toMask(pred, label), toMask(ref, label), opts);
+  return hdFrom(d.predToRef, d.refToPred, opts.percentile ?? 95, opts.mode ?? "max");
+}
+
+/** Average symmetric surface distance in mm between the masks of one label (see hd95 for inputs). */
+export function assd(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  opts: DistanceOptions,
+): number {
+  const label = opts.label ?? 1;
+  const d = surfaceDistances(toMask(pred, label), toMask(ref, label), opts);
+  return assdFrom(d.predToRef, d.refToPred);
+}
+
+/** Name under which a class appears in results. */
+export function className(spec: ClassSpec): string {
+  return typeof spec === "number" ? String(spec) : spec.name;
+}
+
+/** Options of evaluateCase. */
+export interface EvaluateCaseOptions {
+  dims: Dims3;
+  spacing: Spacing3;
+  /** Classes to evaluate (background is normally left out). */
+  classes: readonly ClassSpec[];
+  /** Names for plain label classes, e.g. { 1: "LV" }; named regions keep their own name. */
+  names?: Readonly<Record<number, string>>;
+  id?: string;
+  percentile?: number;
+  mode?: HdMode;
+}
+
+/** Dice, HD95 and ASSD for every class of one case (one surface pass per class). */
+export function evaluateCase(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  opts: EvaluateCaseOptions,
+): CaseMetrics {
+  const { dims, spacing } = opts;
+  const total = dims[0] * dims[1] * dims[2];
+  if (pred.length !== total || ref.length !== total) {
+    throw new Error(
+      `Cannot evaluate case${
+        opts.id ? ` ${opts.id}` : ""
+      }: prediction has ${pred.length} voxels and reference ` +
+        `${ref.length}, dims ${dims.join("x")} need ${total}`,
+    );
+  }
+  const q = opts.percentile ?? 95;
+  const mode = opts.mode ?? "max";
+  const classes: Record<string, ClassMetrics> = {};
+  for (const spec of opts.classes) {
+    const p = labelMask(pred, spec);
+    const r = labelMask(ref, spec);
+    const d = surfaceDistances(p, r, { dims, spacing });
+    const name = typeof spec === "number" ? (opts.names?.[spec] ?? String(spec)) : spec.name;
+    if (name in classes) {
+      throw new Error(`Cannot evaluate case: class name "${name}" appears twice`);
+    }
+    classes[name] = {
+      dice: diceOfMasks(p, r),
+      hd95: hdFrom(d.predToRef, d.refToPred, q, mode),
+      assd: assdFrom(d.predToRef, d.refToPred),
+      predVoxels: count(p),
+      refVoxels: count(r),
+    };
+  }
+  return opts.id === undefined ? { classes } : { id: opts.id, classes };
+}
+
+/** Statistics of one metric of one class over cases. */
+export interface MetricStat {
+  /** Mean of the finite values (NaN when there are none). */
+  mean: number;
+  /** Population standard deviation of the finite values (NaN when there are none). */
+  std: number;
+  median: number;
+  /** Number of finite values. */
+  n: number;
+  /** Number of values that were not finite (one mask empty), left out of mean/std/median. */
+  nonFinite: number;
+}
+
+/** Per-class and overall summary over cases. */
+export interface MetricsSummary {
+  cases: number;
+  perClass: Record<string, { dice: MetricStat; hd95: MetricStat; assd: MetricStat }>;
+  /** Mean over classes of the per-class means (classes whose mean is NaN are left out). */
+  mean: { dice: number; hd95: number; assd: number };
+  /** Non-finite values over all classes and cases. */
+  nonFinite: { hd95: number; assd: number };
+}
+
+function stat(values: number[]): MetricStat {
+  const finite = values.filter((v) => Number.isFinite(v));
+  const n = finite.length;
+  if (n === 0) return { mean: NaN, std: NaN, median: NaN, n: 0, nonFinite: values.length };
+  const m = mean(finite);
+  let v = 0;
+  for (const x of finite) v += (x - m) * (x - m);
+  return {
+    mean: m,
+    std: Math.sqrt(v / n),
+    median: percentile(finite, 50),
+    n,
+    nonFinite: values.length - n,
+  };
+}
+
+/**
+ * Summarises cases: for each class, mean/std/median of the finite values and the count of
+ * non-finite ones; then the mean over classes. Classes are taken in order of first appearance.
+ */
+export function summarise(cases: readonly CaseMetrics[]): MetricsSummary {
+  const names: string[] = [];
+  for (const c of cases) {
+    for (const k of Object.keys(c.classes)) if (!names.includes(k)) names.push(k);
+  }
+  const perClass: MetricsSummary["perClass"] = {};
+  const nonFinite = { hd95: 0, assd: 0 };
+  for (const name of names) {
+    const rows = cases.map((c) => c.classes[name]).filter((r): r is ClassMetrics =>
+      r !== undefined
+    );
+    const s = {
+      dice: stat(rows.map((r) => r.dice)),
+      hd95: stat(rows.map((r) => r.hd95)),
+      assd: stat(rows.map((r) => r.assd)),
+    };
+    nonFinite.hd95 += s.hd95.nonFinite;
+    nonFinite.assd += s.assd.nonFinite;
+    perClass[name] = s;
+  }
+  const over = (key: "dice" | "hd95" | "assd") => {
+    const ms = names.map((n) => perClass[n][key].mean).filter((v) => !Number.isNaN(v));
+    return ms.length === 0 ? NaN : mean(ms);
+  };
+  return {
+    cases: cases.length,
+    perClass,
+    mean: { dice: over("dice"), hd95: over("hd95"), assd: over("assd") },
+    nonFinite,
+  };
+}
+
+/**
+ * JSON text for metrics with non-finite numbers kept readable: Infinity becomes the string
+ * "Infinity" and NaN becomes null (plain JSON.stringify would turn both into null).
+ */
+export function metricsToJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (
+      _k,
+      v,
+    ) => (typeof v === "number" && !Number.isFinite(v)
+      ? (Number.isNaN(v) ? null : (v > 0 ? "Infinity" : "-Infinity"))
+      : v),
+    2,
+  );
+}
