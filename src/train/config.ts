@@ -1,0 +1,155 @@
+/**
+ * Training configuration: one zod schema with every default of METHOD.md, the choices marked (ours)
+ * as options. Configs come from code, a YAML/JSON file, and `--set key=value` overrides; unknown
+ * keys are errors that name the key path.
+ */
+import { readFileSync } from "node:fs";
+import YAML from "yaml";
+import { z } from "zod";
+
+const triple = z.tuple([z.number().int().positive(), z.number().int().positive(), z.number().int().positive()]);
+const tripleF = z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]);
+
+export const METHODS = ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"] as const;
+export type Method = typeof METHODS[number];
+
+export const TrainConfigSchema = z.strictObject({
+  /** Task name (cardiac, abdomen, orbit) or a manifest path. */
+  task: z.string().min(1),
+  /** Folder with the task's data in its native layout; default: the built-in synthetic data. */
+  data: z.string().optional(),
+  /** Output run folder. */
+  out: z.string().default("runs/default"),
+  method: z.enum(METHODS).default("cmc"),
+  /** Modalities to use (names from the manifest); default: the first two of the task. */
+  modalities: z.array(z.string()).optional(),
+  /** For `supervised`: the one modality it trains on (default: the first). */
+  supervisedModality: z.string().optional(),
+  /** Labeled training cases: a count (>= 1) or a ratio in (0, 1]. Default: every labeled case. */
+  labeled: z.number().positive().optional(),
+  seed: z.number().int().nonnegative().default(0),
+  iterations: z.number().int().positive().default(600),
+  batchLabeled: z.number().int().positive().default(1),
+  batchUnlabeled: z.number().int().nonnegative().default(1),
+  /** Patch size (D, H, W) in voxels at the target spacing. */
+  patchSize: triple.default([8, 80, 80]),
+  /** Target spacing (D, H, W) in mm; default: the median spacing of the training set. */
+  targetSpacing: tripleF.optional(),
+  network: z.strictObject({
+    baseWidth: z.number().int().positive().default(16),
+    maxWidth: z.number().int().positive().default(256),
+    maxLevels: z.number().int().min(2).max(7).default(5),
+    mia: z.boolean().default(true),
+    fusion: z.enum(["add", "concat", "none"]).default("add"),
+    sharedDecoder: z.boolean().default(false),
+    deepSupervision: z.number().int().nonnegative().default(0),
+    norm: z.enum(["instance", "group"]).default("instance"),
+  }).default({
+    baseWidth: 16, maxWidth: 256, maxLevels: 5, mia: true, fusion: "add", sharedDecoder: false,
+    deepSupervision: 0, norm: "instance",
+  }),
+  optimizer: z.strictObject({
+    kind: z.enum(["adamw", "sgd"]).default("adamw"),
+    lr: z.number().positive().default(3e-4),
+    weightDecay: z.number().nonnegative().default(1e-5),
+    momentum: z.number().min(0).max(1).default(0.99),
+    schedule: z.enum(["cosine", "poly", "constant"]).default("cosine"),
+    warmup: z.number().int().nonnegative().default(50),
+  }).default({ kind: "adamw", lr: 3e-4, weightDecay: 1e-5, momentum: 0.99, schedule: "cosine", warmup: 50 }),
+  loss: z.strictObject({
+    lambdaCsc: z.number().nonnegative().default(0.1),
+    lambdaCac: z.number().nonnegative().default(0.1),
+    /** Ramp length as a fraction of the iterations. */
+    rampFraction: z.number().min(0).max(1).default(0.4),
+    cscGrid: z.number().int().positive().default(4),
+    cscTau: z.number().positive().default(0.5),
+    cacTau: z.number().positive().default(0.1),
+    cacMinMass: z.number().nonnegative().default(1),
+    /** Add 1 - softDice(p^a, p^b) for aligned pairs. */
+    voxelwise: z.boolean().default(false),
+    /** Mutual learning: confidence threshold for pseudo-labels. */
+    pseudoThreshold: z.number().min(0).max(1).default(0.7),
+  }).default({
+    lambdaCsc: 0.1, lambdaCac: 0.1, rampFraction: 0.4, cscGrid: 4, cscTau: 0.5, cacTau: 0.1,
+    cacMinMass: 1, voxelwise: false, pseudoThreshold: 0.7,
+  }),
+  /** EMA teacher for L_cac targets (the mean-teacher method always uses one). */
+  meanTeacher: z.boolean().default(false),
+  emaDecay: z.number().min(0).max(1).default(0.99),
+  augment: z.strictObject({
+    enabled: z.boolean().default(true),
+    misalignMm: z.number().nonnegative().default(0),
+    misalignDeg: z.number().nonnegative().default(0),
+  }).default({ enabled: true, misalignMm: 0, misalignDeg: 0 }),
+  validation: z.strictObject({
+    every: z.number().int().nonnegative().default(200),
+    overlap: z.number().min(0).max(0.95).default(0.5),
+    mirror: z.boolean().default(false),
+    /** Most validation cases evaluated during training (all at the end). */
+    maxCases: z.number().int().positive().default(4),
+  }).default({ every: 200, overlap: 0.5, mirror: false, maxCases: 4 }),
+  checkpointEvery: z.number().int().nonnegative().default(100),
+  deterministic: z.boolean().default(false),
+  threads: z.number().int().nonnegative().default(0),
+  device: z.enum(["cpu", "cuda"]).default("cpu"),
+  /** Synthetic data: number of cases generated when the built-in data is used. */
+  syntheticCases: z.number().int().positive().default(20),
+  /** Write PNG overlays of a few slices per validation case. */
+  images: z.boolean().default(true),
+});
+
+export type TrainConfig = z.output<typeof TrainConfigSchema>;
+export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
+
+/** Formats zod issues as "key.path: message" lines. */
+export function formatIssues(issues: z.core.$ZodIssue[]): string {
+  return issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`).join("; ");
+}
+
+/** Validates a config object; `source` names where it came from in the error. */
+export function parseTrainConfig(input: unknown, source = "training config"): TrainConfig {
+  const r = TrainConfigSchema.safeParse(input);
+  if (!r.success) throw new Error(`Invalid ${source}: ${formatIssues(r.error.issues)}`);
+  return r.data;
+}
+
+/** Reads a YAML or JSON config file (keys as in TrainConfig, partial). */
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new Error(`Cannot read config ${path}: ${(e as Error).message}`);
+  }
+  try {
+    const v = YAML.parse(text);
+    if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("expected a mapping at the top level");
+    return v as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`Cannot parse config ${path}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Applies "a.b.c=value" overrides (value parsed as YAML: numbers, booleans, lists) to a plain object.
+ * Unknown keys are caught later by the strict schema, with their full path.
+ */
+export function applyOverrides(base: Record<string, unknown>, sets: string[]): Record<string, unknown> {
+  const out = structuredClone(base);
+  for (const s of sets) {
+    const eq = s.indexOf("=");
+    if (eq <= 0) throw new Error(`Cannot apply override '${s}': expected key=value`);
+    const path = s.slice(0, eq).split(".");
+    const value = YAML.parse(s.slice(eq + 1));
+    let node = out as Record<string, unknown>;
+    for (const k of path.slice(0, -1)) {
+      if (node[k] === undefined) node[k] = {};
+      if (typeof node[k] !== "object" || node[k] === null) {
+        throw new Error(`Cannot apply override '${s}': '${k}' is not a section`);
+      }
+      node = node[k] as Record<string, unknown>;
+    }
+    node[path[path.length - 1]] = value;
+  }
+  return out;
+}

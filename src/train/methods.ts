@@ -1,0 +1,324 @@
+/**
+ * The methods `train --method` compares (METHOD.md section 7), each as a model plus a loss function
+ * over one batch and a predictor for inference. All share the trainer, data and evaluation.
+ *
+ * - cmc: the cross-modality collaboration network with L_sup + w(t) (lambda_csc L_csc + lambda_cac L_cac)
+ * - supervised: a U-Net on one modality, labeled cases only
+ * - early-fusion: a U-Net with the modalities as input channels (labels of the first modality)
+ * - mean-teacher: a U-Net on one modality with an EMA teacher and a softmax-MSE consistency term
+ * - mutual: one U-Net branch per modality; on unlabeled cases each branch learns from the other's
+ *   confident pseudo-labels (assumes the modalities are roughly aligned, as that baseline does)
+ */
+import {
+  argmax,
+  softmaxCrossEntropy,
+  concat,
+  max,
+  mean,
+  mul,
+  noGrad,
+  slice,
+  softmax,
+  sub,
+  type Tensor,
+  tensor,
+  add,
+  mulScalar,
+} from "../engine.ts";
+import { cacLoss, cacPairLoss, rampUp } from "../losses/cac.ts";
+import { cscLoss } from "../losses/csc.ts";
+import { supervisedLoss } from "../losses/supervised.ts";
+import { CmcNet } from "../nn/cmc.ts";
+import type { Module, RandomSource } from "../nn/module.ts";
+import type { UNetPlan } from "../nn/plan.ts";
+import { UNet } from "../nn/unet.ts";
+import type { TrainConfig } from "./config.ts";
+
+/** One training batch on the engine: per modality [B,1,D,H,W] images and [B,1,D,H,W] i32 labels. */
+export interface TrainBatch {
+  labeled: { images: Tensor[]; labels: Tensor[] };
+  /** Unlabeled cases: images only (there is no label field to read). */
+  unlabeled: { images: Tensor[] } | null;
+}
+
+export interface LossResult {
+  loss: Tensor;
+  /** Scalar terms for logging (host numbers). */
+  terms: Record<string, number>;
+}
+
+export interface MethodModel {
+  readonly method: TrainConfig["method"];
+  /** Trained parameters. */
+  readonly student: Module;
+  /** EMA copy, when the method keeps one. */
+  readonly teacher: Module | null;
+  /** Modalities (indices into the task's modality list) the model reads, in input order. */
+  readonly inputs: number[];
+  /** Modalities (indices) the model predicts, one logits tensor each from predict(). */
+  readonly outputs: number[];
+  loss(batch: TrainBatch, iteration: number, totalIterations: number): LossResult;
+  /** Logits per output modality for images of every input modality, [B,1,D,H,W] each. */
+  predict(images: Tensor[]): Tensor[];
+  dispose(): void;
+}
+
+export interface BuildOptions {
+  config: TrainConfig;
+  plan: UNetPlan;
+  numClasses: number;
+  modalities: number;
+  /** Index of the modality the single-modality methods use. */
+  primary: number;
+  rng: () => RandomSource;
+}
+
+function num(t: Tensor): number {
+  return noGrad(() => t.item());
+}
+
+function pick(ts: Tensor[], idx: number[]): Tensor[] {
+  return idx.map((i) => ts[i]);
+}
+
+/** Softmax-MSE consistency between student and teacher logits. */
+function softmaxMse(student: Tensor, teacher: Tensor): Tensor {
+  const d = sub(softmax(student, 1), softmax(teacher, 1));
+  return mean(mul(d, d), "all");
+}
+
+class CmcMethod implements MethodModel {
+  readonly method = "cmc" as const;
+  readonly student: CmcNet;
+  readonly teacher: CmcNet | null;
+  readonly inputs: number[];
+  readonly outputs: number[];
+
+  constructor(readonly o: BuildOptions) {
+    const c = o.config;
+    const make = (rng: RandomSource) =>
+      new CmcNet({
+        modalities: o.modalities,
+        numClasses: o.numClasses,
+        plan: o.plan,
+        mia: c.network.mia,
+        fusion: c.network.fusion,
+        sharedDecoder: c.network.sharedDecoder,
+        deepSupervision: c.network.deepSupervision,
+        norm: c.network.norm,
+        rng,
+      });
+    this.student = make(o.rng());
+    this.teacher = c.meanTeacher ? make(o.rng()) : null;
+    this.inputs = [...Array(o.modalities).keys()];
+    this.outputs = this.inputs;
+  }
+
+  loss(batch: TrainBatch, it: number, total: number): LossResult {
+    const c = this.o.config;
+    const bl = batch.labeled.images[0].shape[0];
+    const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
+    const xs = unl ? batch.labeled.images.map((x, m) => concat([x, unl.images[m]], 0)) : batch.labeled.images;
+    const outs = this.student.forward(xs);
+    const terms: Record<string, number> = {};
+    let sup: Tensor | null = null;
+    outs.forEach((o, m) => {
+      const logits = unl ? slice(o.logits, 0, 0, bl) : o.logits;
+      const s = supervisedLoss(logits, batch.labeled.labels[m]);
+      terms[`ce_${m}`] = num(s.ce);
+      terms[`dice_${m}`] = num(s.dice);
+      sup = sup ? add(sup, s.loss) : s.loss;
+    });
+    let loss = mulScalar(sup!, 1 / outs.length);
+    terms.sup = num(loss);
+    const w = rampUp(it, c.loss.rampFraction * total);
+    terms.w = w;
+    if (c.loss.lambdaCsc > 0) {
+      const lcsc = cscLoss(outs.map((o) => o.deep), { grid: c.loss.cscGrid, tau: c.loss.cscTau });
+      terms.csc = num(lcsc);
+      loss = add(loss, mulScalar(lcsc, w * c.loss.lambdaCsc));
+    }
+    if (unl && c.loss.lambdaCac > 0) {
+      const bu = unl.images[0].shape[0];
+      const branches = outs.map((o) => ({
+        probs: softmax(slice(o.logits, 0, bl, bu), 1),
+        features: slice(o.features, 0, bl, bu),
+      }));
+      const opts = { tau: c.loss.cacTau, minMass: c.loss.cacMinMass, voxelwise: c.loss.voxelwise };
+      let lcac: Tensor;
+      if (this.teacher) {
+        const t = noGrad(() =>
+          this.teacher!.forward(unl.images).map((o) => ({ probs: softmax(o.logits, 1), features: o.features }))
+        );
+        let acc: Tensor | null = null;
+        let pairs = 0;
+        for (let a = 0; a < branches.length; a++) {
+          for (let b = 0; b < branches.length; b++) {
+            if (a === b) continue;
+            const l = cacPairLoss(branches[a], t[b], opts);
+            acc = acc ? add(acc, l) : l;
+            pairs++;
+          }
+        }
+        lcac = mulScalar(acc!, 1 / pairs);
+      } else {
+        lcac = cacLoss(branches, opts);
+      }
+      terms.cac = num(lcac);
+      loss = add(loss, mulScalar(lcac, w * c.loss.lambdaCac));
+    }
+    terms.loss = num(loss);
+    return { loss, terms };
+  }
+
+  predict(images: Tensor[]): Tensor[] {
+    return this.student.forward(images).map((o) => o.logits);
+  }
+
+  dispose(): void {
+    this.student.dispose();
+    this.teacher?.dispose();
+  }
+}
+
+class UNetMethod implements MethodModel {
+  readonly student: UNet;
+  readonly teacher: UNet | null;
+  readonly inputs: number[];
+  readonly outputs: number[];
+
+  constructor(readonly method: "supervised" | "early-fusion" | "mean-teacher", readonly o: BuildOptions) {
+    const c = o.config;
+    this.inputs = method === "early-fusion" ? [...Array(o.modalities).keys()] : [o.primary];
+    this.outputs = [method === "early-fusion" ? 0 : o.primary];
+    const make = (rng: RandomSource) =>
+      new UNet(this.inputs.length, o.numClasses, o.plan, { norm: c.network.norm, rng, deepSupervision: 0 });
+    this.student = make(o.rng());
+    this.teacher = method === "mean-teacher" ? make(o.rng()) : null;
+  }
+
+  #input(images: Tensor[]): Tensor {
+    const xs = pick(images, this.inputs);
+    return xs.length === 1 ? xs[0] : concat(xs, 1);
+  }
+
+  loss(batch: TrainBatch, it: number, total: number): LossResult {
+    const out = this.student.forward(this.#input(batch.labeled.images));
+    const s = supervisedLoss(out.logits, batch.labeled.labels[this.outputs[0]]);
+    const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
+    let loss = s.loss;
+    const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
+    if (this.teacher && unl) {
+      const x = this.#input(unl.images);
+      const w = rampUp(it, this.o.config.loss.rampFraction * total);
+      const studentLogits = this.student.forward(x).logits;
+      const teacherLogits = noGrad(() => this.teacher!.forward(x).logits);
+      const cons = softmaxMse(studentLogits, teacherLogits);
+      terms.consistency = num(cons);
+      terms.w = w;
+      loss = add(loss, mulScalar(cons, w * 10 * this.o.config.loss.lambdaCac));
+    }
+    terms.loss = num(loss);
+    return { loss, terms };
+  }
+
+  predict(images: Tensor[]): Tensor[] {
+    return [this.student.forward(this.#input(images)).logits];
+  }
+
+  dispose(): void {
+    this.student.dispose();
+    this.teacher?.dispose();
+  }
+}
+
+class MutualMethod implements MethodModel {
+  readonly method = "mutual" as const;
+  readonly student: CmcNet;
+  readonly teacher = null;
+  readonly inputs: number[];
+  readonly outputs: number[];
+
+  constructor(readonly o: BuildOptions) {
+    this.student = new CmcNet({
+      modalities: o.modalities,
+      numClasses: o.numClasses,
+      plan: o.plan,
+      mia: false,
+      fusion: "none",
+      norm: o.config.network.norm,
+      rng: o.rng(),
+    });
+    this.inputs = [...Array(o.modalities).keys()];
+    this.outputs = this.inputs;
+  }
+
+  loss(batch: TrainBatch, it: number, total: number): LossResult {
+    const c = this.o.config;
+    const terms: Record<string, number> = {};
+    const outs = this.student.forward(batch.labeled.images);
+    let loss: Tensor | null = null;
+    outs.forEach((o, m) => {
+      const s = supervisedLoss(o.logits, batch.labeled.labels[m]);
+      terms[`dice_${m}`] = num(s.dice);
+      loss = loss ? add(loss, s.loss) : s.loss;
+    });
+    loss = mulScalar(loss!, 1 / outs.length);
+    terms.sup = num(loss);
+    const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
+    if (unl) {
+      const w = rampUp(it, c.loss.rampFraction * total);
+      const uo = this.student.forward(unl.images);
+      const pseudo = noGrad(() => uo.map((o) => pseudoLabels(o.logits, c.loss.pseudoThreshold)));
+      let mut: Tensor | null = null;
+      const M = uo.length;
+      for (let m = 0; m < M; m++) {
+        const other = pseudo[(m + 1) % M];
+        const { loss: ce } = supervisedLossCeOnly(uo[m].logits, other);
+        mut = mut ? add(mut, ce) : ce;
+      }
+      const lm = mulScalar(mut!, 1 / M);
+      terms.mutual = num(lm);
+      terms.w = w;
+      loss = add(loss, mulScalar(lm, w * 10 * c.loss.lambdaCac));
+    }
+    terms.loss = num(loss);
+    return { loss, terms };
+  }
+
+  predict(images: Tensor[]): Tensor[] {
+    return this.student.forward(images).map((o) => o.logits);
+  }
+
+  dispose(): void {
+    this.student.dispose();
+  }
+}
+
+/** argmax labels with positions below the confidence threshold set to the ignore index (-100). */
+function pseudoLabels(logits: Tensor, threshold: number): Tensor {
+  const probs = softmax(logits, 1);
+  const conf = max(probs, [1], { keepDims: true }).toArray() as Float32Array;
+  const lab = argmax(probs, 1).toArray() as Int32Array;
+  const out = new Int32Array(lab.length);
+  for (let i = 0; i < lab.length; i++) out[i] = conf[i] >= threshold ? lab[i] : -100;
+  return tensor(out, [logits.shape[0], 1, ...logits.shape.slice(2)], { dtype: "i32" });
+}
+
+function supervisedLossCeOnly(logits: Tensor, labels: Tensor): { loss: Tensor } {
+  // Cross-entropy only: Dice on partially ignored pseudo-labels would count ignored voxels as background.
+  return { loss: softmaxCrossEntropy(logits, labels, { ignoreIndex: -100 }).loss };
+}
+
+export function buildMethod(o: BuildOptions): MethodModel {
+  switch (o.config.method) {
+    case "cmc":
+      return new CmcMethod(o);
+    case "supervised":
+    case "early-fusion":
+    case "mean-teacher":
+      return new UNetMethod(o.config.method, o);
+    case "mutual":
+      return new MutualMethod(o);
+  }
+}
