@@ -1,0 +1,492 @@
+// conv.cpp — 3D convolution and transposed convolution on oneDNN: forward, backward-data,
+// backward-weights (CONV3D_* and CONV_TRANSPOSE3D_* ops of comodal.h).
+//
+// Activations with C % 16 == 0 run in BLOCKED16 (oneDNN nCdhw16c); the others (image channels,
+// class logits) stay PLAIN. Weights are PLAIN in the API (PyTorch layout) and reordered to the
+// primitive's format on each call (a few hundred KiB at most). Primitive descriptors use
+// format_tag::any for weights (and for outputs whose layout oneDNN may pick) and are cached per
+// backend by a key of everything that shapes them, so a training step creates none after the first.
+#include <array>
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dnnl_ctx.hpp"
+#include "internal.hpp"
+
+namespace cmo {
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// Geometry of one (transposed) convolution in API terms.
+struct Geo {
+  bool transposed = false;
+  int64_t N = 0, Ci = 0, Co = 0;
+  int64_t in[3] = {0, 0, 0};   // spatial dims of x (forward input)
+  int64_t out[3] = {0, 0, 0};  // spatial dims of y (forward output)
+  int64_t k[3] = {0, 0, 0};
+  int64_t s[3] = {1, 1, 1};
+  int64_t p[3] = {0, 0, 0};
+  int64_t dil[3] = {1, 1, 1};
+
+  Shape x_shape() const { return Shape{5, {N, Ci, in[0], in[1], in[2], 0}}; }
+  Shape y_shape() const { return Shape{5, {N, Co, out[0], out[1], out[2], 0}}; }
+  // Weights in the API (PyTorch) layout: conv [Co,Ci,k], transposed conv [Ci,Co,k].
+  Shape w_shape() const {
+    return transposed ? Shape{5, {Ci, Co, k[0], k[1], k[2], 0}} : Shape{5, {Co, Ci, k[0], k[1], k[2], 0}};
+  }
+};
+
+int64_t conv_out(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
+  int64_t num = i + 2 * p - d * (k - 1) - 1;
+  return num < 0 ? 0 : num / s + 1;
+}
+int64_t deconv_out(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (i - 1) * s - 2 * p + d * (k - 1) + 1;
+}
+int64_t fwd_out(const Geo& g, int a) {
+  return g.transposed ? deconv_out(g.in[a], g.k[a], g.s[a], g.p[a], g.dil[a])
+                      : conv_out(g.in[a], g.k[a], g.s[a], g.p[a], g.dil[a]);
+}
+
+std::string tri(const int64_t* v) {
+  return "[" + std::to_string(v[0]) + "," + std::to_string(v[1]) + "," + std::to_string(v[2]) + "]";
+}
+
+void read_params(const cmo_conv3d_params& prm, Geo& g, const char* op) {
+  for (int a = 0; a < 3; a++) {
+    g.s[a] = prm.stride[a];
+    g.p[a] = prm.padding[a];
+    g.dil[a] = prm.dilation[a];
+    if (g.s[a] < 1) fail(std::string(op) + ": stride " + tri(prm.stride) + " must be >= 1 on every axis");
+    if (g.p[a] < 0) fail(std::string(op) + ": padding " + tri(prm.padding) + " must be >= 0 on every axis");
+    if (g.dil[a] < 1)
+      fail(std::string(op) + ": dilation " + tri(prm.dilation) + " must be >= 1 on every axis (1 = dense)");
+  }
+}
+
+void check_f32_5d(const Buffer* b, const char* op, const char* what) {
+  if (b->dtype != CMO_DTYPE_F32) fail(std::string(op) + ": " + what + " must be f32");
+  if (b->shape.ndim != 5)
+    fail(std::string(op) + ": " + what + " " + b->shape.str() + " must have 5 dimensions (NCDHW)");
+}
+
+void check_weights(const Buffer* w, const char* op) {
+  if (w->dtype != CMO_DTYPE_F32) fail(std::string(op) + ": w must be f32");
+  if (w->shape.ndim != 5)
+    fail(std::string(op) + ": w " + w->shape.str() + " must have 5 dimensions");
+  if (w->layout != CMO_LAYOUT_PLAIN) fail(std::string(op) + ": w must be in the plain layout");
+  for (int i = 0; i < 5; i++)
+    if (w->shape.d[i] < 1) fail(std::string(op) + ": w " + w->shape.str() + " has an empty dimension");
+}
+
+void check_out_sizes(const Geo& g, const char* op) {
+  for (int a = 0; a < 3; a++)
+    if (g.out[a] < 1)
+      fail(std::string(op) + ": input spatial " + tri(g.in) + " with kernel " + tri(g.k) + ", stride " +
+           tri(g.s) + ", padding " + tri(g.p) + ", dilation " + tri(g.dil) + " gives an empty output");
+}
+
+// Layout an activation with c channels runs in: blocked when c % 16 == 0, else plain.
+cmo_layout act_layout(int64_t c) { return c % 16 == 0 ? CMO_LAYOUT_BLOCKED16 : CMO_LAYOUT_PLAIN; }
+
+memory::dims dims5(const Shape& s) { return {s.d[0], s.d[1], s.d[2], s.d[3], s.d[4]}; }
+
+memory::desc act_md(const Shape& s, cmo_layout l) {
+  return memory::desc(dims5(s), dt::f32, l == CMO_LAYOUT_BLOCKED16 ? tag::nCdhw16c : tag::ncdhw);
+}
+// A descriptor oneDNN may choose for a tensor with c channels (blocked is forced when c % 16 == 0).
+memory::desc act_md_choice(const Shape& s) {
+  return memory::desc(dims5(s), dt::f32, s.d[1] % 16 == 0 ? tag::nCdhw16c : tag::any);
+}
+memory::dims wdims(const Geo& g) { return {g.Co, g.Ci, g.k[0], g.k[1], g.k[2]}; }
+memory::desc user_w_md(const Geo& g) {
+  return memory::desc(wdims(g), dt::f32, g.transposed ? tag::iodhw : tag::oidhw);
+}
+memory::desc any_w_md(const Geo& g) { return memory::desc(wdims(g), dt::f32, tag::any); }
+memory::desc bias_md(const Geo& g, bool on) {
+  return on ? memory::desc({g.Co}, dt::f32, tag::x) : memory::desc();
+}
+
+std::string key_of(const char* kind, const Geo& g, cmo_layout xl, cmo_layout yl, bool bias, int nthr) {
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "conv:%s:%d:N%lld:Ci%lld:Co%lld:in%lldx%lldx%lld:k%lldx%lldx%lld:s%lldx%lldx%lld:"
+                "p%lldx%lldx%lld:d%lldx%lldx%lld:xl%d:yl%d:b%d:t%d",
+                kind, (int)g.transposed, (long long)g.N, (long long)g.Ci, (long long)g.Co,
+                (long long)g.in[0], (long long)g.in[1], (long long)g.in[2], (long long)g.k[0],
+                (long long)g.k[1], (long long)g.k[2], (long long)g.s[0], (long long)g.s[1],
+                (long long)g.s[2], (long long)g.p[0], (long long)g.p[1], (long long)g.p[2],
+                (long long)g.dil[0], (long long)g.dil[1], (long long)g.dil[2], (int)xl, (int)yl, (int)bias,
+                nthr);
+  return buf;
+}
+
+struct OpDims {
+  memory::dims strides, dilates, pad;
+};
+OpDims op_dims(const Geo& g) {
+  return {{g.s[0], g.s[1], g.s[2]},
+          {g.dil[0] - 1, g.dil[1] - 1, g.dil[2] - 1},
+          {g.p[0], g.p[1], g.p[2]}};
+}
+
+// The oneDNN primitive families of a convolution or a transposed convolution.
+template <bool T>
+struct Fam;
+template <>
+struct Fam<false> {
+  using Fwd = dnnl::convolution_forward;
+  using BwdD = dnnl::convolution_backward_data;
+  using BwdW = dnnl::convolution_backward_weights;
+  static constexpr dnnl::algorithm alg = dnnl::algorithm::convolution_direct;
+};
+template <>
+struct Fam<true> {
+  using Fwd = dnnl::deconvolution_forward;
+  using BwdD = dnnl::deconvolution_backward_data;
+  using BwdW = dnnl::deconvolution_backward_weights;
+  static constexpr dnnl::algorithm alg = dnnl::algorithm::deconvolution_direct;
+};
+
+template <bool T>
+typename Fam<T>::Fwd::primitive_desc fwd_pd(const Geo& g, const memory::desc& src, const memory::desc& bias,
+                                             const memory::desc& dst, dnnl::prop_kind pk, dnnl::engine& eng) {
+  OpDims o = op_dims(g);
+  typename Fam<T>::Fwd::desc d(pk, Fam<T>::alg, src, any_w_md(g), bias, dst, o.strides, o.dilates, o.pad,
+                               o.pad);
+  return typename Fam<T>::Fwd::primitive_desc(d, eng);
+}
+
+// A reorder between two descriptors, with dst += src when `accumulate`.
+dnnl::reorder make_reorder(const memory::desc& from, const memory::desc& to, dnnl::engine& eng, bool accumulate) {
+  dnnl::primitive_attr attr;
+  if (accumulate) {
+    dnnl::post_ops po;
+    po.append_sum(1.0f);
+    attr.set_post_ops(po);
+  }
+  return dnnl::reorder(dnnl::reorder::primitive_desc(eng, from, eng, to, attr));
+}
+
+struct FwdEntry {
+  dnnl::primitive prim;
+  memory::desc src, wei, dst, user_wei;
+  bool wei_same = false;
+  dnnl::reorder wei_reorder;
+};
+
+struct BwdDataEntry {
+  dnnl::primitive prim;
+  memory::desc diff_dst, wei, diff_src, user_wei;
+  bool wei_same = false;
+  dnnl::reorder wei_reorder;
+};
+
+struct BwdWeightsEntry {
+  dnnl::primitive prim;
+  memory::desc src, diff_dst, diff_wei, user_wei;
+  bool wei_same = false;
+  dnnl::reorder to_user;      // diff weights -> user layout (=)
+  dnnl::reorder to_user_acc;  // diff weights -> user layout (+=)
+};
+
+// Weights in the primitive's format: the API buffer itself or a reordered copy.
+memory weights_mem(const memory::desc& user, const memory::desc& want, bool same, dnnl::reorder& r,
+                   const Buffer* w, dnnl::engine& eng, dnnl::stream& strm) {
+  memory um(user, eng, w->data);
+  if (same) return um;
+  memory m(want, eng);
+  r.execute(strm, um, m);
+  return m;
+}
+
+// An output in the primitive's format: the API buffer when formats agree, else a scratch memory that
+// finish() reorders into the buffer.
+struct OutMem {
+  memory mem;
+  memory user;
+  bool scratch = false;
+  OutMem(const memory::desc& want, Buffer* out, dnnl::engine& eng) {
+    memory::desc umd = act_md(out->shape, out->layout);
+    user = memory(umd, eng, out->data);
+    if (umd == want) {
+      mem = user;
+    } else {
+      mem = memory(want, eng);
+      scratch = true;
+    }
+  }
+  void finish(dnnl::stream& strm) {
+    if (scratch) dnnl::reorder(mem, user).execute(strm, mem, user);
+  }
+};
+
+// ------------------------------------------------------------------------------ forward
+template <bool T>
+void forward_kernel(const KernelArgs& a) {
+  const char* op = T ? "CONV_TRANSPOSE3D_FORWARD" : "CONV3D_FORWARD";
+  const auto& prm = a.p<cmo_conv3d_params>(op);
+  const Buffer* x = a.in[0];
+  const Buffer* w = a.in[1];
+  const Buffer* b = a.in[2];
+  check_f32_5d(x, op, "x");
+  check_weights(w, op);
+  Geo g;
+  g.transposed = T;
+  read_params(prm, g, op);
+  g.N = x->shape.d[0];
+  g.Ci = x->shape.d[1];
+  g.Co = T ? w->shape.d[1] : w->shape.d[0];
+  int64_t wci = T ? w->shape.d[0] : w->shape.d[1];
+  if (wci != g.Ci)
+    fail(std::string(op) + ": x " + x->shape.str() + " has " + std::to_string(g.Ci) + " channels, w " +
+         w->shape.str() + " expects " + std::to_string(wci) + (T ? " (w is [Ci,Co,kd,kh,kw])" : ""));
+  for (int i = 0; i < 3; i++) {
+    g.in[i] = x->shape.d[2 + i];
+    g.k[i] = w->shape.d[2 + i];
+  }
+  if (g.N < 1 || g.Ci < 1 || g.in[0] < 1 || g.in[1] < 1 || g.in[2] < 1)
+    fail(std::string(op) + ": x " + x->shape.str() + " is empty");
+  bool has_bias = b != nullptr;
+  if (prm.has_bias != 0 && !has_bias) fail(std::string(op) + ": params.has_bias = 1 but the bias input is NULL");
+  if (has_bias) {
+    if (b->dtype != CMO_DTYPE_F32 || b->shape.ndim != 1 || b->shape.d[0] != g.Co)
+      fail(std::string(op) + ": bias " + b->shape.str() + " must be f32 [" + std::to_string(g.Co) + "]");
+  }
+  for (int i = 0; i < 3; i++) g.out[i] = fwd_out(g, i);
+  check_out_sizes(g, op);
+
+  Backend* be = a.backend;
+  dnnl::engine& eng = dnnl_engine(be);
+  dnnl::stream& strm = dnnl_stream(be);
+  cmo_layout xl = act_layout(g.Ci);
+  TempBuffer xt;
+  const Buffer* xu = as_layout(x, xl, xt);
+  Shape ys = g.y_shape();
+  Buffer* y = a.output(0, ys, CMO_DTYPE_F32, preferred_layout(ys, CMO_DTYPE_F32), op);
+
+  auto e = cached<FwdEntry>(be, key_of("fwd", g, xl, CMO_LAYOUT_ANY, has_bias, threads(be)), [&] {
+    FwdEntry en;
+    auto pd = fwd_pd<T>(g, act_md(g.x_shape(), xl), bias_md(g, has_bias), act_md_choice(ys),
+                        dnnl::prop_kind::forward_training, eng);
+    en.prim = typename Fam<T>::Fwd(pd);
+    en.src = pd.src_desc();
+    en.wei = pd.weights_desc();
+    en.dst = pd.dst_desc();
+    en.user_wei = user_w_md(g);
+    en.wei_same = en.user_wei == en.wei;
+    if (!en.wei_same) en.wei_reorder = make_reorder(en.user_wei, en.wei, eng, false);
+    return en;
+  });
+
+  memory src(e->src, eng, xu->data);
+  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
+  OutMem dst(e->dst, y, eng);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst.mem}};
+  if (has_bias) args[DNNL_ARG_BIAS] = memory(bias_md(g, true), eng, b->data);
+  e->prim.execute(strm, args);
+  dst.finish(strm);
+  strm.wait();
+}
+
+// ------------------------------------------------------------------------------ backward data
+template <bool T>
+void backward_data_kernel(const KernelArgs& a) {
+  const char* op = T ? "CONV_TRANSPOSE3D_BACKWARD_DATA" : "CONV3D_BACKWARD_DATA";
+  const auto& prm = a.p<cmo_conv3d_params>(op);
+  const Buffer* dy = a.in[0];
+  const Buffer* w = a.in[1];
+  check_f32_5d(dy, op, "dy");
+  check_weights(w, op);
+  Geo g;
+  g.transposed = T;
+  read_params(prm, g, op);
+  g.N = dy->shape.d[0];
+  g.Co = dy->shape.d[1];
+  g.Ci = T ? w->shape.d[0] : w->shape.d[1];
+  int64_t wco = T ? w->shape.d[1] : w->shape.d[0];
+  if (wco != g.Co)
+    fail(std::string(op) + ": dy " + dy->shape.str() + " has " + std::to_string(g.Co) + " channels, w " +
+         w->shape.str() + " produces " + std::to_string(wco));
+  for (int i = 0; i < 3; i++) {
+    g.in[i] = prm.in_dims[i];
+    g.k[i] = w->shape.d[2 + i];
+    if (g.in[i] < 1)
+      fail(std::string(op) + ": params.in_dims " + tri(prm.in_dims) + " must give the forward input's spatial dims");
+  }
+  for (int i = 0; i < 3; i++) g.out[i] = fwd_out(g, i);
+  for (int i = 0; i < 3; i++)
+    if (g.out[i] != dy->shape.d[2 + i])
+      fail(std::string(op) + ": dy " + dy->shape.str() + " does not match the forward output " +
+           g.y_shape().str() + " of input spatial " + tri(g.in) + " with kernel " + tri(g.k) + ", stride " +
+           tri(g.s) + ", padding " + tri(g.p));
+
+  Backend* be = a.backend;
+  dnnl::engine& eng = dnnl_engine(be);
+  dnnl::stream& strm = dnnl_stream(be);
+  cmo_layout yl = act_layout(g.Co);
+  TempBuffer dyt;
+  const Buffer* dyu = as_layout(dy, yl, dyt);
+  Shape xs = g.x_shape();
+  Buffer* dx = a.output(0, xs, CMO_DTYPE_F32, preferred_layout(xs, CMO_DTYPE_F32), op);
+
+  auto e = cached<BwdDataEntry>(be, key_of("bwd_data", g, CMO_LAYOUT_ANY, yl, false, threads(be)), [&] {
+    BwdDataEntry en;
+    memory::desc dsrc = act_md_choice(xs);
+    memory::desc ddst = act_md(g.y_shape(), yl);
+    auto hint = fwd_pd<T>(g, dsrc, memory::desc(), ddst, dnnl::prop_kind::forward_training, eng);
+    OpDims o = op_dims(g);
+    typename Fam<T>::BwdD::desc d(Fam<T>::alg, dsrc, any_w_md(g), ddst, o.strides, o.dilates, o.pad, o.pad);
+    typename Fam<T>::BwdD::primitive_desc pd(d, eng, hint);
+    en.prim = typename Fam<T>::BwdD(pd);
+    en.diff_dst = pd.diff_dst_desc();
+    en.wei = pd.weights_desc();
+    en.diff_src = pd.diff_src_desc();
+    en.user_wei = user_w_md(g);
+    en.wei_same = en.user_wei == en.wei;
+    if (!en.wei_same) en.wei_reorder = make_reorder(en.user_wei, en.wei, eng, false);
+    return en;
+  });
+
+  memory ddst(e->diff_dst, eng, dyu->data);
+  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
+  OutMem dsrc(e->diff_src, dx, eng);
+  e->prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dsrc.mem}});
+  dsrc.finish(strm);
+  strm.wait();
+}
+
+// ------------------------------------------------------------------------------ backward weights
+// The kernel size is not in the params: it comes from a given dw slot, or is inferred from the
+// spatial sizes when only one size fits.
+void infer_kernel(Geo& g, const char* op) {
+  for (int a = 0; a < 3; a++) {
+    int64_t found = 0, count = 0;
+    if (g.transposed) {
+      int64_t num = g.out[a] - (g.in[a] - 1) * g.s[a] + 2 * g.p[a] - 1;
+      if (num >= 0 && num % g.dil[a] == 0) {
+        found = num / g.dil[a] + 1;
+        count = 1;
+      }
+    } else {
+      for (int64_t k = 1; k <= g.in[a] + 2 * g.p[a]; k++)
+        if (conv_out(g.in[a], k, g.s[a], g.p[a], g.dil[a]) == g.out[a]) {
+          if (count == 0) found = k;
+          count++;
+        }
+    }
+    if (count != 1)
+      fail(std::string(op) + ": cannot infer the kernel size on axis " + std::to_string(a) + " from input " +
+           std::to_string(g.in[a]) + " and output " + std::to_string(g.out[a]) + " (" +
+           (count == 0 ? "no size fits" : "several sizes fit") + "); pass a dw output slot");
+    g.k[a] = found;
+  }
+}
+
+template <bool T>
+void backward_weights_kernel(const KernelArgs& a) {
+  const char* op = T ? "CONV_TRANSPOSE3D_BACKWARD_WEIGHTS" : "CONV3D_BACKWARD_WEIGHTS";
+  const auto& prm = a.p<cmo_conv3d_params>(op);
+  const Buffer* x = a.in[0];
+  const Buffer* dy = a.in[1];
+  check_f32_5d(x, op, "x");
+  check_f32_5d(dy, op, "dy");
+  Geo g;
+  g.transposed = T;
+  read_params(prm, g, op);
+  g.N = x->shape.d[0];
+  g.Ci = x->shape.d[1];
+  g.Co = dy->shape.d[1];
+  if (dy->shape.d[0] != g.N)
+    fail(std::string(op) + ": x " + x->shape.str() + " and dy " + dy->shape.str() + " have different batch sizes");
+  for (int i = 0; i < 3; i++) {
+    g.in[i] = x->shape.d[2 + i];
+    g.out[i] = dy->shape.d[2 + i];
+  }
+  Buffer* dw_given = a.out[0];
+  if (dw_given) {
+    const Shape& ws = dw_given->shape;
+    if (ws.ndim != 5) fail(std::string(op) + ": dw " + ws.str() + " must have 5 dimensions");
+    for (int i = 0; i < 3; i++) g.k[i] = ws.d[2 + i];
+    if (dw_given->layout != CMO_LAYOUT_PLAIN) fail(std::string(op) + ": dw must be in the plain layout");
+  } else {
+    infer_kernel(g, op);
+  }
+  for (int i = 0; i < 3; i++)
+    if (fwd_out(g, i) != g.out[i])
+      fail(std::string(op) + ": dy " + dy->shape.str() + " does not match the forward output of x " +
+           x->shape.str() + " with kernel " + tri(g.k) + ", stride " + tri(g.s) + ", padding " + tri(g.p) +
+           ", dilation " + tri(g.dil));
+  bool dw_alloc = false, db_alloc = false;
+  Buffer* dw = a.output(0, g.w_shape(), CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op, &dw_alloc);
+  Buffer* db = nullptr;
+  if (a.out[1] != nullptr || prm.has_bias != 0)
+    db = a.output(1, Shape{1, {g.Co, 0, 0, 0, 0, 0}}, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op, &db_alloc);
+  bool with_bias = db != nullptr;
+
+  Backend* be = a.backend;
+  dnnl::engine& eng = dnnl_engine(be);
+  dnnl::stream& strm = dnnl_stream(be);
+  cmo_layout xl = act_layout(g.Ci), yl = act_layout(g.Co);
+  TempBuffer xt, dyt;
+  const Buffer* xu = as_layout(x, xl, xt);
+  const Buffer* dyu = as_layout(dy, yl, dyt);
+
+  auto e = cached<BwdWeightsEntry>(be, key_of("bwd_w", g, xl, yl, with_bias, threads(be)), [&] {
+    BwdWeightsEntry en;
+    memory::desc src = act_md(g.x_shape(), xl);
+    memory::desc ddst = act_md(g.y_shape(), yl);
+    memory::desc bmd = bias_md(g, with_bias);
+    auto hint = fwd_pd<T>(g, src, bmd, ddst, dnnl::prop_kind::forward_training, eng);
+    OpDims o = op_dims(g);
+    typename Fam<T>::BwdW::desc d(Fam<T>::alg, src, any_w_md(g), bmd, ddst, o.strides, o.dilates, o.pad, o.pad);
+    typename Fam<T>::BwdW::primitive_desc pd(d, eng, hint);
+    en.prim = typename Fam<T>::BwdW(pd);
+    en.src = pd.src_desc();
+    en.diff_dst = pd.diff_dst_desc();
+    en.diff_wei = pd.diff_weights_desc();
+    en.user_wei = user_w_md(g);
+    en.wei_same = en.user_wei == en.diff_wei;
+    en.to_user = make_reorder(en.diff_wei, en.user_wei, eng, false);
+    en.to_user_acc = make_reorder(en.diff_wei, en.user_wei, eng, true);
+    return en;
+  });
+
+  memory src(e->src, eng, xu->data);
+  memory ddst(e->diff_dst, eng, dyu->data);
+  memory udw(e->user_wei, eng, dw->data);
+  bool direct_w = dw_alloc && e->wei_same;
+  memory dwm = direct_w ? udw : memory(e->diff_wei, eng);
+  std::vector<float> db_tmp;
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwm}};
+  if (with_bias) {
+    void* dbp = db->data;
+    if (!db_alloc) {
+      db_tmp.assign((size_t)g.Co, 0.0f);
+      dbp = db_tmp.data();
+    }
+    args[DNNL_ARG_DIFF_BIAS] = memory(bias_md(g, true), eng, dbp);
+  }
+  e->prim.execute(strm, args);
+  if (!direct_w) (dw_alloc ? e->to_user : e->to_user_acc).execute(strm, dwm, udw);
+  strm.wait();
+  if (with_bias && !db_alloc) {
+    float* d = db->f32();
+    for (int64_t c = 0; c < g.Co; c++) d[c] += db_tmp[(size_t)c];
+  }
+}
+
+CMO_REGISTER_KERNEL(CMO_OP_CONV3D_FORWARD, forward_kernel<false>);
+CMO_REGISTER_KERNEL(CMO_OP_CONV3D_BACKWARD_DATA, backward_data_kernel<false>);
+CMO_REGISTER_KERNEL(CMO_OP_CONV3D_BACKWARD_WEIGHTS, backward_weights_kernel<false>);
+CMO_REGISTER_KERNEL(CMO_OP_CONV_TRANSPOSE3D_FORWARD, forward_kernel<true>);
+CMO_REGISTER_KERNEL(CMO_OP_CONV_TRANSPOSE3D_BACKWARD_DATA, backward_data_kernel<true>);
+CMO_REGISTER_KERNEL(CMO_OP_CONV_TRANSPOSE3D_BACKWARD_WEIGHTS, backward_weights_kernel<true>);
+
+}  // namespace
+}  // namespace cmo

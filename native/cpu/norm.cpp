@@ -1,0 +1,327 @@
+// norm.cpp — group normalisation (GROUP_NORM_FORWARD / GROUP_NORM_BACKWARD of comodal.h); instance
+// norm is groups == C. Own kernels for PLAIN and BLOCKED16 tensors: statistics are gathered per
+// channel over fixed-size chunks of the spatial extent (float lanes flushed into double sums, so the
+// result does not depend on the thread count), combined per group in double, then applied in a second
+// parallel pass. Variance is two-pass (sum of (x - mean)^2), biased, as PyTorch.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "internal.hpp"
+
+namespace cmo {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kFlush = 1024;  // float lanes are flushed into double sums every kFlush elements
+
+// A tensor [N, C, spatial...] viewed as units (rows of `len` floats sharing the same channels):
+// plain: unit = (n, c), L = 1 channel per unit; blocked: unit = (n, c/16), L = 16 lanes = channels.
+struct View {
+  int64_t N = 0, C = 0, S = 0;  // S = spatial size
+  int L = 1;                    // channels interleaved in a unit (1 plain, 16 blocked)
+  int64_t units_per_n = 0;      // C (plain) or C/16 (blocked)
+  int64_t chunk_pts = 0;        // spatial points per chunk
+  int64_t chunks = 0;           // chunks per unit
+  int64_t tasks() const { return N * units_per_n * chunks; }
+  int64_t channel(int64_t unit_in_n, int lane) const { return L == 1 ? unit_in_n : unit_in_n * 16 + lane; }
+};
+
+View make_view(const Buffer* x) {
+  View v;
+  v.N = x->shape.d[0];
+  v.C = x->shape.d[1];
+  v.S = 1;
+  for (int i = 2; i < x->shape.ndim; i++) v.S *= x->shape.d[i];
+  v.L = x->blocked() ? 16 : 1;
+  v.units_per_n = x->blocked() ? v.C / 16 : v.C;
+  v.chunk_pts = x->blocked() ? 4096 : 16384;
+  v.chunks = std::max<int64_t>(1, (v.S + v.chunk_pts - 1) / v.chunk_pts);
+  return v;
+}
+
+// Per-lane sums over `len` floats (len % 16 == 0 when L == 16): out[l] += sum f(a[i], b[i], m[l])
+// for i with i % 16 == l. For L == 1 the caller adds the 16 lanes together.
+template <typename F>
+void lane_sums(const float* a, const float* b, int64_t len, const float* m, double* out, F f) {
+  int64_t i = 0;
+  while (i + kLanes <= len) {
+    float acc[kLanes] = {};
+    int64_t end = std::min(len, i + kFlush) / kLanes * kLanes;
+    if (end <= i) break;
+    for (; i < end; i += kLanes)
+#pragma omp simd
+      for (int l = 0; l < kLanes; l++) acc[l] += f(a[i + l], b ? b[i + l] : 0.0f, m[l]);
+    for (int l = 0; l < kLanes; l++) out[l] += acc[l];
+  }
+  for (; i < len; i++) out[0] += f(a[i], b ? b[i] : 0.0f, m[0]);  // plain tail
+}
+
+// Runs `per_chunk(unit_global, chunk, float* base_offset, len, task)` over all tasks in parallel,
+// then reduces per-task lane sums into per-channel double sums [N*C] (nsums arrays).
+template <typename Body>
+void channel_sums(Backend* be, const View& v, int nsums, std::vector<std::vector<double>>& sums, Body body) {
+  const int64_t T = v.tasks();
+  std::vector<double> part((size_t)(T * nsums * kLanes), 0.0);
+  parallel_for(be, T, [&](int64_t t) {
+    int64_t chunk = t % v.chunks, unit = t / v.chunks;
+    int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
+    int64_t off = unit * v.S * v.L + p0 * v.L;
+    body(unit, off, (p1 - p0) * v.L, &part[(size_t)(t * nsums * kLanes)]);
+  });
+  sums.assign((size_t)nsums, std::vector<double>((size_t)(v.N * v.C), 0.0));
+  for (int64_t t = 0; t < T; t++) {  // fixed order: deterministic
+    int64_t unit = t / v.chunks;
+    int64_t n = unit / v.units_per_n, u = unit % v.units_per_n;
+    for (int k = 0; k < nsums; k++) {
+      const double* pp = &part[(size_t)((t * nsums + k) * kLanes)];
+      if (v.L == 1) {
+        double s = 0;
+        for (int l = 0; l < kLanes; l++) s += pp[l];
+        sums[(size_t)k][(size_t)(n * v.C + u)] += s;
+      } else {
+        for (int l = 0; l < kLanes; l++) sums[(size_t)k][(size_t)(n * v.C + u * 16 + l)] += pp[l];
+      }
+    }
+  }
+}
+
+// Per-lane values of a per-(n, channel) array for one unit.
+void unit_lanes(const View& v, int64_t unit, const std::vector<float>& per_nc, float* lanes) {
+  int64_t n = unit / v.units_per_n, u = unit % v.units_per_n;
+  for (int l = 0; l < kLanes; l++)
+    lanes[l] = per_nc[(size_t)(n * v.C + (v.L == 1 ? u : u * 16 + l))];
+}
+
+struct GnCommon {
+  int64_t G = 0, Cg = 0;
+};
+
+GnCommon check_common(const Buffer* x, int64_t groups, const char* op) {
+  if (x->dtype != CMO_DTYPE_F32) fail(std::string(op) + ": x must be f32");
+  if (x->shape.ndim < 2) fail(std::string(op) + ": x " + x->shape.str() + " must be [N,C,...]");
+  int64_t C = x->shape.d[1];
+  if (groups < 1 || C % groups != 0)
+    fail(std::string(op) + ": " + std::to_string(C) + " channels of x " + x->shape.str() +
+         " cannot be split into " + std::to_string(groups) + " groups");
+  return {groups, C / groups};
+}
+
+void check_vec(const Buffer* b, int64_t C, const char* op, const char* what) {
+  if (b == nullptr) fail(std::string(op) + ": " + what + " is NULL");
+  if (b->dtype != CMO_DTYPE_F32 || b->shape.numel() != C || b->shape.ndim < 1)
+    fail(std::string(op) + ": " + what + " " + b->shape.str() + " must be f32 with " + std::to_string(C) +
+         " elements");
+}
+
+void check_stats(const Buffer* b, int64_t N, int64_t G, const char* op, const char* what) {
+  if (b->dtype != CMO_DTYPE_F32 || b->shape.numel() != N * G || b->layout != CMO_LAYOUT_PLAIN)
+    fail(std::string(op) + ": " + what + " " + b->shape.str() + " must be plain f32 [" + std::to_string(N) +
+         "," + std::to_string(G) + "]");
+}
+
+// ------------------------------------------------------------------------------ forward
+void group_norm_forward(const KernelArgs& a) {
+  const char* op = "GROUP_NORM_FORWARD";
+  const auto& prm = a.p<cmo_group_norm_params>(op);
+  const Buffer* x = a.in[0];
+  GnCommon gc = check_common(x, prm.groups, op);
+  const int64_t N = x->shape.d[0], C = x->shape.d[1], G = gc.G, Cg = gc.Cg;
+  check_vec(a.in[1], C, op, "gamma");
+  check_vec(a.in[2], C, op, "beta");
+  if (!(prm.eps >= 0)) fail(std::string(op) + ": eps must be >= 0");
+  const float* gamma = a.in[1]->f32();
+  const float* beta = a.in[2]->f32();
+  Backend* be = a.backend;
+
+  Buffer* y = a.output(0, x->shape, CMO_DTYPE_F32, x->layout, op);
+  Buffer* mean_b = a.output(1, Shape{2, {N, G, 0, 0, 0, 0}}, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op);
+  Buffer* rstd_b = a.output(2, Shape{2, {N, G, 0, 0, 0, 0}}, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op);
+  if (mean_b->layout != CMO_LAYOUT_PLAIN || rstd_b->layout != CMO_LAYOUT_PLAIN)
+    fail(std::string(op) + ": mean and rstd outputs must be plain");
+  TempBuffer yt;
+  Buffer* yw = y;
+  if (y->layout != x->layout || y == x) {
+    yt.buf = alloc_buffer(be, x->shape, CMO_DTYPE_F32, x->layout);
+    yw = yt.buf;
+  }
+
+  View v = make_view(x);
+  const float* xd = x->f32();
+  const double M = (double)Cg * (double)v.S;
+  // Pass 1: per-channel sums -> group means.
+  std::vector<std::vector<double>> sums;
+  const float zeros[kLanes] = {};
+  channel_sums(be, v, 1, sums, [&](int64_t, int64_t off, int64_t len, double* out) {
+    lane_sums(xd + off, nullptr, len, zeros, out, [](float xv, float, float) { return xv; });
+  });
+  std::vector<double> gmean((size_t)(N * G), 0.0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) gmean[(size_t)(n * G + c / Cg)] += sums[0][(size_t)(n * C + c)];
+  for (auto& m : gmean) m = M > 0 ? m / M : 0.0;
+  // Pass 2: per-channel sums of (x - group mean)^2 -> group variance.
+  std::vector<float> mean_nc((size_t)(N * C));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) mean_nc[(size_t)(n * C + c)] = (float)gmean[(size_t)(n * G + c / Cg)];
+  channel_sums(be, v, 1, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {
+    float m[kLanes];
+    unit_lanes(v, unit, mean_nc, m);
+    lane_sums(xd + off, nullptr, len, m, out, [](float xv, float, float mv) {
+      float d = xv - mv;
+      return d * d;
+    });
+  });
+  std::vector<double> gvar((size_t)(N * G), 0.0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) gvar[(size_t)(n * G + c / Cg)] += sums[0][(size_t)(n * C + c)];
+  float* mo = mean_b->f32();
+  float* ro = rstd_b->f32();
+  std::vector<float> scale_nc((size_t)(N * C)), shift_nc((size_t)(N * C));
+  for (int64_t i = 0; i < N * G; i++) {
+    double var = M > 0 ? gvar[(size_t)i] / M : 0.0;
+    double rstd = 1.0 / std::sqrt(var + prm.eps);
+    mo[i] = (float)gmean[(size_t)i];
+    ro[i] = (float)rstd;
+    gvar[(size_t)i] = rstd;
+  }
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) {
+      size_t g = (size_t)(n * G + c / Cg);
+      double sc = gvar[g] * (double)gamma[c];
+      scale_nc[(size_t)(n * C + c)] = (float)sc;
+      shift_nc[(size_t)(n * C + c)] = (float)((double)beta[c] - gmean[g] * sc);
+    }
+  // Pass 3: y = x * scale + shift.
+  float* yd = yw->f32();
+  parallel_for(be, v.tasks(), [&](int64_t t) {
+    int64_t chunk = t % v.chunks, unit = t / v.chunks;
+    int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
+    int64_t off = unit * v.S * v.L + p0 * v.L, len = (p1 - p0) * v.L;
+    float sc[kLanes], sh[kLanes];
+    unit_lanes(v, unit, scale_nc, sc);
+    unit_lanes(v, unit, shift_nc, sh);
+    const float* xp = xd + off;
+    float* yp = yd + off;
+    if (v.L == 1) {
+      const float s0 = sc[0], h0 = sh[0];
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) yp[i] = xp[i] * s0 + h0;
+    } else {
+      for (int64_t i = 0; i < len; i += kLanes)
+#pragma omp simd
+        for (int l = 0; l < kLanes; l++) yp[i + l] = xp[i + l] * sc[l] + sh[l];
+    }
+  });
+  if (yw != y) reorder(yw, y);
+}
+
+// ------------------------------------------------------------------------------ backward
+// dx = rstd * (gamma*dy - (A + xhat*B) / M), xhat = (x - mean) * rstd, with per group
+// A = sum gamma*dy and B = sum gamma*dy*xhat; dgamma += sum dy*xhat; dbeta += sum dy.
+void group_norm_backward(const KernelArgs& a) {
+  const char* op = "GROUP_NORM_BACKWARD";
+  const auto& prm = a.p<cmo_group_norm_params>(op);
+  const Buffer* x = a.in[0];
+  const Buffer* dy = a.in[1];
+  GnCommon gc = check_common(x, prm.groups, op);
+  const int64_t N = x->shape.d[0], C = x->shape.d[1], G = gc.G, Cg = gc.Cg;
+  if (dy->dtype != CMO_DTYPE_F32 || dy->shape != x->shape)
+    fail(std::string(op) + ": dy " + dy->shape.str() + " must be f32 with the shape of x " + x->shape.str());
+  check_vec(a.in[2], C, op, "gamma");
+  check_stats(a.in[3], N, G, op, "mean");
+  check_stats(a.in[4], N, G, op, "rstd");
+  const float* gamma = a.in[2]->f32();
+  const float* meanp = a.in[3]->f32();
+  const float* rstdp = a.in[4]->f32();
+  Backend* be = a.backend;
+
+  TempBuffer dyt;
+  const Buffer* dyu = as_layout(dy, x->layout, dyt);
+  bool dg_alloc = false, db_alloc = false;
+  Buffer* dx = a.output(0, x->shape, CMO_DTYPE_F32, x->layout, op);
+  Buffer* dgamma = a.output(1, Shape{1, {C, 0, 0, 0, 0, 0}}, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op, &dg_alloc);
+  Buffer* dbeta = a.output(2, Shape{1, {C, 0, 0, 0, 0, 0}}, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op, &db_alloc);
+  TempBuffer dxt;
+  Buffer* dxw = dx;
+  if (dx->layout != x->layout || dx == x || dx == dy) {
+    dxt.buf = alloc_buffer(be, x->shape, CMO_DTYPE_F32, x->layout);
+    dxw = dxt.buf;
+  }
+
+  View v = make_view(x);
+  const float* xd = x->f32();
+  const float* gd = dyu->f32();
+  const double M = (double)Cg * (double)v.S;
+  std::vector<float> mean_nc((size_t)(N * C));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) mean_nc[(size_t)(n * C + c)] = meanp[n * G + c / Cg];
+  // Per channel: s1 = sum dy, s2 = sum dy * (x - mean).
+  std::vector<std::vector<double>> sums;
+  channel_sums(be, v, 2, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {
+    float m[kLanes];
+    unit_lanes(v, unit, mean_nc, m);
+    lane_sums(gd + off, nullptr, len, m, out, [](float g, float, float) { return g; });
+    lane_sums(gd + off, xd + off, len, m, out + kLanes, [](float g, float xv, float mv) { return g * (xv - mv); });
+  });
+  std::vector<double> A((size_t)(N * G), 0.0), B((size_t)(N * G), 0.0);
+  std::vector<double> dgam((size_t)C, 0.0), dbet((size_t)C, 0.0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) {
+      size_t g = (size_t)(n * G + c / Cg);
+      double s1 = sums[0][(size_t)(n * C + c)];
+      double s2 = sums[1][(size_t)(n * C + c)] * (double)rstdp[g];  // sum dy * xhat
+      dbet[(size_t)c] += s1;
+      dgam[(size_t)c] += s2;
+      A[g] += (double)gamma[c] * s1;
+      B[g] += (double)gamma[c] * s2;
+    }
+  // dx = k1 * dy + k2 * x + k3 per (n, c).
+  std::vector<float> k1((size_t)(N * C)), k2((size_t)(N * C)), k3((size_t)(N * C));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++) {
+      size_t g = (size_t)(n * G + c / Cg);
+      double r = rstdp[g], m = meanp[g];
+      double c2 = M > 0 ? -r * r * B[g] / M : 0.0;
+      double c3 = M > 0 ? -r * A[g] / M - c2 * m : 0.0;
+      size_t i = (size_t)(n * C + c);
+      k1[i] = (float)(r * (double)gamma[c]);
+      k2[i] = (float)c2;
+      k3[i] = (float)c3;
+    }
+  float* dxd = dxw->f32();
+  parallel_for(be, v.tasks(), [&](int64_t t) {
+    int64_t chunk = t % v.chunks, unit = t / v.chunks;
+    int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
+    int64_t off = unit * v.S * v.L + p0 * v.L, len = (p1 - p0) * v.L;
+    float a1[kLanes], a2[kLanes], a3[kLanes];
+    unit_lanes(v, unit, k1, a1);
+    unit_lanes(v, unit, k2, a2);
+    unit_lanes(v, unit, k3, a3);
+    const float* xp = xd + off;
+    const float* gp = gd + off;
+    float* op_ = dxd + off;
+    if (v.L == 1) {
+      const float b1 = a1[0], b2 = a2[0], b3 = a3[0];
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) op_[i] = gp[i] * b1 + xp[i] * b2 + b3;
+    } else {
+      for (int64_t i = 0; i < len; i += kLanes)
+#pragma omp simd
+        for (int l = 0; l < kLanes; l++) op_[i + l] = gp[i + l] * a1[l] + xp[i + l] * a2[l] + a3[l];
+    }
+  });
+  if (dxw != dx) reorder(dxw, dx);
+  float* dgo = dgamma->f32();
+  float* dbo = dbeta->f32();
+  for (int64_t c = 0; c < C; c++) {
+    dgo[c] = dg_alloc ? (float)dgam[(size_t)c] : dgo[c] + (float)dgam[(size_t)c];
+    dbo[c] = db_alloc ? (float)dbet[(size_t)c] : dbo[c] + (float)dbet[(size_t)c];
+  }
+}
+
+CMO_REGISTER_KERNEL(CMO_OP_GROUP_NORM_FORWARD, group_norm_forward);
+CMO_REGISTER_KERNEL(CMO_OP_GROUP_NORM_BACKWARD, group_norm_backward);
+
+}  // namespace
+}  // namespace cmo
