@@ -265,3 +265,35 @@ Deno.test("metrics reject mismatched sizes with a message naming the shapes", ()
     /dims 2x2x3 need 12/,
   );
 });
+
+Deno.test("HD95/HD100/ASSD/Dice match SciPy (MONAI-style definitions) on random blobs", async () => {
+  const url = new URL("./testdata/scipy_golden.json", import.meta.url);
+  const cases = JSON.parse(await Deno.readTextFile(url)) as {
+    dims: D3;
+    spacing: D3;
+    pred: string;
+    ref: string;
+    hd95: number;
+    hd95Pooled: number;
+    hd100: number;
+    assd: number;
+    dice: number;
+  }[];
+  const unpack = (b64: string, n: number) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const out = new Int32Array(n);
+    for (let i = 0; i < n; i++) out[i] = (bytes[i >> 3] >> (7 - (i & 7))) & 1;
+    return out;
+  };
+  assertEquals(cases.length, 4);
+  for (const [t, c] of cases.entries()) {
+    const n = c.dims[0] * c.dims[1] * c.dims[2];
+    const pred = unpack(c.pred, n), ref = unpack(c.ref, n);
+    const o = { dims: c.dims, spacing: c.spacing };
+    close(hd95(pred, ref, o), c.hd95, 1e-9, `case ${t} hd95`);
+    close(hd95(pred, ref, { ...o, mode: "pooled" }), c.hd95Pooled, 1e-9, `case ${t} pooled`);
+    close(hd95(pred, ref, { ...o, percentile: 100 }), c.hd100, 1e-9, `case ${t} hd100`);
+    close(assd(pred, ref, o), c.assd, 1e-9, `case ${t} assd`);
+    close(dice(pred, ref, { labels: [1] })[0], c.dice, 1e-12, `case ${t} dice`);
+  }
+});
