@@ -1,0 +1,39 @@
+/**
+ * The public surface of the TypeScript engine: backend, tensors, scopes, autograd and ops.
+ * Everything outside src/backend, src/tensor and src/ops imports from here.
+ * @module
+ */
+export { Backend, type BackendOptions, getBackend, initBackend, type MemoryStats, NativeError } from "./backend/backend.ts";
+export { OP_DECLS, type OpDecl, type OpName, type ParamField } from "./ops/op_decls.ts";
+export { type DType, detach, Tensor } from "./tensor/tensor.ts";
+export { full, ones, parameter, randn, type RandnOptions, tensor, type TensorOptions, zeros } from "./tensor/factories.ts";
+export { isGradEnabled, noGrad, tidy } from "./tensor/scope.ts";
+export { backward, zeroGrad } from "./tensor/autograd.ts";
+export { dispose } from "./tensor/dispose.ts";
+export { broadcastShapes, formatShape, sizeOf } from "./tensor/shape.ts";
+
+export { type Conv3dOptions, conv3d, convTranspose3d } from "./ops/conv.ts";
+export { groupNorm, type GroupNormOptions, instanceNorm } from "./ops/norm.ts";
+export {
+  abs,
+  addScalar,
+  affine,
+  exp,
+  gelu,
+  leakyRelu,
+  log,
+  mulScalar,
+  neg,
+  relu,
+  sigmoid,
+  sqrt,
+  tanh,
+} from "./ops/unary.ts";
+export { add, div, equal, maximum, mul, sub } from "./ops/binary.ts";
+export { clone, concat, expand, reshape, slice, split } from "./ops/shape_ops.ts";
+export { matmul, type MatmulOptions } from "./ops/matmul.ts";
+export { softmax } from "./ops/softmax.ts";
+export { argmax, type ArgmaxOptions, max, mean, reduceTo, type ReduceOptions, sum } from "./ops/reduce.ts";
+export { adaptiveAvgPool3d, l2Normalize } from "./ops/pool.ts";
+export { type CrossEntropyOptions, diceStats, softmaxCrossEntropy } from "./ops/losses.ts";
+export { adamwUpdate, type AdamwOptions, emaUpdate, sgdUpdate, type SgdOptions } from "./ops/optim.ts";

@@ -1,0 +1,184 @@
+/**
+ * Reverse-mode autograd over the recorded graph nodes: backward and zeroGrad.
+ *
+ * Gradients of intermediate tensors are reference-counted during the pass and released as soon
+ * as the node that consumes them has run; each node is freed right after its rule ran, which
+ * releases the activations it saved. Leaf gradients accumulate across calls (+=); a rule may add
+ * into an exclusively owned gradient in place (the native += slot convention, ctx.slot).
+ * @module
+ */
+import { addRaw } from "../ops/binary.ts";
+import { checkTensor } from "../ops/check.ts";
+import { exec1 } from "../ops/exec.ts";
+import { ones } from "./factories.ts";
+import { formatShape, sameShape } from "./shape.ts";
+import { setGradEnabled, tidy } from "./scope.ts";
+import { type BackwardContext, freeNode, type Node, type Tensor, withRelaxedUse } from "./tensor.ts";
+
+function copyOf(t: Tensor): Tensor {
+  return exec1("COPY", "backward", [t], { layout: 2 }, t.shape, t.dtype, ["grad"]);
+}
+
+function collectNodes(root: Node): Node[] {
+  const seen = new Set<Node>([root]);
+  const stack = [root];
+  while (stack.length > 0) {
+    const n = stack.pop()!;
+    for (let i = 0; i < n.inputs.length; i++) {
+      const t = n.inputs[i];
+      if (!n.needs[i] || t === null) continue;
+      const p = t._node;
+      if (p !== null && !p.freed && !seen.has(p)) {
+        seen.add(p);
+        stack.push(p);
+      }
+    }
+  }
+  return [...seen].sort((a, b) => b.id - a.id);
+}
+
+/**
+ * Back-propagates from loss (one element, or with `grad` of loss's shape) and accumulates into
+ * `.grad` of every leaf that requires grad (kept tensors; += across calls). Frees the graph it
+ * ran through.
+ */
+export function backward(loss: Tensor, grad?: Tensor): void {
+  checkTensor("backward", "loss", loss);
+  if (!loss.requiresGrad) {
+    throw new Error(
+      `backward: loss ${loss.describe()} does not require grad (no input with requiresGrad was used, ` +
+        `it was computed inside noGrad, or its graph was already used by an earlier backward)`,
+    );
+  }
+  if (grad === undefined) {
+    if (loss.size !== 1) {
+      throw new Error(`backward: loss ${loss.describe()} has ${loss.size} elements; pass grad for a non-scalar loss`);
+    }
+  } else {
+    checkTensor("backward", "grad", grad);
+    if (!sameShape(grad.shape, loss.shape) || grad.dtype !== "f32") {
+      throw new Error(`backward: grad ${grad.describe()} must have the shape and dtype of loss ${loss.describe()}`);
+    }
+  }
+  const prev = setGradEnabled(false);
+  const nodes = loss._node !== null ? collectNodes(loss._node) : [];
+  for (const n of nodes) n.pinned = true;
+  try {
+    withRelaxedUse(() => tidy(() => runBackward(loss, grad, nodes)));
+  } finally {
+    setGradEnabled(prev);
+    for (const n of nodes) n.pinned = false;
+    for (const n of nodes) freeNode(n);
+  }
+}
+
+function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[]): void {
+  const seed = userGrad ?? ones(loss.shape);
+  const grads = new Map<Tensor, Tensor>();
+  const holds = new Map<Tensor, number>();
+  const leafGrads = new Set<Tensor>();
+  const hold = (g: Tensor) => holds.set(g, (holds.get(g) ?? 0) + 1);
+  const unhold = (g: Tensor) => {
+    const n = (holds.get(g) ?? 0) - 1;
+    if (n > 0) holds.set(g, n);
+    else {
+      holds.delete(g);
+      if (g !== seed && !leafGrads.has(g)) g.dispose();
+    }
+  };
+  const shared = (g: Tensor) => (holds.get(g) ?? 0) > 0 || g === seed || leafGrads.has(g);
+  const dropIfFree = (g: Tensor) => {
+    if (!shared(g) && !g.kept) g.dispose();
+  };
+
+  const accumulate = (t: Tensor, g: Tensor) => {
+    if (t._isLeaf) {
+      if (!t.requiresGrad || t.grad === g) return;
+      if (t.grad === null || t.grad.disposed) {
+        const v = shared(g) ? copyOf(g) : g;
+        v.keep();
+        leafGrads.add(v);
+        t.grad = v;
+      } else {
+        const s = addRaw(t.grad, g).keep();
+        const old = t.grad;
+        t.grad = s;
+        leafGrads.add(s);
+        leafGrads.delete(old);
+        old.dispose();
+        dropIfFree(g);
+      }
+      return;
+    }
+    const e = grads.get(t);
+    if (e === undefined) {
+      grads.set(t, g);
+      hold(g);
+    } else if (e !== g) {
+      const s = addRaw(e, g);
+      grads.set(t, s);
+      hold(s);
+      unhold(e);
+      dropIfFree(g);
+    }
+  };
+
+  if (loss._node === null) {
+    accumulate(loss, seed);
+    return;
+  }
+  grads.set(loss, seed);
+  hold(seed);
+
+  for (const node of nodes) {
+    const outGrads = node.outputs.map((o) => grads.get(o) ?? null);
+    if (outGrads.every((g) => g === null) || node.backwardFn === null) continue;
+    const inputs = node.inputs;
+    const ctx: BackwardContext = {
+      needs: node.needs,
+      slot(i: number): Tensor | null {
+        const t = inputs[i];
+        if (t === null || !node.needs[i]) return null;
+        if (t._isLeaf) return t.grad !== null && !t.grad.disposed ? t.grad : null;
+        const e = grads.get(t);
+        return e !== undefined && holds.get(e) === 1 && !leafGrads.has(e) && e !== seed ? e : null;
+      },
+    };
+    const fn = node.backwardFn;
+    const res = tidy(() => fn(outGrads, ctx));
+    if (!Array.isArray(res) || res.length !== inputs.length) {
+      throw new Error(`backward of ${node.name}: the gradient rule returned ${Array.isArray(res) ? res.length : "no"} gradients for ${inputs.length} inputs`);
+    }
+    for (let i = 0; i < inputs.length; i++) {
+      const g = res[i];
+      const t = inputs[i];
+      if (g === null || t === null || !node.needs[i]) continue;
+      if (!sameShape(g.shape, t.shape)) {
+        throw new Error(
+          `backward of ${node.name}: gradient for input ${i} has shape ${formatShape(g.shape)}, the input is ${t.describe()}`,
+        );
+      }
+      accumulate(t, g);
+    }
+    for (const o of node.outputs) {
+      const g = grads.get(o);
+      if (g !== undefined) {
+        grads.delete(o);
+        unhold(g);
+      }
+    }
+    for (const g of res) if (g !== null) dropIfFree(g);
+    node.pinned = false;
+    freeNode(node);
+  }
+}
+
+/** Disposes and clears the gradients of params. */
+export function zeroGrad(params: readonly Tensor[]): void {
+  for (const p of params) {
+    if (p.grad !== null) {
+      p.grad.dispose();
+      p.grad = null;
+    }
+  }
+}
