@@ -109,7 +109,10 @@ export function cacheCheck(p: Prepared, step: PlannedStep): { ok: boolean; why: 
   if (p.forced.has(step.id)) return { ok: false, why: "forced" };
   const rec = p.state.steps[step.id];
   const meta = readMeta(step.outDir);
-  if (!rec) return { ok: false, why: meta?.hash === hash ? "finished but unrecorded" : "never ran" };
+  if (!rec || rec.status === "submitted") {
+    if (meta?.hash === hash) return { ok: false, why: "finished but unrecorded" };
+    return { ok: false, why: rec ? `submitted as Slurm job ${rec.jobId}, not finished` : "never ran" };
+  }
   if (rec.status === "failed" && rec.hash === hash) return { ok: false, why: `failed last time: ${rec.reason}` };
   if (rec.hash !== hash) return { ok: false, why: "parameters, inputs or code changed" };
   if (rec.status !== "done") return { ok: false, why: "not finished" };

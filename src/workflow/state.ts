@@ -9,7 +9,8 @@ import { STEP_META_FILE } from "./hash.ts";
 export interface StepRecord {
   /** Content hash of the step when it ran. */
   hash: string;
-  status: "done" | "failed";
+  /** submitted: handed to Slurm, outcome not yet seen by the orchestrator. */
+  status: "done" | "failed" | "submitted";
   /** Hash of the output folder (done only). */
   outputsHash?: string;
   /** Output hashes of the needed steps at the time this one ran. */

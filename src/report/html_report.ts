@@ -1,0 +1,346 @@
+/**
+ * The workflow report: one self-contained HTML file (inline CSS, inline SVG plots, PNG overlays
+ * as data URIs) built from run folders. A run folder is any folder holding metrics.json,
+ * log.jsonl or the workflow's .comodal_step.json (step id, matrix values, parameters).
+ *
+ * Contents: a table of metrics per run (grouped by step, one column per matrix value), Dice
+ * against every numeric setting that varies (labeled ratio, misalignment, ...) with one line per
+ * combination of the other settings (method, ...), training curves from log.jsonl, overlays.
+ */
+import { basename, join, relative } from "node:path";
+import { Buffer } from "node:buffer";
+import { escapeXml, lineChartSvg, type Series } from "./svg_plot.ts";
+
+export interface ClassScores {
+  dice?: number;
+  hd95?: number;
+  assd?: number;
+}
+
+export interface RunInfo {
+  dir: string;
+  /** Step id when the folder was written by a workflow, else the folder's path. */
+  id: string;
+  step?: string;
+  kind?: string;
+  /** Settings that tell runs apart: matrix values, then method/labeled from params. */
+  settings: Record<string, string | number | boolean>;
+  mean?: ClassScores;
+  perClass: Record<string, ClassScores>;
+  /** Training log records (event "iteration" and validation records). */
+  log: Record<string, unknown>[];
+  images: string[];
+}
+
+export interface ReportOptions {
+  outDir: string;
+  title?: string;
+  /** Most overlay images embedded per run. */
+  maxImagesPerRun?: number;
+}
+
+function num(v: unknown): number | undefined {
+  if (typeof v === "number") return v;
+  if (v === "Infinity") return Infinity;
+  if (typeof v === "object" && v !== null && typeof (v as { mean?: unknown }).mean === "number") {
+    return (v as { mean: number }).mean;
+  }
+  return undefined;
+}
+
+function scores(o: unknown): ClassScores | undefined {
+  if (typeof o !== "object" || o === null) return undefined;
+  const r = o as Record<string, unknown>;
+  const pick = (...keys: string[]) => keys.map((k) => num(r[k])).find((v) => v !== undefined);
+  const s = { dice: pick("dice", "Dice", "meanDice"), hd95: pick("hd95", "HD95"), assd: pick("assd", "ASSD") };
+  return s.dice === undefined && s.hd95 === undefined && s.assd === undefined ? undefined : s;
+}
+
+/**
+ * Reads mean and per-class scores from a metrics.json of any of the project's shapes:
+ * { mean: {dice,...}, perClass: {LV: {dice: {mean}}} } (the metrics summary), the same nested
+ * under a key (e.g. { summary: ... } or { test: ... }), or { dice: {mean} , classes: {...} }.
+ */
+export function extractMetrics(json: unknown, depth = 0): { mean?: ClassScores; perClass: Record<string, ClassScores> } {
+  if (typeof json !== "object" || json === null || depth > 3) return { perClass: {} };
+  const o = json as Record<string, unknown>;
+  const mean = scores(o.mean);
+  const classTable = (o.perClass ?? o.per_class ?? o.classes) as Record<string, unknown> | undefined;
+  const perClass: Record<string, ClassScores> = {};
+  if (classTable && typeof classTable === "object") {
+    for (const [k, v] of Object.entries(classTable)) {
+      const s = scores(v);
+      if (s) perClass[k] = s;
+    }
+  }
+  if (mean) return { mean, perClass };
+  const direct = scores(o);
+  if (direct && direct.dice !== undefined) return { mean: direct, perClass };
+  for (const v of Object.values(o)) {
+    const inner = extractMetrics(v, depth + 1);
+    if (inner.mean) return inner;
+  }
+  return { perClass };
+}
+
+function readJson(path: string): unknown {
+  try {
+    return JSON.parse(Deno.readTextFileSync(path));
+  } catch {
+    return undefined;
+  }
+}
+
+function readJsonl(path: string): Record<string, unknown>[] {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return [];
+  }
+  const out: Record<string, unknown>[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const v = JSON.parse(line);
+      if (typeof v === "object" && v !== null) out.push(v);
+    } catch { /* a line cut by a crash */ }
+  }
+  return out;
+}
+
+function isFile(p: string): boolean {
+  try {
+    return Deno.statSync(p).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Finds run folders under the given folders (at most `maxDepth` levels down). */
+export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
+  const runs: RunInfo[] = [];
+  const seen = new Set<string>();
+  const visit = (dir: string, depth: number, root: string) => {
+    if (seen.has(dir)) return;
+    seen.add(dir);
+    const hasMetrics = isFile(join(dir, "metrics.json"));
+    const hasLog = isFile(join(dir, "log.jsonl"));
+    const meta = readJson(join(dir, ".comodal_step.json")) as
+      | { id?: string; name?: string; kind?: string; matrix?: Record<string, unknown>; params?: Record<string, unknown> }
+      | undefined;
+    if (hasMetrics || hasLog) {
+      const settings: RunInfo["settings"] = {};
+      for (const [k, v] of Object.entries(meta?.matrix ?? {})) {
+        if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") settings[k] = v;
+      }
+      const params = meta?.params ?? {};
+      if (typeof params.method === "string" && !Object.values(settings).includes(params.method)) {
+        settings.method ??= params.method;
+      }
+      if (typeof params.labeled === "number" && !Object.values(settings).includes(params.labeled)) {
+        settings.labeled ??= params.labeled;
+      }
+      const m = hasMetrics ? extractMetrics(readJson(join(dir, "metrics.json"))) : { perClass: {} };
+      let images: string[] = [];
+      try {
+        images = [...Deno.readDirSync(join(dir, "images"))].filter((e) => e.isFile && e.name.endsWith(".png"))
+          .map((e) => join(dir, "images", e.name)).sort();
+      } catch { /* none */ }
+      runs.push({
+        dir,
+        id: meta?.id ?? (relative(root, dir) || basename(dir)),
+        step: meta?.name,
+        kind: meta?.kind,
+        settings,
+        mean: m.mean,
+        perClass: m.perClass,
+        log: hasLog ? readJsonl(join(dir, "log.jsonl")) : [],
+        images,
+      });
+    }
+    if (depth >= maxDepth) return;
+    let entries: Deno.DirEntry[] = [];
+    try {
+      entries = [...Deno.readDirSync(dir)];
+    } catch {
+      return;
+    }
+    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
+      if (e.isDirectory && !e.name.startsWith(".") && e.name !== "images" && e.name !== "logs") {
+        visit(join(dir, e.name), depth + 1, root);
+      }
+    }
+  };
+  for (const input of inputs) visit(input, 0, input);
+  return runs;
+}
+
+const CSS = `body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}
+.imgs{display:flex;flex-wrap:wrap;gap:8px}.imgs figure{margin:0}.imgs img{max-width:320px;image-rendering:pixelated;border:1px solid #ccc}
+figcaption{font-size:12px;color:#555}.muted{color:#888}`;
+
+function f(v: number | undefined, digits = 3): string {
+  if (v === undefined || Number.isNaN(v)) return "–";
+  if (!Number.isFinite(v)) return "∞";
+  return v.toFixed(digits);
+}
+
+function settingLabel(key: string): string {
+  if (/ratio|labeled/i.test(key)) return "labeled ratio";
+  if (/misalign|shift|translation/i.test(key)) return "misalignment (mm)";
+  return key;
+}
+
+/** Dice against each numeric setting that varies, one series per combination of the others. */
+export function settingPlots(runs: RunInfo[]): string[] {
+  const withDice = runs.filter((r) => r.mean?.dice !== undefined);
+  const keys = [...new Set(withDice.flatMap((r) => Object.keys(r.settings)))];
+  const plots: string[] = [];
+  for (const key of keys) {
+    const values = new Set(withDice.map((r) => r.settings[key]).filter((v) => typeof v === "number"));
+    if (values.size < 2) continue;
+    const groups = new Map<string, [number, number][]>();
+    for (const r of withDice) {
+      const x = r.settings[key];
+      if (typeof x !== "number") continue;
+      const others = Object.entries(r.settings).filter(([k]) => k !== key).map(([k, v]) => `${k}=${v}`);
+      const name = [r.step && r.step !== "train" ? r.step : "", ...others].filter((s) => s).join(", ") || "dice";
+      if (!groups.has(name)) groups.set(name, []);
+      groups.get(name)!.push([x, r.mean!.dice!]);
+    }
+    const series: Series[] = [...groups].map(([name, points]) => ({ name, points }));
+    const label = settingLabel(key);
+    plots.push(lineChartSvg(series, { title: `Dice against ${label}`, xLabel: label, yLabel: "mean Dice" }));
+  }
+  return plots;
+}
+
+function iterationOf(rec: Record<string, unknown>): number | undefined {
+  return num(rec.iteration) ?? num(rec.iter) ?? num(rec.step);
+}
+
+/** Training curves: losses of iteration records and Dice of validation records, per run. */
+export function trainingPlots(runs: RunInfo[]): string[] {
+  const loss: Series[] = [];
+  const val: Series[] = [];
+  for (const r of runs) {
+    if (r.log.length === 0) continue;
+    const lossPts: [number, number][] = [];
+    const valPts: [number, number][] = [];
+    for (const rec of r.log) {
+      const it = iterationOf(rec);
+      if (it === undefined) continue;
+      const ev = String(rec.event ?? "");
+      const dice = num(rec.dice) ?? num(rec.meanDice) ?? num(rec.valDice) ?? num(rec.val_dice) ??
+        scores(rec.mean)?.dice;
+      if (/val/i.test(ev) || (dice !== undefined && ev !== "iteration")) {
+        if (dice !== undefined) valPts.push([it, dice]);
+        continue;
+      }
+      const l = num(rec.loss) ?? num(rec.total) ?? num(rec.lossTotal) ?? num(rec.loss_total);
+      if (l !== undefined) lossPts.push([it, l]);
+    }
+    if (lossPts.length > 0) loss.push({ name: r.id, points: smooth(lossPts) });
+    if (valPts.length > 0) val.push({ name: r.id, points: valPts });
+  }
+  const out: string[] = [];
+  if (loss.length > 0) out.push(lineChartSvg(loss, { title: "Training loss", xLabel: "iteration", yLabel: "loss", markers: false }));
+  if (val.length > 0) out.push(lineChartSvg(val, { title: "Validation Dice", xLabel: "iteration", yLabel: "mean Dice" }));
+  return out;
+}
+
+/** Thins long curves to at most 400 points by averaging windows. */
+function smooth(points: [number, number][]): [number, number][] {
+  if (points.length <= 400) return points;
+  const w = Math.ceil(points.length / 400);
+  const out: [number, number][] = [];
+  for (let i = 0; i < points.length; i += w) {
+    const chunk = points.slice(i, i + w);
+    out.push([chunk[chunk.length - 1][0], chunk.reduce((a, p) => a + p[1], 0) / chunk.length]);
+  }
+  return out;
+}
+
+function metricsTables(runs: RunInfo[]): string {
+  const groups = new Map<string, RunInfo[]>();
+  for (const r of runs) {
+    const g = r.step ?? "runs";
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g)!.push(r);
+  }
+  const parts: string[] = [];
+  for (const [name, rs] of groups) {
+    const keys = [...new Set(rs.flatMap((r) => Object.keys(r.settings)))];
+    const classes = [...new Set(rs.flatMap((r) => Object.keys(r.perClass)))];
+    const head = [
+      ...keys.map((k) => `<th class="l">${escapeXml(k)}</th>`),
+      "<th>mean Dice</th><th>HD95 (mm)</th><th>ASSD (mm)</th>",
+      ...classes.map((c) => `<th>Dice ${escapeXml(c)}</th>`),
+    ].join("");
+    const rows = rs.map((r) => {
+      const cells = [
+        ...(keys.length ? keys.map((k) => `<td class="l">${escapeXml(String(r.settings[k] ?? "–"))}</td>`) : []),
+        `<td>${f(r.mean?.dice)}</td><td>${f(r.mean?.hd95, 2)}</td><td>${f(r.mean?.assd, 2)}</td>`,
+        ...classes.map((c) => `<td>${f(r.perClass[c]?.dice)}</td>`),
+      ];
+      return `<tr>${keys.length ? "" : `<td class="l">${escapeXml(r.id)}</td>`}${cells.join("")}</tr>`;
+    });
+    const idHead = keys.length ? "" : `<th class="l">run</th>`;
+    parts.push(`<h3>${escapeXml(name)}</h3><table><tr>${idHead}${head}</tr>${rows.join("")}</table>`);
+  }
+  return parts.join("");
+}
+
+/** Builds the HTML text of a report over the given runs. */
+export function renderReport(runs: RunInfo[], opts: { title?: string; maxImagesPerRun?: number } = {}): string {
+  const title = opts.title ?? "comodal report";
+  const body: string[] = [`<h1>${escapeXml(title)}</h1>`];
+  body.push(`<p class="muted">${runs.length} run folder(s); written ${new Date().toISOString()}</p>`);
+  const withMetrics = runs.filter((r) => r.mean);
+  body.push("<h2>Metrics</h2>");
+  body.push(withMetrics.length ? metricsTables(withMetrics) : `<p class="muted">no metrics.json found</p>`);
+  const sp = settingPlots(runs);
+  if (sp.length) body.push(`<h2>Dice against settings</h2><div class="plots">${sp.join("")}</div>`);
+  const tp = trainingPlots(runs);
+  if (tp.length) body.push(`<h2>Training curves</h2><div class="plots">${tp.join("")}</div>`);
+  const maxImg = opts.maxImagesPerRun ?? 6;
+  const imgRuns = runs.filter((r) => r.images.length > 0);
+  if (imgRuns.length) {
+    body.push("<h2>Slice overlays</h2>");
+    for (const r of imgRuns) {
+      const figs = r.images.slice(0, maxImg).map((p) => {
+        const data = Buffer.from(Deno.readFileSync(p)).toString("base64");
+        return `<figure><img alt="${escapeXml(basename(p))}" src="data:image/png;base64,${data}"><figcaption>${
+          escapeXml(basename(p))
+        }</figcaption></figure>`;
+      });
+      body.push(`<h3>${escapeXml(r.id)}</h3><div class="imgs">${figs.join("")}</div>`);
+    }
+  }
+  return `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${escapeXml(title)}</title><style>${CSS}</style></head><body>${
+    body.join("\n")
+  }</body></html>\n`;
+}
+
+/** Collects runs under `inputs` and writes <outDir>/report.html atomically; returns its path. */
+export async function writeReport(inputs: string[], opts: ReportOptions): Promise<string> {
+  for (const i of inputs) {
+    try {
+      if (!Deno.statSync(i).isDirectory) throw new Error("not a folder");
+    } catch (err) {
+      throw new Error(`Cannot report on ${i}: ${err instanceof Deno.errors.NotFound ? "folder not found" : (err as Error).message}`);
+    }
+  }
+  const runs = collectRuns(inputs);
+  const html = renderReport(runs, opts);
+  await Deno.mkdir(opts.outDir, { recursive: true });
+  const path = join(opts.outDir, "report.html");
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, html);
+  await Deno.rename(tmp, path);
+  return path;
+}
