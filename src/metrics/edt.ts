@@ -104,13 +104,21 @@ export function squaredDistanceTransform(
     );
   }
   const out = new Float64Array(total);
-  for (let i = 0; i < total; i++) out[i] = feature[i] ? 0 : Infinity;
   const sc = makeScratch(Math.max(n0, n1, n2));
-  // Axis 2 (contiguous lines).
+  // Axis 2 (contiguous lines): on a binary image the 1-D transform is the distance to the nearest
+  // feature on the line, found with one sweep each way.
   for (let base = 0; base < total; base += n2) {
-    for (let q = 0; q < n2; q++) sc.f[q] = out[base + q];
-    transformLine(n2, s2, sc);
-    for (let q = 0; q < n2; q++) out[base + q] = sc.d[q];
+    let last = -Infinity;
+    for (let q = 0; q < n2; q++) {
+      if (feature[base + q]) last = q;
+      out[base + q] = q - last;
+    }
+    last = Infinity;
+    for (let q = n2 - 1; q >= 0; q--) {
+      if (feature[base + q]) last = q;
+      const d = Math.min(out[base + q], last - q) * s2;
+      out[base + q] = d * d;
+    }
   }
   // Axis 1 (stride n2).
   for (let i0 = 0; i0 < n0; i0++) {

@@ -189,6 +189,105 @@ export function className(spec: ClassSpec): string {
   return typeof spec === "number" ? String(spec) : spec.name;
 }
 
+/** Voxel counts, overlap and the bounding box (of both masks) of one class. */
+interface ClassStat {
+  pred: number;
+  ref: number;
+  inter: number;
+  lo: [number, number, number];
+  hi: [number, number, number];
+}
+
+/**
+ * One pass over both label volumes for all classes: counts, intersections and bounding boxes.
+ * Background voxels (label 0 in both) cost one comparison, unless a class includes label 0.
+ */
+function classStats(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  specs: readonly ClassSpec[],
+  dims: Dims3,
+): ClassStat[] {
+  const [n0, n1, n2] = dims;
+  const stats: ClassStat[] = specs.map(() => ({
+    pred: 0,
+    ref: 0,
+    inter: 0,
+    lo: [n0, n1, n2],
+    hi: [0, 0, 0],
+  }));
+  const byLabel = new Map<number, number[]>();
+  specs.forEach((spec, c) => {
+    for (const l of typeof spec === "number" ? [spec] : new Set(spec.labels)) {
+      byLabel.set(l, [...(byLabel.get(l) ?? []), c]);
+    }
+  });
+  const NONE: number[] = [];
+  const zeroClasses = byLabel.get(0) ?? NONE;
+  const skipZero = zeroClasses.length === 0;
+  const grow = (st: ClassStat, i0: number, i1: number, i2: number) => {
+    if (i0 < st.lo[0]) st.lo[0] = i0;
+    if (i0 >= st.hi[0]) st.hi[0] = i0 + 1;
+    if (i1 < st.lo[1]) st.lo[1] = i1;
+    if (i1 >= st.hi[1]) st.hi[1] = i1 + 1;
+    if (i2 < st.lo[2]) st.lo[2] = i2;
+    if (i2 >= st.hi[2]) st.hi[2] = i2 + 1;
+  };
+  let i = 0;
+  for (let i0 = 0; i0 < n0; i0++) {
+    for (let i1 = 0; i1 < n1; i1++) {
+      for (let i2 = 0; i2 < n2; i2++, i++) {
+        const pv = pred[i], rv = ref[i];
+        if (skipZero && pv === 0 && rv === 0) continue;
+        const cp = byLabel.get(pv) ?? NONE;
+        const cr = pv === rv ? cp : (byLabel.get(rv) ?? NONE);
+        for (const c of cp) {
+          const st = stats[c];
+          st.pred++;
+          grow(st, i0, i1, i2);
+          if (cr === cp || cr.includes(c)) st.inter++;
+        }
+        for (const c of cr) {
+          const st = stats[c];
+          st.ref++;
+          grow(st, i0, i1, i2);
+        }
+      }
+    }
+  }
+  return stats;
+}
+
+/** The 0/1 mask of a class inside the box of `st`. */
+function cropMask(
+  labels: ArrayLike<number>,
+  spec: ClassSpec,
+  dims: Dims3,
+  st: ClassStat,
+): Uint8Array {
+  const [, n1, n2] = dims;
+  const c0 = st.hi[0] - st.lo[0], c1 = st.hi[1] - st.lo[1], c2 = st.hi[2] - st.lo[2];
+  const out = new Uint8Array(c0 * c1 * c2);
+  const single = typeof spec === "number"
+    ? spec
+    : spec.labels.length === 1
+    ? spec.labels[0]
+    : undefined;
+  const set = typeof spec === "number" ? undefined : new Set(spec.labels);
+  let o = 0;
+  for (let i0 = 0; i0 < c0; i0++) {
+    for (let i1 = 0; i1 < c1; i1++) {
+      const src = ((i0 + st.lo[0]) * n1 + i1 + st.lo[1]) * n2 + st.lo[2];
+      if (single !== undefined) {
+        for (let i2 = 0; i2 < c2; i2++) out[o++] = labels[src + i2] === single ? 1 : 0;
+      } else {
+        for (let i2 = 0; i2 < c2; i2++) out[o++] = set!.has(labels[src + i2]) ? 1 : 0;
+      }
+    }
+  }
+  return out;
+}
+
 /** Options of evaluateCase. */
 export interface EvaluateCaseOptions {
   dims: Dims3;
@@ -220,23 +319,41 @@ export function evaluateCase(
   }
   const q = opts.percentile ?? 95;
   const mode = opts.mode ?? "max";
-  const classes: Record<string, ClassMetrics> = {};
-  for (const spec of opts.classes) {
-    const p = labelMask(pred, spec);
-    const r = labelMask(ref, spec);
-    const d = surfaceDistances(p, r, { dims, spacing });
-    const name = typeof spec === "number" ? (opts.names?.[spec] ?? String(spec)) : spec.name;
-    if (name in classes) {
-      throw new Error(`Cannot evaluate case: class name "${name}" appears twice`);
+  const names = opts.classes.map((spec) =>
+    typeof spec === "number" ? (opts.names?.[spec] ?? String(spec)) : spec.name
+  );
+  names.forEach((n, i) => {
+    if (names.indexOf(n) !== i) {
+      throw new Error(`Cannot evaluate case: class name "${n}" appears twice`);
     }
-    classes[name] = {
-      dice: diceOfMasks(p, r),
+  });
+  const stats = classStats(pred, ref, opts.classes, dims);
+  const classes: Record<string, ClassMetrics> = {};
+  opts.classes.forEach((spec, c) => {
+    const st = stats[c];
+    const base = { predVoxels: st.pred, refVoxels: st.ref };
+    if (st.pred === 0 || st.ref === 0) {
+      const both = st.pred === 0 && st.ref === 0;
+      classes[names[c]] = {
+        dice: both ? 1 : 0,
+        hd95: both ? 0 : Infinity,
+        assd: both ? 0 : Infinity,
+        ...base,
+      };
+      return;
+    }
+    // Distances on the class's bounding box only (exact: see surface.ts).
+    const cdims: Dims3 = [st.hi[0] - st.lo[0], st.hi[1] - st.lo[1], st.hi[2] - st.lo[2]];
+    const p = cropMask(pred, spec, dims, st);
+    const r = cropMask(ref, spec, dims, st);
+    const d = surfaceDistances(p, r, { dims: cdims, spacing });
+    classes[names[c]] = {
+      dice: (2 * st.inter) / (st.pred + st.ref),
       hd95: hdFrom(d.predToRef, d.refToPred, q, mode),
       assd: assdFrom(d.predToRef, d.refToPred),
-      predVoxels: count(p),
-      refVoxels: count(r),
+      ...base,
     };
-  }
+  });
   return opts.id === undefined ? { classes } : { id: opts.id, classes };
 }
 

@@ -297,3 +297,39 @@ Deno.test("HD95/HD100/ASSD/Dice match SciPy (MONAI-style definitions) on random 
     close(dice(pred, ref, { labels: [1] })[0], c.dice, 1e-12, `case ${t} dice`);
   }
 });
+
+Deno.test("evaluateCase agrees with the per-metric functions on random multi-label volumes", () => {
+  const r = rng(5);
+  for (let trial = 0; trial < 10; trial++) {
+    const dims: D3 = [3 + Math.floor(r() * 8), 3 + Math.floor(r() * 8), 3 + Math.floor(r() * 8)];
+    const spacing: D3 = [0.5 + r() * 3, 0.5 + r() * 3, 0.5 + r() * 3];
+    const n = dims[0] * dims[1] * dims[2];
+    const pred = new Int32Array(n), ref = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      pred[i] = r() < 0.5 ? 0 : Math.floor(r() * 4);
+      ref[i] = r() < 0.5 ? 0 : Math.floor(r() * 4);
+    }
+    const region = { name: "r12", labels: [1, 2] };
+    const got =
+      evaluateCase(pred, ref, { dims, spacing, classes: [0, 1, 2, 3, 7, region] }).classes;
+    for (const [name, spec] of [["0", 0], ["1", 1], ["2", 2], ["3", 3], ["7", 7]] as const) {
+      close(got[name].dice, dice(pred, ref, { labels: [spec] })[0], 1e-12, `${trial} ${name} dice`);
+      assertEquals(
+        got[name].hd95,
+        hd95(pred, ref, { dims, spacing, label: spec }),
+        `${trial} ${name} hd95`,
+      );
+      assertEquals(
+        got[name].assd,
+        assd(pred, ref, { dims, spacing, label: spec }),
+        `${trial} ${name} assd`,
+      );
+    }
+    const pm = pred.map((v) => (v === 1 || v === 2 ? 1 : 0)),
+      rm = ref.map((v) => (v === 1 || v === 2 ? 1 : 0));
+    close(got.r12.dice, dice(pred, ref, { labels: [region] })[0], 1e-12);
+    assertEquals(got.r12.hd95, hd95(pm, rm, { dims, spacing }));
+    assertEquals(got.r12.assd, assd(pm, rm, { dims, spacing }));
+    assertEquals(got["7"], { dice: 1, hd95: 0, assd: 0, predVoxels: 0, refVoxels: 0 });
+  }
+});
