@@ -1,0 +1,68 @@
+import { deepStrictEqual, throws } from "node:assert/strict";
+import { tensor } from "../tensor/factories.ts";
+import { tidy } from "../tensor/scope.ts";
+import { clone, concat, expand, reshape, slice, split } from "./shape_ops.ts";
+import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
+
+const iota = (n: number) => Float32Array.from({ length: n }, (_, i) => i);
+
+Deno.test("reshape keeps row-major order, resolves -1 and reaches rank 0", () => {
+  tidy(() => {
+    const x = tensor(iota(24), [2, 3, 4]);
+    const y = reshape(x, [4, -1]);
+    deepStrictEqual(y.shape, [4, 6]);
+    assertClose(y.toArray(), iota(24));
+    const s = reshape(tensor([5], [1, 1]), []);
+    deepStrictEqual(s.shape, []);
+    deepStrictEqual(s.item(), 5);
+    throws(() => reshape(x, [5, -1]), { message: "reshape: cannot reshape [2,3,4] (24 elements) to [5,-1]" });
+    throws(() => reshape(x, [-1, -1]), /more than one -1/);
+  });
+});
+
+Deno.test("reshape of a blocked 5-D tensor (C = 16) keeps logical order", () => {
+  tidy(() => {
+    const x = tensor(iota(2 * 16 * 8), [2, 16, 2, 2, 2]);
+    const y = expand(x, [2, 16, 2, 2, 2]); // an op output, may be blocked natively
+    assertClose(reshape(y, [32, 8]).toArray(), iota(256));
+  });
+});
+
+Deno.test("slice, split and concat match JS references", () => {
+  tidy(() => {
+    const x = tensor(iota(24), [2, 3, 4]);
+    const s = slice(x, 1, 1, 2);
+    deepStrictEqual(s.shape, [2, 2, 4]);
+    assertClose(s.toArray(), [4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23]);
+    const parts = split(x, -1, [1, 3]);
+    deepStrictEqual(parts.map((p) => p.shape), [[2, 3, 1], [2, 3, 3]]);
+    assertClose(parts[0].toArray(), [0, 4, 8, 12, 16, 20]);
+    const c = concat([parts[1], parts[0]], 2);
+    assertClose(c.toArray().slice(0, 4), [1, 2, 3, 0]);
+    throws(() => slice(x, 1, 2, 2), /does not fit axis 1/);
+    throws(() => concat([x, tensor(iota(6), [2, 3, 1])], 1), /does not match xs\[0\]/);
+  });
+});
+
+Deno.test("expand broadcasts and its gradient sums back", () => {
+  tidy(() => {
+    const y = expand(tensor([1, 2], [2, 1]), [3, 2, 2]);
+    assertClose(y.toArray(), [1, 1, 2, 2, 1, 1, 2, 2, 1, 1, 2, 2]);
+    throws(() => expand(tensor([1, 2], [2]), [3]), /does not broadcast to \[3\]/);
+  });
+  const rng = seededRng(5);
+  gradCheck((xs) => expand(xs[0], [2, 3, 4]), [{ data: randData([3, 1], rng), shape: [3, 1] }]);
+});
+
+Deno.test("shape ops: gradients match finite differences", () => {
+  const rng = seededRng(6);
+  const a = { data: randData([2, 3, 4], rng), shape: [2, 3, 4] };
+  const b = { data: randData([2, 2, 4], rng), shape: [2, 2, 4] };
+  gradCheck((xs) => reshape(xs[0], [6, 4]), [a]);
+  gradCheck((xs) => slice(xs[0], 1, 1, 1), [a]);
+  gradCheck((xs) => slice(xs[0], 2, 0, 3), [a]);
+  gradCheck((xs) => concat([xs[0], xs[1]], 1), [a, b]);
+  gradCheck((xs) => concat([xs[0], xs[0]], 0), [a]);
+  gradCheck((xs) => clone(xs[0]), [a]);
+  gradCheck((xs) => split(xs[0], 1, [2, 1])[0], [a]);
+});
