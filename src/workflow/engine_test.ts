@@ -156,3 +156,38 @@ steps:
   }
   assert.equal(max, 2, "4 CPUs / 2 per step -> at most 2 at once, and 2 reached");
 });
+
+Deno.test("engine: orchestration overhead per step and 100 trivial steps locally", async () => {
+  const n = 100;
+  const { plan } = setup(`name: many
+steps:
+  t:
+    kind: command
+    matrix: {i: [${Array.from({ length: n }, (_, i) => i).join(", ")}]}
+    run: echo \${{ matrix.i }} > \${{ step.out }}/x
+`);
+  const p = plan();
+  const t0 = performance.now();
+  const s = await runLocal(p, { codeVersion: CODE, cpus: 2 });
+  const wide = (performance.now() - t0) / 1000;
+  assert.equal(s.counts.done, n);
+  const t1 = performance.now();
+  const again = await runLocal(p, { codeVersion: CODE, cpus: 2 });
+  const cachedSec = (performance.now() - t1) / 1000;
+  assert.equal(again.counts.cached, n);
+  // A chain: every step waits for the previous one, so time / steps = per-step overhead + `true`.
+  const chain = setup(`name: chain
+steps:
+${Array.from({ length: 20 }, (_, i) => `  c${i}: {kind: command, run: "true"${i ? `, needs: c${i - 1}` : ""}}`).join("\n")}
+`).plan();
+  const t2 = performance.now();
+  const c = await runLocal(chain, { codeVersion: CODE });
+  const perStep = (performance.now() - t2) / 20;
+  assert.equal(c.counts.done, 20);
+  console.log(
+    `local: ${n} trivial steps ${wide.toFixed(2)} s on 2 slots; all cached ${cachedSec.toFixed(2)} s; ` +
+      `sequential overhead ${perStep.toFixed(1)} ms/step (plan, hash, launch, record)`,
+  );
+  assert.ok(wide < 30, `100 trivial steps took ${wide}s`);
+  assert.ok(perStep < 1000, `per-step overhead ${perStep}ms`);
+});
