@@ -6,7 +6,7 @@
  */
 import { formatShape, triple } from "../tensor/shape.ts";
 import { getBackend } from "../backend/backend.ts";
-import { recordNode, type Tensor, wrapNative } from "../tensor/tensor.ts";
+import { allocTensor, recordNode, type Tensor, wrapNative } from "../tensor/tensor.ts";
 import { checkF32, checkRank, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
 
@@ -78,17 +78,20 @@ function convBackward(
     if (ctx.needs[0]) out[0] = exec1(ops.data, fn, [dy, w], params, xShape, "f32", ["dy", "w"]);
     const needW = ctx.needs[1], needB = bShape !== null && ctx.needs[2];
     if (needW || needB) {
-      const dwSlot = needW ? ctx.slot(1) : null;
+      // The kernel size cannot always be inferred from x and dy (strided convs), so dw always
+      // gets a slot: the accumulated gradient, or zeros (the kernel adds into a given slot).
+      let dw = needW ? ctx.slot(1) : null;
+      if (dw === null) {
+        dw = allocTensor(wShape, "f32", fn);
+        execOp("FILL", fn, [], [dw], { value: 0 });
+      }
       const dbSlot = needB ? ctx.slot(2) : null;
-      const [pw, pb] = execOp(ops.weights, fn, [x, dy], [dwSlot, dbSlot], { ...params, has_bias: needB ? 1 : 0 }, [
+      const [, pb] = execOp(ops.weights, fn, [x, dy], [dw, dbSlot], { ...params, has_bias: needB ? 1 : 0 }, [
         "x",
         "dy",
       ]);
-      const be = getBackend();
-      // An allocated dw nobody needs is wrapped so the rule's scope releases it.
-      const dw = dwSlot ?? wrapNative(pw, wShape, "f32", be);
       if (needW) out[1] = dw;
-      if (needB) out[2] = dbSlot ?? wrapNative(pb, bShape!, "f32", be);
+      if (needB) out[2] = dbSlot ?? wrapNative(pb, bShape!, "f32", getBackend());
     }
     return out;
   };
