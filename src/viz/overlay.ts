@@ -43,6 +43,8 @@ export interface OverlayOptions {
   windowing?: Windowing | "auto";
   /** Integer upscaling factor (nearest neighbour) so thin contours stay readable (default 1). */
   scale?: number;
+  /** Contour width in output pixels (default 1, or 2 when scale >= 3). */
+  lineWidth?: number;
   palette?: readonly Rgb[];
 }
 
@@ -80,20 +82,29 @@ function checkSize(what: string, arr: ArrayLike<number> | undefined, w: number, 
   }
 }
 
-/** True where pixel i of the label map has a label > 0 that differs from a 4-neighbour or lies on the border. */
-function contour(labels: Int32Array, w: number, h: number): Uint8Array {
+/**
+ * True where pixel i has a label > 0 and a pixel of another label (or the image border) lies
+ * within `t` pixels straight up, down, left or right: an inner band `t` pixels wide.
+ */
+function contour(labels: Int32Array, w: number, h: number, t = 1): Uint8Array {
   const out = new Uint8Array(w * h);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
       const i = y * w + x;
       const l = labels[i];
       if (l <= 0) continue;
-      if (
-        x === 0 || y === 0 || x === w - 1 || y === h - 1 || labels[i - 1] !== l ||
-        labels[i + 1] !== l ||
-        labels[i - w] !== l || labels[i + w] !== l
-      ) {
+      if (x < t || y < t || x >= w - t || y >= h - t) {
         out[i] = 1;
+        continue;
+      }
+      for (let k = 1; k <= t; k++) {
+        if (
+          labels[i - k] !== l || labels[i + k] !== l || labels[i - k * w] !== l ||
+          labels[i + k * w] !== l
+        ) {
+          out[i] = 1;
+          break;
+        }
       }
     }
   }
@@ -132,6 +143,10 @@ export function overlayRgb(
     throw new Error(`Cannot draw overlay: scale ${s} must be an integer >= 1`);
   }
   const palette = opts.palette ?? DEFAULT_PALETTE;
+  const lw = opts.lineWidth ?? (s >= 3 ? 2 : 1);
+  if (!(Number.isInteger(lw) && lw >= 1)) {
+    throw new Error(`Cannot draw overlay: lineWidth ${lw} must be an integer >= 1`);
+  }
   const win = opts.windowing === undefined || opts.windowing === "auto"
     ? autoWindow(slice)
     : opts.windowing;
@@ -148,7 +163,7 @@ export function overlayRgb(
   }
   if (opts.pred) {
     const lab = upscale(opts.pred, width, height, s, (n) => new Int32Array(n));
-    const c = contour(lab, W, H);
+    const c = contour(lab, W, H, lw);
     for (let i = 0; i < W * H; i++) {
       if (!c[i]) continue;
       const col = classColour(lab[i], palette);
@@ -159,11 +174,11 @@ export function overlayRgb(
   }
   if (opts.ref) {
     const lab = upscale(opts.ref, width, height, s, (n) => new Int32Array(n));
-    const c = contour(lab, W, H);
+    const c = contour(lab, W, H, lw);
     for (let y = 0; y < H; y++) {
       for (let x = 0; x < W; x++) {
         const i = y * W + x;
-        if (!c[i] || ((x + y) >> 1) % 2 !== 0) continue; // dashes of two pixels
+        if (!c[i] || Math.floor((x + y) / (2 * lw)) % 2 !== 0) continue; // dashes of 2 * lineWidth pixels
         const col = refColour(lab[i], palette);
         data[3 * i] = col[0];
         data[3 * i + 1] = col[1];
@@ -201,6 +216,7 @@ export interface MontageOptions {
   /** How many slices to pick when `slices` is not given (default 3). */
   count?: number;
   scale?: number;
+  lineWidth?: number;
   /** Black pixels between tiles (default 2). */
   gap?: number;
   palette?: readonly Rgb[];
@@ -262,6 +278,7 @@ export function montagePng(rows: readonly MontageRow[], opts: MontageOptions = {
       return overlayRgb(row.image.subarray(off, off + H * W), W, H, {
         windowing: win,
         scale: s,
+        lineWidth: opts.lineWidth,
         palette: opts.palette,
         pred: row.pred?.subarray(off, off + H * W),
         ref: row.ref?.subarray(off, off + H * W),

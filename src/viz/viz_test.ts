@@ -131,7 +131,7 @@ Deno.test("overlay: greyscale window, solid pred contour, dashed ref contour, in
   assertEquals(pixel(img, 6, 6)[0], 153);
 });
 
-Deno.test("overlay: scale upsamples and keeps contours one pixel thin", () => {
+Deno.test("overlay: scale upsamples; contour width 2 by default at scale 3, 1 on request", () => {
   const slice = new Float32Array(16).fill(1);
   const pred = new Int32Array(16);
   pred[5] =
@@ -146,6 +146,12 @@ Deno.test("overlay: scale upsamples and keeps contours one pixel thin", () => {
   assertEquals(pixel(img, 8, 8), c1);
   assertEquals(pixel(img, 5, 5), [128, 128, 128]); // inside the scaled square
   assertEquals(pixel(img, 1, 1), [128, 128, 128]); // outside
+  assertEquals(pixel(img, 4, 4), c1); // second pixel of the 2-wide band
+  const thin = decodePng(
+    overlayPng(slice, 4, 4, { pred, scale: 3, lineWidth: 1, windowing: { min: 0, max: 2 } }),
+  );
+  assertEquals(pixel(thin, 3, 3), c1);
+  assertEquals(pixel(thin, 4, 4), [128, 128, 128]);
   assertThrows(() => overlayPng(slice, 4, 5), /16 values, a 4x5 slice needs 20/);
 });
 
