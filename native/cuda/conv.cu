@@ -305,10 +305,21 @@ void conv_backward_weights(const KernelArgs& a) {
   if (a.out[0] != nullptr) {
     ws = a.out[0]->shape;
   } else {
-    // Kernel size from the shapes (exact for stride 1; for larger strides pass dw to remove doubt).
+    // Kernel size from the shapes, when exactly one size fits (else the caller must pass dw).
     int64_t k[3];
-    for (int i = 0; i < 3; i++)
-      k[i] = (x->shape.d[2 + i] + 2 * p.padding[i] - (dy->shape.d[2 + i] - 1) * p.stride[i] - 1) / p.dilation[i] + 1;
+    for (int i = 0; i < 3; i++) {
+      int64_t found = 0, count = 0;
+      for (int64_t kk = 1; kk <= x->shape.d[2 + i] + 2 * p.padding[i]; kk++)
+        if (conv_out(x->shape.d[2 + i], kk, p.stride[i], p.padding[i], p.dilation[i]) == dy->shape.d[2 + i]) {
+          if (count == 0) found = kk;
+          count++;
+        }
+      if (count != 1)
+        fail(std::string(op) + ": cannot infer the kernel size on axis " + std::to_string(i) + " from x " +
+             x->shape.str() + " and dy " + dy->shape.str() + " (" + (count == 0 ? "no size fits" : "several sizes fit") +
+             "); pass a dw output slot");
+      k[i] = found;
+    }
     ws = shape5(dy->shape.d[1], x->shape.d[1], k);
   }
   for (int i = 0; i < 3; i++)

@@ -129,16 +129,43 @@ bool bcast_strides(const Shape& in, const Shape& out, int64_t* st) {
   return true;
 }
 
-__device__ inline float binary_apply(int kind, float x, float y) {
+template <typename T>
+__device__ inline T binary_apply(int kind, T x, T y) {
   switch (kind) {
     case CMO_BINARY_ADD: return x + y;
     case CMO_BINARY_SUB: return x - y;
     case CMO_BINARY_MUL: return x * y;
     case CMO_BINARY_DIV: return x / y;
-    case CMO_BINARY_MAXIMUM: return fmaxf(x, y);
-    case CMO_BINARY_EQUAL: return x == y ? 1.f : 0.f;
+    case CMO_BINARY_MAXIMUM:
+      if (x != x || y != y) return x + y;  // NaN propagates, as torch.maximum
+      return x > y ? x : y;
+    case CMO_BINARY_EQUAL: return x == y ? T(1) : T(0);
   }
-  return 0.f;
+  return T(0);
+}
+
+template <typename T>
+void binary_typed(Backend* be, int kind, const Buffer* A, const Buffer* B, Buffer* y, const Shape& out, const char* op) {
+  const T* ap = static_cast<const T*>(A->data);
+  const T* bp = static_cast<const T*>(B->data);
+  T* yp = static_cast<T*>(y->data);
+  int64_t n = out.numel();
+  if (A->shape == out && B->shape == out) {
+    launch_elementwise(be, n, [=] __device__(int64_t i) { yp[i] = binary_apply<T>(kind, ap[i], bp[i]); }, op);
+  } else if (A->shape == out && B->numel() == 1) {
+    launch_elementwise(be, n, [=] __device__(int64_t i) { yp[i] = binary_apply<T>(kind, ap[i], bp[0]); }, op);
+  } else {
+    Bcast bc{};
+    bc.ndim = out.ndim;
+    for (int k = 0; k < out.ndim; k++) bc.out_d[k] = out.d[k];
+    bcast_strides(A->shape, out, bc.a_s);
+    bcast_strides(B->shape, out, bc.b_s);
+    launch_elementwise(be, n, [=] __device__(int64_t i) {
+      int64_t oa, ob;
+      bcast_offsets(bc, i, &oa, &ob);
+      yp[i] = binary_apply<T>(kind, ap[oa], bp[ob]);
+    }, op);
+  }
 }
 
 void binary(const KernelArgs& a) {
@@ -146,8 +173,11 @@ void binary(const KernelArgs& a) {
   const auto& p = a.p<cmo_binary_params>(op);
   if (p.kind < CMO_BINARY_ADD || p.kind > CMO_BINARY_EQUAL) fail(std::string(op) + ": unknown binary kind " + std::to_string(p.kind));
   const Buffer *A = a.in[0], *B = a.in[1];
-  need_f32(A, op, "a");
-  need_f32(B, op, "b");
+  if (A->dtype != B->dtype)
+    fail(std::string(op) + ": a " + A->shape.str() + " " + dtype_name(A->dtype) + " and b " + B->shape.str() + " " +
+         dtype_name(B->dtype) + " must have the same dtype");
+  if (A->dtype == CMO_DTYPE_U8) fail(std::string(op) + ": u8 is not supported, expected f32 or i32");
+  if (A->dtype == CMO_DTYPE_I32 && p.kind == CMO_BINARY_DIV) fail(std::string(op) + ": DIV needs f32 tensors, got i32");
   Shape out;
   out.ndim = std::max(A->shape.ndim, B->shape.ndim);
   for (int k = 0; k < out.ndim; k++) {
@@ -157,27 +187,11 @@ void binary(const KernelArgs& a) {
       fail(std::string(op) + ": shapes " + A->shape.str() + " and " + B->shape.str() + " do not broadcast");
     out.d[k] = da == 1 ? db : da;
   }
-  Buffer* y = a.output(0, out, CMO_DTYPE_F32, op);
-  const float *ap = A->f32(), *bp = B->f32();
-  float* yp = y->f32();
-  int kind = (int)p.kind;
-  int64_t n = out.numel();
-  if (A->shape == out && B->shape == out) {
-    launch_elementwise(a.backend, n, [=] __device__(int64_t i) { yp[i] = binary_apply(kind, ap[i], bp[i]); }, op);
-  } else if (A->shape == out && B->numel() == 1) {
-    launch_elementwise(a.backend, n, [=] __device__(int64_t i) { yp[i] = binary_apply(kind, ap[i], bp[0]); }, op);
-  } else {
-    Bcast bc{};
-    bc.ndim = out.ndim;
-    for (int k = 0; k < out.ndim; k++) bc.out_d[k] = out.d[k];
-    bcast_strides(A->shape, out, bc.a_s);
-    bcast_strides(B->shape, out, bc.b_s);
-    launch_elementwise(a.backend, n, [=] __device__(int64_t i) {
-      int64_t oa, ob;
-      bcast_offsets(bc, i, &oa, &ob);
-      yp[i] = binary_apply(kind, ap[oa], bp[ob]);
-    }, op);
-  }
+  Buffer* y = a.output(0, out, A->dtype, op);
+  if (A->dtype == CMO_DTYPE_F32)
+    binary_typed<float>(a.backend, (int)p.kind, A, B, y, out, op);
+  else
+    binary_typed<int32_t>(a.backend, (int)p.kind, A, B, y, out, op);
 }
 
 void affine_scalar(const KernelArgs& a) {

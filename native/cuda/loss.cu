@@ -155,11 +155,18 @@ void dice_forward(const KernelArgs& a) {
   const float* pp = probs->f32();
   const int32_t* lp = labels ? target->i32() : nullptr;
   const float* sp = labels ? nullptr : target->f32();
+  Scratch flag(be, 2 * sizeof(int32_t));  // [0] = bad label seen, [1] = the label
+  int32_t* fp = flag.as<int32_t>();
+  check_cuda(cudaMemsetAsync(fp, 0, 2 * sizeof(int32_t), stream(be)), op);
   if (E > 0) {
     plane_sums<3>(be, K, E, [=] __device__(int64_t k, int64_t e, double* acc) {
       int64_t n = e / S, s = e % S;
       int64_t i = (n * K + k) * S + s;
       double pv = pp[i];
+      if (lp && k == 0 && (lp[e] < 0 || lp[e] >= K)) {
+        fp[0] = 1;
+        fp[1] = lp[e];
+      }
       double tv = lp ? (lp[e] == k ? 1.0 : 0.0) : (double)sp[i];
       acc[0] += pv * tv;
       acc[1] += pv;
@@ -173,6 +180,14 @@ void dice_forward(const KernelArgs& a) {
     int64_t r = i / K, k = i % K;
     out[i] = (float)tp[k * 3 + r];
   }, op);
+  if (lp) {
+    int32_t host_flag[2] = {0, 0};
+    check_cuda(cudaMemcpyAsync(host_flag, fp, sizeof(host_flag), cudaMemcpyDeviceToHost, stream(be)), op);
+    sync(be);
+    if (host_flag[0])
+      fail(std::string(op) + ": label " + std::to_string(host_flag[1]) + " is outside 0.." + std::to_string(K - 1) +
+           " (probs " + probs->shape.str() + ")");
+  }
 }
 
 void dice_backward(const KernelArgs& a) {

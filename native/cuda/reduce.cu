@@ -57,6 +57,8 @@ RIdx make_ridx(const Shape& x, int64_t mask, Shape* out, const char* op) {
   return r;
 }
 
+__device__ inline float nan_max(float a, float b) { return (a != a) ? a : ((b > a || b != b) ? b : a); }
+
 template <bool IsMax>
 __global__ void reduce_block_kernel(int64_t planes, RIdx r, const float* x, float* y, float scale) {
   __shared__ float sm[32];
@@ -66,7 +68,7 @@ __global__ void reduce_block_kernel(int64_t planes, RIdx r, const float* x, floa
     for (int64_t s = threadIdx.x; s < r.R; s += blockDim.x) {
       float v = x[ridx_offset(r, p, s)];
       if (IsMax) {
-        if (!any || v > acc) acc = v;
+        if (!any || v > acc || v != v) acc = v;  // NaN counts as the maximum
         any = true;
       } else {
         acc += v;
@@ -75,14 +77,14 @@ __global__ void reduce_block_kernel(int64_t planes, RIdx r, const float* x, floa
     if (IsMax && !any) acc = -FLT_MAX;
     for (int o = 16; o > 0; o >>= 1) {
       float w = __shfl_down_sync(0xffffffffu, acc, o);
-      acc = IsMax ? fmaxf(acc, w) : acc + w;
+      acc = IsMax ? nan_max(acc, w) : acc + w;
     }
     __syncthreads();
     if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = acc;
     __syncthreads();
     if (threadIdx.x == 0) {
       float t = sm[0];
-      for (int i = 1; i < (int)(blockDim.x >> 5); i++) t = IsMax ? fmaxf(t, sm[i]) : t + sm[i];
+      for (int i = 1; i < (int)(blockDim.x >> 5); i++) t = IsMax ? nan_max(t, sm[i]) : t + sm[i];
       y[p] = IsMax ? t : t * scale;
     }
   }
@@ -143,7 +145,8 @@ void reduce_max_backward(const KernelArgs& a) {
   if (planes == 0 || x->numel() == 0) return;
   Scratch cnt(be, (size_t)planes * sizeof(double));
   plane_sums<1>(be, planes, r.R, [=] __device__(int64_t pl, int64_t s, double* acc) {
-    acc[0] += xp[ridx_offset(r, pl, s)] == yp[pl] ? 1.0 : 0.0;
+    float v = xp[ridx_offset(r, pl, s)], m = yp[pl];
+    acc[0] += (v == m || (v != v && m != m)) ? 1.0 : 0.0;
   }, cnt.as<double>(), op);
   const double* c = cnt.as<double>();
   // plane index of an input element: its coordinates on the kept dims
@@ -164,7 +167,8 @@ void reduce_max_backward(const KernelArgs& a) {
       pl += (q % pi.d[k]) * pi.s[k];
       q /= pi.d[k];
     }
-    dxp[i] = xp[i] == yp[pl] ? (float)(dyp[pl] / c[pl]) : 0.f;
+    float v = xp[i], m = yp[pl];
+    dxp[i] = (v == m || (v != v && m != m)) ? (float)(dyp[pl] / c[pl]) : 0.f;
   }, op);
 }
 
@@ -189,7 +193,7 @@ void argmax(const KernelArgs& a) {
     float bv = len > 0 ? row[0] : 0.f;
     for (int64_t k = 1; k < len; k++) {
       float v = row[k * inner];
-      if (v > bv) {
+      if (v > bv || (v != v && bv == bv)) {  // first maximum wins; NaN counts as the maximum
         bv = v;
         best = (int32_t)k;
       }
