@@ -311,7 +311,14 @@ export async function slidingWindowInference(
     });
   }
 
-  // Normalise and crop the padding away.
+  // Normalise (in place when nothing was padded) and crop the padding away.
+  if (pvol === vol) {
+    for (let k = 0; k < K; k++) {
+      const base = k * vol;
+      for (let i = 0; i < vol; i++) acc[base + i] /= wsum[i];
+    }
+    return acc;
+  }
   const out = new Float32Array(K * vol);
   const [D, H, W] = dims;
   for (let k = 0; k < K; k++) {
