@@ -503,7 +503,7 @@ def optim_cases() -> list[Case]:
     states("sgd_nesterov_two_steps", "sgdUpdate", sgd, (3, 4),
            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
            ["momentumBuf"])
-    states("sgd_nesterov_two_steps_c16_weight", "sgdUpdate", sgd, (16, 4, 1, 1, 2),
+    states("sgd_nesterov_two_steps_c16_weight", "sgdUpdate", sgd, (4, 16, 1, 1, 2),
            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
            ["momentumBuf"])
     plain = {"lr": 0.05, "momentum": 0.5, "weightDecay": 0.0, "nesterov": False}
@@ -514,7 +514,7 @@ def optim_cases() -> list[Case]:
            lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
            ["m", "v"])
     states("adamw_two_steps_c16_weight", "adamwUpdate", {**adamw, "beta1": 0.8, "beta2": 0.99},
-           (16, 2, 1, 1, 1),
+           (2, 16, 1, 1, 1),
            lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.05),
            ["m", "v"])
 
