@@ -37,7 +37,10 @@ export type ClassSpec = number | { name: string; labels: readonly number[] };
 /** The values of one class in one case. */
 export interface ClassMetrics {
   dice: number;
-  /** mm; Infinity when exactly one of the masks is empty. */
+  /**
+   * Hausdorff distance at the requested percentile (95 unless evaluateCase was given another), mm;
+   * Infinity when exactly one of the masks is empty.
+   */
   hd95: number;
   /** mm; Infinity when exactly one of the masks is empty. */
   assd: number;
@@ -94,12 +97,6 @@ function labelMask(labels: ArrayLike<number>, spec: ClassSpec): Uint8Array {
     for (let i = 0; i < labels.length; i++) out[i] = set.has(labels[i]) ? 1 : 0;
   }
   return out;
-}
-
-function count(mask: Uint8Array): number {
-  let c = 0;
-  for (let i = 0; i < mask.length; i++) c += mask[i];
-  return c;
 }
 
 function toMask(a: ArrayLike<number>, label: number): Uint8Array {
