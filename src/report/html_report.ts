@@ -266,31 +266,35 @@ function smooth(points: [number, number][]): [number, number][] {
 }
 
 function metricsTables(runs: RunInfo[]): string {
+  // One table per step kind (train, evaluate, ...); a step column when several steps share it.
   const groups = new Map<string, RunInfo[]>();
   for (const r of runs) {
-    const g = r.step ?? "runs";
+    const g = r.kind ?? "runs";
     if (!groups.has(g)) groups.set(g, []);
     groups.get(g)!.push(r);
   }
   const parts: string[] = [];
   for (const [name, rs] of groups) {
+    const steps = new Set(rs.map((r) => r.step ?? r.id));
     const keys = [...new Set(rs.flatMap((r) => Object.keys(r.settings)))];
     const classes = [...new Set(rs.flatMap((r) => Object.keys(r.perClass)))];
+    const showStep = steps.size > 1 || keys.length === 0;
     const head = [
+      showStep ? `<th class="l">${keys.length ? "step" : "run"}</th>` : "",
       ...keys.map((k) => `<th class="l">${escapeXml(k)}</th>`),
       "<th>mean Dice</th><th>HD95 (mm)</th><th>ASSD (mm)</th>",
       ...classes.map((c) => `<th>Dice ${escapeXml(c)}</th>`),
     ].join("");
     const rows = rs.map((r) => {
       const cells = [
-        ...(keys.length ? keys.map((k) => `<td class="l">${escapeXml(String(r.settings[k] ?? "–"))}</td>`) : []),
+        showStep ? `<td class="l">${escapeXml(keys.length ? (r.step ?? r.id) : r.id)}</td>` : "",
+        ...keys.map((k) => `<td class="l">${escapeXml(String(r.settings[k] ?? "–"))}</td>`),
         `<td>${f(r.mean?.dice)}</td><td>${f(r.mean?.hd95, 2)}</td><td>${f(r.mean?.assd, 2)}</td>`,
         ...classes.map((c) => `<td>${f(r.perClass[c]?.dice)}</td>`),
       ];
-      return `<tr>${keys.length ? "" : `<td class="l">${escapeXml(r.id)}</td>`}${cells.join("")}</tr>`;
+      return `<tr>${cells.join("")}</tr>`;
     });
-    const idHead = keys.length ? "" : `<th class="l">run</th>`;
-    parts.push(`<h3>${escapeXml(name)}</h3><table><tr>${idHead}${head}</tr>${rows.join("")}</table>`);
+    parts.push(`<h3>${escapeXml(name)}</h3><table><tr>${head}</tr>${rows.join("")}</table>`);
   }
   return parts.join("");
 }

@@ -96,7 +96,12 @@ export function denoPath(): string {
  * Builds the command of one step. `outDir` is where this attempt writes (a temporary folder moved
  * into place when the step succeeds); `${{ step.out }}` resolves to it.
  */
-export function stepCommand(step: PlannedStep, outDir: string, workdir: string): StepCommand {
+export function stepCommand(
+  step: PlannedStep,
+  outDir: string,
+  opts: { workdir: string; threads?: number | string },
+): StepCommand {
+  const workdir = opts.workdir;
   const late = (path: string[]) => (path.join(".") === "step.out" ? outDir : KEEP);
   const params = substitute(step.params, late) as Record<string, unknown>;
   const env: Record<string, string> = {};
@@ -118,6 +123,10 @@ export function stepCommand(step: PlannedStep, outDir: string, workdir: string):
     cliArgs.push(join(PROJECT_ROOT, "cli", "workflow.ts"), "report", ...paramsToArgs("report", params));
     cliArgs.push("--out", outDir, ...(Array.isArray(inputs) ? inputs.map(text) : [text(inputs)]));
   } else {
+    // Train uses the step's CPU threads unless the file says otherwise (not part of the hash).
+    if (step.kind === "train" && params.threads === undefined && opts.threads !== undefined) {
+      params.threads = opts.threads;
+    }
     cliArgs.push(join(PROJECT_ROOT, "cli", "main.ts"), CLI_NAME[step.kind], ...paramsToArgs(step.kind, params));
     // --set is variadic in the CLI: --out goes before it.
     const setAt = cliArgs.indexOf("--set");

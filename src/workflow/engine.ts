@@ -374,7 +374,7 @@ async function runStep(p: Prepared, s: PlannedStep, opts: StepRunOptions): Promi
     const partial = newTmp(workdir, s.id);
     let cmd;
     try {
-      cmd = stepCommand(s, partial, workdir);
+      cmd = stepCommand(s, partial, { workdir, threads: opts.cpus });
     } catch (err) {
       reason = (err as Error).message;
       break;

@@ -201,7 +201,7 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
     const onError = (err: TemplateError, path: (string | number)[]): never => fail(path, err.message);
     const defaults = spec.defaults ?? {};
     const kindDefaults = defaults.params?.[step.kind] ?? {};
-    const rawParams = { ...kindDefaults, ...(step.params ?? {}) };
+    const rawParams = deepMerge(kindDefaults, step.params ?? {}) as Record<string, unknown>;
     const params = substitute(rawParams, lookup, [...base, "params"], onError) as Record<string, unknown>;
     const run = step.run === undefined ? undefined : substitute(step.run, lookup, [...base, "run"], onError) as
       | string
@@ -245,6 +245,14 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
     return describeAt(prov, wf.file, ["steps", s.name, "needs"], "");
   });
   return { workflow: wf, name: spec.name, workdir, steps: order, byId, instancesOf };
+}
+
+/** Objects merge key by key (b wins); anything else in b replaces a. */
+function deepMerge(a: unknown, b: unknown): unknown {
+  if (!isPlainObject(a) || !isPlainObject(b)) return b;
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) out[k] = k in out ? deepMerge(out[k], v) : v;
+  return out;
 }
 
 function dig(obj: unknown, path: string[]): unknown {

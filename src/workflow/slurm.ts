@@ -102,7 +102,7 @@ interface Instance {
 /** The shell function body that runs one instance (attempts, time limit, move into place). */
 function instanceScript(p: Prepared, inst: Instance, cwd: string): string {
   const s = inst.step;
-  const cmd = stepCommand(s, inst.partial, p.plan.workdir);
+  const cmd = stepCommand(s, inst.partial, { workdir: p.plan.workdir, threads: s.resources.cpus });
   const meta: StepMeta = {
     id: s.id,
     name: s.name,

@@ -41,7 +41,7 @@ export function formatPath(path: readonly (string | number)[]): string {
 /** Parses YAML text; syntax errors and duplicate keys name the file and line. */
 export function parseYamlSource(text: string, file: string): SourcedValue {
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false, merge: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const line = lineCounter.linePos(e.pos[0]).line;
