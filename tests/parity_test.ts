@@ -51,6 +51,11 @@ const TOLERANCES: Readonly<Record<string, Tol>> = {
 
 const PROBES = probeBackends();
 
+/** A float32 value with the digits float32 holds (7 significant). */
+function f32(v: number): string {
+  return String(Number(v.toPrecision(7)));
+}
+
 function fmtIndex(flat: number, shape: readonly number[]): string {
   const idx: number[] = [];
   let r = flat;
@@ -92,7 +97,7 @@ export function closeness(
   const g = got.data[worst];
   const r = ref.data[worst];
   return `${label} [${ref.shape}]: ${bad} of ${ref.data.length} elements out of tolerance; worst at ` +
-    `${fmtIndex(worst, ref.shape)}: got ${g}, PyTorch ${r}, |diff| ${
+    `${fmtIndex(worst, ref.shape)}: got ${f32(g)}, PyTorch ${f32(r)}, |diff| ${
       Math.abs(g - r).toExponential(3)
     } > ` +
     `atol ${tol.atol} + rtol ${tol.rtol} * |ref| = ${
@@ -323,3 +328,39 @@ for (const device of DEVICES) {
     },
   });
 }
+
+Deno.test("parity: the comparison names the worst element, its index and the tolerance", () => {
+  const ref = { dtype: "f32" as const, shape: [2, 3], data: Float32Array.of(1, 2, 3, 4, 5, 6) };
+  const tol = { atol: 1e-5, rtol: 1e-4 };
+  const same = closeness(
+    "forward y",
+    { shape: [2, 3], data: Float32Array.of(1, 2, 3, 4, 5, 6.0001) },
+    ref,
+    tol,
+  );
+  if (same !== "") throw new Error(`a difference within tolerance was reported: ${same}`);
+  const msg = closeness(
+    "forward y",
+    { shape: [2, 3], data: Float32Array.of(1, 2, 3.01, 4, 5.1, 6) },
+    ref,
+    tol,
+  );
+  for (
+    const want of ["forward y [2,3]", "2 of 6 elements", "worst at [1,1]", "got 5.1", "PyTorch 5"]
+  ) {
+    if (!msg.includes(want)) throw new Error(`message lacks "${want}": ${msg}`);
+  }
+  const nan = closeness(
+    "grad x",
+    { shape: [2, 3], data: Float32Array.of(1, NaN, 3, 4, 5, 6) },
+    ref,
+    tol,
+  );
+  if (!nan.includes("worst at [0,1]")) {
+    throw new Error(`a NaN was not reported as the worst element: ${nan}`);
+  }
+  const shape = closeness("grad x", { shape: [3, 2], data: ref.data }, ref, tol);
+  if (!shape.includes("shape [3,2] but PyTorch gives [2,3]")) {
+    throw new Error(`shape mismatch not reported: ${shape}`);
+  }
+});
