@@ -56,10 +56,18 @@ function eventPrinter(total: number): (e: EngineEvent) => void {
       finished++;
       const r = e.result;
       const n = `[${finished}/${total}]`;
-      if (r.status === "done") console.log(`${pc.green("done")}   ${n} ${r.id} ${pc.dim(`${((r.durationMs ?? 0) / 1000).toFixed(1)}s`)}`);
-      else if (r.status === "cached") console.log(`${pc.green("cached")} ${n} ${r.id}`);
-      else if (r.status === "failed") console.log(`${pc.red("FAILED")} ${n} ${r.id}: ${r.reason}${r.log ? ` (log: ${r.log})` : ""}`);
-      else console.log(`${pc.dim("skip")}   ${n} ${r.id}: ${r.reason}`);
+      if (r.status === "done") {
+        console.log(
+          `${pc.green("done")}   ${n} ${r.id} ${
+            pc.dim(`${((r.durationMs ?? 0) / 1000).toFixed(1)}s`)
+          }`,
+        );
+      } else if (r.status === "cached") console.log(`${pc.green("cached")} ${n} ${r.id}`);
+      else if (r.status === "failed") {
+        console.log(
+          `${pc.red("FAILED")} ${n} ${r.id}: ${r.reason}${r.log ? ` (log: ${r.log})` : ""}`,
+        );
+      } else console.log(`${pc.dim("skip")}   ${n} ${r.id}: ${r.reason}`);
     }
   };
 }
@@ -118,7 +126,11 @@ async function runCommand(file: string, o: WorkflowFlags): Promise<void> {
   }
   if (o.json) console.log(JSON.stringify(summary, null, 1));
   else console.log(formatSummary(summary));
-  if (!summary.ok) throw new Error(`workflow ${plan.name}: ${summary.counts.failed} step(s) failed, ${summary.counts.skipped} skipped`);
+  if (!summary.ok) {
+    throw new Error(
+      `workflow ${plan.name}: ${summary.counts.failed} step(s) failed, ${summary.counts.skipped} skipped`,
+    );
+  }
 }
 
 export function register(program: Command): void {
@@ -132,10 +144,25 @@ export function register(program: Command): void {
     .argument("[args...]", "the workflow file for status; run folders for report")
     .addOption(new Option("--executor <name>", "where steps run").choices(["local", "slurm"]))
     .option("--dry-run", "show the plan (what runs, what is cached) and run nothing")
-    .option("--only <step>", "run only this step (name or id) and what it needs; repeatable", collect, [])
-    .option("--force <step>", "run this step (name, id or *) even if cached; repeatable", collect, [])
+    .option(
+      "--only <step>",
+      "run only this step (name or id) and what it needs; repeatable",
+      collect,
+      [],
+    )
+    .option(
+      "--force <step>",
+      "run this step (name, id or *) even if cached; repeatable",
+      collect,
+      [],
+    )
     .option("--profile <name>", "apply a profile of the file (e.g. smoke, full)")
-    .option("--set <key=value>", "override a key of the file, e.g. vars.cases=4; repeatable", collect, [])
+    .option(
+      "--set <key=value>",
+      "override a key of the file, e.g. vars.cases=4; repeatable",
+      collect,
+      [],
+    )
     .option("--workdir <dir>", "working folder (default: the file's workdir, else runs/<name>)")
     .option("--cpus <n>", "CPU threads the local executor may use (default: all cores)")
     .option("--json", "machine-readable output")
@@ -144,13 +171,17 @@ export function register(program: Command): void {
     .action(async (target: string, args: string[], o: WorkflowFlags) => {
       if (target === "report") {
         if (!o.out) throw new Error("workflow report: --out <dir> is required");
-        if (args.length === 0) throw new Error("workflow report: give at least one run folder to report on");
+        if (args.length === 0) {
+          throw new Error("workflow report: give at least one run folder to report on");
+        }
         const path = await writeReport(args, { outDir: o.out, title: o.title });
         console.log(`report written to ${path}`);
         return;
       }
       if (target === "status") {
-        if (args.length !== 1) throw new Error("workflow status: expected exactly one workflow file");
+        if (args.length !== 1) {
+          throw new Error("workflow status: expected exactly one workflow file");
+        }
         const wf = loadWorkflow(args[0], { profile: o.profile, set: o.set });
         const plan = buildPlan(wf, { workdir: o.workdir });
         const entries = describePlan(prepare(plan, { only: o.only, force: o.force }));
@@ -161,7 +192,9 @@ export function register(program: Command): void {
         }
         return;
       }
-      if (args.length > 0) throw new Error(`workflow: unexpected arguments after ${target}: ${args.join(" ")}`);
+      if (args.length > 0) {
+        throw new Error(`workflow: unexpected arguments after ${target}: ${args.join(" ")}`);
+      }
       await runCommand(target, o);
     });
 }

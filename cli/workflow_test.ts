@@ -60,13 +60,17 @@ Deno.test("cli workflow: bad input gives clear messages and a failing exit code"
   const r2 = await cli([bad.file, "--executor", "pbs"]);
   assert.notEqual(r2.code, 0);
   assert.match(r2.err, /pbs.*invalid.*local, slurm/i);
-  const ok = workflow("name: fails\nworkdir: DIR/work\nsteps:\n  a: {kind: command, run: 'echo oops >&2; exit 7'}\n  b: {kind: command, run: 'true'}\n");
+  const ok = workflow(
+    "name: fails\nworkdir: DIR/work\nsteps:\n  a: {kind: command, run: 'echo oops >&2; exit 7'}\n  b: {kind: command, run: 'true'}\n",
+  );
   const r3 = await cli([ok.file]);
   assert.equal(r3.code, 1);
   assert.match(r3.out, /FAILED +a: exit code 7 \(log: .*a\.log\)/);
   assert.match(r3.out, /1 done, 0 cached, 1 failed/);
   // sbatch missing
-  const r4 = await cli([ok.file, "--executor", "slurm", "--workdir", join(ok.dir, "w2")], { PATH: "/nonexistent" });
+  const r4 = await cli([ok.file, "--executor", "slurm", "--workdir", join(ok.dir, "w2")], {
+    PATH: "/nonexistent",
+  });
   assert.notEqual(r4.code, 0);
   assert.match(r4.err, /'sbatch' was not found on PATH/);
   const r5 = await cli(["status"]);
@@ -76,7 +80,10 @@ Deno.test("cli workflow: bad input gives clear messages and a failing exit code"
 Deno.test("cli workflow: report sub-command writes report.html", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "wf_cli_report_" });
   Deno.mkdirSync(join(dir, "run1"));
-  Deno.writeTextFileSync(join(dir, "run1", "metrics.json"), JSON.stringify({ mean: { dice: 0.75, hd95: 3, assd: 1 } }));
+  Deno.writeTextFileSync(
+    join(dir, "run1", "metrics.json"),
+    JSON.stringify({ mean: { dice: 0.75, hd95: 3, assd: 1 } }),
+  );
   const r = await cli(["report", "--out", join(dir, "rep"), "--title", "T", dir]);
   assert.equal(r.code, 0, r.err);
   const html = Deno.readTextFileSync(join(dir, "rep", "report.html"));

@@ -30,7 +30,8 @@ async function startSlurm(): Promise<{ ok: true } | { ok: false; reason: string 
 }
 
 async function stopSlurm(): Promise<void> {
-  await new Deno.Command("bash", { args: [join(HERE, "slurm", "stop_slurm.sh"), SLURM_DIR] }).output();
+  await new Deno.Command("bash", { args: [join(HERE, "slurm", "stop_slurm.sh"), SLURM_DIR] })
+    .output();
   Deno.removeSync(SLURM_DIR, { recursive: true });
 }
 
@@ -41,16 +42,23 @@ if (!slurm.ok) console.warn(`slurm tests skipped: ${slurm.reason}`);
 function planOf(yaml: string) {
   const dir = Deno.makeTempDirSync({ prefix: "wf_slurm_" });
   Deno.writeTextFileSync(join(dir, "w.yaml"), yaml.replaceAll("DIR", dir));
-  return { dir, plan: buildPlan(loadWorkflow(join(dir, "w.yaml")), { workdir: join(dir, "work") }) };
+  return {
+    dir,
+    plan: buildPlan(loadWorkflow(join(dir, "w.yaml")), { workdir: join(dir, "work") }),
+  };
 }
 
 async function jobCount(): Promise<number> {
-  const out = await new Deno.Command("squeue", { args: ["--states=all", "-h", "-o", "%i"], stdout: "piped" }).output();
+  const out = await new Deno.Command("squeue", {
+    args: ["--states=all", "-h", "-o", "%i"],
+    stdout: "piped",
+  }).output();
   return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.trim()).length;
 }
 
 Deno.test({
-  name: `slurm: arrays, afterok edges, retries, time limit, failure skips dependents, rerun cached${skip}`,
+  name:
+    `slurm: arrays, afterok edges, retries, time limit, failure skips dependents, rerun cached${skip}`,
   ignore: !slurm.ok,
   sanitizeResources: false,
   fn: async () => {
@@ -88,7 +96,10 @@ steps:
     const by = new Map(s.results.map((r) => [r.id, r]));
     assert.equal(by.get("data")!.status, "done");
     for (const r of ["0.1", "0.5", "1"]) assert.equal(by.get(`train[ratio=${r}]`)!.status, "done");
-    assert.equal(Deno.readTextFileSync(join(plan.workdir, "train", "ratio=0.5", "m.txt")), "base\n0.5\n");
+    assert.equal(
+      Deno.readTextFileSync(join(plan.workdir, "train", "ratio=0.5", "m.txt")),
+      "base\n0.5\n",
+    );
     assert.equal(by.get("eval[ratio=0.1]")!.status, "done");
     assert.equal(by.get("eval[ratio=0.5]")!.status, "failed");
     assert.equal(by.get("eval[ratio=0.5]")!.reason, "exit code 1");
@@ -136,7 +147,10 @@ steps:
     const s = await runSlurm(plan, { codeVersion: "v", pollSec: 0.2 });
     const by = new Map(s.results.map((r) => [r.id, r]));
     assert.equal(by.get("g")!.status, "failed");
-    assert.match(by.get("g")!.reason!, /^sbatch failed \(exit 1\): .*(gres|generic resource|Invalid)/i);
+    assert.match(
+      by.get("g")!.reason!,
+      /^sbatch failed \(exit 1\): .*(gres|generic resource|Invalid)/i,
+    );
     assert.equal(by.get("after")!.status, "skipped");
   },
 });
@@ -155,7 +169,11 @@ steps:
     const t0 = performance.now();
     const s = await runSlurm(plan, { codeVersion: "v", pollSec: 0.2 });
     const sec = (performance.now() - t0) / 1000;
-    assert.equal(s.counts.done, 100, JSON.stringify(s.results.filter((r) => r.status !== "done").slice(0, 3)));
+    assert.equal(
+      s.counts.done,
+      100,
+      JSON.stringify(s.results.filter((r) => r.status !== "done").slice(0, 3)),
+    );
     console.log(`100 trivial steps through Slurm: ${sec.toFixed(1)} s`);
     assert.ok(sec < 60, `took ${sec}s`);
   },

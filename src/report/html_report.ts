@@ -52,7 +52,11 @@ function scores(o: unknown): ClassScores | undefined {
   if (typeof o !== "object" || o === null) return undefined;
   const r = o as Record<string, unknown>;
   const pick = (...keys: string[]) => keys.map((k) => num(r[k])).find((v) => v !== undefined);
-  const s = { dice: pick("dice", "Dice", "meanDice"), hd95: pick("hd95", "HD95"), assd: pick("assd", "ASSD") };
+  const s = {
+    dice: pick("dice", "Dice", "meanDice"),
+    hd95: pick("hd95", "HD95"),
+    assd: pick("assd", "ASSD"),
+  };
   return s.dice === undefined && s.hd95 === undefined && s.assd === undefined ? undefined : s;
 }
 
@@ -61,11 +65,16 @@ function scores(o: unknown): ClassScores | undefined {
  * { mean: {dice,...}, perClass: {LV: {dice: {mean}}} } (the metrics summary), the same nested
  * under a key (e.g. { summary: ... } or { test: ... }), or { dice: {mean} , classes: {...} }.
  */
-export function extractMetrics(json: unknown, depth = 0): { mean?: ClassScores; perClass: Record<string, ClassScores> } {
+export function extractMetrics(
+  json: unknown,
+  depth = 0,
+): { mean?: ClassScores; perClass: Record<string, ClassScores> } {
   if (typeof json !== "object" || json === null || depth > 3) return { perClass: {} };
   const o = json as Record<string, unknown>;
   const mean = scores(o.mean);
-  const classTable = (o.perClass ?? o.per_class ?? o.classes) as Record<string, unknown> | undefined;
+  const classTable = (o.perClass ?? o.per_class ?? o.classes) as
+    | Record<string, unknown>
+    | undefined;
   const perClass: Record<string, ClassScores> = {};
   if (classTable && typeof classTable === "object") {
     for (const [k, v] of Object.entries(classTable)) {
@@ -127,12 +136,20 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
     const hasMetrics = isFile(join(dir, "metrics.json"));
     const hasLog = isFile(join(dir, "log.jsonl"));
     const meta = readJson(join(dir, ".comodal_step.json")) as
-      | { id?: string; name?: string; kind?: string; matrix?: Record<string, unknown>; params?: Record<string, unknown> }
+      | {
+        id?: string;
+        name?: string;
+        kind?: string;
+        matrix?: Record<string, unknown>;
+        params?: Record<string, unknown>;
+      }
       | undefined;
     if (hasMetrics || hasLog) {
       const settings: RunInfo["settings"] = {};
       for (const [k, v] of Object.entries(meta?.matrix ?? {})) {
-        if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") settings[k] = v;
+        if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") {
+          settings[k] = v;
+        }
       }
       const params = meta?.params ?? {};
       if (typeof params.method === "string" && !Object.values(settings).includes(params.method)) {
@@ -144,7 +161,9 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
       const m = hasMetrics ? extractMetrics(readJson(join(dir, "metrics.json"))) : { perClass: {} };
       let images: string[] = [];
       try {
-        images = [...Deno.readDirSync(join(dir, "images"))].filter((e) => e.isFile && e.name.endsWith(".png"))
+        images = [...Deno.readDirSync(join(dir, "images"))].filter((e) =>
+          e.isFile && e.name.endsWith(".png")
+        )
           .map((e) => join(dir, "images", e.name)).sort();
       } catch { /* none */ }
       runs.push({
@@ -176,7 +195,8 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
   return runs;
 }
 
-const CSS = `body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+const CSS =
+  `body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}
@@ -201,20 +221,28 @@ export function settingPlots(runs: RunInfo[]): string[] {
   const keys = [...new Set(withDice.flatMap((r) => Object.keys(r.settings)))];
   const plots: string[] = [];
   for (const key of keys) {
-    const values = new Set(withDice.map((r) => r.settings[key]).filter((v) => typeof v === "number"));
+    const values = new Set(
+      withDice.map((r) => r.settings[key]).filter((v) => typeof v === "number"),
+    );
     if (values.size < 2) continue;
     const groups = new Map<string, [number, number][]>();
     for (const r of withDice) {
       const x = r.settings[key];
       if (typeof x !== "number") continue;
-      const others = Object.entries(r.settings).filter(([k]) => k !== key).map(([k, v]) => `${k}=${v}`);
-      const name = [r.step && r.step !== "train" ? r.step : "", ...others].filter((s) => s).join(", ") || "dice";
+      const others = Object.entries(r.settings).filter(([k]) => k !== key).map(([k, v]) =>
+        `${k}=${v}`
+      );
+      const name = [r.step && r.step !== "train" ? r.step : "", ...others].filter((s) =>
+        s
+      ).join(", ") || "dice";
       if (!groups.has(name)) groups.set(name, []);
       groups.get(name)!.push([x, r.mean!.dice!]);
     }
     const series: Series[] = [...groups].map(([name, points]) => ({ name, points }));
     const label = settingLabel(key);
-    plots.push(lineChartSvg(series, { title: `Dice against ${label}`, xLabel: label, yLabel: "mean Dice" }));
+    plots.push(
+      lineChartSvg(series, { title: `Dice against ${label}`, xLabel: label, yLabel: "mean Dice" }),
+    );
   }
   return plots;
 }
@@ -248,8 +276,21 @@ export function trainingPlots(runs: RunInfo[]): string[] {
     if (valPts.length > 0) val.push({ name: r.id, points: valPts });
   }
   const out: string[] = [];
-  if (loss.length > 0) out.push(lineChartSvg(loss, { title: "Training loss", xLabel: "iteration", yLabel: "loss", markers: false }));
-  if (val.length > 0) out.push(lineChartSvg(val, { title: "Validation Dice", xLabel: "iteration", yLabel: "mean Dice" }));
+  if (loss.length > 0) {
+    out.push(
+      lineChartSvg(loss, {
+        title: "Training loss",
+        xLabel: "iteration",
+        yLabel: "loss",
+        markers: false,
+      }),
+    );
+  }
+  if (val.length > 0) {
+    out.push(
+      lineChartSvg(val, { title: "Validation Dice", xLabel: "iteration", yLabel: "mean Dice" }),
+    );
+  }
   return out;
 }
 
@@ -300,13 +341,20 @@ function metricsTables(runs: RunInfo[]): string {
 }
 
 /** Builds the HTML text of a report over the given runs. */
-export function renderReport(runs: RunInfo[], opts: { title?: string; maxImagesPerRun?: number } = {}): string {
+export function renderReport(
+  runs: RunInfo[],
+  opts: { title?: string; maxImagesPerRun?: number } = {},
+): string {
   const title = opts.title ?? "comodal report";
   const body: string[] = [`<h1>${escapeXml(title)}</h1>`];
-  body.push(`<p class="muted">${runs.length} run folder(s); written ${new Date().toISOString()}</p>`);
+  body.push(
+    `<p class="muted">${runs.length} run folder(s); written ${new Date().toISOString()}</p>`,
+  );
   const withMetrics = runs.filter((r) => r.mean);
   body.push("<h2>Metrics</h2>");
-  body.push(withMetrics.length ? metricsTables(withMetrics) : `<p class="muted">no metrics.json found</p>`);
+  body.push(
+    withMetrics.length ? metricsTables(withMetrics) : `<p class="muted">no metrics.json found</p>`,
+  );
   const sp = settingPlots(runs);
   if (sp.length) body.push(`<h2>Dice against settings</h2><div class="plots">${sp.join("")}</div>`);
   const tp = trainingPlots(runs);
@@ -318,16 +366,18 @@ export function renderReport(runs: RunInfo[], opts: { title?: string; maxImagesP
     for (const r of imgRuns) {
       const figs = r.images.slice(0, maxImg).map((p) => {
         const data = Buffer.from(Deno.readFileSync(p)).toString("base64");
-        return `<figure><img alt="${escapeXml(basename(p))}" src="data:image/png;base64,${data}"><figcaption>${
+        return `<figure><img alt="${
+          escapeXml(basename(p))
+        }" src="data:image/png;base64,${data}"><figcaption>${
           escapeXml(basename(p))
         }</figcaption></figure>`;
       });
       body.push(`<h3>${escapeXml(r.id)}</h3><div class="imgs">${figs.join("")}</div>`);
     }
   }
-  return `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${escapeXml(title)}</title><style>${CSS}</style></head><body>${
-    body.join("\n")
-  }</body></html>\n`;
+  return `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${
+    escapeXml(title)
+  }</title><style>${CSS}</style></head><body>${body.join("\n")}</body></html>\n`;
 }
 
 /** Collects runs under `inputs` and writes <outDir>/report.html atomically; returns its path. */
@@ -336,7 +386,11 @@ export async function writeReport(inputs: string[], opts: ReportOptions): Promis
     try {
       if (!Deno.statSync(i).isDirectory) throw new Error("not a folder");
     } catch (err) {
-      throw new Error(`Cannot report on ${i}: ${err instanceof Deno.errors.NotFound ? "folder not found" : (err as Error).message}`);
+      throw new Error(
+        `Cannot report on ${i}: ${
+          err instanceof Deno.errors.NotFound ? "folder not found" : (err as Error).message
+        }`,
+      );
     }
   }
   const runs = collectRuns(inputs);

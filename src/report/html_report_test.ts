@@ -3,48 +3,81 @@ import { join } from "node:path";
 import { collectRuns, extractMetrics, renderReport, writeReport } from "./html_report.ts";
 
 // Smallest valid PNG (1x1 grey).
-const PNG = Uint8Array.from(atob(
-  "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg==",
-), (c) => c.charCodeAt(0));
+const PNG = Uint8Array.from(
+  atob(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg==",
+  ),
+  (c) => c.charCodeAt(0),
+);
 
 function fakeRun(dir: string, m: { ratio: number; method: string }, dice: number) {
   Deno.mkdirSync(join(dir, "images"), { recursive: true });
-  Deno.writeTextFileSync(join(dir, ".comodal_step.json"), JSON.stringify({
-    id: `train[ratio=${m.ratio},method=${m.method}]`,
-    name: "train",
-    kind: "train",
-    hash: "h",
-    matrix: m,
-    params: { labeled: m.ratio, method: m.method },
-  }));
-  Deno.writeTextFileSync(join(dir, "metrics.json"), JSON.stringify({
-    cases: 2,
-    perClass: {
-      LV: { dice: { mean: dice + 0.05, std: 0, median: 0, n: 2, nonFinite: 0 }, hd95: { mean: 3 }, assd: { mean: 1 } },
-      RV: { dice: { mean: dice - 0.05 }, hd95: { mean: "Infinity" }, assd: { mean: 2 } },
-    },
-    mean: { dice, hd95: 4.5, assd: 1.5 },
-  }));
-  const log = Array.from({ length: 5 }, (_, i) => JSON.stringify({ event: "iteration", iteration: i + 1, lr: 1e-3, total: 1 / (i + 1) }));
+  Deno.writeTextFileSync(
+    join(dir, ".comodal_step.json"),
+    JSON.stringify({
+      id: `train[ratio=${m.ratio},method=${m.method}]`,
+      name: "train",
+      kind: "train",
+      hash: "h",
+      matrix: m,
+      params: { labeled: m.ratio, method: m.method },
+    }),
+  );
+  Deno.writeTextFileSync(
+    join(dir, "metrics.json"),
+    JSON.stringify({
+      cases: 2,
+      perClass: {
+        LV: {
+          dice: { mean: dice + 0.05, std: 0, median: 0, n: 2, nonFinite: 0 },
+          hd95: { mean: 3 },
+          assd: { mean: 1 },
+        },
+        RV: { dice: { mean: dice - 0.05 }, hd95: { mean: "Infinity" }, assd: { mean: 2 } },
+      },
+      mean: { dice, hd95: 4.5, assd: 1.5 },
+    }),
+  );
+  const log = Array.from(
+    { length: 5 },
+    (_, i) =>
+      JSON.stringify({ event: "iteration", iteration: i + 1, lr: 1e-3, total: 1 / (i + 1) }),
+  );
   log.push(JSON.stringify({ event: "validation", iteration: 5, dice }));
-  Deno.writeTextFileSync(join(dir, "log.jsonl"), log.join("\n") + "\n{\"cut");
+  Deno.writeTextFileSync(join(dir, "log.jsonl"), log.join("\n") + '\n{"cut');
   Deno.writeFileSync(join(dir, "images", "case1_z3.png"), PNG);
 }
 
 Deno.test("report: metrics of any summary shape", () => {
-  assert.deepEqual(extractMetrics({ mean: { dice: 0.8, hd95: 2, assd: 1 } }).mean, { dice: 0.8, hd95: 2, assd: 1 });
+  assert.deepEqual(extractMetrics({ mean: { dice: 0.8, hd95: 2, assd: 1 } }).mean, {
+    dice: 0.8,
+    hd95: 2,
+    assd: 1,
+  });
   assert.equal(extractMetrics({ test: { summary: { mean: { dice: 0.7 } } } }).mean?.dice, 0.7);
   assert.equal(extractMetrics({ dice: { mean: 0.6 } }).mean?.dice, 0.6);
-  assert.equal(extractMetrics({ perClass: { LV: { dice: { mean: 0.9 } } }, mean: { dice: 0.9 } }).perClass.LV.dice, 0.9);
+  assert.equal(
+    extractMetrics({ perClass: { LV: { dice: { mean: 0.9 } } }, mean: { dice: 0.9 } }).perClass.LV
+      .dice,
+    0.9,
+  );
   assert.equal(extractMetrics({ nothing: 1 }).mean, undefined);
 });
 
 Deno.test("report: tables, Dice-vs-ratio plot per method, training curves and overlays in one HTML file", async () => {
   const root = Deno.makeTempDirSync({ prefix: "report_" });
-  const dice: Record<string, number> = { "0.1,cmc": 0.62, "0.4,cmc": 0.78, "0.1,supervised": 0.5, "0.4,supervised": 0.7 };
+  const dice: Record<string, number> = {
+    "0.1,cmc": 0.62,
+    "0.4,cmc": 0.78,
+    "0.1,supervised": 0.5,
+    "0.4,supervised": 0.7,
+  };
   for (const [k, d] of Object.entries(dice)) {
     const [ratio, method] = k.split(",");
-    fakeRun(join(root, "train", `ratio=${ratio},method=${method}`), { ratio: Number(ratio), method }, d);
+    fakeRun(join(root, "train", `ratio=${ratio},method=${method}`), {
+      ratio: Number(ratio),
+      method,
+    }, d);
   }
   const runs = collectRuns([root]);
   assert.equal(runs.length, 4);
@@ -65,5 +98,8 @@ Deno.test("report: tables, Dice-vs-ratio plot per method, training curves and ov
   assert.ok(!/<link|<script|src="http/.test(html), "self-contained");
   const path = await writeReport([root], { outDir: join(root, "out"), title: "t" });
   assert.ok(Deno.statSync(path).size > 1000);
-  await assert.rejects(writeReport([join(root, "nope")], { outDir: root }), /Cannot report on .*nope: folder not found/);
+  await assert.rejects(
+    writeReport([join(root, "nope")], { outDir: root }),
+    /Cannot report on .*nope: folder not found/,
+  );
 });

@@ -34,7 +34,10 @@ export const PALETTE = [
 ];
 
 export function escapeXml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+  return s.replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!,
+  );
 }
 
 /** About `count` round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten). */
@@ -71,7 +74,9 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   const plotH = H - m.top - m.bottom - legendRows * 16;
   const clean = series.map((s) => ({
     name: s.name,
-    points: s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)).sort((a, b) => a[0] - b[0]),
+    points: s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)).sort((a, b) =>
+      a[0] - b[0]
+    ),
   }));
   const xs = clean.flatMap((s) => s.points.map((p) => p[0]));
   const ys = clean.flatMap((s) => s.points.map((p) => p[1]));
@@ -81,10 +86,16 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   );
   out.push(`<rect width="${W}" height="${H}" fill="#fff"/>`);
   if (opts.title) {
-    out.push(`<text x="${W / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${escapeXml(opts.title)}</text>`);
+    out.push(
+      `<text x="${W / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${
+        escapeXml(opts.title)
+      }</text>`,
+    );
   }
   if (xs.length === 0) {
-    out.push(`<text x="${W / 2}" y="${H / 2}" text-anchor="middle" fill="#888">no data</text></svg>`);
+    out.push(
+      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" fill="#888">no data</text></svg>`,
+    );
     return out.join("");
   }
   let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
@@ -103,7 +114,11 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
     if (t < y0 - 1e-12 || t > y1 + 1e-12) continue;
     const y = sy(t).toFixed(1);
     out.push(`<line x1="${m.left}" x2="${m.left + plotW}" y1="${y}" y2="${y}" stroke="#e5e5e5"/>`);
-    out.push(`<text x="${m.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${fmt(t)}</text>`);
+    out.push(
+      `<text x="${m.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${
+        fmt(t)
+      }</text>`,
+    );
   }
   for (const t of xt) {
     if (t < x0 - 1e-12 || t > x1 + 1e-12) continue;
@@ -111,23 +126,41 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
     out.push(`<line x1="${x}" x2="${x}" y1="${m.top}" y2="${m.top + plotH}" stroke="#f0f0f0"/>`);
     out.push(`<text x="${x}" y="${m.top + plotH + 14}" text-anchor="middle">${fmt(t)}</text>`);
   }
-  out.push(`<rect x="${m.left}" y="${m.top}" width="${plotW}" height="${plotH}" fill="none" stroke="#333"/>`);
+  out.push(
+    `<rect x="${m.left}" y="${m.top}" width="${plotW}" height="${plotH}" fill="none" stroke="#333"/>`,
+  );
   if (opts.xLabel) {
-    out.push(`<text x="${m.left + plotW / 2}" y="${m.top + plotH + 32}" text-anchor="middle">${escapeXml(opts.xLabel)}</text>`);
+    out.push(
+      `<text x="${m.left + plotW / 2}" y="${m.top + plotH + 32}" text-anchor="middle">${
+        escapeXml(opts.xLabel)
+      }</text>`,
+    );
   }
   if (opts.yLabel) {
     const cy = m.top + plotH / 2;
-    out.push(`<text x="14" y="${cy}" text-anchor="middle" transform="rotate(-90 14 ${cy})">${escapeXml(opts.yLabel)}</text>`);
+    out.push(
+      `<text x="14" y="${cy}" text-anchor="middle" transform="rotate(-90 14 ${cy})">${
+        escapeXml(opts.yLabel)
+      }</text>`,
+    );
   }
   clean.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length];
     if (s.points.length === 0) return;
-    const d = s.points.map(([x, y], k) => `${k === 0 ? "M" : "L"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join("");
-    out.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.8"><title>${escapeXml(s.name)}</title></path>`);
+    const d = s.points.map(([x, y], k) =>
+      `${k === 0 ? "M" : "L"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`
+    ).join("");
+    out.push(
+      `<path d="${d}" fill="none" stroke="${color}" stroke-width="1.8"><title>${
+        escapeXml(s.name)
+      }</title></path>`,
+    );
     if (opts.markers ?? s.points.length <= 30) {
       for (const [x, y] of s.points) {
         out.push(
-          `<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${color}"><title>${escapeXml(`${s.name}: (${fmt(x)}, ${fmt(y)})`)}</title></circle>`,
+          `<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${color}"><title>${
+            escapeXml(`${s.name}: (${fmt(x)}, ${fmt(y)})`)
+          }</title></circle>`,
         );
       }
     }
@@ -137,7 +170,11 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
     clean.forEach((s, i) => {
       const lx = m.left + (i % 3) * colW;
       const ly = H - legendRows * 16 + Math.floor(i / 3) * 16 + 8;
-      out.push(`<rect x="${lx}" y="${ly - 5}" width="12" height="3" fill="${PALETTE[i % PALETTE.length]}"/>`);
+      out.push(
+        `<rect x="${lx}" y="${ly - 5}" width="12" height="3" fill="${
+          PALETTE[i % PALETTE.length]
+        }"/>`,
+      );
       const name = s.name.length > 34 ? s.name.slice(0, 33) + "…" : s.name;
       out.push(`<text x="${lx + 16}" y="${ly}">${escapeXml(name)}</text>`);
     });

@@ -15,7 +15,10 @@ import type { PlannedStep } from "./plan.ts";
 import { KEEP, substitute } from "./template.ts";
 
 /** Root of the project (where cli/ and src/ live). */
-export const PROJECT_ROOT: string = fileURLToPath(new URL("../../", import.meta.url)).replace(/\/$/, "");
+export const PROJECT_ROOT: string = fileURLToPath(new URL("../../", import.meta.url)).replace(
+  /\/$/,
+  "",
+);
 
 export interface StepCommand {
   /** Program and arguments (no shell unless the step's run is a single string). */
@@ -47,8 +50,9 @@ function flatten(obj: Record<string, unknown>, prefix = ""): [string, unknown][]
   const out: [string, unknown][] = [];
   for (const [k, v] of Object.entries(obj)) {
     const key = prefix ? `${prefix}.${k}` : k;
-    if (typeof v === "object" && v !== null && !Array.isArray(v)) out.push(...flatten(v as Record<string, unknown>, key));
-    else out.push([key, v]);
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) {
+      out.push(...flatten(v as Record<string, unknown>, key));
+    } else out.push([key, v]);
   }
   return out;
 }
@@ -75,7 +79,7 @@ export function paramsToArgs(kind: string, params: Record<string, unknown>): str
     if (v === undefined || v === null || v === false) continue;
     const flag = `--${kebab(k)}`;
     if (v === true) args.push(flag);
-    else if (Array.isArray(v)) for (const x of v) args.push(flag, text(x));
+    else if (Array.isArray(v)) { for (const x of v) args.push(flag, text(x)); }
     else args.push(flag, text(v));
   }
   if (set !== undefined && set !== null) {
@@ -114,20 +118,30 @@ export function stepCommand(
     return { argv: typeof run === "string" ? ["/bin/sh", "-c", run] : run, env };
   }
   if ("out" in params) {
-    throw new Error(`Step ${step.id}: params.out is managed by the workflow (the step writes to its own folder)`);
+    throw new Error(
+      `Step ${step.id}: params.out is managed by the workflow (the step writes to its own folder)`,
+    );
   }
   const cliArgs: string[] = [];
   if (step.kind === "report") {
     const inputs = params.inputs ?? [];
     delete params.inputs;
-    cliArgs.push(join(PROJECT_ROOT, "cli", "workflow.ts"), "report", ...paramsToArgs("report", params));
+    cliArgs.push(
+      join(PROJECT_ROOT, "cli", "workflow.ts"),
+      "report",
+      ...paramsToArgs("report", params),
+    );
     cliArgs.push("--out", outDir, ...(Array.isArray(inputs) ? inputs.map(text) : [text(inputs)]));
   } else {
     // Train uses the step's CPU threads unless the file says otherwise (not part of the hash).
     if (step.kind === "train" && params.threads === undefined && opts.threads !== undefined) {
       params.threads = opts.threads;
     }
-    cliArgs.push(join(PROJECT_ROOT, "cli", "main.ts"), CLI_NAME[step.kind], ...paramsToArgs(step.kind, params));
+    cliArgs.push(
+      join(PROJECT_ROOT, "cli", "main.ts"),
+      CLI_NAME[step.kind],
+      ...paramsToArgs(step.kind, params),
+    );
     // --set is variadic in the CLI: --out goes before it.
     const setAt = cliArgs.indexOf("--set");
     const outArgs = ["--out", step.kind === "evaluate" ? join(outDir, "metrics.json") : outDir];

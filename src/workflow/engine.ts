@@ -88,14 +88,19 @@ export interface Prepared {
   forced: Set<string>;
 }
 
-export function prepare(plan: Plan, opts: Pick<RunOptions, "only" | "force" | "codeVersion"> = {}): Prepared {
+export function prepare(
+  plan: Plan,
+  opts: Pick<RunOptions, "only" | "force" | "codeVersion"> = {},
+): Prepared {
   const code = opts.codeVersion ?? codeVersion(PROJECT_ROOT);
   const hashes = stepHashes(plan, code);
   const state = readState(plan.workdir, plan.name);
   const selected = opts.only && opts.only.length > 0
     ? withAncestors(plan, selectSteps(plan, opts.only))
     : new Set(plan.steps.map((s) => s.id));
-  const forced = opts.force && opts.force.length > 0 ? selectSteps(plan, opts.force) : new Set<string>();
+  const forced = opts.force && opts.force.length > 0
+    ? selectSteps(plan, opts.force)
+    : new Set<string>();
   return { plan, hashes, state, selected, forced };
 }
 
@@ -111,9 +116,14 @@ export function cacheCheck(p: Prepared, step: PlannedStep): { ok: boolean; why: 
   const meta = readMeta(step.outDir);
   if (!rec || rec.status === "submitted") {
     if (meta?.hash === hash) return { ok: false, why: "finished but unrecorded" };
-    return { ok: false, why: rec ? `submitted as Slurm job ${rec.jobId}, not finished` : "never ran" };
+    return {
+      ok: false,
+      why: rec ? `submitted as Slurm job ${rec.jobId}, not finished` : "never ran",
+    };
   }
-  if (rec.status === "failed" && rec.hash === hash) return { ok: false, why: `failed last time: ${rec.reason}` };
+  if (rec.status === "failed" && rec.hash === hash) {
+    return { ok: false, why: `failed last time: ${rec.reason}` };
+  }
   if (rec.hash !== hash) return { ok: false, why: "parameters, inputs or code changed" };
   if (rec.status !== "done") return { ok: false, why: "not finished" };
   if (!meta || meta.hash !== hash) return { ok: false, why: "output folder missing or replaced" };
@@ -138,7 +148,9 @@ export function describePlan(p: Prepared): PlanEntry[] {
       outDir: s.outDir,
       last: p.state.steps[s.id],
     };
-    if (!p.selected.has(s.id)) return { ...base, action: "unselected" as const, why: "not selected by --only" };
+    if (!p.selected.has(s.id)) {
+      return { ...base, action: "unselected" as const, why: "not selected by --only" };
+    }
     const upstream = s.needs.filter((n) => willRun.has(n));
     const c = cacheCheck(p, s);
     if (c.ok && upstream.length === 0) return { ...base, action: "cached" as const, why: "" };
@@ -150,7 +162,10 @@ export function describePlan(p: Prepared): PlanEntry[] {
 
 function newTmp(workdir: string, id: string): string {
   Deno.mkdirSync(tmpDir(workdir), { recursive: true });
-  return Deno.makeTempDirSync({ dir: tmpDir(workdir), prefix: `${id.replace(/[^\w.=,-]/g, "_")}.` });
+  return Deno.makeTempDirSync({
+    dir: tmpDir(workdir),
+    prefix: `${id.replace(/[^\w.=,-]/g, "_")}.`,
+  });
 }
 
 /** Moves a finished attempt's folder into place (old output removed only after the move). */
@@ -202,7 +217,12 @@ export async function recordDone(
   return rec;
 }
 
-export function recordFailed(p: Prepared, step: PlannedStep, reason: string, extra: Partial<StepRecord> = {}): void {
+export function recordFailed(
+  p: Prepared,
+  step: PlannedStep,
+  reason: string,
+  extra: Partial<StepRecord> = {},
+): void {
   p.state.steps[step.id] = {
     hash: p.hashes.get(step.id)!,
     status: "failed",
@@ -214,9 +234,21 @@ export function recordFailed(p: Prepared, step: PlannedStep, reason: string, ext
 }
 
 /** Summary from results (in plan order). */
-export function summarise(plan: Plan, results: Map<string, StepResult>, startedAt: number): RunSummary {
-  const counts: Record<StepStatus, number> = { done: 0, cached: 0, failed: 0, skipped: 0, unselected: 0 };
-  const list = plan.steps.map((s) => results.get(s.id) ?? { id: s.id, status: "skipped" as const, reason: "not reached" });
+export function summarise(
+  plan: Plan,
+  results: Map<string, StepResult>,
+  startedAt: number,
+): RunSummary {
+  const counts: Record<StepStatus, number> = {
+    done: 0,
+    cached: 0,
+    failed: 0,
+    skipped: 0,
+    unselected: 0,
+  };
+  const list = plan.steps.map((s) =>
+    results.get(s.id) ?? { id: s.id, status: "skipped" as const, reason: "not reached" }
+  );
   for (const r of list) counts[r.status]++;
   return {
     workflow: plan.name,
@@ -275,7 +307,9 @@ async function runLocked(plan: Plan, opts: RunOptions, startedAt: number): Promi
   const freeGpus: number[] = Array.from({ length: gpuCap }, (_, i) => i);
   const running = new Map<string, Promise<void>>();
   const pending = plan.steps.filter((s) => p.selected.has(s.id));
-  for (const s of plan.steps) if (!p.selected.has(s.id)) results.set(s.id, { id: s.id, status: "unselected" });
+  for (const s of plan.steps) {
+    if (!p.selected.has(s.id)) results.set(s.id, { id: s.id, status: "unselected" });
+  }
 
   const need = (s: PlannedStep) => ({
     cpus: Math.min(s.resources.cpus, cpuCap),
@@ -334,7 +368,8 @@ async function runLocked(plan: Plan, opts: RunOptions, startedAt: number): Promi
         continue;
       }
       if (s.resources.gpus > gpuCap) {
-        const reason = `needs ${s.resources.gpus} GPU(s) but this machine offers ${gpuCap} (set local.gpus or COMODAL_GPUS)`;
+        const reason =
+          `needs ${s.resources.gpus} GPU(s) but this machine offers ${gpuCap} (set local.gpus or COMODAL_GPUS)`;
         recordFailed(p, s, reason);
         emit({ id: s.id, status: "failed", reason });
         pending.splice(i--, 1);
@@ -367,7 +402,9 @@ async function runStep(p: Prepared, s: PlannedStep, opts: StepRunOptions): Promi
     COMODAL_THREADS: String(opts.cpus ?? 1),
     OMP_NUM_THREADS: String(opts.cpus ?? 1),
   };
-  if (opts.gpuIds.length > 0 || s.resources.gpus === 0) env.CUDA_VISIBLE_DEVICES = opts.gpuIds.join(",");
+  if (opts.gpuIds.length > 0 || s.resources.gpus === 0) {
+    env.CUDA_VISIBLE_DEVICES = opts.gpuIds.join(",");
+  }
   let reason = "";
   const attempts = s.retries + 1;
   for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -405,7 +442,9 @@ async function runStep(p: Prepared, s: PlannedStep, opts: StepRunOptions): Promi
         installOutput(workdir, partial, s.outDir);
         const durationMs = Date.now() - started;
         await recordDone(p, s, { durationMs, attempts: attempt, log });
-        Deno.writeTextFileSync(log, `=== done in ${(durationMs / 1000).toFixed(2)}s\n`, { append: true });
+        Deno.writeTextFileSync(log, `=== done in ${(durationMs / 1000).toFixed(2)}s\n`, {
+          append: true,
+        });
         return { id: s.id, status: "done", durationMs, attempts: attempt, log };
       }
       reason = `exit code 0 but outputs missing: ${missing.join(", ")}`;
@@ -432,10 +471,13 @@ export function formatSummary(sum: RunSummary): string {
   const c = sum.counts;
   const lines = [
     `${sum.workflow}: ${c.done} done, ${c.cached} cached, ${c.failed} failed, ${c.skipped} skipped` +
-    (c.unselected ? `, ${c.unselected} not selected` : "") + ` in ${(sum.elapsedMs / 1000).toFixed(1)}s`,
+    (c.unselected ? `, ${c.unselected} not selected` : "") +
+    ` in ${(sum.elapsedMs / 1000).toFixed(1)}s`,
   ];
   for (const r of sum.results) {
-    if (r.status === "failed") lines.push(`  FAILED  ${r.id}: ${r.reason}${r.log ? ` (log: ${r.log})` : ""}`);
+    if (r.status === "failed") {
+      lines.push(`  FAILED  ${r.id}: ${r.reason}${r.log ? ` (log: ${r.log})` : ""}`);
+    }
   }
   for (const r of sum.results) {
     if (r.status === "skipped") lines.push(`  skipped ${r.id}: ${r.reason}`);

@@ -12,7 +12,8 @@ function setup(yaml: string) {
   const dir = Deno.makeTempDirSync({ prefix: "wf_engine_" });
   const file = join(dir, "w.yaml");
   Deno.writeTextFileSync(file, yaml.replaceAll("DIR", dir));
-  const plan = (set: string[] = []) => buildPlan(loadWorkflow(file, { set }), { workdir: join(dir, "work") });
+  const plan = (set: string[] = []) =>
+    buildPlan(loadWorkflow(file, { set }), { workdir: join(dir, "work") });
   return { dir, file, plan };
 }
 
@@ -60,20 +61,38 @@ steps:
   // Change a's parameter: a, b, d rerun; c stays cached.
   const p3 = plan(["vars.greeting=bye"]);
   const entries = describePlan(prepare(p3, { codeVersion: CODE }));
-  assert.deepEqual(entries.map((e) => `${e.id}:${e.action}`), ["a:run", "b:run", "c:cached", "d:run"]);
+  assert.deepEqual(entries.map((e) => `${e.id}:${e.action}`), [
+    "a:run",
+    "b:run",
+    "c:cached",
+    "d:run",
+  ]);
   const s3 = await runLocal(p3, { codeVersion: CODE, cpus: 2 });
   assert.equal(s3.counts.done, 3);
   assert.equal(s3.counts.cached, 1);
   assert.equal(Deno.readTextFileSync(join(p3.workdir, "d", "d.txt")), "bye\nc\n");
   // Forcing c reruns it; identical output keeps d cached (content addressed).
   const s4 = await runLocal(p3, { codeVersion: CODE, force: ["c"] });
-  assert.deepEqual(s4.results.map((r) => `${r.id}:${r.status}`), ["a:cached", "b:cached", "c:done", "d:cached"]);
+  assert.deepEqual(s4.results.map((r) => `${r.id}:${r.status}`), [
+    "a:cached",
+    "b:cached",
+    "c:done",
+    "d:cached",
+  ]);
   // --only b runs nothing new (b and a cached) and leaves c, d unselected.
   const s5 = await runLocal(p3, { codeVersion: CODE, only: ["b"], force: ["b"] });
-  assert.deepEqual(s5.results.map((r) => `${r.id}:${r.status}`), ["a:cached", "b:done", "c:unselected", "d:unselected"]);
+  assert.deepEqual(s5.results.map((r) => `${r.id}:${r.status}`), [
+    "a:cached",
+    "b:done",
+    "c:unselected",
+    "d:unselected",
+  ]);
   // A missing output folder is not taken as cached.
   Deno.removeSync(join(p3.workdir, "c"), { recursive: true });
-  assert.equal(describePlan(prepare(p3, { codeVersion: CODE })).find((e) => e.id === "c")!.action, "run");
+  assert.equal(
+    describePlan(prepare(p3, { codeVersion: CODE })).find((e) => e.id === "c")!.action,
+    "run",
+  );
 });
 
 Deno.test("engine: a failure skips its dependents, independent branches finish, summary names reason and log", async () => {
@@ -178,14 +197,19 @@ steps:
   // A chain: every step waits for the previous one, so time / steps = per-step overhead + `true`.
   const chain = setup(`name: chain
 steps:
-${Array.from({ length: 20 }, (_, i) => `  c${i}: {kind: command, run: "true"${i ? `, needs: c${i - 1}` : ""}}`).join("\n")}
+${
+    Array.from({ length: 20 }, (_, i) =>
+      `  c${i}: {kind: command, run: "true"${i ? `, needs: c${i - 1}` : ""}}`).join("\n")
+  }
 `).plan();
   const t2 = performance.now();
   const c = await runLocal(chain, { codeVersion: CODE });
   const perStep = (performance.now() - t2) / 20;
   assert.equal(c.counts.done, 20);
   console.log(
-    `local: ${n} trivial steps ${wide.toFixed(2)} s on 2 slots; all cached ${cachedSec.toFixed(2)} s; ` +
+    `local: ${n} trivial steps ${wide.toFixed(2)} s on 2 slots; all cached ${
+      cachedSec.toFixed(2)
+    } s; ` +
       `sequential overhead ${perStep.toFixed(1)} ms/step (plan, hash, launch, record)`,
   );
   assert.ok(wide < 30, `100 trivial steps took ${wide}s`);

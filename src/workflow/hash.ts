@@ -16,7 +16,8 @@ export function canonicalJson(value: unknown): string {
     const keys = Object.keys(value).sort();
     return `{${
       keys.filter((k) => (value as Record<string, unknown>)[k] !== undefined)
-        .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(",")
+        .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`)
+        .join(",")
     }}`;
   }
   return JSON.stringify(value) ?? "null";

@@ -44,7 +44,10 @@ function killGroup(pid: number, sig: Deno.Signal, ownGroup: boolean): void {
 }
 
 /** Runs a command to completion; never throws for the command's own failures. */
-export async function runProcess(cmd: StepCommand, opts: RunProcessOptions): Promise<ProcessResult> {
+export async function runProcess(
+  cmd: StepCommand,
+  opts: RunProcessOptions,
+): Promise<ProcessResult> {
   const setsid = findSetsid();
   const wrapper = ["/bin/sh", "-c", 'exec "$@" >>"$COMODAL_LOG" 2>&1', "sh", ...cmd.argv];
   const argv = setsid ? [setsid, ...wrapper] : wrapper;
@@ -67,7 +70,9 @@ export async function runProcess(cmd: StepCommand, opts: RunProcessOptions): Pro
   const timers: ReturnType<typeof setTimeout>[] = [];
   const stop = () => {
     killGroup(child.pid, "SIGTERM", own);
-    timers.push(setTimeout(() => killGroup(child.pid, "SIGKILL", own), (opts.graceSec ?? 5) * 1000));
+    timers.push(
+      setTimeout(() => killGroup(child.pid, "SIGKILL", own), (opts.graceSec ?? 5) * 1000),
+    );
   };
   if (opts.timeoutSec !== undefined) {
     timers.push(setTimeout(() => {

@@ -87,7 +87,9 @@ export function expandMatrix(matrix: StepSpec["matrix"]): Record<string, Scalar>
   }
   if (axes.length === 0) combos = [];
   const exclude = (matrix.exclude ?? []) as Record<string, Scalar>[];
-  combos = combos.filter((c) => !exclude.some((ex) => Object.entries(ex).every(([k, v]) => c[k] === v)));
+  combos = combos.filter((c) =>
+    !exclude.some((ex) => Object.entries(ex).every(([k, v]) => c[k] === v))
+  );
   for (const inc of (matrix.include ?? []) as Record<string, Scalar>[]) {
     if (!combos.some((c) => sameValues(c, inc))) combos.push({ ...inc });
   }
@@ -124,7 +126,9 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
     const ids: string[] = [];
     for (const m of combos) {
       const id = instanceId(name, m);
-      const outDir = Object.keys(m).length ? join(workdir, name, instanceDirName(m)) : join(workdir, name);
+      const outDir = Object.keys(m).length
+        ? join(workdir, name, instanceDirName(m))
+        : join(workdir, name);
       if (drafts.has(id)) fail(["steps", name, "matrix"], `the matrix gives instance ${id} twice`);
       drafts.set(id, { step, id, name, matrix: m, outDir });
       ids.push(id);
@@ -147,10 +151,19 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
   for (const d of drafts.values()) {
     const { step, name, matrix } = d;
     const base = ["steps", name];
-    const needNames = step.needs === undefined ? [] : typeof step.needs === "string" ? [step.needs] : step.needs;
+    const needNames = step.needs === undefined
+      ? []
+      : typeof step.needs === "string"
+      ? [step.needs]
+      : step.needs;
     const needs = new Set<string>();
     needNames.forEach((n, i) => {
-      if (n === name) fail([...base, "needs", ...(typeof step.needs === "string" ? [] : [i])], `step '${name}' cannot need itself`);
+      if (n === name) {
+        fail(
+          [...base, "needs", ...(typeof step.needs === "string" ? [] : [i])],
+          `step '${name}' cannot need itself`,
+        );
+      }
       if (instancesOf.has(n)) matching(n, matrix).forEach((id) => needs.add(id));
       else if (drafts.has(n)) needs.add(n);
       else {
@@ -182,13 +195,22 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
         case "steps": {
           const [target, field] = rest;
           if (!instancesOf.has(target)) {
-            throw new TemplateError(`unknown step '${target}' in '\${{ ${path.join(".")} }}'`, path.join("."));
+            throw new TemplateError(
+              `unknown step '${target}' in '\${{ ${path.join(".")} }}'`,
+              path.join("."),
+            );
           }
           if (rest.length !== 2 || field !== "out") {
-            throw new TemplateError(`'\${{ ${path.join(".")} }}': a step offers only .out`, path.join("."));
+            throw new TemplateError(
+              `'\${{ ${path.join(".")} }}': a step offers only .out`,
+              path.join("."),
+            );
           }
           if (target === name) {
-            throw new TemplateError(`step '${name}' refers to its own output; use \${{ step.out }}`, path.join("."));
+            throw new TemplateError(
+              `step '${name}' refers to its own output; use \${{ step.out }}`,
+              path.join("."),
+            );
           }
           const ids = matching(target, matrix);
           ids.forEach((id) => needs.add(id));
@@ -198,22 +220,38 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
           return undefined;
       }
     };
-    const onError = (err: TemplateError, path: (string | number)[]): never => fail(path, err.message);
+    const onError = (err: TemplateError, path: (string | number)[]): never =>
+      fail(path, err.message);
     const defaults = spec.defaults ?? {};
     const kindDefaults = defaults.params?.[step.kind] ?? {};
     const rawParams = deepMerge(kindDefaults, step.params ?? {}) as Record<string, unknown>;
-    const params = substitute(rawParams, lookup, [...base, "params"], onError) as Record<string, unknown>;
-    const run = step.run === undefined ? undefined : substitute(step.run, lookup, [...base, "run"], onError) as
-      | string
-      | string[];
+    const params = substitute(rawParams, lookup, [...base, "params"], onError) as Record<
+      string,
+      unknown
+    >;
+    const run = step.run === undefined
+      ? undefined
+      : substitute(step.run, lookup, [...base, "run"], onError) as
+        | string
+        | string[];
     const envRaw = { ...(defaults.env ?? {}), ...(step.env ?? {}) };
-    const envResolved = substitute(envRaw, lookup, [...base, "env"], onError) as Record<string, unknown>;
+    const envResolved = substitute(envRaw, lookup, [...base, "env"], onError) as Record<
+      string,
+      unknown
+    >;
     const env: Record<string, string> = {};
-    for (const [k, v] of Object.entries(envResolved)) env[k] = typeof v === "string" ? v : JSON.stringify(v);
-    const outputs = (substitute(step.outputs ?? [], lookup, [...base, "outputs"], onError) as unknown[]).map(String);
+    for (const [k, v] of Object.entries(envResolved)) {
+      env[k] = typeof v === "string" ? v : JSON.stringify(v);
+    }
+    const outputs =
+      (substitute(step.outputs ?? [], lookup, [...base, "outputs"], onError) as unknown[]).map(
+        String,
+      );
     // References found inside vars are resolved through lookup too; make sure nothing is left over.
     for (const ref of references(params)) {
-      if (ref !== "step.out") fail([...base, "params"], `reference '\${{ ${ref} }}' left unresolved`);
+      if (ref !== "step.out") {
+        fail([...base, "params"], `reference '\${{ ${ref} }}' left unresolved`);
+      }
     }
     const res = { ...(defaults.resources ?? {}), ...(step.resources ?? {}) };
     planned.push({
@@ -265,7 +303,10 @@ function dig(obj: unknown, path: string[]): unknown {
 }
 
 /** Orders steps so each comes after its needs; a cycle is reported with its path. */
-export function topologicalOrder(steps: PlannedStep[], where?: (id: string) => string): PlannedStep[] {
+export function topologicalOrder(
+  steps: PlannedStep[],
+  where?: (id: string) => string,
+): PlannedStep[] {
   const byId = new Map(steps.map((s) => [s.id, s]));
   const state = new Map<string, 1 | 2>(); // 1 visiting, 2 done
   const out: PlannedStep[] = [];
@@ -311,7 +352,9 @@ export function selectSteps(plan: Plan, selectors: string[]): Set<string> {
     else if (plan.byId.has(sel)) out.add(sel);
     else {
       throw new WorkflowError(
-        `${plan.workflow.file}: no step '${sel}' (steps: ${[...plan.instancesOf.keys()].join(", ")})`,
+        `${plan.workflow.file}: no step '${sel}' (steps: ${
+          [...plan.instancesOf.keys()].join(", ")
+        })`,
       );
     }
   }

@@ -50,7 +50,12 @@ Deno.test("plan: matrix expands into named instances with matched dependencies",
   assert.equal(t.outDir, join(plan.workdir, "train", "ratio=0.4,method=supervised"));
   const e = plan.byId.get("evaluate[ratio=0.1,method=cmc]")!;
   assert.deepEqual(e.needs, ["train[ratio=0.1,method=cmc]"]);
-  assert.equal(e.run, `cat ${join(plan.workdir, "train", "ratio=0.1,method=cmc")}/metrics.json > \${{ step.out }}/m.json`);
+  assert.equal(
+    e.run,
+    `cat ${
+      join(plan.workdir, "train", "ratio=0.1,method=cmc")
+    }/metrics.json > \${{ step.out }}/m.json`,
+  );
   const r = plan.byId.get("report")!;
   assert.equal(r.needs.length, 8); // evaluate (needs) + train (reference), all instances
   assert.equal(r.params.inputs, join(plan.workdir, "train"));
@@ -62,17 +67,31 @@ Deno.test("plan: matrix expands into named instances with matched dependencies",
 });
 
 Deno.test("plan: matrix include/exclude", () => {
-  const combos = expandMatrix({ a: [1, 2], b: ["x", "y"], exclude: [{ a: 2, b: "y" }], include: [{ a: 3, b: "z" }] });
-  assert.deepEqual(combos, [{ a: 1, b: "x" }, { a: 1, b: "y" }, { a: 2, b: "x" }, { a: 3, b: "z" }]);
+  const combos = expandMatrix({
+    a: [1, 2],
+    b: ["x", "y"],
+    exclude: [{ a: 2, b: "y" }],
+    include: [{ a: 3, b: "z" }],
+  });
+  assert.deepEqual(combos, [{ a: 1, b: "x" }, { a: 1, b: "y" }, { a: 2, b: "x" }, {
+    a: 3,
+    b: "z",
+  }]);
 });
 
 Deno.test("plan: missing dependency, cycle and bad reference are reported with lines", () => {
   assert.throws(
-    () => planOf("name: w\nsteps:\n  a: {kind: command, run: x, needs: [b]}\n  b: {kind: command, run: y, needs: [c]}\n"),
+    () =>
+      planOf(
+        "name: w\nsteps:\n  a: {kind: command, run: x, needs: [b]}\n  b: {kind: command, run: y, needs: [c]}\n",
+      ),
     /w\.yaml:4: steps\.b\.needs\[0\]: unknown step 'c' \(steps: a, b\)/,
   );
   assert.throws(
-    () => planOf("name: w\nsteps:\n  a: {kind: command, run: x, needs: c}\n  b: {kind: command, run: y, needs: a}\n  c: {kind: command, run: y, needs: b}\n"),
+    () =>
+      planOf(
+        "name: w\nsteps:\n  a: {kind: command, run: x, needs: c}\n  b: {kind: command, run: y, needs: a}\n  c: {kind: command, run: y, needs: b}\n",
+      ),
     /dependency cycle: (a -> c -> b -> a|b -> a -> c -> b|c -> b -> a -> c)/,
   );
   assert.throws(

@@ -12,16 +12,21 @@ import { readState, statePath } from "./state.ts";
 const CLI = new URL("../../cli/workflow.ts", import.meta.url).pathname;
 
 function chainYaml(dir: string, n: number): string {
-  const steps = Array.from({ length: n }, (_, i) =>
-    `  s${i}:\n    kind: command\n${i > 0 ? `    needs: s${i - 1}\n` : ""}` +
-    `    run: 'sleep 0.25; echo s${i} >> ${dir}/trace; echo ${i} > "\${{ step.out }}/v"'\n`).join("");
+  const steps = Array.from(
+    { length: n },
+    (_, i) =>
+      `  s${i}:\n    kind: command\n${i > 0 ? `    needs: s${i - 1}\n` : ""}` +
+      `    run: 'sleep 0.25; echo s${i} >> ${dir}/trace; echo ${i} > "\${{ step.out }}/v"'\n`,
+  ).join("");
   return `name: chain\nworkdir: ${dir}/work\nsteps:\n${steps}`;
 }
 
 function traceCounts(dir: string): Map<string, number> {
   const m = new Map<string, number>();
   try {
-    for (const l of Deno.readTextFileSync(join(dir, "trace")).split("\n")) if (l) m.set(l, (m.get(l) ?? 0) + 1);
+    for (const l of Deno.readTextFileSync(join(dir, "trace")).split("\n")) {
+      if (l) m.set(l, (m.get(l) ?? 0) + 1);
+    }
   } catch { /* none yet */ }
   return m;
 }
@@ -43,7 +48,9 @@ Deno.test("resume: SIGKILL of the orchestrator mid-run, then a rerun redoes no f
   while (Date.now() < deadline) {
     try {
       const st = JSON.parse(Deno.readTextFileSync(statePath(join(dir, "work"))));
-      doneBefore = Object.entries(st.steps).filter(([, r]) => (r as { status: string }).status === "done").map(([k]) => k);
+      doneBefore = Object.entries(st.steps).filter(([, r]) =>
+        (r as { status: string }).status === "done"
+      ).map(([k]) => k);
     } catch { /* not written yet or mid-rename */ }
     if (doneBefore.length >= 3) break;
     await new Promise((r) => setTimeout(r, 20));
@@ -51,9 +58,14 @@ Deno.test("resume: SIGKILL of the orchestrator mid-run, then a rerun redoes no f
   child.kill("SIGKILL");
   await child.status;
   await child.stderr.cancel();
-  assert.ok(doneBefore.length >= 3 && doneBefore.length < 8, `killed after ${doneBefore.length} steps`);
+  assert.ok(
+    doneBefore.length >= 3 && doneBefore.length < 8,
+    `killed after ${doneBefore.length} steps`,
+  );
   // The lock of the dead orchestrator is taken over; the rerun finishes the chain.
-  const rerun = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", "--quiet", CLI, file] }).output();
+  const rerun = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, file],
+  }).output();
   assert.equal(rerun.code, 0, new TextDecoder().decode(rerun.stderr));
   const counts = traceCounts(dir);
   for (const id of doneBefore) assert.equal(counts.get(id), 1, `${id} was redone after the kill`);

@@ -56,7 +56,7 @@ const duration = z.union([
   z.number().positive(),
   z.string().regex(
     /^(\d+(\.\d+)?\s*(s|m|h|d)|(\d+-)?\d{1,2}:\d{2}(:\d{2})?)$/,
-    'expected a duration such as 90s, 30m, 2h, 1d or 01:30:00',
+    "expected a duration such as 90s, 30m, 2h, 1d or 01:30:00",
   ),
 ]);
 const memory = z.union([
@@ -124,7 +124,10 @@ export const WorkflowSchema = z.strictObject({
   }).optional(),
   profiles: z.record(z.string(), z.record(z.string(), z.unknown())).optional(),
   steps: z.record(
-    z.string().regex(/^[A-Za-z][\w-]*$/, "step names start with a letter and use letters, digits, '_' or '-'"),
+    z.string().regex(
+      /^[A-Za-z][\w-]*$/,
+      "step names start with a letter and use letters, digits, '_' or '-'",
+    ),
     StepSchema,
   ).refine((s) => Object.keys(s).length > 0, "a workflow needs at least one step"),
 });
@@ -179,7 +182,12 @@ export function loadWorkflow(path: string, opts: LoadOptions = {}): LoadedWorkfl
     const overlay = profiles[opts.profile];
     if (!isPlainObject(overlay)) {
       throw new WorkflowError(
-        describeAt(merged.provenance, file, ["profiles", opts.profile], "a profile must be a mapping"),
+        describeAt(
+          merged.provenance,
+          file,
+          ["profiles", opts.profile],
+          "a profile must be a mapping",
+        ),
       );
     }
     if ("profiles" in overlay || "extends" in overlay) {
@@ -226,7 +234,9 @@ export function loadWorkflow(path: string, opts: LoadOptions = {}): LoadedWorkfl
       }
       return describeAt(merged.provenance, file, path, message);
     });
-    const more = result.error.issues.length > 8 ? `\n  (${result.error.issues.length - 8} more)` : "";
+    const more = result.error.issues.length > 8
+      ? `\n  (${result.error.issues.length - 8} more)`
+      : "";
     throw new WorkflowError(`Invalid workflow ${file}:\n  ${messages.join("\n  ")}${more}`);
   }
   const spec = result.data;
@@ -236,18 +246,24 @@ export function loadWorkflow(path: string, opts: LoadOptions = {}): LoadedWorkfl
 
 function loadWithExtends(file: string, chain: string[], files: string[]): SourcedValue {
   if (chain.includes(file)) {
-    throw new WorkflowError(`Cannot load ${chain[0]}: 'extends' forms a cycle: ${[...chain, file].join(" -> ")}`);
+    throw new WorkflowError(
+      `Cannot load ${chain[0]}: 'extends' forms a cycle: ${[...chain, file].join(" -> ")}`,
+    );
   }
   const own = readYamlFile(file);
   files.push(file);
   if (!isPlainObject(own.value)) {
-    throw new WorkflowError(`${file}:1: a workflow file must be a mapping of keys (name, steps, ...)`);
+    throw new WorkflowError(
+      `${file}:1: a workflow file must be a mapping of keys (name, steps, ...)`,
+    );
   }
   const ext = own.value.extends;
   if (ext === undefined) return own;
   const list = typeof ext === "string" ? [ext] : Array.isArray(ext) ? ext : null;
   if (!list || list.some((e) => typeof e !== "string")) {
-    throw new WorkflowError(describeAt(own.provenance, file, ["extends"], "expected a file name or a list of file names"));
+    throw new WorkflowError(
+      describeAt(own.provenance, file, ["extends"], "expected a file name or a list of file names"),
+    );
   }
   let acc: SourcedValue | null = null;
   for (const rel of list as string[]) {
@@ -265,27 +281,41 @@ function loadWithExtends(file: string, chain: string[], files: string[]): Source
 function validateKinds(spec: WorkflowSpec, prov: Provenance, file: string): void {
   const problems: string[] = [];
   for (const [name, step] of Object.entries(spec.steps)) {
-    const at = (key: string[], msg: string) => problems.push(describeAt(prov, file, ["steps", name, ...key], msg));
-    if (step.kind === "command" && step.run === undefined) at(["run"], "a command step needs 'run'");
+    const at = (key: string[], msg: string) =>
+      problems.push(describeAt(prov, file, ["steps", name, ...key], msg));
+    if (step.kind === "command" && step.run === undefined) {
+      at(["run"], "a command step needs 'run'");
+    }
     if (step.kind !== "command" && step.run !== undefined) {
       at(["run"], `'run' is only for command steps (this step is ${step.kind})`);
     }
     const params = step.params ?? {};
-    if ((step.kind === "synthesise" || step.kind === "train") && params.task === undefined &&
-      params.manifest === undefined && spec.defaults?.params?.[step.kind]?.task === undefined) {
-      at(["params"], `a ${step.kind} step needs params.task${step.kind === "train" ? " or params.manifest" : ""}`);
+    if (
+      (step.kind === "synthesise" || step.kind === "train") && params.task === undefined &&
+      params.manifest === undefined && spec.defaults?.params?.[step.kind]?.task === undefined
+    ) {
+      at(
+        ["params"],
+        `a ${step.kind} step needs params.task${
+          step.kind === "train" ? " or params.manifest" : ""
+        }`,
+      );
     }
     if (step.matrix) {
       for (const [axis, values] of Object.entries(step.matrix)) {
         if ((axis === "include" || axis === "exclude")) {
-          if (values.some((v) => !isPlainObject(v))) at(["matrix", axis], "expected a list of mappings");
+          if (values.some((v) => !isPlainObject(v))) {
+            at(["matrix", axis], "expected a list of mappings");
+          }
         } else if (values.some((v) => isPlainObject(v))) {
           at(["matrix", axis], "expected a list of values (strings, numbers or booleans)");
         }
       }
     }
   }
-  if (problems.length > 0) throw new WorkflowError(`Invalid workflow ${file}:\n  ${problems.join("\n  ")}`);
+  if (problems.length > 0) {
+    throw new WorkflowError(`Invalid workflow ${file}:\n  ${problems.join("\n  ")}`);
+  }
 }
 
 /** Parses a duration (90, "90s", "30m", "2h", "1d", "01:30:00", "1-00:00:00") into seconds. */
@@ -297,7 +327,9 @@ export function parseDuration(v: string | number): number {
   if (clock) {
     const [, d, a, b, c] = clock;
     const days = Number(d ?? 0) * 86400;
-    return c === undefined ? days + Number(a) * 60 + Number(b) : days + Number(a) * 3600 + Number(b) * 60 + Number(c);
+    return c === undefined
+      ? days + Number(a) * 60 + Number(b)
+      : days + Number(a) * 3600 + Number(b) * 60 + Number(c);
   }
   throw new WorkflowError(`Cannot parse duration '${v}': expected 90s, 30m, 2h, 1d or 01:30:00`);
 }

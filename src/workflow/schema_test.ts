@@ -29,7 +29,8 @@ Deno.test("schema: unknown key names file, key path and line", () => {
 
 Deno.test("schema: wrong type and unknown kind point at their lines", () => {
   const dir = tmpFiles({
-    "w.yaml": "name: w\nsteps:\n  a:\n    kind: command\n    run: echo\n    retries: two\n  b:\n    kind: bake\n",
+    "w.yaml":
+      "name: w\nsteps:\n  a:\n    kind: command\n    run: echo\n    retries: two\n  b:\n    kind: bake\n",
   });
   const msg = errorOf(() => loadWorkflow(join(dir, "w.yaml")));
   assert.match(msg, /w\.yaml:6: steps\.a\.retries: /);
@@ -37,15 +38,25 @@ Deno.test("schema: wrong type and unknown kind point at their lines", () => {
 });
 
 Deno.test("schema: invalid YAML and missing run are reported with lines", () => {
-  const dir = tmpFiles({ "bad.yaml": "name: w\nsteps: [\n", "norun.yaml": "name: w\nsteps:\n  a:\n    kind: command\n" });
+  const dir = tmpFiles({
+    "bad.yaml": "name: w\nsteps: [\n",
+    "norun.yaml": "name: w\nsteps:\n  a:\n    kind: command\n",
+  });
   assert.match(errorOf(() => loadWorkflow(join(dir, "bad.yaml"))), /bad\.yaml:\d+: invalid YAML/);
-  assert.match(errorOf(() => loadWorkflow(join(dir, "norun.yaml"))), /norun\.yaml:3: steps\.a\.run: a command step needs 'run'/);
-  assert.match(errorOf(() => loadWorkflow(join(dir, "nope.yaml"))), /Cannot read workflow .*nope\.yaml: file not found/);
+  assert.match(
+    errorOf(() => loadWorkflow(join(dir, "norun.yaml"))),
+    /norun\.yaml:3: steps\.a\.run: a command step needs 'run'/,
+  );
+  assert.match(
+    errorOf(() => loadWorkflow(join(dir, "nope.yaml"))),
+    /Cannot read workflow .*nope\.yaml: file not found/,
+  );
 });
 
 Deno.test("schema: extends merges files; profiles and --set override with provenance", () => {
   const dir = tmpFiles({
-    "base.yaml": "name: base\nvars: {cases: 8, task: cardiac}\ndefaults:\n  retries: 2\nsteps:\n  a: {kind: command, run: echo a}\n",
+    "base.yaml":
+      "name: base\nvars: {cases: 8, task: cardiac}\ndefaults:\n  retries: 2\nsteps:\n  a: {kind: command, run: echo a}\n",
     "child.yaml": [
       "extends: base.yaml",
       "name: child",
@@ -72,11 +83,17 @@ Deno.test("schema: extends merges files; profiles and --set override with proven
   // The profile's bad value is reported at the profile's line in child.yaml.
   const msg = errorOf(() => loadWorkflow(join(dir, "child.yaml"), { profile: "smoke" }));
   assert.match(msg, /child\.yaml:8: steps\.a\.retries/);
-  assert.match(errorOf(() => loadWorkflow(join(dir, "child.yaml"), { profile: "huge" })), /unknown profile 'huge' \(profiles: smoke, full\)/);
+  assert.match(
+    errorOf(() => loadWorkflow(join(dir, "child.yaml"), { profile: "huge" })),
+    /unknown profile 'huge' \(profiles: smoke, full\)/,
+  );
 });
 
 Deno.test("schema: extends cycle is detected", () => {
-  const dir = tmpFiles({ "a.yaml": "extends: b.yaml\nname: a\nsteps: {}\n", "b.yaml": "extends: a.yaml\nname: b\n" });
+  const dir = tmpFiles({
+    "a.yaml": "extends: b.yaml\nname: a\nsteps: {}\n",
+    "b.yaml": "extends: a.yaml\nname: b\n",
+  });
   assert.match(errorOf(() => loadWorkflow(join(dir, "a.yaml"))), /'extends' forms a cycle/);
 });
 

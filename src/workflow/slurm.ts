@@ -25,7 +25,15 @@ import {
   summarise,
 } from "./engine.ts";
 import { STEP_META_FILE } from "./hash.ts";
-import { acquireLock, logPath, logsDir, stateDir, type StepMeta, tmpDir, writeState } from "./state.ts";
+import {
+  acquireLock,
+  logPath,
+  logsDir,
+  stateDir,
+  type StepMeta,
+  tmpDir,
+  writeState,
+} from "./state.ts";
 
 export interface SlurmOptions {
   only?: string[];
@@ -67,10 +75,18 @@ interface SlurmTool {
 async function tool(name: string, args: string[], cwd?: string): Promise<SlurmTool> {
   let out: Deno.CommandOutput;
   try {
-    out = await new Deno.Command(name, { args, cwd, stdin: "null", stdout: "piped", stderr: "piped" }).output();
+    out = await new Deno.Command(name, {
+      args,
+      cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
-      throw new Error(`Cannot use the Slurm executor: '${name}' was not found on PATH (is Slurm's client installed?)`);
+      throw new Error(
+        `Cannot use the Slurm executor: '${name}' was not found on PATH (is Slurm's client installed?)`,
+      );
     }
     throw err;
   }
@@ -113,9 +129,13 @@ function instanceScript(p: Prepared, inst: Instance, cwd: string): string {
   };
   const q = shellQuote;
   const attempts = s.retries + 1;
-  const timeout = s.resources.timeSec !== undefined ? `timeout --kill-after=5 ${Math.ceil(s.resources.timeSec)} ` : "";
+  const timeout = s.resources.timeSec !== undefined
+    ? `timeout --kill-after=5 ${Math.ceil(s.resources.timeSec)} `
+    : "";
   const env = Object.entries(cmd.env).map(([k, v]) => `export ${k}=${q(v)}`).join("\n  ");
-  const checks = s.outputs.map((o) => `[ -e "$PARTIAL"/${q(o)} ] || missing="$missing ${o.replace(/["$`\\]/g, "")}"`).join("\n      ");
+  const checks = s.outputs.map((o) =>
+    `[ -e "$PARTIAL"/${q(o)} ] || missing="$missing ${o.replace(/["$`\\]/g, "")}"`
+  ).join("\n      ");
   const old = `${inst.partial}.old`;
   return `
   exec >>${q(inst.log)} 2>&1
@@ -126,7 +146,9 @@ function instanceScript(p: Prepared, inst: Instance, cwd: string): string {
   attempt=1
   while :; do
     rm -rf "$PARTIAL"; mkdir -p "$PARTIAL"
-    echo "=== $(date -Iseconds) ${s.id.replace(/["$`\\]/g, "")} attempt $attempt/${attempts} (slurm job \${SLURM_JOB_ID})"
+    echo "=== $(date -Iseconds) ${
+    s.id.replace(/["$`\\]/g, "")
+  } attempt $attempt/${attempts} (slurm job \${SLURM_JOB_ID})"
     ${timeout}${cmd.argv.map(q).join(" ")}
     rc=$?
     if [ $rc = 0 ]; then
@@ -174,7 +196,14 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
   const pollSec = opts.pollSec ?? cfg.poll_interval ?? 2;
   const cwd = opts.cwd ?? Deno.cwd();
   const workdir = plan.workdir;
-  for (const d of [join(logsDir(workdir), "slurm"), tmpDir(workdir), join(stateDir(workdir), "jobs"), join(stateDir(workdir), "sbatch")]) {
+  for (
+    const d of [
+      join(logsDir(workdir), "slurm"),
+      tmpDir(workdir),
+      join(stateDir(workdir), "jobs"),
+      join(stateDir(workdir), "sbatch"),
+    ]
+  ) {
     Deno.mkdirSync(d, { recursive: true });
   }
   const results = new Map<string, StepResult>();
@@ -182,17 +211,25 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     results.set(r.id, r);
     opts.onEvent?.({ type: "finish", result: r });
   };
-  for (const s of plan.steps) if (!p.selected.has(s.id)) results.set(s.id, { id: s.id, status: "unselected" });
+  for (const s of plan.steps) {
+    if (!p.selected.has(s.id)) results.set(s.id, { id: s.id, status: "unselected" });
+  }
 
   // Jobs still queued or running from an earlier (killed) orchestrator, by job reference.
   const earlier = new Map<string, string>();
-  const submittedBefore = plan.steps.filter((s) => p.state.steps[s.id]?.status === "submitted" && p.state.steps[s.id]?.jobId);
+  const submittedBefore = plan.steps.filter((s) =>
+    p.state.steps[s.id]?.status === "submitted" && p.state.steps[s.id]?.jobId
+  );
   if (submittedBefore.length > 0) {
-    const states = await pollStates([...new Set(submittedBefore.map((s) => p.state.steps[s.id].jobId!.split("_")[0]))]);
+    const states = await pollStates([
+      ...new Set(submittedBefore.map((s) => p.state.steps[s.id].jobId!.split("_")[0])),
+    ]);
     for (const s of submittedBefore) {
       const rec = p.state.steps[s.id];
       const st = states.get(rec.jobId!);
-      if (rec.hash === p.hashes.get(s.id) && st && !TERMINAL.has(st.state)) earlier.set(s.id, rec.jobId!);
+      if (rec.hash === p.hashes.get(s.id) && st && !TERMINAL.has(st.state)) {
+        earlier.set(s.id, rec.jobId!);
+      }
     }
   }
 
@@ -242,7 +279,8 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     if (s.resources.memoryMiB !== undefined) a.push(`--mem=${s.resources.memoryMiB}M`);
     if (s.resources.timeSec !== undefined) {
       // Room for every attempt, the backoff sleeps and a minute of slack.
-      const total = s.resources.timeSec * (s.retries + 1) + s.backoffSec * (2 ** s.retries - 1) + 60;
+      const total = s.resources.timeSec * (s.retries + 1) + s.backoffSec * (2 ** s.retries - 1) +
+        60;
       a.push(`--time=${slurmTime(total)}`);
     }
     if (cfg.partition) a.push(`--partition=${cfg.partition}`);
@@ -255,7 +293,10 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
   for (const group of groups) {
     // Steps whose upstream could not be submitted are skipped.
     const live = group.filter((s) => {
-      const bad = s.needs.filter((n) => failedSubmit.has(n) || results.get(n)?.status === "failed" || results.get(n)?.status === "skipped");
+      const bad = s.needs.filter((n) =>
+        failedSubmit.has(n) || results.get(n)?.status === "failed" ||
+        results.get(n)?.status === "skipped"
+      );
       if (bad.length === 0) return true;
       failedSubmit.add(s.id);
       emit({ id: s.id, status: "skipped", reason: `needs ${bad.join(", ")} which could not run` });
@@ -268,7 +309,12 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     });
     // Re-attached instances still need their bookkeeping.
     for (const s of live.filter((x) => earlier.has(x.id))) {
-      instances.set(s.id, { step: s, partial: "", status: statusPath(workdir, s.id), log: logPath(workdir, s.id) });
+      instances.set(s.id, {
+        step: s,
+        partial: "",
+        status: statusPath(workdir, s.id),
+        log: logPath(workdir, s.id),
+      });
     }
     if (fresh.length === 0) continue;
     if (opts.signal?.aborted) {
@@ -280,7 +326,10 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
       const insts = chunk.map((s) => {
         const inst: Instance = {
           step: s,
-          partial: Deno.makeTempDirSync({ dir: tmpDir(workdir), prefix: `${s.id.replace(/[^\w.=,-]/g, "_")}.` }),
+          partial: Deno.makeTempDirSync({
+            dir: tmpDir(workdir),
+            prefix: `${s.id.replace(/[^\w.=,-]/g, "_")}.`,
+          }),
           status: statusPath(workdir, s.id),
           log: logPath(workdir, s.id),
         };
@@ -305,7 +354,11 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
         "esac",
         "",
       ];
-      const scriptPath = join(stateDir(workdir), "sbatch", `${first.name}.${Date.now()}.${Math.random().toString(36).slice(2, 8)}.sh`);
+      const scriptPath = join(
+        stateDir(workdir),
+        "sbatch",
+        `${first.name}.${Date.now()}.${Math.random().toString(36).slice(2, 8)}.sh`,
+      );
       Deno.writeTextFileSync(scriptPath, lines.join("\n"));
       const args = ["--parsable", `--chdir=${cwd}`];
       if (isArray) args.push(`--array=0-${chunk.length - 1}`);
@@ -346,10 +399,14 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     if (opts.signal?.aborted || aborted) {
       const ids = [...new Set([...waiting].map((id) => jobRef.get(id)!))];
       if (ids.length > 0) await tool("scancel", ids).catch(() => undefined);
-      for (const id of waiting) emit({ id, status: "skipped", reason: "workflow aborted (Slurm job cancelled)" });
+      for (const id of waiting) {
+        emit({ id, status: "skipped", reason: "workflow aborted (Slurm job cancelled)" });
+      }
       break;
     }
-    const states = await pollStates([...new Set([...waiting].map((id) => jobRef.get(id)!.split("_")[0]))]);
+    const states = await pollStates([
+      ...new Set([...waiting].map((id) => jobRef.get(id)!.split("_")[0])),
+    ]);
     const finished: string[] = [];
     for (const id of waiting) {
       const ref = jobRef.get(id)!;
@@ -385,8 +442,12 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
         await recordDone(p, s, { log, jobId: jobRef.get(id), durationMs });
         emit({ id, status: "done", log, durationMs });
       } else if (st?.state === "CANCELLED" && /Dependency/i.test(st.reason)) {
-        const failedUp = s.needs.filter((n) => results.get(n)?.status === "failed" || results.get(n)?.status === "skipped");
-        const reason = `needs ${failedUp.length ? failedUp.join(", ") : "a step"} which did not finish`;
+        const failedUp = s.needs.filter((n) =>
+          results.get(n)?.status === "failed" || results.get(n)?.status === "skipped"
+        );
+        const reason = `needs ${
+          failedUp.length ? failedUp.join(", ") : "a step"
+        } which did not finish`;
         delete p.state.steps[id];
         writeState(workdir, p.state);
         emit({ id, status: "skipped", reason });
@@ -394,7 +455,9 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
         const reason = statusText && statusText !== "ok"
           ? statusText
           : st
-          ? `Slurm job ${jobRef.get(id)} ended ${st.state}${st.reason && st.reason !== "None" ? ` (${st.reason})` : ""}`
+          ? `Slurm job ${jobRef.get(id)} ended ${st.state}${
+            st.reason && st.reason !== "None" ? ` (${st.reason})` : ""
+          }`
           : `Slurm job ${jobRef.get(id)} vanished without a status`;
         recordFailed(p, s, reason, { log, jobId: jobRef.get(id) });
         emit({ id, status: "failed", reason, log });
@@ -422,7 +485,9 @@ async function pollStates(jobIds: string[]): Promise<Map<string, JobState>> {
   for (const line of r.out.split("\n")) {
     const [ref, state, reason] = line.trim().split("|");
     if (!ref || !state) continue;
-    for (const r of expandJobRef(ref)) out.set(r, { state: state.split(" ")[0], reason: reason ?? "" });
+    for (const r of expandJobRef(ref)) {
+      out.set(r, { state: state.split(" ")[0], reason: reason ?? "" });
+    }
   }
   return out;
 }

@@ -67,10 +67,14 @@ export function substitute(
     if (err instanceof TemplateError && onError) onError(err, path);
     throw err;
   }
-  if (Array.isArray(value)) return value.map((v, i) => substitute(v, lookup, [...path, i], onError));
+  if (Array.isArray(value)) {
+    return value.map((v, i) => substitute(v, lookup, [...path, i], onError));
+  }
   if (typeof value === "object" && value !== null) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, lookup, [...path, k], onError);
+    for (const [k, v] of Object.entries(value)) {
+      out[k] = substitute(v, lookup, [...path, k], onError);
+    }
     return out;
   }
   return value;
@@ -80,7 +84,7 @@ export function substitute(
 export function references(value: unknown): string[] {
   const out: string[] = [];
   const walk = (v: unknown) => {
-    if (typeof v === "string") for (const m of v.matchAll(REF)) out.push(m[1]);
+    if (typeof v === "string") { for (const m of v.matchAll(REF)) out.push(m[1]); }
     else if (Array.isArray(v)) v.forEach(walk);
     else if (typeof v === "object" && v !== null) Object.values(v).forEach(walk);
   };

@@ -18,17 +18,21 @@ const FILES = [
 ];
 
 Deno.test("workflows: each paper/task workflow plans with smoke and full profiles", () => {
-  const present = [...Deno.readDirSync(DIR)].filter((e) => e.isFile && e.name.endsWith(".yaml")).map((e) => e.name);
+  const present = [...Deno.readDirSync(DIR)].filter((e) => e.isFile && e.name.endsWith(".yaml"))
+    .map((e) => e.name);
   for (const f of FILES) assert.ok(present.includes(`${f}.yaml`), `workflows/${f}.yaml missing`);
   for (const name of present) {
     const sizes: Record<string, number> = {};
     for (const profile of ["smoke", "full"]) {
-      const plan = buildPlan(loadWorkflow(join(DIR, name), { profile }), { workdir: "/tmp/plan-only" });
+      const plan = buildPlan(loadWorkflow(join(DIR, name), { profile }), {
+        workdir: "/tmp/plan-only",
+      });
       sizes[profile] = plan.steps.length;
       const kinds = new Set(plan.steps.map((s) => s.kind));
       assert.ok(kinds.has("report"), `${name}: a report step`);
       for (const s of plan.steps) {
-        const argv = stepCommand(s, "/tmp/out", { workdir: "/tmp/plan-only", threads: 2 }).argv.join(" ");
+        const argv = stepCommand(s, "/tmp/out", { workdir: "/tmp/plan-only", threads: 2 }).argv
+          .join(" ");
         assert.ok(!argv.includes("${{"), `${name} ${s.id}: unresolved reference in ${argv}`);
         if (s.kind === "train") {
           assert.match(argv, / train \S+ .*--out \/tmp\/out/);
@@ -44,11 +48,16 @@ Deno.test("workflows: each paper/task workflow plans with smoke and full profile
 });
 
 Deno.test("workflows: labeled_ratio sweeps ratio x method; ablation variants switch one part off each", () => {
-  const lr = buildPlan(loadWorkflow(join(DIR, "labeled_ratio.yaml"), { profile: "full" }), { workdir: "/tmp/w" });
+  const lr = buildPlan(loadWorkflow(join(DIR, "labeled_ratio.yaml"), { profile: "full" }), {
+    workdir: "/tmp/w",
+  });
   assert.equal(lr.instancesOf.get("train")!.length, 20);
   assert.equal(lr.byId.get("train[ratio=0.1,method=mutual]")!.params.labeled, 0.1);
-  const ab = buildPlan(loadWorkflow(join(DIR, "ablation.yaml"), { profile: "smoke" }), { workdir: "/tmp/w" });
-  const sets = (id: string) => (ab.byId.get(id)!.params.set ?? {}) as Record<string, Record<string, unknown>>;
+  const ab = buildPlan(loadWorkflow(join(DIR, "ablation.yaml"), { profile: "smoke" }), {
+    workdir: "/tmp/w",
+  });
+  const sets = (id: string) =>
+    (ab.byId.get(id)!.params.set ?? {}) as Record<string, Record<string, unknown>>;
   assert.equal(sets("no_mia").network.mia, false);
   assert.equal(sets("no_mia").network.baseWidth, 4, "smoke settings merged with the variant's");
   assert.equal(sets("no_fusion").network.fusion, "none");

@@ -41,7 +41,12 @@ export function formatPath(path: readonly (string | number)[]): string {
 /** Parses YAML text; syntax errors and duplicate keys name the file and line. */
 export function parseYamlSource(text: string, file: string): SourcedValue {
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false, merge: true });
+  const doc = parseDocument(text, {
+    lineCounter,
+    uniqueKeys: true,
+    prettyErrors: false,
+    merge: true,
+  });
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const line = lineCounter.linePos(e.pos[0]).line;
@@ -151,7 +156,10 @@ function getPath(value: unknown, dotted: string): unknown {
 }
 
 /** Finds the closest recorded location for a key path (walking up to its parents). */
-export function locate(prov: Provenance, path: readonly (string | number)[]): SourceLocation | undefined {
+export function locate(
+  prov: Provenance,
+  path: readonly (string | number)[],
+): SourceLocation | undefined {
   for (let n = path.length; n >= 0; n--) {
     const loc = prov.get(formatPath(path.slice(0, n)));
     if (loc) return loc;
