@@ -92,7 +92,7 @@ function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[]):
   };
 
   const accumulate = (t: Tensor, g: Tensor) => {
-    if (t._isLeaf) {
+    if (t._node === null) {
       if (!t.requiresGrad || t.grad === g) return;
       if (t.grad === null || t.grad.disposed) {
         const v = shared(g) ? copyOf(g) : g;
@@ -139,7 +139,7 @@ function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[]):
       slot(i: number): Tensor | null {
         const t = inputs[i];
         if (t === null || !node.needs[i]) return null;
-        if (t._isLeaf) return t.grad !== null && !t.grad.disposed ? t.grad : null;
+        if (t._node === null) return t.grad !== null && !t.grad.disposed ? t.grad : null;
         const e = grads.get(t);
         return e !== undefined && holds.get(e) === 1 && !leafGrads.has(e) && e !== seed ? e : null;
       },

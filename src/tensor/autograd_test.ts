@@ -167,3 +167,16 @@ Deno.test("gradients are computed only for inputs that need them", () => {
   });
   w.dispose();
 });
+
+Deno.test("an op output made under noGrad is a leaf: setting requiresGrad gives it a grad", () => {
+  const w = parameter(new Float32Array([1, -2]), [2]);
+  tidy(() => {
+    const h = noGrad(() => mul(w, w));
+    equal(h.isLeaf, true);
+    h.requiresGrad = true;
+    backward(sum(mul(h, tensor([3, 4], [2])), "all"));
+    assertClose(h.grad!.toArray(), [3, 4]);
+    equal(w.grad, null);
+  });
+  w.dispose();
+});

@@ -134,7 +134,6 @@ export function freeNode(start: Node): void {
 /** Options of the Tensor constructor (internal). */
 export interface TensorInit {
   requiresGrad?: boolean;
-  leaf?: boolean;
 }
 
 let nextTensorId = 1;
@@ -150,7 +149,6 @@ export class Tensor implements Trackable {
   grad: Tensor | null = null;
   /** @internal */ _storage: Storage | null;
   /** @internal producer node (null for leaves and after backward) */ _node: Node | null = null;
-  /** @internal created by the user (factory), not by an op */ _isLeaf: boolean;
   /** @internal */ _userDisposed = false;
   /** @internal */ _kept = false;
   /** @internal graph nodes that saved this tensor's data */ _dataRefs = 0;
@@ -164,7 +162,6 @@ export class Tensor implements Trackable {
     this.dtype = dtype;
     this.size = sizeOf(shape);
     this.requiresGrad = init.requiresGrad ?? false;
-    this._isLeaf = init.leaf ?? true;
     registry.register(this, storage, this);
     track(this);
   }
@@ -177,9 +174,12 @@ export class Tensor implements Trackable {
     return this._kept;
   }
 
-  /** True for tensors made by factories (not by ops). */
+  /**
+   * True when no recorded op produced this tensor (factories, parameters, outputs of ops run
+   * under noGrad or without inputs that require grad). Leaves that require grad get `.grad`.
+   */
   get isLeaf(): boolean {
-    return this._isLeaf;
+    return this._node === null;
   }
 
   /** "[2,16,8,8,8] f32" */
@@ -221,7 +221,7 @@ export class Tensor implements Trackable {
   dispose(): void {
     if (this._userDisposed) return;
     this._userDisposed = true;
-    if (this._isLeaf && this.grad !== null) {
+    if (this.grad !== null) {
       this.grad.dispose();
       this.grad = null;
     }
@@ -258,7 +258,7 @@ export class Tensor implements Trackable {
 
 /** @internal wraps a native buffer returned by an op */
 export function wrapNative(ptr: bigint, shape: readonly number[], dtype: DType, backend: Backend): Tensor {
-  return new Tensor(new Storage(ptr, backend), shape, dtype, { leaf: false });
+  return new Tensor(new Storage(ptr, backend), shape, dtype);
 }
 
 /** @internal creates an uninitialised PLAIN buffer on the current backend */
@@ -287,7 +287,6 @@ export function recordNode(
   for (const s of saved) s._dataRefs++;
   for (const o of outputs) {
     o._node = node;
-    o._isLeaf = false;
     o.requiresGrad = true;
   }
   return node;
@@ -301,5 +300,5 @@ export function detach(x: Tensor): Tensor {
   x._ptr("detach");
   const s = x._storage!;
   s.refs++;
-  return new Tensor(s, x.shape, x.dtype, { leaf: true });
+  return new Tensor(s, x.shape, x.dtype);
 }
