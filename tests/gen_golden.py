@@ -532,7 +532,33 @@ def optim_cases() -> list[Case]:
     return out
 
 
+def no_grad_cases() -> list[Case]:
+    """Ops without gradients (argmax, equal): forward parity only."""
+    out = []
+
+    def am(name, shape, axis, keep):
+        g = gen_for(name)
+        out.append(Case(name, "argmax", {"axis": axis, "keepDims": keep}, [Inp("x", randn(g, shape), False)],
+                        lambda x: {"y": torch.argmax(x, axis, keepdim=keep).to(torch.int32)}, grad_outputs=[]))
+
+    am("argmax_axis1", (2, 5, 3, 2), 1, False)
+    am("argmax_axis1_c16_blocked_keep", (1, 16, 2, 2, 3), 1, True)
+    am("argmax_last_axis", (3, 7), 1, False)
+
+    def eq(name, sa, sb):
+        g = gen_for(name)
+        a = torch.randint(0, 3, sa, generator=g).to(F64)
+        b = torch.randint(0, 3, sb, generator=g).to(F64)
+        out.append(Case(name, "equal", {}, [Inp("a", a, False), Inp("b", b, False)],
+                        lambda a, b: {"y": (a == b).to(F64)}, grad_outputs=[]))
+
+    eq("equal_same_shape", (2, 3, 4), (2, 3, 4))
+    eq("equal_broadcast_row", (2, 3, 4), (4,))
+    return out
+
+
 FAMILIES: dict[str, Callable[[], list[Case]]] = {
+    "no_grad": no_grad_cases,
     "conv3d": conv_cases,
     "conv_transpose3d": conv_transpose_cases,
     "norm": norm_cases,

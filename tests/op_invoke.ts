@@ -168,6 +168,11 @@ export const OP_SPECS: Readonly<Record<string, OpSpec>> = {
       return { loss, probs };
     },
   },
+  argmax: {
+    kernels: ["ARGMAX", "RESHAPE"],
+    run: (xs, a) => ({ y: E.argmax(xs[0], num(a, "axis"), { keepDims: a.keepDims === true }) }),
+  },
+  equal: { kernels: ["BINARY"], run: (xs) => ({ y: E.equal(xs[0], xs[1]) }) },
   diceStats: {
     kernels: ["DICE_STATS_FORWARD", "DICE_STATS_BACKWARD"],
     run: (xs) => ({ stats: E.diceStats(xs[0], xs[1]) }),

@@ -19,6 +19,7 @@ import {
   layoutVariantInputs,
   missingKernels,
   OP_SPECS,
+  OPTIMIZER_KERNELS,
   probeBackends,
   throughConvLayout,
   useBackend,
@@ -363,4 +364,14 @@ Deno.test("parity: the comparison names the worst element, its index and the tol
   if (!shape.includes("shape [3,2] but PyTorch gives [2,3]")) {
     throw new Error(`shape mismatch not reported: ${shape}`);
   }
+});
+
+Deno.test("parity: every op the suites know has golden cases, and every golden op is known", () => {
+  const used = new Set(FILES.flatMap((f) => f.cases.map((c) => c.op)));
+  const known = [...Object.keys(OP_SPECS), ...Object.keys(OPTIMIZER_KERNELS)];
+  const without = known.filter((op) => !used.has(op));
+  if (without.length) throw new Error(`ops without golden cases: ${without.join(", ")}`);
+  const unknown = [...used].filter((op) => !known.includes(op));
+  if (unknown.length) throw new Error(`golden ops the suites cannot run: ${unknown.join(", ")}`);
+  if (known.length < 40) throw new Error(`only ${known.length} ops are covered`);
 });
