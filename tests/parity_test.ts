@@ -262,7 +262,10 @@ const FILES = readAllGolden();
 for (const device of DEVICES) {
   const { backend, error } = PROBES[device];
   Deno.test({
-    name: `parity[${device}]: backend initialises`,
+    name: `parity[${device}]: backend initialises` +
+      (device !== "cpu" && backend === null
+        ? ` (unavailable: ${error.split("\n")[0].slice(0, 120)})`
+        : ""),
     // The CPU backend must always start; another backend is optional on this machine.
     ignore: device !== "cpu" && backend === null,
     fn() {
