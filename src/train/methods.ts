@@ -36,7 +36,8 @@ import type { TrainConfig } from "./config.ts";
 
 /** One training batch on the engine: per modality [B,1,D,H,W] images and [B,1,D,H,W] i32 labels. */
 export interface TrainBatch {
-  labeled: { images: Tensor[]; labels: Tensor[] };
+  /** hasLabels[m][s]: whether labeled sample s has a label map for modality m (else all ignored). */
+  labeled: { images: Tensor[]; labels: Tensor[]; hasLabels: boolean[][] };
   /** Unlabeled cases: images only (there is no label field to read). */
   unlabeled: { images: Tensor[] } | null;
 }
@@ -75,6 +76,20 @@ export interface BuildOptions {
 
 function num(t: Tensor): number {
   return noGrad(() => t.item());
+}
+
+/**
+ * Supervised loss of one modality over the labeled samples that have a label map for it (samples
+ * of a modality without labels are left out); null when no sample has one.
+ */
+function supervisedOver(logits: Tensor, labels: Tensor, has: boolean[]): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
+  if (has.every((h) => h)) return supervisedLoss(logits, labels);
+  const idx = has.flatMap((h, i) => (h ? [i] : []));
+  if (idx.length === 0) return null;
+  const parts = idx.map((i) => supervisedLoss(slice(logits, 0, i, 1), slice(labels, 0, i, 1)));
+  const avg = (f: (p: typeof parts[number]) => Tensor) =>
+    mulScalar(parts.slice(1).reduce((a, p) => add(a, f(p)), f(parts[0])), 1 / parts.length);
+  return { loss: avg((p) => p.loss), ce: avg((p) => p.ce), dice: avg((p) => p.dice) };
 }
 
 function pick(ts: Tensor[], idx: number[]): Tensor[] {
@@ -122,14 +137,18 @@ class CmcMethod implements MethodModel {
     const outs = this.student.forward(xs);
     const terms: Record<string, number> = {};
     let sup: Tensor | null = null;
+    let nSup = 0;
     outs.forEach((o, m) => {
       const logits = unl ? slice(o.logits, 0, 0, bl) : o.logits;
-      const s = supervisedLoss(logits, batch.labeled.labels[m]);
+      const s = supervisedOver(logits, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
+      if (!s) return;
       terms[`ce_${m}`] = num(s.ce);
       terms[`dice_${m}`] = num(s.dice);
       sup = sup ? add(sup, s.loss) : s.loss;
+      nSup++;
     });
-    let loss = mulScalar(sup!, 1 / outs.length);
+    if (!sup) throw new Error("CMC loss: no labeled sample in the batch has a label map for any modality");
+    let loss = mulScalar(sup, 1 / nSup);
     terms.sup = num(loss);
     const w = rampUp(it, c.loss.rampFraction * total);
     terms.w = w;
@@ -204,7 +223,9 @@ class UNetMethod implements MethodModel {
 
   loss(batch: TrainBatch, it: number, total: number): LossResult {
     const out = this.student.forward(this.#input(batch.labeled.images));
-    const s = supervisedLoss(out.logits, batch.labeled.labels[this.outputs[0]]);
+    const o = this.outputs[0];
+    const s = supervisedOver(out.logits, batch.labeled.labels[o], batch.labeled.hasLabels[o]);
+    if (!s) throw new Error(`${this.method} loss: no labeled sample in the batch has a label map for modality ${o}`);
     const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
     let loss = s.loss;
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
@@ -257,13 +278,17 @@ class MutualMethod implements MethodModel {
     const c = this.o.config;
     const terms: Record<string, number> = {};
     const outs = this.student.forward(batch.labeled.images);
-    let loss: Tensor | null = null;
+    let sup: Tensor | null = null;
+    let nSup = 0;
     outs.forEach((o, m) => {
-      const s = supervisedLoss(o.logits, batch.labeled.labels[m]);
+      const s = supervisedOver(o.logits, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
+      if (!s) return;
       terms[`dice_${m}`] = num(s.dice);
-      loss = loss ? add(loss, s.loss) : s.loss;
+      sup = sup ? add(sup, s.loss) : s.loss;
+      nSup++;
     });
-    loss = mulScalar(loss!, 1 / outs.length);
+    if (!sup) throw new Error("mutual loss: no labeled sample in the batch has a label map for any modality");
+    let loss: Tensor = mulScalar(sup, 1 / nSup);
     terms.sup = num(loss);
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
     if (unl) {

@@ -6,6 +6,7 @@
  */
 import { backward, emaUpdate, noGrad, tensor, type Tensor, tidy, zeroGrad } from "../engine.ts";
 import type { Module } from "../nn/module.ts";
+import { IGNORE_LABEL } from "../data/sampler.ts";
 import type { MethodModel, TrainBatch } from "./methods.ts";
 import { learningRate, type Optimizer, type ScheduleKind } from "./optim.ts";
 
@@ -70,10 +71,15 @@ export interface TrainerOptions {
 export function toEngineBatch(b: HostBatch): TrainBatch {
   const [d, h, w] = b.patch;
   const img = (a: Float32Array, n: number) => tensor(a, [n, 1, d, h, w]);
+  const nv = d * h * w;
+  const hasLabels = b.labeled.labels.map((a) =>
+    [...Array(b.labeled.count).keys()].map((s) => a[s * nv] !== IGNORE_LABEL || a.subarray(s * nv, (s + 1) * nv).some((v) => v !== IGNORE_LABEL))
+  );
   return {
     labeled: {
       images: b.labeled.images.map((a) => img(a, b.labeled.count)),
       labels: b.labeled.labels.map((a) => tensor(a, [b.labeled.count, 1, d, h, w], { dtype: "i32" })),
+      hasLabels,
     },
     unlabeled: b.unlabeled && b.unlabeled.count > 0
       ? { images: b.unlabeled.images.map((a) => img(a, b.unlabeled!.count)) }

@@ -1,0 +1,48 @@
+/** `train <task|manifest>`: trains a model and writes the run folder (see src/train/run.ts). */
+import type { Command } from "commander";
+import { applyOverrides, METHODS, readConfigFile } from "../src/train/config.ts";
+import { trainTask } from "../src/train/run.ts";
+
+function labeledArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--labeled: expected a count >= 1 or a ratio in (0, 1], got '${v}'`);
+  return n;
+}
+
+function intArg(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`${name}: expected a non-negative integer, got '${v}'`);
+    return n;
+  };
+}
+
+export function register(program: Command): void {
+  program
+    .command("train")
+    .description("train a segmentation model on a task (cardiac, abdomen, orbit) or a manifest file")
+    .argument("<task>", "task name or path to a manifest (.yaml/.json)")
+    .option("--data <dir>", "dataset folder in the task's layout (default: built-in synthetic data)")
+    .option("--labeled <n|ratio>", "labeled training cases: a count or a ratio in (0, 1]", labeledArg)
+    .option("--method <name>", `one of ${METHODS.join(", ")}`)
+    .option("--iterations <n>", "training iterations", intArg("--iterations"))
+    .option("--seed <n>", "random seed", intArg("--seed"))
+    .option("--out <dir>", "run folder")
+    .option("--resume", "continue from <out>/last.ckpt")
+    .option("--config <file>", "YAML/JSON file with config keys")
+    .option("--device <cpu|cuda>", "compute backend")
+    .option("--threads <n>", "CPU threads (0 = all cores)", intArg("--threads"))
+    .option("--deterministic", "bit-reproducible run on the same backend")
+    .option("--set <key=value...>", "override any config key, e.g. --set loss.lambdaCsc=0.2")
+    .action(async (task: string, o: Record<string, unknown>) => {
+      let cfg: Record<string, unknown> = o.config ? readConfigFile(String(o.config)) : {};
+      cfg.task = task;
+      for (const k of ["data", "labeled", "method", "iterations", "seed", "out", "device", "threads"]) {
+        if (o[k] !== undefined) cfg[k] = o[k];
+      }
+      if (o.deterministic) cfg.deterministic = true;
+      if (Array.isArray(o.set)) cfg = applyOverrides(cfg, o.set as string[]);
+      const result = await trainTask(cfg, { resume: Boolean(o.resume) });
+      console.log(result.summaryText);
+    });
+}

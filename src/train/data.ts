@@ -1,0 +1,140 @@
+/**
+ * Data for a training run: resolve the dataset (built-in synthetic phantoms, a folder in a known
+ * layout, or a manifest), preprocess it (cached on disk), pick the labeled cases, and load the
+ * training and validation cases. Labels of cases the run treats as unlabeled are never loaded.
+ */
+import { existsSync } from "node:fs";
+import * as path from "node:path";
+import { createHash } from "node:crypto";
+import { importDataset } from "../data/importers.ts";
+import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
+import { preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
+import { type LabeledCase, loadPreprocessedCases, type UnlabeledCase } from "../data/cases.ts";
+import { synthesize, SYNTHETIC_TASKS } from "../data/phantom.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Vec3 } from "../data/affine.ts";
+
+/** Folder for generated and preprocessed data: $COMODAL_CACHE or <repo>/.cache. */
+export function cacheRoot(): string {
+  const env = Deno.env.get("COMODAL_CACHE");
+  if (env) return path.resolve(env);
+  return path.resolve(path.dirname(new URL(import.meta.url).pathname), "../../.cache");
+}
+
+export interface PreparedData {
+  manifest: Manifest;
+  plan: PreprocessPlan;
+  preprocessedDir: string;
+  /** Modalities the run uses, in model input order. */
+  modalities: string[];
+  /** Index (into modalities) of the modality single-modality methods use. */
+  primary: number;
+  /** Class names, background first. */
+  classes: string[];
+  labelMap: Map<number, number>;
+  /** Target spacing (x, y, z) in mm. */
+  targetSpacing: Vec3;
+  labeled: LabeledCase[];
+  unlabeled: UnlabeledCase[];
+  validation: LabeledCase[];
+  describe: Record<string, unknown>;
+}
+
+function isManifestPath(task: string): boolean {
+  return /\.(ya?ml|json)$/i.test(task);
+}
+
+function shortHash(s: string): string {
+  return createHash("sha256").update(s).digest("hex").slice(0, 12);
+}
+
+async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manifest: Manifest; source: string }> {
+  if (isManifestPath(c.task)) {
+    if (!existsSync(c.task)) throw new Error(`Cannot train: manifest ${c.task} does not exist`);
+    return { manifest: await loadManifest(c.task), source: path.resolve(c.task) };
+  }
+  if (!(SYNTHETIC_TASKS as readonly string[]).includes(c.task)) {
+    throw new Error(`Unknown task '${c.task}': expected one of ${SYNTHETIC_TASKS.join(", ")} or a manifest file (.yaml/.json)`);
+  }
+  let dir = c.data ? path.resolve(c.data) : "";
+  if (!dir) {
+    dir = path.join(cacheRoot(), "synthetic", `${c.task}-n${c.syntheticCases}-s0`);
+    if (!existsSync(path.join(dir, ".complete"))) {
+      if (!quiet) console.error(`Generating the built-in synthetic ${c.task} dataset (${c.syntheticCases} cases) in ${dir}`);
+      await synthesize(c.task as typeof SYNTHETIC_TASKS[number], {
+        outDir: dir,
+        cases: c.syntheticCases,
+        seed: 0,
+        onProgress: quiet ? undefined : (done, total) => {
+          if (done === total || done % 5 === 0) console.error(`  synthesised ${done}/${total}`);
+        },
+      });
+      await Deno.writeTextFile(path.join(dir, ".complete"), new Date().toISOString() + "\n");
+    }
+  } else if (!existsSync(dir)) {
+    throw new Error(`Cannot train ${c.task}: data folder ${dir} does not exist`);
+  }
+  const manifest = await importDataset(dir);
+  if (manifest.task !== c.task && !c.data) {
+    throw new Error(`Synthetic data in ${dir} is for task ${manifest.task}, not ${c.task}`);
+  }
+  return { manifest, source: dir };
+}
+
+export async function prepareData(c: TrainConfig, opts: { quiet?: boolean } = {}): Promise<PreparedData> {
+  const quiet = opts.quiet ?? false;
+  const { manifest, source } = await resolveManifest(c, quiet);
+  const modalities = c.modalities ?? manifest.modalities.slice(0, c.method === "supervised" || c.method === "mean-teacher" ? manifest.modalities.length : 2);
+  for (const m of modalities) {
+    if (!manifest.modalities.includes(m)) {
+      throw new Error(`Modality ${m} is not in the ${manifest.task} data (it has ${manifest.modalities.join(", ")})`);
+    }
+  }
+  const needsTwo = c.method === "cmc" || c.method === "early-fusion" || c.method === "mutual";
+  if (needsTwo && modalities.length < 2) {
+    throw new Error(`Method ${c.method} needs at least 2 modalities; the data has ${modalities.join(", ") || "none"}`);
+  }
+  const primary = c.supervisedModality ? modalities.indexOf(c.supervisedModality) : 0;
+  if (primary < 0) throw new Error(`supervisedModality ${c.supervisedModality} is not one of ${modalities.join(", ")}`);
+
+  const ppDir = path.join(cacheRoot(), "preprocessed", `${manifest.task}-${shortHash(source + JSON.stringify(c.targetSpacing ?? null))}`);
+  const plan = await preprocessDataset(manifest, {
+    outDir: ppDir,
+    targetSpacing: c.targetSpacing ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]] : undefined,
+    onProgress: quiet ? undefined : (done, total, label) => {
+      if (done === total || done % 5 === 0) console.error(`  preprocessed ${done}/${total} ${label}`);
+    },
+  });
+
+  const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
+  if (trainLabeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
+  const labeledIds = c.labeled === undefined
+    ? trainLabeled.map((x) => x.id)
+    : selectLabeled(manifest.cases, { labeled: c.labeled, seed: c.seed });
+  const train = await loadPreprocessedCases(ppDir, { splits: ["train"], labeledIds, modalities });
+  const val = await loadPreprocessedCases(ppDir, { splits: ["val"], modalities });
+  if (train.labeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training case has a label map`);
+  return {
+    manifest,
+    plan,
+    preprocessedDir: ppDir,
+    modalities,
+    primary,
+    classes: plan.classes,
+    labelMap: labelValueMap(manifest),
+    targetSpacing: plan.targetSpacing,
+    labeled: train.labeled,
+    unlabeled: train.unlabeled,
+    validation: val.labeled,
+    describe: {
+      source,
+      preprocessed: ppDir,
+      modalities,
+      classes: plan.classes,
+      targetSpacing: plan.targetSpacing,
+      labeled: train.labeled.map((x) => x.id),
+      unlabeled: train.unlabeled.length,
+      validation: val.labeled.map((x) => x.id),
+    },
+  };
+}

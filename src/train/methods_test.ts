@@ -1,0 +1,103 @@
+import assert from "node:assert/strict";
+import { backward, tidy, zeroGrad } from "../engine.ts";
+import { Rng } from "../data/rng.ts";
+import { planUNet } from "../nn/plan.ts";
+import { parseTrainConfig } from "./config.ts";
+import { buildMethod, type MethodModel } from "./methods.ts";
+import { AdamW } from "./optim.ts";
+import { type HostBatch, toEngineBatch } from "./trainer.ts";
+
+const PATCH: [number, number, number] = [4, 16, 16];
+
+function tinyModel(method: string, set: Record<string, unknown> = {}): MethodModel {
+  const config = parseTrainConfig({
+    task: "cardiac",
+    method,
+    network: { baseWidth: 4, maxLevels: 3 },
+    ...set,
+  });
+  const plan = planUNet({ patchSize: PATCH, spacing: [1, 1, 1], maxLevels: 3, baseWidth: 4 });
+  const root = new Rng(7);
+  return buildMethod({
+    config,
+    plan,
+    numClasses: 3,
+    modalities: 2,
+    primary: 0,
+    rng: () => {
+      const r = root.derive("m", root.nextU32());
+      return () => r.next();
+    },
+  });
+}
+
+function batch(seed: number, labeled = 1, unlabeled = 1): HostBatch {
+  const r = new Rng(seed);
+  const n = PATCH[0] * PATCH[1] * PATCH[2];
+  const img = (b: number) => Float32Array.from({ length: b * n }, () => r.normal());
+  // A blob of class 1 and class 2 so both classes exist.
+  const lab = new Int32Array(labeled * n).map((_, i) => ((i % n) % 16 < 5 ? 1 : (i % n) % 16 > 10 ? 2 : 0));
+  return {
+    patch: PATCH,
+    labeled: { images: [img(labeled), img(labeled)], labels: [lab, lab.slice()], count: labeled },
+    unlabeled: unlabeled ? { images: [img(unlabeled), img(unlabeled)], count: unlabeled } : null,
+  };
+}
+
+Deno.test("CMC: L_csc and L_cac each change the weights of both encoders", () => {
+  // Two models from the same seed take one step on the same batch, one with the term and one
+  // without: if the term carried no gradient (as in the authors' code) the weights would be equal.
+  const b = batch(1);
+  const encoderWeights = (which: "csc" | "cac", on: boolean) => {
+    const m = tinyModel("cmc", {
+      loss: { lambdaCsc: which === "csc" && on ? 1 : 0, lambdaCac: which === "cac" && on ? 1 : 0, rampFraction: 0 },
+    });
+    const opt = new AdamW(m.student.namedParameters());
+    const terms = tidy(() => {
+      const r = m.loss(toEngineBatch(b), 10, 10);
+      backward(r.loss);
+      return r.terms;
+    });
+    opt.step(1e-3);
+    const w = new Map(m.student.namedParameters().filter(([n]) => n.startsWith("encoders.")).map(([n, p]) => [n, p.toArray()]));
+    opt.dispose();
+    m.dispose();
+    return { w, terms };
+  };
+  for (const which of ["csc", "cac"] as const) {
+    const on = encoderWeights(which, true);
+    const off = encoderWeights(which, false);
+    assert.ok(on.terms[which] > 0, `${which} term missing: ${JSON.stringify(on.terms)}`);
+    for (const enc of ["encoders.0.", "encoders.1."]) {
+      const differs = [...on.w].some(([n, v]) => n.startsWith(enc) && v.some((x, i) => x !== off.w.get(n)![i]));
+      assert.ok(differs, `${which} did not change ${enc} weights`);
+    }
+  }
+});
+
+Deno.test("every method computes a finite loss and gradients on a tiny batch", () => {
+  for (const method of ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"]) {
+    const m = tinyModel(method, method === "mutual" ? { loss: { pseudoThreshold: 0 } } : {});
+    const terms = tidy(() => {
+      const r = m.loss(toEngineBatch(batch(2)), 5, 10);
+      backward(r.loss);
+      return r.terms;
+    });
+    assert.ok(Number.isFinite(terms.loss), `${method}: ${JSON.stringify(terms)}`);
+    const withGrad = m.student.parameters().filter((p) => p.grad !== null).length;
+    assert.ok(withGrad > 0, `${method}: no gradients`);
+    if (method === "mean-teacher") assert.ok("consistency" in terms);
+    if (method === "mutual") assert.ok("mutual" in terms);
+    zeroGrad(m.student.parameters());
+    m.dispose();
+  }
+});
+
+Deno.test("a modality without label maps contributes no supervised term", () => {
+  const m = tinyModel("cmc", { loss: { lambdaCsc: 0, lambdaCac: 0 } });
+  const b = batch(3, 1, 0);
+  b.labeled.labels[1].fill(-100);
+  const terms = tidy(() => m.loss(toEngineBatch(b), 0, 10).terms);
+  assert.ok("dice_0" in terms && !("dice_1" in terms), JSON.stringify(terms));
+  m.dispose();
+});

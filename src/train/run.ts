@@ -1,0 +1,287 @@
+/**
+ * `trainTask`: the whole training job as one call, used by the CLI, workflow steps and notebooks.
+ *
+ * 1. resolves the data (built-in synthetic phantoms generated once and cached, a dataset folder in
+ *    a known layout, or a manifest), preprocesses it (cached), and keeps labels only for the chosen
+ *    labeled cases;
+ * 2. plans the network from the patch size and target spacing, builds the method's model and
+ *    optimiser, and resumes from <out>/last.ckpt when asked;
+ * 3. trains with hooks: progress, JSONL log, periodic checkpoints, validation with sliding-window
+ *    inference and a best checkpoint;
+ * 4. predicts every validation case on each modality's original grid (NIfTI), evaluates Dice, HD95
+ *    and ASSD against the original label files, and writes metrics and PNG overlays.
+ */
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { emaUpdate, getBackend, initBackend, noGrad, type Tensor, tensor, tidy } from "../engine.ts";
+import { Rng, type RngState } from "../data/rng.ts";
+import type { LabeledCase, UnlabeledCase } from "../data/cases.ts";
+import { PatchSampler } from "../data/sampler.ts";
+import { planDivisor, planUNet, type UNetPlan } from "../nn/plan.ts";
+import { type Triple } from "../nn/layers.ts";
+import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
+import { buildMethod, type MethodModel } from "./methods.ts";
+import { AdamW, type Optimizer, Sgd } from "./optim.ts";
+import { loadCheckpoint, saveCheckpoint, writeFileAtomic } from "./checkpoint.ts";
+import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
+import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
+import { prepareData, type PreparedData } from "./data.ts";
+import { evaluateValidation, type ValidationResult } from "./validate.ts";
+import type { MetricsSummary } from "../metrics/metrics.ts";
+
+export interface TrainTaskOptions {
+  /** Continue from <out>/last.ckpt. */
+  resume?: boolean;
+  /** Extra hooks (notebooks: live curves; workflows: heartbeats). */
+  hooks?: TrainerHook[];
+  /** No progress output. */
+  quiet?: boolean;
+  /** Skip the final evaluation and prediction export. */
+  skipFinalEvaluation?: boolean;
+}
+
+export interface TrainResult {
+  outDir: string;
+  config: TrainConfig;
+  iterations: number;
+  seconds: number;
+  /** Metrics on the original grids of the validation cases (null if none were evaluated). */
+  metrics: MetricsSummary | null;
+  /** Mean foreground Dice per validation during training. */
+  validations: { iteration: number; dice: number }[];
+  summaryText: string;
+  model: MethodModel;
+}
+
+/** Model-defining config keys: a checkpoint must agree on these to be loaded. */
+function modelSignature(c: TrainConfig, modalities: string[], numClasses: number, plan: UNetPlan): string {
+  return JSON.stringify({ method: c.method, network: c.network, modalities, numClasses, plan: plan.levels, meanTeacher: c.meanTeacher });
+}
+
+function makeOptimizer(c: TrainConfig, model: MethodModel): Optimizer {
+  const params = model.student.namedParameters();
+  return c.optimizer.kind === "adamw"
+    ? new AdamW(params, { weightDecay: c.optimizer.weightDecay })
+    : new Sgd(params, { momentum: c.optimizer.momentum, weightDecay: c.optimizer.weightDecay, nesterov: true });
+}
+
+/** Copies host data into an existing tensor in place (ema = 0 * ema + 1 * src). */
+function copyInto(dst: Tensor, data: Float32Array, name: string): void {
+  if (dst.size !== data.length) throw new Error(`Checkpoint tensor ${name} has ${data.length} values, expected ${dst.size}`);
+  tidy(() => noGrad(() => emaUpdate(dst, tensor(data, [...dst.shape]), 0)));
+}
+
+function checkpointTensors(model: MethodModel, opt: Optimizer): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const [n, p] of model.student.namedParameters()) out[`model/${n}`] = p;
+  if (model.teacher) for (const [n, p] of model.teacher.namedParameters()) out[`ema/${n}`] = p;
+  for (const [n, t] of Object.entries(opt.state().slots)) out[`optim/${n}`] = t;
+  return out;
+}
+
+interface RunState {
+  dataRng: Rng;
+  bestDice: number;
+  validations: { iteration: number; dice: number }[];
+}
+
+function restore(file: string, signature: string, model: MethodModel, opt: Optimizer, st: RunState): number {
+  const ck = loadCheckpoint(file);
+  if (ck.meta.signature !== signature) {
+    throw new Error(
+      `Cannot resume from ${file}: it was written for a different model config ` +
+        `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
+    );
+  }
+  const targets = checkpointTensors(model, opt);
+  for (const [name, t] of Object.entries(targets)) {
+    const src = ck.tensors.get(name);
+    if (!src) throw new Error(`Cannot resume from ${file}: tensor ${name} is missing`);
+    if (src.shape.join() !== t.shape.join()) {
+      throw new Error(`Cannot resume from ${file}: tensor ${name} has shape [${src.shape}], the model has [${t.shape}]`);
+    }
+    copyInto(t, src.data, name);
+  }
+  opt.setStepCount(Number(ck.meta.optimizerStep ?? ck.meta.iteration));
+  st.dataRng = Rng.fromState(ck.meta.dataRng as RngState);
+  st.bestDice = Number(ck.meta.bestDice ?? -1);
+  st.validations = (ck.meta.validations as RunState["validations"]) ?? [];
+  return ck.meta.iteration;
+}
+
+/** Draws one host batch: B_l labeled and B_u unlabeled patches, every modality per case. */
+export function drawBatch(
+  data: PreparedData,
+  sampler: PatchSampler,
+  rng: Rng,
+  c: TrainConfig,
+): HostBatch {
+  const mods = data.modalities;
+  const nv = sampler.patchVoxels;
+  const bl = c.batchLabeled;
+  const bu = data.unlabeled.length ? c.batchUnlabeled : 0;
+  const labImages = mods.map(() => new Float32Array(bl * nv));
+  const labLabels = mods.map(() => new Int32Array(bl * nv));
+  for (let s = 0; s < bl; s++) {
+    const cs: LabeledCase = data.labeled[rng.int(data.labeled.length)];
+    const p = sampler.sampleLabeled(cs, rng);
+    mods.forEach((m, i) => {
+      labImages[i].set(p.images[m], s * nv);
+      labLabels[i].set(p.labels[m], s * nv);
+    });
+  }
+  let unlabeled: HostBatch["unlabeled"] = null;
+  if (bu > 0) {
+    const imgs = mods.map(() => new Float32Array(bu * nv));
+    for (let s = 0; s < bu; s++) {
+      const cs: UnlabeledCase = data.unlabeled[rng.int(data.unlabeled.length)];
+      const p = sampler.sampleUnlabeled(cs, rng);
+      mods.forEach((m, i) => imgs[i].set(p.images[m], s * nv));
+    }
+    unlabeled = { images: imgs, count: bu };
+  }
+  const [d, h, w] = sampler.patchSize;
+  return { patch: [d, h, w], labeled: { images: labImages, labels: labLabels, count: bl }, unlabeled };
+}
+
+/** Rounds a patch size up to a multiple of the network's total stride per axis. */
+function fitPatch(patch: Triple, plan: UNetPlan): Triple {
+  const f = planDivisor(plan);
+  return patch.map((p, a) => Math.ceil(p / f[a]) * f[a]) as Triple;
+}
+
+export async function trainTask(input: TrainConfigInput | Record<string, unknown>, opts: TrainTaskOptions = {}): Promise<TrainResult> {
+  const t0 = performance.now();
+  const c = parseTrainConfig(input);
+  const outDir = path.resolve(c.out);
+  mkdirSync(outDir, { recursive: true });
+  const last = path.join(outDir, "last.ckpt");
+  if (!opts.resume && existsSync(last)) {
+    throw new Error(`Run folder ${outDir} already holds a checkpoint: pass --resume to continue it, or choose another --out`);
+  }
+  if (opts.resume && !existsSync(last)) throw new Error(`Cannot resume: ${last} does not exist`);
+  writeFileAtomic(path.join(outDir, "config.json"), new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"));
+
+  initBackend({ device: c.device, threads: c.threads || undefined, deterministic: c.deterministic });
+  const data = await prepareData(c, { quiet: opts.quiet });
+  const numClasses = data.classes.length;
+
+  // Network plan from the patch size (D, H, W) and the target spacing (x, y, z) reversed to (D, H, W).
+  const spacingDHW = [data.targetSpacing[2], data.targetSpacing[1], data.targetSpacing[0]] as Triple;
+  let plan = planUNet({
+    patchSize: c.patchSize as Triple,
+    spacing: spacingDHW,
+    maxLevels: c.network.maxLevels,
+    baseWidth: c.network.baseWidth,
+    maxWidth: c.network.maxWidth,
+  });
+  const patch = fitPatch(c.patchSize as Triple, plan);
+  if (patch.join() !== c.patchSize.join()) plan = { ...plan, patchSize: patch };
+
+  const rootRng = new Rng(c.seed, "model");
+  const model = buildMethod({
+    config: c,
+    plan,
+    numClasses,
+    modalities: data.modalities.length,
+    primary: data.primary,
+    rng: () => {
+      const r = rootRng.derive("init", rootRng.nextU32());
+      return () => r.next();
+    },
+  });
+  const optimizer = makeOptimizer(c, model);
+  const signature = modelSignature(c, data.modalities, numClasses, plan);
+  const st: RunState = { dataRng: new Rng(c.seed, "data"), bestDice: -1, validations: [] };
+  let startIt = 0;
+  if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
+
+  const sampler = new PatchSampler({
+    patchSize: patch,
+    modalities: data.modalities,
+    augment: c.augment.enabled ? {} : false,
+    misalign: c.augment.misalignMm > 0 || c.augment.misalignDeg > 0
+      ? { translationMm: c.augment.misalignMm, rotationDeg: c.augment.misalignDeg }
+      : null,
+  });
+
+  const log = new JsonlLog(path.join(outDir, "log.jsonl"));
+  log.write({ event: "config", config: c, plan: plan.levels, patch, parameters: model.student.parameterCount(), backend: getBackend().version, data: data.describe });
+
+  const save = (file: string, iteration: number) =>
+    saveCheckpoint(file, {
+      iteration,
+      signature,
+      optimizerStep: optimizer.stepCount,
+      dataRng: st.dataRng.state(),
+      bestDice: st.bestDice,
+      validations: st.validations,
+      config: c,
+    }, checkpointTensors(model, optimizer));
+
+  const validate = async (iteration: number) => {
+    const r: ValidationResult = await evaluateValidation(model, data, {
+      patch,
+      config: c,
+      maxCases: c.validation.maxCases,
+      quick: true,
+    });
+    st.validations.push({ iteration, dice: r.meanDice });
+    log.write({ event: "validation", iteration, dice: r.meanDice, perClass: r.perClassDice });
+    if (!opts.quiet) console.error(`validation @${iteration}: mean foreground Dice ${r.meanDice.toFixed(4)}`);
+    if (r.meanDice > st.bestDice) {
+      st.bestDice = r.meanDice;
+      save(path.join(outDir, "best.ckpt"), iteration);
+    }
+  };
+
+  const hooks: TrainerHook[] = [
+    logHook(log),
+    ...(opts.quiet ? [] : [progressHook({ label: `${c.method} ${c.task}` })]),
+    everyHook(c.checkpointEvery, (ctx) => save(last, ctx.iteration)),
+    ...(data.validation.length && c.validation.every > 0 ? [everyHook(c.validation.every, (ctx) => validate(ctx.iteration))] : []),
+    ...(opts.hooks ?? []),
+  ];
+  const trainer = new Trainer({
+    model,
+    optimizer,
+    total: c.iterations,
+    baseLr: c.optimizer.lr,
+    warmup: c.optimizer.warmup,
+    schedule: c.optimizer.schedule,
+    emaDecay: c.emaDecay,
+    nextBatch: () => Promise.resolve(drawBatch(data, sampler, st.dataRng, c)),
+    hooks,
+  });
+  trainer.ctx.iteration = startIt;
+  try {
+    await trainer.run();
+  } catch (e) {
+    if (e instanceof NonFiniteLossError) log.write({ event: "error", iteration: e.iteration, message: e.message });
+    throw e;
+  }
+  save(last, trainer.ctx.iteration);
+
+  let metrics: MetricsSummary | null = null;
+  let summaryText = `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;
+  if (!opts.skipFinalEvaluation && data.validation.length) {
+    const r = await evaluateValidation(model, data, {
+      patch,
+      config: c,
+      quick: false,
+      outDir,
+      onProgress: opts.quiet ? undefined : (done, total, label) => console.error(`predict ${done}/${total} ${label}`),
+    });
+    st.validations.push({ iteration: trainer.ctx.iteration, dice: r.meanDice });
+    if (r.meanDice > st.bestDice) {
+      st.bestDice = r.meanDice;
+      save(path.join(outDir, "best.ckpt"), trainer.ctx.iteration);
+    }
+    metrics = r.summary;
+    log.write({ event: "final", dice: r.meanDice, metrics: r.summary });
+    summaryText += `\n${r.table}`;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  writeFileSync(path.join(outDir, "summary.txt"), summaryText + `\nwall time ${seconds.toFixed(1)} s\n`);
+  return { outDir, config: c, iterations: trainer.ctx.iteration, seconds, metrics, validations: st.validations, summaryText, model };
+}
