@@ -180,3 +180,17 @@ Deno.test("an op output made under noGrad is a leaf: setting requiresGrad gives 
   });
   w.dispose();
 });
+
+Deno.test("a dropped graph releases the saved tensors the user disposed, once collected", async () => {
+  const script = new URL("./testdata/gc_graph.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--v8-flags=--expose-gc", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const r = JSON.parse(text.split("\n").pop()!);
+  equal(r.held > r.base, true, `the graph held no buffers: ${text}`);
+  equal(r.after, r.base, `buffers left after GC: ${text}`);
+});

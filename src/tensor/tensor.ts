@@ -99,6 +99,15 @@ export class Node {
   }
 }
 
+// Safety net for graphs dropped without disposing their outputs: when a node is collected, the
+// tensors it saved lose that reference (their buffers go if the user already disposed them).
+const nodeRegistry = new FinalizationRegistry<Tensor[]>((saved) => {
+  for (const s of saved) {
+    s._dataRefs--;
+    s._maybeRelease();
+  }
+});
+
 /** Frees graph nodes (iteratively, so long chains do not overflow the stack). */
 export function freeNode(start: Node): void {
   const work: Node[] = [start];
@@ -106,6 +115,7 @@ export function freeNode(start: Node): void {
     const n = work.pop()!;
     if (n.freed) continue;
     n.freed = true;
+    nodeRegistry.unregister(n);
     for (const o of n.outputs) {
       if (o._node === n) {
         o._node = null;
@@ -285,6 +295,10 @@ export function recordNode(
   const node = new Node(name, inputs, outputs, saved, fn);
   for (let i = 0; i < inputs.length; i++) if (node.needs[i]) inputs[i]!._graphRefs++;
   for (const s of saved) s._dataRefs++;
+  // The held list must not reach the node itself, or the node could never be collected: leave
+  // out its own outputs (the tensor registry frees those when they are collected with the node).
+  const held = saved.filter((s) => !outputs.includes(s));
+  if (held.length > 0) nodeRegistry.register(node, held, node);
   for (const o of outputs) {
     o._node = node;
     o.requiresGrad = true;
