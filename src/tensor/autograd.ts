@@ -37,12 +37,24 @@ function collectNodes(root: Node): Node[] {
   return [...seen].sort((a, b) => b.id - a.id);
 }
 
+/** Options of backward. */
+export interface BackwardOptions {
+  /**
+   * Dispose each intermediate activation (a tensor an op produced and a node saved) as soon as
+   * the last node that saved it has run, so memory falls during backward instead of staying at
+   * the forward peak until the enclosing tidy ends. The loss and leaves (inputs, parameters) are
+   * never disposed. Use it when nothing reads those activations after backward (a training step
+   * that has read its numbers already); reading one afterwards throws "... was disposed".
+   */
+  releaseActivations?: boolean;
+}
+
 /**
  * Back-propagates from loss (one element, or with `grad` of loss's shape) and accumulates into
  * `.grad` of every leaf that requires grad (kept tensors; += across calls). Frees the graph it
  * ran through.
  */
-export function backward(loss: Tensor, grad?: Tensor): void {
+export function backward(loss: Tensor, grad?: Tensor, opts: BackwardOptions = {}): void {
   checkTensor("backward", "loss", loss);
   if (!loss.requiresGrad) {
     throw new Error(
@@ -64,7 +76,7 @@ export function backward(loss: Tensor, grad?: Tensor): void {
   const nodes = loss._node !== null ? collectNodes(loss._node) : [];
   for (const n of nodes) n.pinned = true;
   try {
-    withRelaxedUse(() => tidy(() => runBackward(loss, grad, nodes)));
+    withRelaxedUse(() => tidy(() => runBackward(loss, grad, nodes, opts.releaseActivations ?? false)));
   } finally {
     setGradEnabled(prev);
     for (const n of nodes) n.pinned = false;
@@ -72,7 +84,7 @@ export function backward(loss: Tensor, grad?: Tensor): void {
   }
 }
 
-function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[]): void {
+function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[], release: boolean): void {
   const seed = userGrad ?? ones(loss.shape);
   const grads = new Map<Tensor, Tensor>();
   const holds = new Map<Tensor, number>();
@@ -169,7 +181,10 @@ function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[]):
     }
     for (const g of res) if (g !== null) dropIfFree(g);
     node.pinned = false;
+    // Intermediates saved by this node: once no other node needs them they may go.
+    const toRelease = release ? node.saved.filter((t) => t._node !== null && t !== loss) : [];
     freeNode(node);
+    for (const t of toRelease) if (t._dataRefs === 0 && !t.kept) t.dispose();
   }
 }
 

@@ -1,10 +1,10 @@
-import { deepStrictEqual, equal, throws } from "node:assert/strict";
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { getBackend } from "../backend/backend.ts";
 import { add, mul } from "../ops/binary.ts";
 import { conv3d } from "../ops/conv.ts";
 import { instanceNorm } from "../ops/norm.ts";
 import { mean, sum } from "../ops/reduce.ts";
-import { assertClose } from "../ops/test_util.ts";
+import { assertClose, randData, seededRng } from "../ops/test_util.ts";
 import { leakyRelu, relu } from "../ops/unary.ts";
 import { backward, zeroGrad } from "./autograd.ts";
 import { ones, parameter, tensor } from "./factories.ts";
@@ -193,4 +193,36 @@ Deno.test("a dropped graph releases the saved tensors the user disposed, once co
   const r = JSON.parse(text.split("\n").pop()!);
   equal(r.held > r.base, true, `the graph held no buffers: ${text}`);
   equal(r.after, r.base, `buffers left after GC: ${text}`);
+});
+
+Deno.test("backward with releaseActivations frees saved intermediates as it goes, same gradients", () => {
+  const rng = seededRng(30);
+  const w1 = parameter(randData([8, 1, 3, 3, 3], rng, -0.3, 0.3), [8, 1, 3, 3, 3]);
+  const w2 = parameter(randData([8, 8, 3, 3, 3], rng, -0.3, 0.3), [8, 8, 3, 3, 3]);
+  const x = tensor(randData([1, 1, 8, 8, 8], rng), [1, 1, 8, 8, 8]);
+  const be = getBackend();
+  const run = (releaseActivations: boolean) => {
+    const h: Tensor[] = [];
+    let peak = 0, after = 0;
+    tidy(() => {
+      h.push(leakyRelu(conv3d(x, w1, null, { padding: 1 })));
+      for (let i = 0; i < 4; i++) h.push(leakyRelu(instanceNorm(conv3d(h[i], w2, null, { padding: 1 }), null, null)));
+      const loss = mean(mul(h[4], h[4]), "all");
+      be.resetPeak();
+      backward(loss, undefined, { releaseActivations });
+      peak = be.memoryStats().peakBytes;
+      after = be.memoryStats().liveBuffers;
+      equal(loss.disposed, false);
+      equal(h[0].disposed, releaseActivations);
+    });
+    const grads = [w1.grad!.toArray(), w2.grad!.toArray()];
+    zeroGrad([w1, w2]);
+    return { peak, after, grads };
+  };
+  const keep = run(false), rel = run(true);
+  assertClose(rel.grads[0], keep.grads[0]);
+  assertClose(rel.grads[1], keep.grads[1]);
+  ok(rel.after < keep.after, `live buffers after backward: ${rel.after} with release, ${keep.after} without`);
+  ok(rel.peak <= keep.peak, `peak bytes: ${rel.peak} with release, ${keep.peak} without`);
+  for (const t of [w1, w2, x]) t.dispose();
 });
