@@ -3,16 +3,32 @@
  * Everything outside src/backend, src/tensor and src/ops imports from here.
  * @module
  */
-export { Backend, type BackendOptions, getBackend, initBackend, type MemoryStats, NativeError } from "./backend/backend.ts";
+export {
+  Backend,
+  type BackendOptions,
+  getBackend,
+  initBackend,
+  type MemoryStats,
+  NativeError,
+} from "./backend/backend.ts";
 export { OP_DECLS, type OpDecl, type OpName, type ParamField } from "./ops/op_decls.ts";
-export { type DType, detach, Tensor } from "./tensor/tensor.ts";
-export { full, ones, parameter, randn, type RandnOptions, tensor, type TensorOptions, zeros } from "./tensor/factories.ts";
+export { detach, type DType, Tensor } from "./tensor/tensor.ts";
+export {
+  full,
+  ones,
+  parameter,
+  randn,
+  type RandnOptions,
+  tensor,
+  type TensorOptions,
+  zeros,
+} from "./tensor/factories.ts";
 export { isGradEnabled, noGrad, tidy } from "./tensor/scope.ts";
-export { backward, zeroGrad } from "./tensor/autograd.ts";
+export { backward, type BackwardOptions, zeroGrad } from "./tensor/autograd.ts";
 export { dispose } from "./tensor/dispose.ts";
 export { broadcastShapes, formatShape, sizeOf } from "./tensor/shape.ts";
 
-export { type Conv3dOptions, conv3d, convTranspose3d } from "./ops/conv.ts";
+export { conv3d, type Conv3dOptions, convTranspose3d } from "./ops/conv.ts";
 export { groupNorm, type GroupNormOptions, instanceNorm } from "./ops/norm.ts";
 export {
   abs,
@@ -33,7 +49,21 @@ export { add, div, equal, maximum, mul, sub } from "./ops/binary.ts";
 export { clone, concat, expand, reshape, slice, split } from "./ops/shape_ops.ts";
 export { matmul, type MatmulOptions } from "./ops/matmul.ts";
 export { softmax } from "./ops/softmax.ts";
-export { argmax, type ArgmaxOptions, max, mean, reduceTo, type ReduceOptions, sum } from "./ops/reduce.ts";
+export {
+  argmax,
+  type ArgmaxOptions,
+  max,
+  mean,
+  type ReduceOptions,
+  reduceTo,
+  sum,
+} from "./ops/reduce.ts";
 export { adaptiveAvgPool3d, l2Normalize } from "./ops/pool.ts";
 export { type CrossEntropyOptions, diceStats, softmaxCrossEntropy } from "./ops/losses.ts";
-export { adamwUpdate, type AdamwOptions, emaUpdate, sgdUpdate, type SgdOptions } from "./ops/optim.ts";
+export {
+  type AdamwOptions,
+  adamwUpdate,
+  emaUpdate,
+  type SgdOptions,
+  sgdUpdate,
+} from "./ops/optim.ts";

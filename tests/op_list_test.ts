@@ -75,6 +75,12 @@ Deno.test("op list: every header params struct uses 8-byte fields only", () => {
   for (const m of raw) {
     const body = m[1].replace(/\/\*[\s\S]*?\*\//g, "");
     const decls = body.split(";").map((s) => s.trim()).filter((s) => s.length > 0);
-    for (const d of decls) assertEquals(/^(int64_t|double)\s/.test(d), true, `${m[2]}: field "${d}" is not int64_t/double`);
+    for (const d of decls) {
+      assertEquals(
+        /^(int64_t|double)\s/.test(d),
+        true,
+        `${m[2]}: field "${d}" is not int64_t/double`,
+      );
+    }
   }
 });

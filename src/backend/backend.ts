@@ -3,8 +3,15 @@
  * current one, and turns native failures into NativeError.
  * @module
  */
-import { ABI_VERSION, cString, defaultLibPath, type NativeSymbols, openLibrary, STATUS_NAMES } from "./ffi.ts";
-import { OP_DECLS, type OpName, opDecl } from "../ops/op_decls.ts";
+import {
+  ABI_VERSION,
+  cString,
+  defaultLibPath,
+  type NativeSymbols,
+  openLibrary,
+  STATUS_NAMES,
+} from "./ffi.ts";
+import { OP_DECLS, opDecl, type OpName } from "../ops/op_decls.ts";
 
 /** A failed native call: `status` is the cmo_status code, `nativeMessage` the library's text. */
 export class NativeError extends Error {
@@ -61,7 +68,9 @@ export class Backend {
     this.handle = handle;
     this.version = cString(sym.cmo_version_string());
     this.#supported = new Uint8Array(64);
-    for (const d of OP_DECLS) this.#supported[d.id] = sym.cmo_backend_supports_op(handle, d.id) ? 1 : 0;
+    for (const d of OP_DECLS) {
+      this.#supported[d.id] = sym.cmo_backend_supports_op(handle, d.id) ? 1 : 0;
+    }
   }
 
   /** True when this backend implements the op. */
@@ -98,7 +107,9 @@ export class Backend {
 
   /** Kernel threads (CPU); 0 = all cores. */
   setThreads(n: number): void {
-    if (!Number.isInteger(n) || n < 0) throw new Error(`setThreads: expected an integer >= 0, got ${n}`);
+    if (!Number.isInteger(n) || n < 0) {
+      throw new Error(`setThreads: expected an integer >= 0, got ${n}`);
+    }
     this.check(this.sym.cmo_backend_set_threads(this.handle, n), `setThreads(${n})`);
     this.#threads = n;
   }
@@ -163,7 +174,9 @@ export function initBackend(opts: BackendOptions = {}): Backend {
     const libDevice = sym.cmo_library_device() === 1 ? "cuda" : "cpu";
     if (libDevice !== device) {
       lib.close();
-      throw new Error(`Cannot use ${libPath} as the ${device} backend: the library serves ${libDevice}`);
+      throw new Error(
+        `Cannot use ${libPath} as the ${device} backend: the library serves ${libDevice}`,
+      );
     }
     const out = new BigUint64Array(1);
     const status = sym.cmo_backend_create(0, out);
@@ -175,7 +188,8 @@ export function initBackend(opts: BackendOptions = {}): Backend {
     be = new Backend(device, libPath, sym, out[0]);
     backends.set(libPath, be);
     const envThreads = envGet("COMODAL_THREADS");
-    const t = opts.threads ?? (envThreads !== undefined && envThreads !== "" ? Number(envThreads) : 0);
+    const t = opts.threads ??
+      (envThreads !== undefined && envThreads !== "" ? Number(envThreads) : 0);
     be.setThreads(t);
   } else if (opts.threads !== undefined) {
     be.setThreads(opts.threads);

@@ -16,7 +16,9 @@ Deno.test("initBackend loads the CPU library once and makes it current", () => {
   equal(be.supportsOp("CONV3D_FORWARD"), true);
   throws(() => be.supportsOp("NOPE" as "COPY"), /Unknown native op "NOPE"/);
   const s = be.memoryStats();
-  for (const k of ["liveBuffers", "liveBytes", "peakBytes", "poolBytes"] as const) ok(Number.isInteger(s[k]) && s[k] >= 0, k);
+  for (const k of ["liveBuffers", "liveBytes", "peakBytes", "poolBytes"] as const) {
+    ok(Number.isInteger(s[k]) && s[k] >= 0, k);
+  }
   throws(() => be.setThreads(-1), /setThreads: expected an integer >= 0/);
 });
 
@@ -36,7 +38,8 @@ Deno.test("memoryStats follows allocations and resetPeak", () => {
 Deno.test("a missing library names the path and the fix, and leaves the backend usable", () => {
   const cur = getBackend();
   throws(() => initBackend({ libPath: "/nonexistent/libcomodal_cpu.so" }), {
-    message: "Cannot load the comodal cpu library at /nonexistent/libcomodal_cpu.so: file not found; run `make native`",
+    message:
+      "Cannot load the comodal cpu library at /nonexistent/libcomodal_cpu.so: file not found; run `make native`",
   });
   equal(getBackend(), cur);
   tidy(() => equal(relu(tensor([-1, 2], [2])).toArray()[1], 2));
@@ -77,7 +80,10 @@ Deno.test("native failures become NativeError naming the op and input shapes", (
     } catch (e) {
       ok(e instanceof NativeError, String(e));
       equal((e as NativeError).status, 1);
-      match((e as Error).message, /^softmaxCrossEntropy: SOFTMAX_CROSS_ENTROPY_FORWARD failed on logits \[2,3\] f32, labels \[2\] i32: /);
+      match(
+        (e as Error).message,
+        /^softmaxCrossEntropy: SOFTMAX_CROSS_ENTROPY_FORWARD failed on logits \[2,3\] f32, labels \[2\] i32: /,
+      );
       match((e as NativeError).nativeMessage, /7/);
     }
   });
@@ -86,7 +92,13 @@ Deno.test("native failures become NativeError naming the op and input shapes", (
 Deno.test("packParams writes 8-byte little-endian fields in header order and rejects bad fields", () => {
   const view = new DataView(new ArrayBuffer(256));
   const d = opDecl("CONV3D_FORWARD");
-  const n = packParams(d, { stride: [1, 2, 3], padding: [0, 1, 0], dilation: [1, 1, 1], has_bias: 1, in_dims: [4, 5, 6] }, view);
+  const n = packParams(d, {
+    stride: [1, 2, 3],
+    padding: [0, 1, 0],
+    dilation: [1, 1, 1],
+    has_bias: 1,
+    in_dims: [4, 5, 6],
+  }, view);
   equal(n, 13 * 8);
   equal(view.getBigInt64(8, true), 2n);
   equal(view.getBigInt64(9 * 8, true), 1n);

@@ -68,7 +68,10 @@ export function cString(p: Deno.PointerValue): string {
  * Opens the library at `path`. Errors name the path and the fix: a missing file asks for
  * `make native`, a missing oneDNN asks for libdnnl-dev.
  */
-export function openLibrary(path: string, device: "cpu" | "cuda"): Deno.DynamicLibrary<typeof SYMBOLS> {
+export function openLibrary(
+  path: string,
+  device: "cpu" | "cuda",
+): Deno.DynamicLibrary<typeof SYMBOLS> {
   let exists = true;
   try {
     Deno.statSync(path);

@@ -21,13 +21,21 @@ function outShape(fn: string, a: Tensor, b: Tensor): number[] {
   const s = broadcastShapes(a.shape, b.shape);
   if (s === null) {
     throw new Error(
-      `${fn}: shapes ${formatShape(a.shape)} and ${formatShape(b.shape)} do not broadcast (NumPy rules, right-aligned)`,
+      `${fn}: shapes ${formatShape(a.shape)} and ${
+        formatShape(b.shape)
+      } do not broadcast (NumPy rules, right-aligned)`,
     );
   }
   return s;
 }
 
-function binaryRaw(fn: string, kind: number, a: Tensor, b: Tensor, shape: readonly number[]): Tensor {
+function binaryRaw(
+  fn: string,
+  kind: number,
+  a: Tensor,
+  b: Tensor,
+  shape: readonly number[],
+): Tensor {
   return exec1("BINARY", fn, [a, b], { kind }, shape, "f32", ["a", "b"]);
 }
 

@@ -5,7 +5,13 @@ import { broadcastShapes, sizeOf } from "../tensor/shape.ts";
 import { add, div, equal, maximum, mul, sub } from "./binary.ts";
 import { assertClose, gradCheck, randData, seededRng, strides } from "./test_util.ts";
 
-function refBinary(a: Float32Array, as: number[], b: Float32Array, bs: number[], f: (x: number, y: number) => number) {
+function refBinary(
+  a: Float32Array,
+  as: number[],
+  b: Float32Array,
+  bs: number[],
+  f: (x: number, y: number) => number,
+) {
   const os = broadcastShapes(as, bs)!;
   const out = new Float32Array(sizeOf(os));
   const ost = strides(os);
@@ -59,7 +65,8 @@ Deno.test("binary ops: gradients with broadcasting match finite differences", ()
   for (const [as, bs] of CASES.slice(0, 4)) {
     for (const [name, [op]] of Object.entries(OPS)) {
       const a = randData(as, rng, 0.5, 2), b = randData(bs, rng, 0.5, 2);
-      if (name === "maximum") for (let i = 0; i < a.length; i += 2) a[i] += 2; // no near-ties
+      if (name === "maximum") { for (let i = 0; i < a.length; i += 2) a[i] += 2; // no near-ties
+       }
       gradCheck((xs) => op(xs[0], xs[1]), [{ data: a, shape: as }, { data: b, shape: bs }], {
         msg: `${name} ${as} ${bs}`,
         samples: 12,

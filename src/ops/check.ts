@@ -17,7 +17,9 @@ export function checkTensor(fn: string, name: string, x: unknown): asserts x is 
   if (!(x instanceof Tensor)) {
     throw new Error(`${fn}: ${name} must be a Tensor, got ${x === null ? "null" : typeof x}`);
   }
-  if (x.disposed && !isRelaxedUse()) throw new Error(`Tensor ${x.describe()} was disposed (used by ${fn} as ${name})`);
+  if (x.disposed && !isRelaxedUse()) {
+    throw new Error(`Tensor ${x.describe()} was disposed (used by ${fn} as ${name})`);
+  }
 }
 
 /** Throws unless x is a live tensor of dtype. */
@@ -36,7 +38,11 @@ export function checkF32(fn: string, name: string, x: Tensor): void {
 /** Throws unless x has one of the given ranks. */
 export function checkRank(fn: string, name: string, x: Tensor, ...ranks: number[]): void {
   if (!ranks.includes(x.shape.length)) {
-    const want = ranks.length === 1 ? `${ranks[0]}` : `${ranks.slice(0, -1).join(", ")} or ${ranks[ranks.length - 1]}`;
-    throw new Error(`${fn}: ${name} ${x.describe()} has rank ${x.shape.length}, expected rank ${want}`);
+    const want = ranks.length === 1
+      ? `${ranks[0]}`
+      : `${ranks.slice(0, -1).join(", ")} or ${ranks[ranks.length - 1]}`;
+    throw new Error(
+      `${fn}: ${name} ${x.describe()} has rank ${x.shape.length}, expected rank ${want}`,
+    );
   }
 }

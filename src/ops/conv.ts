@@ -32,7 +32,9 @@ function geometry(fn: string, opts: Conv3dOptions, defStride: number): Geometry 
   for (let i = 0; i < 3; i++) {
     if (g.stride[i] < 1 || g.dilation[i] < 1 || g.padding[i] < 0) {
       throw new Error(
-        `${fn}: stride ${formatShape(g.stride)} and dilation ${formatShape(g.dilation)} must be >= 1, ` +
+        `${fn}: stride ${formatShape(g.stride)} and dilation ${
+          formatShape(g.dilation)
+        } must be >= 1, ` +
           `padding ${formatShape(g.padding)} >= 0`,
       );
     }
@@ -40,21 +42,31 @@ function geometry(fn: string, opts: Conv3dOptions, defStride: number): Geometry 
   return g;
 }
 
-function checkConvInputs(fn: string, x: Tensor, w: Tensor, b: Tensor | null, wInAxis: number): void {
+function checkConvInputs(
+  fn: string,
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  wInAxis: number,
+): void {
   checkF32(fn, "x", x);
   checkF32(fn, "w", w);
   checkRank(fn, "x", x, 5);
   checkRank(fn, "w", w, 5);
   if (x.shape[1] !== w.shape[wInAxis]) {
     throw new Error(
-      `${fn}: x ${x.describe()} has ${x.shape[1]} channels, w ${w.describe()} expects ${w.shape[wInAxis]}`,
+      `${fn}: x ${x.describe()} has ${x.shape[1]} channels, w ${w.describe()} expects ${
+        w.shape[wInAxis]
+      }`,
     );
   }
   if (b !== null) {
     checkF32(fn, "b", b);
     const co = w.shape[1 - wInAxis];
     if (b.shape.length !== 1 || b.shape[0] !== co) {
-      throw new Error(`${fn}: bias b ${b.describe()} must have shape [${co}] (output channels of w ${w.describe()})`);
+      throw new Error(
+        `${fn}: bias b ${b.describe()} must have shape [${co}] (output channels of w ${w.describe()})`,
+      );
     }
   }
 }
@@ -65,14 +77,20 @@ function checkConvInputs(fn: string, x: Tensor, w: Tensor, b: Tensor | null, wIn
  */
 function convBackward(
   fn: string,
-  ops: { data: "CONV3D_BACKWARD_DATA" | "CONV_TRANSPOSE3D_BACKWARD_DATA"; weights: "CONV3D_BACKWARD_WEIGHTS" | "CONV_TRANSPOSE3D_BACKWARD_WEIGHTS" },
+  ops: {
+    data: "CONV3D_BACKWARD_DATA" | "CONV_TRANSPOSE3D_BACKWARD_DATA";
+    weights: "CONV3D_BACKWARD_WEIGHTS" | "CONV_TRANSPOSE3D_BACKWARD_WEIGHTS";
+  },
   x: Tensor,
   w: Tensor,
   bShape: readonly number[] | null,
   params: Record<string, number | readonly number[]>,
 ) {
   const xShape = x.shape, wShape = w.shape;
-  return (g: (Tensor | null)[], ctx: { needs: readonly boolean[]; slot(i: number): Tensor | null }) => {
+  return (
+    g: (Tensor | null)[],
+    ctx: { needs: readonly boolean[]; slot(i: number): Tensor | null },
+  ) => {
     const dy = g[0]!;
     const out: (Tensor | null)[] = [null, null, null];
     if (ctx.needs[0]) out[0] = exec1(ops.data, fn, [dy, w], params, xShape, "f32", ["dy", "w"]);
@@ -86,7 +104,10 @@ function convBackward(
         execOp("FILL", fn, [], [dw], { value: 0 });
       }
       const dbSlot = needB ? ctx.slot(2) : null;
-      const [, pb] = execOp(ops.weights, fn, [x, dy], [dw, dbSlot], { ...params, has_bias: needB ? 1 : 0 }, [
+      const [, pb] = execOp(ops.weights, fn, [x, dy], [dw, dbSlot], {
+        ...params,
+        has_bias: needB ? 1 : 0,
+      }, [
         "x",
         "dy",
       ]);
@@ -108,7 +129,9 @@ export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, opts: Conv3dOptio
     const o = Math.floor((x.shape[2 + i] + 2 * geo.padding[i] - eff) / geo.stride[i]) + 1;
     if (o < 1) {
       throw new Error(
-        `${fn}: x ${x.describe()} is too small for kernel ${formatShape(w.shape.slice(2))} with padding ` +
+        `${fn}: x ${x.describe()} is too small for kernel ${
+          formatShape(w.shape.slice(2))
+        } with padding ` +
           `${formatShape(geo.padding)} and dilation ${formatShape(geo.dilation)}`,
       );
     }
@@ -125,7 +148,14 @@ export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, opts: Conv3dOptio
       [x, w, b],
       [y],
       saved,
-      convBackward(fn, { data: "CONV3D_BACKWARD_DATA", weights: "CONV3D_BACKWARD_WEIGHTS" }, x, w, b ? b.shape : null, params),
+      convBackward(
+        fn,
+        { data: "CONV3D_BACKWARD_DATA", weights: "CONV3D_BACKWARD_WEIGHTS" },
+        x,
+        w,
+        b ? b.shape : null,
+        params,
+      ),
     );
   }
   return y;
@@ -135,14 +165,24 @@ export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, opts: Conv3dOptio
  * 3D transposed convolution: x [N,Ci,D,H,W], w [Ci,Co,kd,kh,kw] (PyTorch layout), b [Co] or null.
  * Output dims (D-1)*stride - 2*padding + dilation*(k-1) + 1; stride defaults to 2.
  */
-export function convTranspose3d(x: Tensor, w: Tensor, b: Tensor | null, opts: Conv3dOptions = {}): Tensor {
+export function convTranspose3d(
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+  opts: Conv3dOptions = {},
+): Tensor {
   const fn = "convTranspose3d";
   checkConvInputs(fn, x, w, b, 0);
   const geo = geometry(fn, opts, 2);
   const out = [x.shape[0], w.shape[1], 0, 0, 0];
   for (let i = 0; i < 3; i++) {
-    const o = (x.shape[2 + i] - 1) * geo.stride[i] - 2 * geo.padding[i] + geo.dilation[i] * (w.shape[2 + i] - 1) + 1;
-    if (o < 1) throw new Error(`${fn}: output dim ${i} of x ${x.describe()} with w ${w.describe()} would be ${o}`);
+    const o = (x.shape[2 + i] - 1) * geo.stride[i] - 2 * geo.padding[i] +
+      geo.dilation[i] * (w.shape[2 + i] - 1) + 1;
+    if (o < 1) {
+      throw new Error(
+        `${fn}: output dim ${i} of x ${x.describe()} with w ${w.describe()} would be ${o}`,
+      );
+    }
     out[2 + i] = o;
   }
   const params = { ...geo, has_bias: b !== null ? 1 : 0, in_dims: x.shape.slice(2) };

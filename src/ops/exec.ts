@@ -4,7 +4,7 @@
  * @module
  */
 import { type Backend, getBackend, NativeError } from "../backend/backend.ts";
-import { type OpName, opDecl, packParams, type ParamValues } from "./op_decls.ts";
+import { opDecl, type OpName, packParams, type ParamValues } from "./op_decls.ts";
 import { type DType, type Tensor, wrapNative } from "../tensor/tensor.ts";
 import { cString } from "../backend/ffi.ts";
 
@@ -15,7 +15,9 @@ const paramView = new DataView(paramBuf);
 const paramBytes = new Uint8Array(paramBuf);
 
 function describeInputs(names: readonly string[], xs: readonly (Tensor | null)[]): string {
-  return xs.map((t, i) => `${names[i] ?? `in${i}`} ${t === null ? "null" : t.describe()}`).join(", ");
+  return xs.map((t, i) => `${names[i] ?? `in${i}`} ${t === null ? "null" : t.describe()}`).join(
+    ", ",
+  );
 }
 
 /**
@@ -33,7 +35,9 @@ export function execOp(
   const decl = opDecl(op);
   const be: Backend = getBackend();
   if (!be.supportsOpId(decl.id)) {
-    throw new Error(`${fn}: op ${decl.name} is not supported by the ${be.device} backend (${be.version})`);
+    throw new Error(
+      `${fn}: op ${decl.name} is not supported by the ${be.device} backend (${be.version})`,
+    );
   }
   if (ins.length > inputs.length) inputs = new BigUint64Array(ins.length * 2);
   for (let i = 0; i < ins.length; i++) {
@@ -45,7 +49,9 @@ export function execOp(
     inputs[i] = t._ptr(fn);
     if (t._storage!.backend !== be) {
       throw new Error(
-        `${fn}: ${names[i] ?? `input ${i}`} ${t.describe()} lives on the ${t._storage!.backend.device} backend ` +
+        `${fn}: ${names[i] ?? `input ${i}`} ${t.describe()} lives on the ${
+          t._storage!.backend.device
+        } backend ` +
           `(${t._storage!.backend.libPath}), the current backend is ${be.device} (${be.libPath})`,
       );
     }

@@ -22,7 +22,8 @@ function checkLabels(fn: string, x: Tensor, labels: Tensor): void {
   checkDtype(fn, "labels", labels, "i32");
   const r = x.shape.length;
   const ls = labels.shape;
-  const squeezed = ls.length === r - 1 && ls[0] === x.shape[0] && ls.every((d, i) => i === 0 || d === x.shape[i + 1]);
+  const squeezed = ls.length === r - 1 && ls[0] === x.shape[0] &&
+    ls.every((d, i) => i === 0 || d === x.shape[i + 1]);
   const withOne = ls.length === r && ls[0] === x.shape[0] && ls[1] === 1 &&
     ls.every((d, i) => i < 2 || d === x.shape[i]);
   if (!squeezed && !withOne) {
@@ -46,12 +47,19 @@ export function softmaxCrossEntropy(
 ): { loss: Tensor; probs: Tensor } {
   const fn = "softmaxCrossEntropy";
   checkF32(fn, "logits", logits);
-  if (logits.shape.length < 2) throw new Error(`${fn}: logits ${logits.describe()} must have shape [N,K,...]`);
+  if (logits.shape.length < 2) {
+    throw new Error(`${fn}: logits ${logits.describe()} must have shape [N,K,...]`);
+  }
   checkLabels(fn, logits, labels);
   const ignore = opts.ignoreIndex ?? -100;
-  if (!Number.isInteger(ignore)) throw new Error(`${fn}: ignoreIndex must be an integer, got ${ignore}`);
+  if (!Number.isInteger(ignore)) {
+    throw new Error(`${fn}: ignoreIndex must be an integer, got ${ignore}`);
+  }
   const params = { ignore_index: ignore };
-  const [pl, pp] = execOp("SOFTMAX_CROSS_ENTROPY_FORWARD", fn, [logits, labels], [], params, ["logits", "labels"]);
+  const [pl, pp] = execOp("SOFTMAX_CROSS_ENTROPY_FORWARD", fn, [logits, labels], [], params, [
+    "logits",
+    "labels",
+  ]);
   const be = getBackend();
   const loss1 = wrapNative(pl, [1], "f32", be);
   const probs = wrapNative(pp, logits.shape, "f32", be);
@@ -88,18 +96,29 @@ export function diceStats(probs: Tensor, target: Tensor): Tensor {
   const fn = "diceStats";
   checkF32(fn, "probs", probs);
   checkTensor(fn, "target", target);
-  if (probs.shape.length < 2) throw new Error(`${fn}: probs ${probs.describe()} must have shape [N,K,...]`);
+  if (probs.shape.length < 2) {
+    throw new Error(`${fn}: probs ${probs.describe()} must have shape [N,K,...]`);
+  }
   if (target.dtype === "i32") checkLabels(fn, probs, target);
   else if (target.shape.join() !== probs.shape.join()) {
-    throw new Error(`${fn}: soft target ${target.describe()} must have the shape of probs ${probs.describe()}`);
+    throw new Error(
+      `${fn}: soft target ${target.describe()} must have the shape of probs ${probs.describe()}`,
+    );
   }
   const k = probs.shape[1];
   const params = { reserved: 0 };
-  const y = exec1("DICE_STATS_FORWARD", fn, [probs, target], params, [3, k], "f32", ["probs", "target"]);
+  const y = exec1("DICE_STATS_FORWARD", fn, [probs, target], params, [3, k], "f32", [
+    "probs",
+    "target",
+  ]);
   if (needsGrad(probs)) {
     const ps = probs.shape;
     recordNode(fn, [probs, target], [y], [probs, target], (g) => [
-      exec1("DICE_STATS_BACKWARD", fn, [probs, target, g[0]!], params, ps, "f32", ["probs", "target", "dstats"]),
+      exec1("DICE_STATS_BACKWARD", fn, [probs, target, g[0]!], params, ps, "f32", [
+        "probs",
+        "target",
+        "dstats",
+      ]),
       null,
     ]);
   }

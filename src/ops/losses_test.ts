@@ -14,16 +14,20 @@ function refSoftmaxCE(logits: Float32Array, shape: number[], labels: Int32Array,
   const S = logits.length / (N * K);
   const probs = new Float32Array(logits.length);
   let loss = 0, count = 0;
-  for (let n = 0; n < N; n++) for (let s = 0; s < S; s++) {
-    let m = -Infinity;
-    for (let k = 0; k < K; k++) m = Math.max(m, logits[(n * K + k) * S + s]);
-    let z = 0;
-    for (let k = 0; k < K; k++) z += Math.exp(logits[(n * K + k) * S + s] - m);
-    for (let k = 0; k < K; k++) probs[(n * K + k) * S + s] = Math.exp(logits[(n * K + k) * S + s] - m) / z;
-    const l = labels[n * S + s];
-    if (l === ignore) continue;
-    loss -= Math.log(probs[(n * K + l) * S + s]);
-    count++;
+  for (let n = 0; n < N; n++) {
+    for (let s = 0; s < S; s++) {
+      let m = -Infinity;
+      for (let k = 0; k < K; k++) m = Math.max(m, logits[(n * K + k) * S + s]);
+      let z = 0;
+      for (let k = 0; k < K; k++) z += Math.exp(logits[(n * K + k) * S + s] - m);
+      for (let k = 0; k < K; k++) {
+        probs[(n * K + k) * S + s] = Math.exp(logits[(n * K + k) * S + s] - m) / z;
+      }
+      const l = labels[n * S + s];
+      if (l === ignore) continue;
+      loss -= Math.log(probs[(n * K + l) * S + s]);
+      count++;
+    }
   }
   return { loss: count ? loss / count : 0, probs };
 }
@@ -41,7 +45,10 @@ Deno.test("softmaxCrossEntropy matches a reference, honours ignoreIndex, loss ha
       assertClose([loss.item()], [ref.loss], { atol: 1e-5 });
       assertClose(probs.toArray(), ref.probs);
     }
-    throws(() => softmaxCrossEntropy(tensor(logits, shape), tensor(new Int32Array(8), [2, 2, 2])), /labels \[2,2,2\] i32 must have shape \[2,2,2,2\] or \[2,1,2,2,2\]/);
+    throws(
+      () => softmaxCrossEntropy(tensor(logits, shape), tensor(new Int32Array(8), [2, 2, 2])),
+      /labels \[2,2,2\] i32 must have shape \[2,2,2,2\] or \[2,1,2,2,2\]/,
+    );
   });
 });
 
@@ -49,12 +56,22 @@ Deno.test("softmaxCrossEntropy: gradient through the loss and through probs", ()
   const rng = seededRng(18);
   const labels = Int32Array.from([0, 2, 1, -100, 2, 0]);
   const lt = () => tensor(labels, [2, 3]);
-  gradCheck((xs) => softmaxCrossEntropy(xs[0], lt()).loss, [{ data: randData([2, 3, 3], rng), shape: [2, 3, 3] }], { h: 1e-3 });
-  gradCheck((xs) => {
-    const { loss, probs } = softmaxCrossEntropy(xs[0], lt());
-    return add(mul(sum(probs, [0, 2]), sum(probs, [0, 2])), loss); // both outputs feed the result
-  }, [{ data: randData([2, 3, 3], rng), shape: [2, 3, 3] }], { h: 1e-3 });
-  gradCheck((xs) => slice(softmaxCrossEntropy(xs[0], lt()).probs, 1, 0, 1), [{ data: randData([2, 3, 3], rng), shape: [2, 3, 3] }], { h: 1e-3 });
+  gradCheck((xs) => softmaxCrossEntropy(xs[0], lt()).loss, [{
+    data: randData([2, 3, 3], rng),
+    shape: [2, 3, 3],
+  }], { h: 1e-3 });
+  gradCheck(
+    (xs) => {
+      const { loss, probs } = softmaxCrossEntropy(xs[0], lt());
+      return add(mul(sum(probs, [0, 2]), sum(probs, [0, 2])), loss); // both outputs feed the result
+    },
+    [{ data: randData([2, 3, 3], rng), shape: [2, 3, 3] }],
+    { h: 1e-3 },
+  );
+  gradCheck((xs) => slice(softmaxCrossEntropy(xs[0], lt()).probs, 1, 0, 1), [{
+    data: randData([2, 3, 3], rng),
+    shape: [2, 3, 3],
+  }], { h: 1e-3 });
 });
 
 Deno.test("diceStats with i32 labels and soft targets, and its gradient", () => {
@@ -63,17 +80,23 @@ Deno.test("diceStats with i32 labels and soft targets, and its gradient", () => 
     const p = randData([2, 3, 4], rng, 0, 1);
     const labels = Int32Array.from([0, 1, 2, 1, 2, 2, 0, 0]);
     const ref = new Float32Array(9);
-    for (let n = 0; n < 2; n++) for (let k = 0; k < 3; k++) for (let s = 0; s < 4; s++) {
-      const pv = p[(n * 3 + k) * 4 + s], t = labels[n * 4 + s] === k ? 1 : 0;
-      ref[k] += pv * t;
-      ref[3 + k] += pv;
-      ref[6 + k] += t;
+    for (let n = 0; n < 2; n++) {
+      for (let k = 0; k < 3; k++) {
+        for (let s = 0; s < 4; s++) {
+          const pv = p[(n * 3 + k) * 4 + s], t = labels[n * 4 + s] === k ? 1 : 0;
+          ref[k] += pv * t;
+          ref[3 + k] += pv;
+          ref[6 + k] += t;
+        }
+      }
     }
     const st = diceStats(tensor(p, [2, 3, 4]), tensor(labels, [2, 4]));
     deepStrictEqual(st.shape, [3, 3]);
     assertClose(st.toArray(), ref);
     const soft = new Float32Array(24);
-    for (let n = 0; n < 2; n++) for (let s = 0; s < 4; s++) soft[(n * 3 + labels[n * 4 + s]) * 4 + s] = 1;
+    for (let n = 0; n < 2; n++) {
+      for (let s = 0; s < 4; s++) soft[(n * 3 + labels[n * 4 + s]) * 4 + s] = 1;
+    }
     assertClose(diceStats(tensor(p, [2, 3, 4]), tensor(soft, [2, 3, 4])).toArray(), ref);
   });
   gradCheck((xs) => diceStats(xs[0], tensor(Int32Array.from([0, 1, 2, 1, 2, 2, 0, 0]), [2, 4])), [
@@ -92,8 +115,13 @@ Deno.test("adaptiveAvgPool3d (PyTorch bins) and l2Normalize, forward and gradien
     const n = l2Normalize(tensor([3, 4, 0, 0], [2, 2]), 1);
     assertClose(n.toArray(), [0.6, 0.8, 0, 0]);
   });
-  gradCheck((xs) => adaptiveAvgPool3d(xs[0], [2, 1, 3]), [{ data: randData([1, 2, 3, 3, 4], rng), shape: [1, 2, 3, 3, 4] }]);
-  gradCheck((xs) => l2Normalize(xs[0], 1), [{ data: randData([2, 4, 3], rng), shape: [2, 4, 3] }], { h: 1e-3 });
+  gradCheck((xs) => adaptiveAvgPool3d(xs[0], [2, 1, 3]), [{
+    data: randData([1, 2, 3, 3, 4], rng),
+    shape: [1, 2, 3, 3, 4],
+  }]);
+  gradCheck((xs) => l2Normalize(xs[0], 1), [{ data: randData([2, 4, 3], rng), shape: [2, 4, 3] }], {
+    h: 1e-3,
+  });
 });
 
 Deno.test("optimiser kernels update in place like PyTorch", () => {
@@ -110,7 +138,9 @@ Deno.test("optimiser kernels update in place like PyTorch", () => {
     const e = tensor([1, 1], [2]);
     emaUpdate(e, tensor([3, -1], [2]), 0.75);
     assertClose(e.toArray(), [1.5, 0.5]);
-    throws(() => emaUpdate(e, tensor([1], [1]), 0.5), /param \[1\] f32 must have the shape of ema \[2\] f32/);
+    throws(
+      () => emaUpdate(e, tensor([1], [1]), 0.5),
+      /param \[1\] f32 must have the shape of ema \[2\] f32/,
+    );
   });
 });
-

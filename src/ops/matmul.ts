@@ -25,18 +25,30 @@ function mm(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
   const N = transB ? b.shape[rb - 2] : b.shape[rb - 1];
   if (Ka !== Kb) {
     throw new Error(
-      `${fn}: inner dims differ: a ${a.describe()}${transA ? " (transposed)" : ""} gives K = ${Ka}, ` +
+      `${fn}: inner dims differ: a ${a.describe()}${
+        transA ? " (transposed)" : ""
+      } gives K = ${Ka}, ` +
         `b ${b.describe()}${transB ? " (transposed)" : ""} gives K = ${Kb}`,
     );
   }
   if (ba !== bb && ba !== 1 && bb !== 1) {
-    throw new Error(`${fn}: batch dims ${ba} (a ${a.describe()}) and ${bb} (b ${b.describe()}) differ and neither is 1`);
+    throw new Error(
+      `${fn}: batch dims ${ba} (a ${a.describe()}) and ${bb} (b ${b.describe()}) differ and neither is 1`,
+    );
   }
   const shape = ra === 3 || rb === 3 ? [Math.max(ba, bb), M, N] : [M, N];
-  return exec1("MATMUL", fn, [a, b], { trans_a: transA ? 1 : 0, trans_b: transB ? 1 : 0 }, shape, "f32", [
-    "a",
-    "b",
-  ]);
+  return exec1(
+    "MATMUL",
+    fn,
+    [a, b],
+    { trans_a: transA ? 1 : 0, trans_b: transB ? 1 : 0 },
+    shape,
+    "f32",
+    [
+      "a",
+      "b",
+    ],
+  );
 }
 
 /** Sums a batched gradient back to an input's shape (rank 2, or batch 1). */
@@ -84,4 +96,3 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   return y;
 }
-

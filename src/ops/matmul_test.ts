@@ -6,7 +6,14 @@ import { softmax } from "./softmax.ts";
 import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
 
 /** Reference: y[b] = op(a[b or 0]) @ op(b[b or 0]). */
-function refMatmul(a: Float32Array, as: number[], b: Float32Array, bs: number[], ta: boolean, tb: boolean) {
+function refMatmul(
+  a: Float32Array,
+  as: number[],
+  b: Float32Array,
+  bs: number[],
+  ta: boolean,
+  tb: boolean,
+) {
   const A = as.length === 3 ? as : [1, ...as];
   const B = bs.length === 3 ? bs : [1, ...bs];
   const M = ta ? A[2] : A[1], K = ta ? A[1] : A[2], N = tb ? B[1] : B[2];

@@ -24,12 +24,22 @@ function constant(c: number, value: number): Tensor {
  * Group norm over x [N,C,...] with per-channel gamma, beta [C] (null: 1 and 0, not learned).
  * Biased variance, as PyTorch.
  */
-export function groupNorm(x: Tensor, gamma: Tensor | null, beta: Tensor | null, opts: GroupNormOptions): Tensor {
+export function groupNorm(
+  x: Tensor,
+  gamma: Tensor | null,
+  beta: Tensor | null,
+  opts: GroupNormOptions,
+): Tensor {
   return groupNormImpl("groupNorm", x, gamma, beta, opts.groups, opts.eps ?? 1e-5);
 }
 
 /** Instance norm: group norm with one group per channel. */
-export function instanceNorm(x: Tensor, gamma: Tensor | null, beta: Tensor | null, opts: { eps?: number } = {}): Tensor {
+export function instanceNorm(
+  x: Tensor,
+  gamma: Tensor | null,
+  beta: Tensor | null,
+  opts: { eps?: number } = {},
+): Tensor {
   checkF32("instanceNorm", "x", x);
   return groupNormImpl("instanceNorm", x, gamma, beta, x.shape[1] ?? 0, opts.eps ?? 1e-5);
 }
@@ -46,20 +56,28 @@ function groupNormImpl(
   if (x.shape.length < 2) throw new Error(`${fn}: x ${x.describe()} must have shape [N,C,...]`);
   const [n, c] = x.shape;
   if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
-    throw new Error(`${fn}: groups ${groups} must be a positive divisor of the ${c} channels of x ${x.describe()}`);
+    throw new Error(
+      `${fn}: groups ${groups} must be a positive divisor of the ${c} channels of x ${x.describe()}`,
+    );
   }
   if (!(eps > 0)) throw new Error(`${fn}: eps must be > 0, got ${eps}`);
   for (const [name, t] of [["gamma", gammaIn], ["beta", betaIn]] as const) {
     if (t === null) continue;
     checkF32(fn, name, t);
     if (t.shape.length !== 1 || t.shape[0] !== c) {
-      throw new Error(`${fn}: ${name} ${t.describe()} must have shape [${c}] (channels of x ${x.describe()})`);
+      throw new Error(
+        `${fn}: ${name} ${t.describe()} must have shape [${c}] (channels of x ${x.describe()})`,
+      );
     }
   }
   const gamma = gammaIn ?? constant(c, 1);
   const beta = betaIn ?? constant(c, 0);
   const params = { groups, eps };
-  const [py, pm, pr] = execOp("GROUP_NORM_FORWARD", fn, [x, gamma, beta], [], params, ["x", "gamma", "beta"]);
+  const [py, pm, pr] = execOp("GROUP_NORM_FORWARD", fn, [x, gamma, beta], [], params, [
+    "x",
+    "gamma",
+    "beta",
+  ]);
   const be = getBackend();
   const y = wrapNative(py, x.shape, "f32", be);
   const mean = wrapNative(pm, [n, groups], "f32", be);

@@ -137,7 +137,9 @@ export type OpName =
   | "RESHAPE";
 
 /** Every op of CMO_OP_LIST, in header order. */
-export const OP_DECLS: readonly OpDecl[] = ROWS.map(([id, name, nInputs, nOutputs, paramsStruct]) => ({
+export const OP_DECLS: readonly OpDecl[] = ROWS.map((
+  [id, name, nInputs, nOutputs, paramsStruct],
+) => ({
   id,
   name,
   nInputs,
@@ -184,7 +186,9 @@ export function packParams(decl: OpDecl, values: ParamValues, out: DataView): nu
         x = v;
       } else {
         if (v.length > f.count) {
-          throw new Error(`${decl.name}: params field ${f.name} takes at most ${f.count} values, got ${v.length}`);
+          throw new Error(
+            `${decl.name}: params field ${f.name} takes at most ${f.count} values, got ${v.length}`,
+          );
         }
         x = k < v.length ? v[k] : 0;
       }

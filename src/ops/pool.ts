@@ -8,19 +8,38 @@ import { checkF32, checkRank, needsGrad } from "./check.ts";
 import { exec1 } from "./exec.ts";
 
 /** Adaptive average pooling of x [N,C,D,H,W] to [N,C,...outDims] (PyTorch bin rule). */
-export function adaptiveAvgPool3d(x: Tensor, outDims: readonly [number, number, number] | readonly number[]): Tensor {
+export function adaptiveAvgPool3d(
+  x: Tensor,
+  outDims: readonly [number, number, number] | readonly number[],
+): Tensor {
   const fn = "adaptiveAvgPool3d";
   checkF32(fn, "x", x);
   checkRank(fn, "x", x, 5);
   if (outDims.length !== 3 || !outDims.every((d) => Number.isInteger(d) && d >= 1)) {
-    throw new Error(`${fn}: outDims must be three positive integers, got ${JSON.stringify(outDims)}`);
+    throw new Error(
+      `${fn}: outDims must be three positive integers, got ${JSON.stringify(outDims)}`,
+    );
   }
   const inDims = x.shape.slice(2);
   const params = { out_dims: outDims, in_dims: inDims };
-  const y = exec1("ADAPTIVE_AVG_POOL3D_FORWARD", fn, [x], params, [x.shape[0], x.shape[1], ...outDims], "f32", ["x"]);
+  const y = exec1(
+    "ADAPTIVE_AVG_POOL3D_FORWARD",
+    fn,
+    [x],
+    params,
+    [x.shape[0], x.shape[1], ...outDims],
+    "f32",
+    ["x"],
+  );
   if (needsGrad(x)) {
     const xs = x.shape;
-    recordNode(fn, [x], [y], [], (g) => [exec1("ADAPTIVE_AVG_POOL3D_BACKWARD", fn, [g[0]!], params, xs, "f32", ["dy"])]);
+    recordNode(
+      fn,
+      [x],
+      [y],
+      [],
+      (g) => [exec1("ADAPTIVE_AVG_POOL3D_BACKWARD", fn, [g[0]!], params, xs, "f32", ["dy"])],
+    );
   }
   return y;
 }
@@ -34,7 +53,13 @@ export function l2Normalize(x: Tensor, axis: number, eps = 1e-12): Tensor {
   const params = { axis: ax, eps };
   const y = exec1("L2_NORMALIZE_FORWARD", fn, [x], params, x.shape, "f32", ["x"]);
   if (needsGrad(x)) {
-    recordNode(fn, [x], [y], [x], (g) => [exec1("L2_NORMALIZE_BACKWARD", fn, [x, g[0]!], params, x.shape, "f32", ["x", "dy"])]);
+    recordNode(
+      fn,
+      [x],
+      [y],
+      [x],
+      (g) => [exec1("L2_NORMALIZE_BACKWARD", fn, [x, g[0]!], params, x.shape, "f32", ["x", "dy"])],
+    );
   }
   return y;
 }

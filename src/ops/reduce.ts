@@ -59,7 +59,13 @@ function reduceRaw(fn: string, x: Tensor, kind: number, p: Plan): Tensor {
   return exec1("REDUCE", fn, [x], { kind, axes_mask: p.mask }, p.kept, "f32", ["x"]);
 }
 
-function reduceSumMean(fn: string, kind: number, x: Tensor, axes: readonly number[] | "all", opts: ReduceOptions): Tensor {
+function reduceSumMean(
+  fn: string,
+  kind: number,
+  x: Tensor,
+  axes: readonly number[] | "all",
+  opts: ReduceOptions,
+): Tensor {
   checkF32(fn, "x", x);
   const p = plan(fn, x, axes, opts.keepDims ?? false);
   let y: Tensor;
@@ -110,11 +116,19 @@ export function max(x: Tensor, axes: readonly number[] | "all", opts: ReduceOpti
     recordNode(fn, [x], [y], [x, yk], (g) => {
       let d = g[0]!;
       if (!sameShape(d.shape, p.kept)) d = reshape(d, p.kept);
-      const dx = exec1("REDUCE_MAX_BACKWARD", fn, [x, yk, d], { kind: MAX, axes_mask: p.mask }, x.shape, "f32", [
-        "x",
-        "y",
-        "dy",
-      ]);
+      const dx = exec1(
+        "REDUCE_MAX_BACKWARD",
+        fn,
+        [x, yk, d],
+        { kind: MAX, axes_mask: p.mask },
+        x.shape,
+        "f32",
+        [
+          "x",
+          "y",
+          "dy",
+        ],
+      );
       return [dx];
     });
   }
@@ -152,13 +166,17 @@ export function reduceTo(g: Tensor, shape: readonly number[]): Tensor {
   if (sameShape(g.shape, shape)) return g;
   const r = g.shape.length;
   const lead = r - shape.length;
-  if (lead < 0) throw new Error(`reduceTo: gradient ${g.describe()} has lower rank than ${formatShape(shape)}`);
+  if (lead < 0) {
+    throw new Error(`reduceTo: gradient ${g.describe()} has lower rank than ${formatShape(shape)}`);
+  }
   const axes: number[] = [];
   for (let i = 0; i < r; i++) {
     if (i < lead) axes.push(i);
     else if (shape[i - lead] === 1 && g.shape[i] !== 1) axes.push(i);
     else if (shape[i - lead] !== g.shape[i]) {
-      throw new Error(`reduceTo: gradient ${g.describe()} does not come from broadcasting ${formatShape(shape)}`);
+      throw new Error(
+        `reduceTo: gradient ${g.describe()} does not come from broadcasting ${formatShape(shape)}`,
+      );
     }
   }
   const s = sum(g, axes, { keepDims: true });

@@ -40,7 +40,9 @@ Deno.test("reductions: gradients match finite differences (max splits ties)", ()
   gradCheck((xs) => mean(xs[0], [1], { keepDims: true }), [x]);
   gradCheck((xs) => mean(xs[0], "all"), [x]);
   gradCheck((xs) => max(xs[0], [2]), [x]);
-  gradCheck((xs) => max(xs[0], "all"), [{ data: new Float32Array([1, 3, 3, 0]), shape: [4] }], { h: 1e-3 });
+  gradCheck((xs) => max(xs[0], "all"), [{ data: new Float32Array([1, 3, 3, 0]), shape: [4] }], {
+    h: 1e-3,
+  });
 });
 
 Deno.test("reduceTo sums a broadcast gradient back to the input shape", () => {

@@ -2,7 +2,14 @@
  * Shape ops: reshape, expand, slice, split, concat, clone, and the zeros used by slice's gradient.
  * @module
  */
-import { checkShape, formatShape, normAxis, sameShape, sizeOf, broadcastsTo } from "../tensor/shape.ts";
+import {
+  broadcastsTo,
+  checkShape,
+  formatShape,
+  normAxis,
+  sameShape,
+  sizeOf,
+} from "../tensor/shape.ts";
 import { allocTensor, recordNode, type Tensor } from "../tensor/tensor.ts";
 import { checkTensor, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
@@ -13,13 +20,19 @@ function shapeParams(shape: readonly number[]) {
 }
 
 /** Resolves one -1 in a target shape against an element count. */
-export function resolveShape(fn: string, from: readonly number[], shape: readonly number[]): number[] {
+export function resolveShape(
+  fn: string,
+  from: readonly number[],
+  shape: readonly number[],
+): number[] {
   const out = [...shape];
   let neg = -1;
   let known = 1;
   for (let i = 0; i < out.length; i++) {
     if (out[i] === -1) {
-      if (neg >= 0) throw new Error(`${fn}: target shape ${formatShape(shape)} has more than one -1`);
+      if (neg >= 0) {
+        throw new Error(`${fn}: target shape ${formatShape(shape)} has more than one -1`);
+      }
       neg = i;
     } else {
       if (!Number.isInteger(out[i]) || out[i] < 0) {
@@ -31,14 +44,18 @@ export function resolveShape(fn: string, from: readonly number[], shape: readonl
   const n = sizeOf(from);
   if (neg >= 0) {
     if (known === 0 || n % known !== 0) {
-      throw new Error(`${fn}: cannot reshape ${formatShape(from)} (${n} elements) to ${formatShape(shape)}`);
+      throw new Error(
+        `${fn}: cannot reshape ${formatShape(from)} (${n} elements) to ${formatShape(shape)}`,
+      );
     }
     out[neg] = n / known;
   }
   checkShape(out, fn);
   if (sizeOf(out) !== n) {
     throw new Error(
-      `${fn}: cannot reshape ${formatShape(from)} (${n} elements) to ${formatShape(out)} (${sizeOf(out)} elements)`,
+      `${fn}: cannot reshape ${formatShape(from)} (${n} elements) to ${formatShape(out)} (${
+        sizeOf(out)
+      } elements)`,
     );
   }
   return out;
@@ -79,7 +96,10 @@ export function slice(x: Tensor, axis: number, start: number, length: number): T
   checkTensor(fn, "x", x);
   const ax = normAxis(axis, x.shape.length, fn);
   const dim = x.shape[ax];
-  if (!Number.isInteger(start) || !Number.isInteger(length) || start < 0 || length < 0 || start + length > dim) {
+  if (
+    !Number.isInteger(start) || !Number.isInteger(length) || start < 0 || length < 0 ||
+    start + length > dim
+  ) {
     throw new Error(
       `${fn}: range start ${start} length ${length} does not fit axis ${ax} of x ${x.describe()} (size ${dim})`,
     );
@@ -131,7 +151,11 @@ export function split(x: Tensor, axis: number, sizes: readonly number[]): Tensor
   const ax = normAxis(axis, x.shape.length, fn);
   const total = sizes.reduce((a, b) => a + b, 0);
   if (total !== x.shape[ax]) {
-    throw new Error(`${fn}: sizes [${sizes.join(",")}] add up to ${total}, axis ${ax} of x ${x.describe()} has ${x.shape[ax]}`);
+    throw new Error(
+      `${fn}: sizes [${sizes.join(",")}] add up to ${total}, axis ${ax} of x ${x.describe()} has ${
+        x.shape[ax]
+      }`,
+    );
   }
   const out: Tensor[] = [];
   let start = 0;
@@ -145,7 +169,9 @@ export function split(x: Tensor, axis: number, sizes: readonly number[]): Tensor
 /** Joins tensors along axis (same dims except axis, same dtype). */
 export function concat(xs: readonly Tensor[], axis: number): Tensor {
   const fn = "concat";
-  if (!Array.isArray(xs) || xs.length === 0) throw new Error(`${fn}: expected a non-empty array of tensors`);
+  if (!Array.isArray(xs) || xs.length === 0) {
+    throw new Error(`${fn}: expected a non-empty array of tensors`);
+  }
   xs.forEach((x, i) => checkTensor(fn, `xs[${i}]`, x));
   const first = xs[0];
   const ax = normAxis(axis, first.shape.length, fn);
@@ -154,10 +180,14 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   for (let i = 0; i < xs.length; i++) {
     const x = xs[i];
     if (x.dtype !== first.dtype) {
-      throw new Error(`${fn}: xs[${i}] ${x.describe()} has dtype ${x.dtype}, xs[0] has ${first.dtype}`);
+      throw new Error(
+        `${fn}: xs[${i}] ${x.describe()} has dtype ${x.dtype}, xs[0] has ${first.dtype}`,
+      );
     }
     let ok = x.shape.length === first.shape.length;
-    for (let d = 0; ok && d < x.shape.length; d++) if (d !== ax && x.shape[d] !== first.shape[d]) ok = false;
+    for (let d = 0; ok && d < x.shape.length; d++) {
+      if (d !== ax && x.shape[d] !== first.shape[d]) ok = false;
+    }
     if (!ok) {
       throw new Error(
         `${fn}: xs[${i}] ${x.describe()} does not match xs[0] ${first.describe()} outside axis ${ax}`,

@@ -15,7 +15,9 @@ Deno.test("reshape keeps row-major order, resolves -1 and reaches rank 0", () =>
     const s = reshape(tensor([5], [1, 1]), []);
     deepStrictEqual(s.shape, []);
     deepStrictEqual(s.item(), 5);
-    throws(() => reshape(x, [5, -1]), { message: "reshape: cannot reshape [2,3,4] (24 elements) to [5,-1]" });
+    throws(() => reshape(x, [5, -1]), {
+      message: "reshape: cannot reshape [2,3,4] (24 elements) to [5,-1]",
+    });
     throws(() => reshape(x, [-1, -1]), /more than one -1/);
   });
 });

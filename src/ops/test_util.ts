@@ -24,7 +24,12 @@ export function seededRng(seed: number): () => number {
 }
 
 /** Uniform random data in [lo, hi). */
-export function randData(shape: readonly number[], rng: () => number, lo = -1, hi = 1): Float32Array {
+export function randData(
+  shape: readonly number[],
+  rng: () => number,
+  lo = -1,
+  hi = 1,
+): Float32Array {
   const out = new Float32Array(sizeOf(shape));
   for (let i = 0; i < out.length; i++) out[i] = lo + (hi - lo) * rng();
   return out;
@@ -39,12 +44,18 @@ export function assertClose(
   const atol = opts.atol ?? 1e-5;
   const rtol = opts.rtol ?? 1e-4;
   if (actual.length !== expected.length) {
-    throw new Error(`${opts.msg ?? "assertClose"}: length ${actual.length} != expected ${expected.length}`);
+    throw new Error(
+      `${opts.msg ?? "assertClose"}: length ${actual.length} != expected ${expected.length}`,
+    );
   }
   for (let i = 0; i < actual.length; i++) {
     const a = actual[i], e = expected[i];
     if (!(Math.abs(a - e) <= atol + rtol * Math.abs(e))) {
-      throw new Error(`${opts.msg ?? "assertClose"}: element ${i} is ${a}, expected ${e} (atol ${atol}, rtol ${rtol})`);
+      throw new Error(
+        `${
+          opts.msg ?? "assertClose"
+        }: element ${i} is ${a}, expected ${e} (atol ${atol}, rtol ${rtol})`,
+      );
     }
   }
 }
@@ -75,7 +86,14 @@ export interface GradInput {
 export function gradCheck(
   f: (xs: Tensor[]) => Tensor,
   inputs: GradInput[],
-  opts: { h?: number; atol?: number; rtol?: number; samples?: number; seed?: number; msg?: string } = {},
+  opts: {
+    h?: number;
+    atol?: number;
+    rtol?: number;
+    samples?: number;
+    seed?: number;
+    msg?: string;
+  } = {},
 ): void {
   const h = opts.h ?? 1e-2;
   const rng = seededRng(opts.seed ?? 7);
@@ -112,7 +130,9 @@ export function gradCheck(
         const atol = opts.atol ?? 2e-3, rtol = opts.rtol ?? 2e-2;
         if (!(Math.abs(analytic[i] - num) <= atol + rtol * Math.abs(num))) {
           throw new Error(
-            `${opts.msg ?? "gradCheck"}: input ${k} element ${i}: analytic ${analytic[i]}, numeric ${num}`,
+            `${opts.msg ?? "gradCheck"}: input ${k} element ${i}: analytic ${
+              analytic[i]
+            }, numeric ${num}`,
           );
         }
       }

@@ -2,7 +2,23 @@ import { deepStrictEqual } from "node:assert/strict";
 import { tensor } from "../tensor/factories.ts";
 import { tidy } from "../tensor/scope.ts";
 import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
-import { abs, addScalar, affine, exp, gelu, leakyRelu, log, mulScalar, neg, relu, sigmoid, sqrt, tanh, unary, type UnaryName } from "./unary.ts";
+import {
+  abs,
+  addScalar,
+  affine,
+  exp,
+  gelu,
+  leakyRelu,
+  log,
+  mulScalar,
+  neg,
+  relu,
+  sigmoid,
+  sqrt,
+  tanh,
+  unary,
+  type UnaryName,
+} from "./unary.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 
 function erf(x: number): number {
@@ -51,7 +67,9 @@ Deno.test("unary ops match JS references forward", () => {
   const rng = seededRng(1);
   tidy(() => {
     for (const name of Object.keys(REF) as UnaryName[]) {
-      const data = POSITIVE.has(name) ? randData([2, 3, 4], rng, 0.2, 3) : randData([2, 3, 4], rng, -3, 3);
+      const data = POSITIVE.has(name)
+        ? randData([2, 3, 4], rng, 0.2, 3)
+        : randData([2, 3, 4], rng, -3, 3);
       const y = FNS[name](tensor(data, [2, 3, 4]));
       deepStrictEqual(y.shape, [2, 3, 4]);
       assertClose(y.toArray(), Array.from(data, REF[name]), { atol: 1e-5, rtol: 1e-5, msg: name });
@@ -63,9 +81,15 @@ Deno.test("unary ops: gradients match finite differences", () => {
   const rng = seededRng(2);
   for (const name of Object.keys(REF) as UnaryName[]) {
     // keep away from kinks at 0 for relu/abs/leakyRelu
-    const data = POSITIVE.has(name) ? randData([3, 4], rng, 0.5, 2) : randData([3, 4], rng, 0.1, 1.5);
+    const data = POSITIVE.has(name)
+      ? randData([3, 4], rng, 0.5, 2)
+      : randData([3, 4], rng, 0.1, 1.5);
     for (let i = 0; i < data.length; i += 2) if (!POSITIVE.has(name)) data[i] = -data[i];
-    gradCheck((xs) => FNS[name](xs[0]), [{ data, shape: [3, 4] }], { msg: name, h: 1e-3, atol: 3e-3 });
+    gradCheck((xs) => FNS[name](xs[0]), [{ data, shape: [3, 4] }], {
+      msg: name,
+      h: 1e-3,
+      atol: 3e-3,
+    });
   }
 });
 

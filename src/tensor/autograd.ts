@@ -13,7 +13,13 @@ import { exec1 } from "../ops/exec.ts";
 import { ones } from "./factories.ts";
 import { formatShape, sameShape } from "./shape.ts";
 import { setGradEnabled, tidy } from "./scope.ts";
-import { type BackwardContext, freeNode, type Node, type Tensor, withRelaxedUse } from "./tensor.ts";
+import {
+  type BackwardContext,
+  freeNode,
+  type Node,
+  type Tensor,
+  withRelaxedUse,
+} from "./tensor.ts";
 
 function copyOf(t: Tensor): Tensor {
   return exec1("COPY", "backward", [t], { layout: 2 }, t.shape, t.dtype, ["grad"]);
@@ -64,19 +70,25 @@ export function backward(loss: Tensor, grad?: Tensor, opts: BackwardOptions = {}
   }
   if (grad === undefined) {
     if (loss.size !== 1) {
-      throw new Error(`backward: loss ${loss.describe()} has ${loss.size} elements; pass grad for a non-scalar loss`);
+      throw new Error(
+        `backward: loss ${loss.describe()} has ${loss.size} elements; pass grad for a non-scalar loss`,
+      );
     }
   } else {
     checkTensor("backward", "grad", grad);
     if (!sameShape(grad.shape, loss.shape) || grad.dtype !== "f32") {
-      throw new Error(`backward: grad ${grad.describe()} must have the shape and dtype of loss ${loss.describe()}`);
+      throw new Error(
+        `backward: grad ${grad.describe()} must have the shape and dtype of loss ${loss.describe()}`,
+      );
     }
   }
   const prev = setGradEnabled(false);
   const nodes = loss._node !== null ? collectNodes(loss._node) : [];
   for (const n of nodes) n.pinned = true;
   try {
-    withRelaxedUse(() => tidy(() => runBackward(loss, grad, nodes, opts.releaseActivations ?? false)));
+    withRelaxedUse(() =>
+      tidy(() => runBackward(loss, grad, nodes, opts.releaseActivations ?? false))
+    );
   } finally {
     setGradEnabled(prev);
     for (const n of nodes) n.pinned = false;
@@ -84,7 +96,12 @@ export function backward(loss: Tensor, grad?: Tensor, opts: BackwardOptions = {}
   }
 }
 
-function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[], release: boolean): void {
+function runBackward(
+  loss: Tensor,
+  userGrad: Tensor | undefined,
+  nodes: Node[],
+  release: boolean,
+): void {
   const seed = userGrad ?? ones(loss.shape);
   const grads = new Map<Tensor, Tensor>();
   const holds = new Map<Tensor, number>();
@@ -159,7 +176,11 @@ function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[], 
     const fn = node.backwardFn;
     const res = tidy(() => fn(outGrads, ctx));
     if (!Array.isArray(res) || res.length !== inputs.length) {
-      throw new Error(`backward of ${node.name}: the gradient rule returned ${Array.isArray(res) ? res.length : "no"} gradients for ${inputs.length} inputs`);
+      throw new Error(
+        `backward of ${node.name}: the gradient rule returned ${
+          Array.isArray(res) ? res.length : "no"
+        } gradients for ${inputs.length} inputs`,
+      );
     }
     for (let i = 0; i < inputs.length; i++) {
       const g = res[i];
@@ -167,7 +188,9 @@ function runBackward(loss: Tensor, userGrad: Tensor | undefined, nodes: Node[], 
       if (g === null || t === null || !node.needs[i]) continue;
       if (!sameShape(g.shape, t.shape)) {
         throw new Error(
-          `backward of ${node.name}: gradient for input ${i} has shape ${formatShape(g.shape)}, the input is ${t.describe()}`,
+          `backward of ${node.name}: gradient for input ${i} has shape ${
+            formatShape(g.shape)
+          }, the input is ${t.describe()}`,
         );
       }
       accumulate(t, g);

@@ -37,7 +37,8 @@ Deno.test("conv and norm parameter gradients accumulate in place into the existi
   const gamma = parameter(new Float32Array([1, 1]), [2]);
   tidy(() => {
     const x = tensor(Float32Array.from({ length: 64 }, (_, i) => Math.sin(i)), [1, 1, 4, 4, 4]);
-    const step = () => backward(mean(mul(instanceNorm(conv3d(x, w, b, { padding: 1 }), gamma, null), x), "all"));
+    const step = () =>
+      backward(mean(mul(instanceNorm(conv3d(x, w, b, { padding: 1 }), gamma, null), x), "all"));
     step();
     const first = w.grad!.toArray(), firstG = gamma.grad!.toArray(), gw = w.grad, gg = gamma.grad;
     step();
@@ -84,7 +85,9 @@ Deno.test("backward with an explicit grad, and errors for non-scalar loss and re
   const w = parameter(new Float32Array([1, 2, 3]), [3]);
   tidy(() => {
     const y = mul(w, w);
-    throws(() => backward(y), { message: "backward: loss [3] f32 has 3 elements; pass grad for a non-scalar loss" });
+    throws(() => backward(y), {
+      message: "backward: loss [3] f32 has 3 elements; pass grad for a non-scalar loss",
+    });
     backward(y, tensor([1, 0, -1], [3]));
     assertClose(w.grad!.toArray(), [2, 0, -6]);
     throws(() => backward(y, ones([3])), /does not require grad/); // graph was freed
@@ -206,7 +209,9 @@ Deno.test("backward with releaseActivations frees saved intermediates as it goes
     let peak = 0, after = 0;
     tidy(() => {
       h.push(leakyRelu(conv3d(x, w1, null, { padding: 1 })));
-      for (let i = 0; i < 4; i++) h.push(leakyRelu(instanceNorm(conv3d(h[i], w2, null, { padding: 1 }), null, null)));
+      for (let i = 0; i < 4; i++) {
+        h.push(leakyRelu(instanceNorm(conv3d(h[i], w2, null, { padding: 1 }), null, null)));
+      }
       const loss = mean(mul(h[4], h[4]), "all");
       be.resetPeak();
       backward(loss, undefined, { releaseActivations });
@@ -222,7 +227,10 @@ Deno.test("backward with releaseActivations frees saved intermediates as it goes
   const keep = run(false), rel = run(true);
   assertClose(rel.grads[0], keep.grads[0]);
   assertClose(rel.grads[1], keep.grads[1]);
-  ok(rel.after < keep.after, `live buffers after backward: ${rel.after} with release, ${keep.after} without`);
+  ok(
+    rel.after < keep.after,
+    `live buffers after backward: ${rel.after} with release, ${keep.after} without`,
+  );
   ok(rel.peak <= keep.peak, `peak bytes: ${rel.peak} with release, ${keep.peak} without`);
   for (const t of [w1, w2, x]) t.dispose();
 });

@@ -14,27 +14,40 @@ export interface TensorOptions {
 
 function finish(t: Tensor, opts: TensorOptions): Tensor {
   if (opts.requiresGrad) {
-    if (t.dtype !== "f32") throw new Error(`Only f32 tensors can require grad, got ${t.describe()}`);
+    if (t.dtype !== "f32") {
+      throw new Error(`Only f32 tensors can require grad, got ${t.describe()}`);
+    }
     t.requiresGrad = true;
   }
   return t;
 }
 
 /** A tensor holding a copy of data (row-major) with the given shape. */
-export function tensor(data: Float32Array | Int32Array | readonly number[], shape: readonly number[], opts: TensorOptions = {}): Tensor {
+export function tensor(
+  data: Float32Array | Int32Array | readonly number[],
+  shape: readonly number[],
+  opts: TensorOptions = {},
+): Tensor {
   checkShape(shape, "tensor");
   const dtype: DType = opts.dtype ?? (data instanceof Int32Array ? "i32" : "f32");
-  if (dtype !== "f32" && dtype !== "i32") throw new Error(`tensor: dtype must be "f32" or "i32", got ${dtype}`);
+  if (dtype !== "f32" && dtype !== "i32") {
+    throw new Error(`tensor: dtype must be "f32" or "i32", got ${dtype}`);
+  }
   const n = sizeOf(shape);
   if (data.length !== n) {
-    throw new Error(`tensor: data has ${data.length} elements, shape ${formatShape(shape)} needs ${n}`);
+    throw new Error(
+      `tensor: data has ${data.length} elements, shape ${formatShape(shape)} needs ${n}`,
+    );
   }
   let host: Float32Array | Int32Array;
-  if (dtype === "f32") host = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
-  else {
+  if (dtype === "f32") {
+    host = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
+  } else {
     if (!(data instanceof Int32Array)) {
       for (let i = 0; i < data.length; i++) {
-        if (!Number.isInteger(data[i])) throw new Error(`tensor: i32 data has a non-integer value ${data[i]} at ${i}`);
+        if (!Number.isInteger(data[i])) {
+          throw new Error(`tensor: i32 data has a non-integer value ${data[i]} at ${i}`);
+        }
       }
     }
     host = data instanceof Int32Array ? data : Int32Array.from(data as ArrayLike<number>);
@@ -43,7 +56,10 @@ export function tensor(data: Float32Array | Int32Array | readonly number[], shap
   if (n > 0) {
     const be = t._backend("tensor");
     try {
-      be.check(be.sym.cmo_buffer_write(t._ptr("tensor"), host, BigInt(host.byteLength)), `tensor ${t.describe()}`);
+      be.check(
+        be.sym.cmo_buffer_write(t._ptr("tensor"), host, BigInt(host.byteLength)),
+        `tensor ${t.describe()}`,
+      );
     } catch (e) {
       t.dispose();
       throw e;
@@ -81,7 +97,9 @@ export interface RandnOptions extends TensorOptions {
 /** Normal noise (Box-Muller over opts.rng), f32. */
 export function randn(shape: readonly number[], opts: RandnOptions): Tensor {
   checkShape(shape, "randn");
-  if (typeof opts?.rng !== "function") throw new Error("randn: opts.rng (a function returning [0,1)) is required");
+  if (typeof opts?.rng !== "function") {
+    throw new Error("randn: opts.rng (a function returning [0,1)) is required");
+  }
   const std = opts.std ?? 1;
   const mean = opts.mean ?? 0;
   const n = sizeOf(shape);
@@ -98,6 +116,9 @@ export function randn(shape: readonly number[], opts: RandnOptions): Tensor {
 }
 
 /** A trainable leaf: requiresGrad = true and kept (never disposed by tidy scopes). */
-export function parameter(data: Float32Array | readonly number[], shape: readonly number[]): Tensor {
+export function parameter(
+  data: Float32Array | readonly number[],
+  shape: readonly number[],
+): Tensor {
   return tensor(data, shape, { dtype: "f32", requiresGrad: true }).keep();
 }

@@ -27,11 +27,15 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
 export function checkShape(shape: readonly number[], what: string): void {
   if (!Array.isArray(shape)) throw new Error(`${what}: shape must be an array of integers`);
   if (shape.length > 6) {
-    throw new Error(`${what}: shape ${formatShape(shape)} has ${shape.length} dims, at most 6 are supported`);
+    throw new Error(
+      `${what}: shape ${formatShape(shape)} has ${shape.length} dims, at most 6 are supported`,
+    );
   }
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 0) {
-      throw new Error(`${what}: shape ${formatShape(shape)} has a dim that is not a non-negative integer`);
+      throw new Error(
+        `${what}: shape ${formatShape(shape)} has a dim that is not a non-negative integer`,
+      );
     }
   }
 }

@@ -88,7 +88,13 @@ export class Node {
   freed = false;
   /** set while a backward pass will still run this node: graph death does not free it */
   pinned = false;
-  constructor(name: string, inputs: (Tensor | null)[], outputs: Tensor[], saved: Tensor[], fn: BackwardFn) {
+  constructor(
+    name: string,
+    inputs: (Tensor | null)[],
+    outputs: Tensor[],
+    saved: Tensor[],
+    fn: BackwardFn,
+  ) {
     this.name = name;
     this.inputs = inputs;
     this.needs = inputs.map((t) => t !== null && t.requiresGrad);
@@ -162,7 +168,8 @@ export class Tensor implements Trackable {
   /** @internal */ _userDisposed = false;
   /** @internal */ _kept = false;
   /** @internal graph nodes that saved this tensor's data */ _dataRefs = 0;
-  /** @internal live graph nodes that take this tensor as an input needing a gradient */ _graphRefs = 0;
+  /** @internal live graph nodes that take this tensor as an input needing a gradient */ _graphRefs =
+    0;
   /** @internal */ _scope: Trackable[] | null = null;
 
   /** @internal use the factories (tensor, zeros, ...) or ops */
@@ -253,7 +260,12 @@ export class Tensor implements Trackable {
     const ptr = this._ptr("toArray");
     const be = this._storage!.backend;
     const out = this.dtype === "f32" ? new Float32Array(this.size) : new Int32Array(this.size);
-    if (this.size > 0) be.check(be.sym.cmo_buffer_read(ptr, out, BigInt(out.byteLength)), `toArray of ${this.describe()}`);
+    if (this.size > 0) {
+      be.check(
+        be.sym.cmo_buffer_read(ptr, out, BigInt(out.byteLength)),
+        `toArray of ${this.describe()}`,
+      );
+    }
     return out;
   }
 
@@ -267,7 +279,12 @@ export class Tensor implements Trackable {
 }
 
 /** @internal wraps a native buffer returned by an op */
-export function wrapNative(ptr: bigint, shape: readonly number[], dtype: DType, backend: Backend): Tensor {
+export function wrapNative(
+  ptr: bigint,
+  shape: readonly number[],
+  dtype: DType,
+  backend: Backend,
+): Tensor {
   return new Tensor(new Storage(ptr, backend), shape, dtype);
 }
 
@@ -280,7 +297,10 @@ export function allocTensor(shape: readonly number[], dtype: DType, what: string
   desc[7] = BigInt(dtypeCode(dtype));
   desc[8] = 0n; // CMO_LAYOUT_PLAIN
   const out = new BigUint64Array(1);
-  be.check(be.sym.cmo_buffer_create(be.handle, desc, out), `${what}: cannot create a ${formatShape(shape)} ${dtype} buffer`);
+  be.check(
+    be.sym.cmo_buffer_create(be.handle, desc, out),
+    `${what}: cannot create a ${formatShape(shape)} ${dtype} buffer`,
+  );
   return new Tensor(new Storage(out[0], be), shape, dtype);
 }
 
