@@ -277,6 +277,16 @@ export function buildPlan(wf: LoadedWorkflow, opts: PlanOptions = {}): Plan {
     });
   }
 
+  // A report without inputs reports on the output folders of the steps it needs.
+  for (const s of planned) {
+    if (s.kind === "report" && s.params.inputs === undefined) {
+      const dirs = s.needs.map((n) => drafts.get(n)!.outDir);
+      if (dirs.length === 0) {
+        fail(["steps", s.name, "params"], "a report step needs params.inputs or needs");
+      }
+      s.params.inputs = dirs;
+    }
+  }
   const byId = new Map(planned.map((s) => [s.id, s]));
   const order = topologicalOrder(planned, (id) => {
     const s = byId.get(id)!;

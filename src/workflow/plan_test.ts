@@ -107,3 +107,19 @@ Deno.test("plan: missing dependency, cycle and bad reference are reported with l
     /unknown step 'zz'/,
   );
 });
+
+Deno.test("plan: a report without inputs reports on what it needs", () => {
+  const plan = planOf(`name: r
+steps:
+  a: {kind: command, matrix: {x: [1, 2]}, run: "true"}
+  report: {kind: report, needs: a}
+`);
+  assert.deepEqual(plan.byId.get("report")!.params.inputs, [
+    join(plan.workdir, "a", "x=1"),
+    join(plan.workdir, "a", "x=2"),
+  ]);
+  assert.throws(
+    () => planOf("name: r\nsteps:\n  report: {kind: report}\n"),
+    /w\.yaml:3: steps\.report\.params: a report step needs params\.inputs or needs/,
+  );
+});

@@ -92,3 +92,43 @@ Deno.test("resume: a lost state file is rebuilt from output metadata without rer
   const s3 = await runLocal(plan, { codeVersion: "other" });
   assert.equal(s3.counts.cached, 3);
 });
+
+Deno.test("resume: SIGINT stops running steps (their whole process group) and starts no new ones", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wf_sigint_" });
+  const file = join(dir, "w.yaml");
+  Deno.writeTextFileSync(
+    file,
+    `name: int\nworkdir: ${dir}/work\nsteps:\n` +
+      `  long: {kind: command, run: 'sleep 60 & echo $! > ${dir}/bgpid; wait'}\n` +
+      `  after: {kind: command, needs: long, run: 'touch ${dir}/after'}\n`,
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, file],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const deadline = Date.now() + 20_000;
+  let bg = "";
+  while (Date.now() < deadline && !bg) {
+    try {
+      bg = Deno.readTextFileSync(join(dir, "bgpid")).trim();
+    } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(bg, "the step started");
+  const t0 = Date.now();
+  child.kill("SIGINT");
+  const out = await child.output();
+  assert.ok(Date.now() - t0 < 10_000, "stopped promptly");
+  assert.equal(out.code, 1);
+  assert.match(new TextDecoder().decode(out.stdout), /FAILED +long: stopped \(workflow aborted\)/);
+  // The background child of the step was in the step's process group and is gone too.
+  await new Promise((r) => setTimeout(r, 200));
+  let state = "gone";
+  try {
+    state = /State:\s+(\S)/.exec(Deno.readTextFileSync(`/proc/${bg}/status`))![1];
+  } catch { /* gone */ }
+  assert.ok(state === "gone" || state === "Z", `background child still running (state ${state})`);
+  assert.throws(() => Deno.statSync(join(dir, "after")));
+  assert.equal(readState(join(dir, "work"), "int").steps.long.status, "failed");
+});
