@@ -14,9 +14,20 @@ export interface GroupNormOptions {
   eps?: number;
 }
 
+// Per-backend cache of the constant gamma = 1 / beta = 0 vectors used when none is given.
+const constants = new WeakMap<object, Map<string, Tensor>>();
+
 function constant(c: number, value: number): Tensor {
-  const t = allocTensor([c], "f32", "groupNorm");
-  execOp("FILL", "groupNorm", [], [t], { value });
+  const be = getBackend();
+  let m = constants.get(be);
+  if (!m) constants.set(be, m = new Map());
+  const key = `${c}:${value}`;
+  let t = m.get(key);
+  if (!t || t.disposed) {
+    t = allocTensor([c], "f32", "groupNorm").keep();
+    execOp("FILL", "groupNorm", [], [t], { value });
+    m.set(key, t);
+  }
   return t;
 }
 
@@ -104,7 +115,5 @@ function groupNormImpl(
   // Internal tensors: released now, or once backward has used them.
   mean.dispose();
   rstd.dispose();
-  if (gammaIn === null) gamma.dispose();
-  if (betaIn === null) beta.dispose();
   return y;
 }
