@@ -244,6 +244,50 @@ Deno.test({
           assert.equal(Deno.readTextFileSync(join(dir, "work", "s4", "v")), "4\n");
         },
       );
+      await t.step("SIGINT of the orchestrator cancels its jobs with scancel", async () => {
+        const wdir = Deno.makeTempDirSync({ prefix: "wf_slurm_int_" });
+        const file = join(wdir, "w.yaml");
+        Deno.writeTextFileSync(
+          file,
+          `name: int\nworkdir: ${wdir}/work\nslurm: {poll_interval: 0.2}\nsteps:\n` +
+            `  long: {kind: command, run: 'sleep 60'}\n  after: {kind: command, needs: long, run: 'true'}\n`,
+        );
+        const cli = new URL("../cli/workflow.ts", import.meta.url).pathname;
+        const child = new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "--quiet", cli, file, "--executor", "slurm"],
+          stdout: "piped",
+          stderr: "null",
+        }).spawn();
+        let jobs: string[] = [];
+        const deadline = Date.now() + 20_000;
+        while (Date.now() < deadline && jobs.length < 2) {
+          try {
+            const st = JSON.parse(
+              Deno.readTextFileSync(join(wdir, "work", ".comodal", "state.json")),
+            );
+            jobs = Object.values(st.steps).map((r) => (r as { jobId: string }).jobId).filter(
+              Boolean,
+            );
+          } catch { /* not yet */ }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.equal(jobs.length, 2, "both steps submitted");
+        child.kill("SIGINT");
+        const out = await child.output();
+        assert.notEqual(out.code, 0);
+        assert.match(
+          new TextDecoder().decode(out.stdout),
+          /workflow aborted \(Slurm job cancelled\)/,
+        );
+        const q = await new Deno.Command("squeue", {
+          args: ["--states=all", "-h", "-o", "%i %T", "-j", jobs.join(",")],
+          stdout: "piped",
+        }).output();
+        const states = new TextDecoder().decode(q.stdout).trim().split("\n").map((l) =>
+          l.split(" ")[1]
+        );
+        assert.deepEqual(states, ["CANCELLED", "CANCELLED"]);
+      });
     } finally {
       await stopSlurm(dir);
       const left = (() => {
