@@ -12,6 +12,7 @@ export {
   NativeError,
 } from "./backend/backend.ts";
 export { OP_DECLS, type OpDecl, type OpName, type ParamField } from "./ops/op_decls.ts";
+export { type OpProfiler, setOpProfiler } from "./ops/exec.ts";
 export { detach, type DType, Tensor } from "./tensor/tensor.ts";
 export {
   full,

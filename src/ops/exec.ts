@@ -14,6 +14,15 @@ const paramBuf = new ArrayBuffer(256);
 const paramView = new DataView(paramBuf);
 const paramBytes = new Uint8Array(paramBuf);
 
+/** Receives one record per native op call while profiling is on. */
+export type OpProfiler = (op: string, fn: string, ms: number) => void;
+let profiler: OpProfiler | null = null;
+
+/** Turns per-op timing on (a callback) or off (null). Timing includes the FFI call only. */
+export function setOpProfiler(p: OpProfiler | null): void {
+  profiler = p;
+}
+
 function describeInputs(names: readonly string[], xs: readonly (Tensor | null)[]): string {
   return xs.map((t, i) => `${names[i] ?? `in${i}`} ${t === null ? "null" : t.describe()}`).join(
     ", ",
@@ -62,6 +71,7 @@ export function execOp(
     outputs[i] = s === null ? 0n : s._ptr(fn);
   }
   const nBytes = packParams(decl, params, paramView);
+  const t0 = profiler !== null ? performance.now() : 0;
   const status = be.sym.cmo_op_execute(
     be.handle,
     decl.id,
@@ -72,6 +82,7 @@ export function execOp(
     paramBytes,
     BigInt(nBytes),
   );
+  if (profiler !== null) profiler(decl.name, fn, performance.now() - t0);
   if (status !== 0) {
     throw new NativeError(
       status,
