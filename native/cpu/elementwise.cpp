@@ -5,6 +5,9 @@
 // broadcast as [1|N, 1|C, 1, 1, 1], e.g. per-channel [1,C,1,1,1] or one element). Everything else
 // runs the plain broadcast path (blocked operands converted), reordered into a blocked output slot
 // when one was given.
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"

@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "internal.hpp"
 
 namespace cmo {
@@ -169,6 +173,74 @@ inline AxisSplit split_axis(const Shape& s, int axis) {
   r.k = s.d[axis];
   for (int i = axis + 1; i < s.ndim; i++) r.inner *= s.d[i];
   return r;
+}
+
+// y[i] = sqrt(x[i]) for n floats (x and y may be the same). std::sqrt in a loop is not vectorised
+// unless the whole build uses -fno-math-errno, so this uses AVX directly where available.
+inline void sqrt_array(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; i++) y[i] = std::sqrt(x[i]);
+}
+
+// exp and log for float that GCC vectorises (Cephes polynomials, max relative error ~1e-7 over the
+// float range). Callers compile with -fno-trapping-math (see the pragma at the top of the op files),
+// otherwise the selects below are not if-converted. exp: 0 below -87.3, inf above 88.7, NaN stays NaN.
+inline float fast_exp(float x) {
+  float xc = x < -87.3f ? -87.3f : x;
+  xc = xc > 88.7f ? 88.7f : xc;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  float v = p * scale;
+  v = x < -87.3f ? 0.0f : v;
+  v = x > 88.7f ? HUGE_VALF : v;
+  return x != x ? x : v;
+}
+
+// Natural log; log(0) = -inf, log(negative) = NaN, log(inf) = inf, denormals included.
+inline float fast_log(float x) {
+  const bool den = x < 1.17549435e-38f;  // scale denormals into the normal range
+  const float xs = den ? x * 8388608.0f : x;
+  int32_t bits;
+  std::memcpy(&bits, &xs, 4);
+  const int32_t e = ((bits >> 23) & 0xff) - (den ? 126 + 23 : 126);
+  const int32_t mb = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  float m;
+  std::memcpy(&m, &mb, 4);
+  const bool small = m < 0.707106781186547524f;
+  float ef = (float)e;
+  ef = small ? ef - 1.0f : ef;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += -2.12194440e-4f * ef;
+  y += -0.5f * z;
+  float r = m + y + 0.693359375f * ef;
+  r = x == 0.0f ? -HUGE_VALF : r;
+  r = x < 0.0f ? NAN : r;
+  r = x == HUGE_VALF ? x : r;
+  return x != x ? x : r;
 }
 
 }  // namespace ku

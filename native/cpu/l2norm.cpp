@@ -4,6 +4,9 @@
 //     ||x|| >= eps: dx = dy / n - x * (x . dy) / n^3      else: dx = dy / eps
 // The tensor is seen as [outer, K, inner]; tasks take a strip of up to 256 inner positions.
 // Norms and dot products accumulate in double. Blocked inputs are converted; outputs are PLAIN.
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"

@@ -4,6 +4,9 @@
 // are [N,...] or [N,1,...]. Work is cut into tasks (n, strip of S) whose partial sums (double) are
 // combined in a fixed order, so losses and statistics are identical for any thread count.
 // Blocked inputs are converted to plain; outputs are PLAIN.
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <atomic>
 #include <cmath>
 
@@ -106,19 +109,23 @@ void ce_forward(const KernelArgs& a) {
         for (int64_t i = 0; i < w; i++) m[i] = xb[k * S + i] > m[i] ? xb[k * S + i] : m[i];
       for (int64_t k = 0; k < K; k++)
         for (int64_t i = 0; i < w; i++) {
-          float e = std::exp(xb[k * S + i] - m[i]);
+          float e = ku::fast_exp(xb[k * S + i] - m[i]);
           pb[k * S + i] = e;
           sum[i] += e;
         }
+      float lse[kStrip];
+      for (int64_t i = 0; i < w; i++) {
+        lse[i] = ku::fast_log(sum[i]);  // log-sum-exp minus the max
+        sum[i] = 1.0f / sum[i];
+      }
       double acc = 0;
       int64_t c = 0;
       for (int64_t i = 0; i < w; i++) {
         const int64_t l = lb[i];
         if (l >= 0 && l < K && l != p.ignore_index) {
-          acc += (double)m[i] + std::log((double)sum[i]) - (double)xb[l * S + i];
+          acc += ((double)m[i] - (double)xb[l * S + i]) + (double)lse[i];
           c++;
         }
-        sum[i] = 1.0f / sum[i];
       }
       for (int64_t k = 0; k < K; k++)
         for (int64_t i = 0; i < w; i++) pb[k * S + i] *= sum[i];

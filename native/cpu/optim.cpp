@@ -5,6 +5,9 @@
 // another layout is converted, updated and written back.
 // Arithmetic follows PyTorch's single-tensor CPU implementations (float32 tensors, scalars computed
 // in double and applied as float).
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"
@@ -80,16 +83,25 @@ void adamw_update(const KernelArgs& a) {
   const float step_size = (float)(p.lr / bc1);
   const float bc2_sqrt = (float)std::sqrt(bc2);
   const float eps = (float)p.eps;
-  ku::parallel_range(a.backend, param->numel(), [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) {
-      const float gi = g[i];
-      const float wi = w[i] * decay;
-      const float mi = m[i] + w1 * (gi - m[i]);
-      const float vi = v[i] * b2 + w2 * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      const float denom = std::sqrt(vi) / bc2_sqrt + eps;
-      w[i] = wi - step_size * (mi / denom);
+  ku::parallel_range(a.backend, param->numel(), [=](int64_t lo, int64_t hi) {
+    const float* __restrict gg = g + lo;
+    float* __restrict ww = w + lo;
+    float* __restrict mm = m + lo;
+    float* __restrict vv2 = v + lo;
+    const int64_t n = hi - lo;
+    float root[1024];
+    for (int64_t t0 = 0; t0 < n; t0 += 1024) {
+      const int64_t tn = std::min<int64_t>(1024, n - t0);
+      for (int64_t i = t0; i < t0 + tn; i++) {
+        const float gi = gg[i];
+        mm[i] = mm[i] + w1 * (gi - mm[i]);
+        vv2[i] = vv2[i] * b2 + w2 * gi * gi;
+      }
+      ku::sqrt_array(vv2 + t0, root, tn);
+      for (int64_t i = 0; i < tn; i++) {
+        const float denom = root[i] / bc2_sqrt + eps;
+        ww[t0 + i] = ww[t0 + i] * decay - step_size * (mm[t0 + i] / denom);
+      }
     }
   });
   vm.commit();

@@ -6,6 +6,9 @@
 // The backward pass gathers: each input voxel sums dy / bin size over the bins that cover it (bins
 // are contiguous per axis and the coverage is separable), so tasks never write the same voxel and
 // the result is deterministic.
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"

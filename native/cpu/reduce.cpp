@@ -11,6 +11,9 @@
 // BLOCKED16 input with all spatial dims reduced (bias-like gradients over {0,2,3,4}, global pooling
 // over {2,3,4}) is reduced in place as the plain view [N][C/16][S][16]; its kept order (n, c) is the
 // plain output order. Other masks on blocked input convert the input first.
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 #include <limits>
 
@@ -155,13 +158,20 @@ void reduce_plain(Backend* be, const float* x, const int64_t* dims, int nd, uint
       acc[l] = 0;
       macc[l] = kNegInf;
     }
+    // Walk the reduced positions as segments along the innermost reduced dim (stride sl).
     const int64_t r0 = c * rc, r1 = std::min(R, r0 + rc);
-    for (int64_t r = r0; r < r1; r++) {
-      const float* px = base + offset_of(r, nr, rs, rst);
-      if (is_max)
-        for (int64_t l = 0; l < w; l++) macc[l] = max_update(macc[l], px[l]);
-      else
-        for (int64_t l = 0; l < w; l++) acc[l] += px[l];
+    const int64_t RL = rs[nr - 1], sl = rst[nr - 1];
+    int64_t r = r0;
+    while (r < r1) {
+      const int64_t row = r / RL, col = r % RL, len = std::min(RL - col, r1 - r);
+      const float* px = base + offset_of(row, nr - 1, rs, rst) + col * sl;
+      for (int64_t j = 0; j < len; j++, px += sl) {
+        if (is_max)
+          for (int64_t l = 0; l < w; l++) macc[l] = max_update(macc[l], px[l]);
+        else
+          for (int64_t l = 0; l < w; l++) acc[l] += px[l];
+      }
+      r += len;
     }
     if (nrc > 1) {
       double* pp = part.data() + (ko * nrc + c) * L + l0;

@@ -4,6 +4,9 @@
 // row; otherwise tasks take a strip of up to 256 inner positions and sweep K three times with
 // vectorisable loops. Blocked inputs are converted to plain; outputs are PLAIN.
 // Backward: dx = y * (dy - sum_k y * dy).
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"
@@ -25,12 +28,13 @@ void softmax_plain(Backend* be, const float* x, float* y, const ku::AxisSplit& s
         float* py = y + o * K;
         float m = px[0];
         for (int64_t k = 1; k < K; k++) m = px[k] > m ? px[k] : m;
-        double sum = 0;
-        for (int64_t k = 0; k < K; k++) {
-          float e = std::exp(px[k] - m);
-          py[k] = e;
-          sum += e;
-        }
+        for (int64_t k = 0; k < K; k++) py[k] = ku::fast_exp(px[k] - m);
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k8 = 0;
+        for (; k8 + 8 <= K; k8 += 8)
+          for (int u = 0; u < 8; u++) acc[u] += py[k8 + u];
+        double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (; k8 < K; k8++) sum += py[k8];
         const float inv = (float)(1.0 / sum);
         for (int64_t k = 0; k < K; k++) py[k] *= inv;
       }
@@ -56,7 +60,7 @@ void softmax_plain(Backend* be, const float* x, float* y, const ku::AxisSplit& s
       const float* r = px + k * inner;
       float* q = py + k * inner;
       for (int64_t i = 0; i < w; i++) {
-        float e = std::exp(r[i] - m[i]);
+        float e = ku::fast_exp(r[i] - m[i]);
         q[i] = e;
         sum[i] += e;
       }

@@ -1,6 +1,9 @@
 // unary.cpp — UNARY_FORWARD / UNARY_BACKWARD (relu, leaky relu, sigmoid, exact GELU, exp, log, tanh,
 // sqrt, abs, neg). Elementwise, so the output keeps the input's layout (or the given slot's layout).
 // The backward pass always takes the forward INPUT x: dx = dy * f'(x).
+// Vectorisation of the math below needs these (no FP exceptions or errno are relied on anywhere).
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <cmath>
 
 #include "kernel_util.hpp"
@@ -17,19 +20,26 @@ const char* kind_name(int64_t k) {
   return (k >= 0 && k <= CMO_UNARY_NEG) ? names[k] : "unknown";
 }
 
-inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoidf(float x) { return 1.0f / (1.0f + ku::fast_exp(-x)); }
 
 template <typename F>
 void map1(Backend* be, int64_t n, const float* x, float* y, F f) {
-  ku::parallel_range(be, n, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) y[i] = f(x[i]);
+  ku::parallel_range(be, n, [=](int64_t lo, int64_t hi) {
+    const F fl = f;  // a local copy, so its captures are not reloaded after every store
+    const float* __restrict xs = x + lo;
+    float* __restrict ys = y + lo;
+    for (int64_t i = 0; i < hi - lo; i++) ys[i] = fl(xs[i]);
   });
 }
 
 template <typename F>
 void map2(Backend* be, int64_t n, const float* x, const float* dy, float* dx, F f) {
-  ku::parallel_range(be, n, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) dx[i] = f(x[i], dy[i]);
+  ku::parallel_range(be, n, [=](int64_t lo, int64_t hi) {
+    const F fl = f;
+    const float* __restrict xs = x + lo;
+    const float* __restrict gs = dy + lo;
+    float* __restrict ds = dx + lo;
+    for (int64_t i = 0; i < hi - lo; i++) ds[i] = fl(xs[i], gs[i]);
   });
 }
 
@@ -57,10 +67,12 @@ void unary_forward(const KernelArgs& a) {
     case CMO_UNARY_GELU:
       map1(be, n, px, py, [](float v) { return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2)); });
       break;
-    case CMO_UNARY_EXP: map1(be, n, px, py, [](float v) { return std::exp(v); }); break;
-    case CMO_UNARY_LOG: map1(be, n, px, py, [](float v) { return std::log(v); }); break;
+    case CMO_UNARY_EXP: map1(be, n, px, py, [](float v) { return ku::fast_exp(v); }); break;
+    case CMO_UNARY_LOG: map1(be, n, px, py, [](float v) { return ku::fast_log(v); }); break;
     case CMO_UNARY_TANH: map1(be, n, px, py, [](float v) { return std::tanh(v); }); break;
-    case CMO_UNARY_SQRT: map1(be, n, px, py, [](float v) { return std::sqrt(v); }); break;
+    case CMO_UNARY_SQRT:
+      ku::parallel_range(be, n, [=](int64_t lo, int64_t hi) { ku::sqrt_array(px + lo, py + lo, hi - lo); });
+      break;
     case CMO_UNARY_ABS: map1(be, n, px, py, [](float v) { return std::fabs(v); }); break;
     case CMO_UNARY_NEG: map1(be, n, px, py, [](float v) { return -v; }); break;
   }
@@ -99,11 +111,11 @@ void unary_backward(const KernelArgs& a) {
     case CMO_UNARY_GELU:
       map2(be, n, px, pdy, pdx, [](float v, float g) {
         float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
-        float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+        float pdf = kInvSqrt2Pi * ku::fast_exp(-0.5f * v * v);
         return g * (cdf + v * pdf);
       });
       break;
-    case CMO_UNARY_EXP: map2(be, n, px, pdy, pdx, [](float v, float g) { return g * std::exp(v); }); break;
+    case CMO_UNARY_EXP: map2(be, n, px, pdy, pdx, [](float v, float g) { return g * ku::fast_exp(v); }); break;
     case CMO_UNARY_LOG: map2(be, n, px, pdy, pdx, [](float v, float g) { return g / v; }); break;
     case CMO_UNARY_TANH:
       map2(be, n, px, pdy, pdx, [](float v, float g) {
@@ -112,7 +124,12 @@ void unary_backward(const KernelArgs& a) {
       });
       break;
     case CMO_UNARY_SQRT:
-      map2(be, n, px, pdy, pdx, [](float v, float g) { return g / (2.0f * std::sqrt(v)); });
+      ku::parallel_range(be, n, [=](int64_t lo, int64_t hi) {
+        float* __restrict d = pdx + lo;
+        const float* __restrict g = pdy + lo;
+        ku::sqrt_array(px + lo, d, hi - lo);
+        for (int64_t i = 0; i < hi - lo; i++) d[i] = g[i] / (2.0f * d[i]);
+      });
       break;
     case CMO_UNARY_ABS:
       map2(be, n, px, pdy, pdx, [](float v, float g) { return v > 0.f ? g : (v < 0.f ? -g : 0.f); });
