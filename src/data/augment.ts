@@ -168,6 +168,7 @@ export function augmentIntensity(data: Float32Array, rng: Rng, options: AugmentO
   }
   if (rng.chance(o.noiseProb)) {
     const sd = rng.uniform(0, o.noiseStd);
-    for (let i = 0; i < n; i++) data[i] += sd * rng.normal();
+    const noise = rng.fillNormal(new Float32Array(n), sd);
+    for (let i = 0; i < n; i++) data[i] += noise[i];
   }
 }

@@ -36,19 +36,14 @@ function hashSeed(parts: readonly (number | string)[]): number {
 }
 
 export class Rng {
-  private s0: number;
-  private s1: number;
-  private s2: number;
-  private s3: number;
+  // Kept in a typed array: plain fields would box values above 2^30 on every step.
+  private readonly s = new Uint32Array(4);
 
   /** A generator seeded from one or more numbers/strings (e.g. `new Rng(seed, "batch", 17)`). */
   constructor(...seed: (number | string)[]) {
     const sm = splitmix32(hashSeed(seed.length ? seed : [0]));
-    this.s0 = sm();
-    this.s1 = sm();
-    this.s2 = sm();
-    this.s3 = sm();
-    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+    for (let i = 0; i < 4; i++) this.s[i] = sm();
+    if ((this.s[0] | this.s[1] | this.s[2] | this.s[3]) === 0) this.s[0] = 1;
   }
 
   /** Restores a generator from `state()`. */
@@ -57,30 +52,31 @@ export class Rng {
       throw new Error(`Cannot restore Rng: state must be four integers, got ${JSON.stringify(state)}`);
     }
     const r = new Rng(0);
-    [r.s0, r.s1, r.s2, r.s3] = state.map((v) => v >>> 0) as RngState;
-    if ((r.s0 | r.s1 | r.s2 | r.s3) === 0) throw new Error("Cannot restore Rng: state is all zero");
+    for (let i = 0; i < 4; i++) r.s[i] = state[i] >>> 0;
+    if ((r.s[0] | r.s[1] | r.s[2] | r.s[3]) === 0) throw new Error("Cannot restore Rng: state is all zero");
     return r;
   }
 
   /** The current state (a copy); `Rng.fromState(r.state())` continues the same sequence. */
   state(): RngState {
-    return [this.s0, this.s1, this.s2, this.s3];
+    return [this.s[0], this.s[1], this.s[2], this.s[3]];
   }
 
   /** Next raw 32-bit unsigned integer. */
   nextU32(): number {
-    const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
-    const t = (this.s1 << 9) >>> 0;
-    this.s2 ^= this.s0;
-    this.s3 ^= this.s1;
-    this.s1 ^= this.s2;
-    this.s0 ^= this.s3;
-    this.s2 ^= t;
-    this.s3 = rotl(this.s3, 11);
-    this.s0 >>>= 0;
-    this.s1 >>>= 0;
-    this.s2 >>>= 0;
-    return result;
+    const s = this.s;
+    const s1 = s[1] | 0;
+    const m = Math.imul(s1, 5);
+    const result = Math.imul((m << 7) | (m >>> 25), 9);
+    const t = s1 << 9;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    const s3 = s[3] | 0;
+    s[3] = (s3 << 11) | (s3 >>> 21);
+    return result >>> 0;
   }
 
   /** Uniform float in [0, 1). */
@@ -111,6 +107,19 @@ export class Rng {
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
 
+  /** Fills `out` with normal values of standard deviation `std` (both Box-Muller values used). */
+  fillNormal(out: Float32Array, std = 1): Float32Array {
+    const n = out.length;
+    for (let i = 0; i < n; i += 2) {
+      const u = (this.nextU32() + 1) / 4294967297;
+      const v = this.nextU32() / 4294967296;
+      const r = std * Math.sqrt(-2 * Math.log(u));
+      out[i] = r * Math.cos(2 * Math.PI * v);
+      if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * v);
+    }
+    return out;
+  }
+
   /** A random element of a non-empty array. */
   pick<T>(items: readonly T[]): T {
     if (items.length === 0) throw new Error("Rng.pick: empty array");
@@ -130,10 +139,7 @@ export class Rng {
 
   /** An independent generator derived from this one's current state and a label (does not advance this). */
   derive(...label: (number | string)[]): Rng {
-    return new Rng(this.s0, this.s1, this.s2, this.s3, ...label);
+    return new Rng(this.s[0], this.s[1], this.s[2], this.s[3], ...label);
   }
 }
 
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
-}
