@@ -33,6 +33,13 @@ function collectNodes(root: Node): Node[] {
     for (let i = 0; i < n.inputs.length; i++) {
       const t = n.inputs[i];
       if (!n.needs[i] || t === null) continue;
+      if (t._graphFreedBy !== null) {
+        throw new Error(
+          `backward: input ${i} of ${n.name} (${t.describe()}) comes from ${t._graphFreedBy}, whose graph an ` +
+            `earlier backward already freed; add the losses and call backward once, or pass ` +
+            `{ retainGraph: true } to the first backward`,
+        );
+      }
       const p = t._node;
       if (p !== null && !p.freed && !seen.has(p)) {
         seen.add(p);
@@ -53,6 +60,11 @@ export interface BackwardOptions {
    * that has read its numbers already); reading one afterwards throws "... was disposed".
    */
   releaseActivations?: boolean;
+  /**
+   * Keep the graph after this pass so a second backward can run through it (PyTorch's
+   * retain_graph). The graph is then freed when its outputs are disposed.
+   */
+  retainGraph?: boolean;
 }
 
 /**
@@ -82,17 +94,26 @@ export function backward(loss: Tensor, grad?: Tensor, opts: BackwardOptions = {}
       );
     }
   }
-  const prev = setGradEnabled(false);
+  const retain = opts.retainGraph ?? false;
+  if (retain && opts.releaseActivations) {
+    throw new Error("backward: retainGraph and releaseActivations exclude each other");
+  }
   const nodes = loss._node !== null ? collectNodes(loss._node) : [];
+  const prev = setGradEnabled(false);
   for (const n of nodes) n.pinned = true;
   try {
     withRelaxedUse(() =>
-      tidy(() => runBackward(loss, grad, nodes, opts.releaseActivations ?? false))
+      tidy(() => runBackward(loss, grad, nodes, opts.releaseActivations ?? false, retain))
     );
   } finally {
     setGradEnabled(prev);
     for (const n of nodes) n.pinned = false;
-    for (const n of nodes) freeNode(n);
+    if (retain) {
+      // Nodes whose outputs all died while pinned are freed now.
+      for (const n of nodes) if (n.liveOutputs <= 0) freeNode(n);
+    } else {
+      for (const n of nodes) freeNode(n, "backward");
+    }
   }
 }
 
@@ -101,6 +122,7 @@ function runBackward(
   userGrad: Tensor | undefined,
   nodes: Node[],
   release: boolean,
+  retain: boolean,
 ): void {
   const seed = userGrad ?? ones(loss.shape);
   const grads = new Map<Tensor, Tensor>();
@@ -168,7 +190,10 @@ function runBackward(
       slot(i: number): Tensor | null {
         const t = inputs[i];
         if (t === null || !node.needs[i]) return null;
-        if (t._node === null) return t.grad !== null && !t.grad.disposed ? t.grad : null;
+        if (t._node === null) {
+          const g = t.grad;
+          return g !== null && !g.disposed && (holds.get(g) ?? 0) === 0 ? g : null;
+        }
         const e = grads.get(t);
         return e !== undefined && holds.get(e) === 1 && !leafGrads.has(e) && e !== seed ? e : null;
       },
@@ -203,10 +228,11 @@ function runBackward(
       }
     }
     for (const g of res) if (g !== null) dropIfFree(g);
+    if (retain) continue;
     node.pinned = false;
     // Intermediates saved by this node: once no other node needs them they may go.
     const toRelease = release ? node.saved.filter((t) => t._node !== null && t !== loss) : [];
-    freeNode(node);
+    freeNode(node, "backward");
     for (const t of toRelease) if (t._dataRefs === 0 && !t.kept) t.dispose();
   }
 }

@@ -237,3 +237,23 @@ Deno.test("backward with releaseActivations frees saved intermediates as it goes
   ok(rel.peak <= keep.peak, `peak bytes: ${rel.peak} with release, ${keep.peak} without`);
   for (const t of [w1, w2, x]) t.dispose();
 });
+
+Deno.test("a second backward through a freed graph throws; retainGraph allows it", () => {
+  const w = parameter(new Float32Array([1, 2]), [2]);
+  const base = live();
+  tidy(() => {
+    const f = relu(mul(w, w));
+    const l1 = sum(f, "all"), l2 = mean(f, "all");
+    backward(l1);
+    throws(() => backward(l2), /comes from relu, whose graph an earlier backward already freed/);
+    zeroGrad([w]);
+    const g = relu(mul(w, w));
+    const m1 = sum(g, "all"), m2 = mean(g, "all");
+    backward(m1, undefined, { retainGraph: true });
+    backward(m2);
+    // d/dw (sum + mean)(w^2) = 2w + w = 3w
+    assertClose(w.grad!.toArray(), [3, 6]);
+  });
+  equal(live(), base + 1); // the retained graph went with its outputs; w.grad stays
+  w.dispose();
+});

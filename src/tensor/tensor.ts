@@ -114,8 +114,11 @@ const nodeRegistry = new FinalizationRegistry<Tensor[]>((saved) => {
   }
 });
 
-/** Frees graph nodes (iteratively, so long chains do not overflow the stack). */
-export function freeNode(start: Node): void {
+/**
+ * Frees graph nodes (iteratively, so long chains do not overflow the stack). `by` = "backward"
+ * marks the outputs so a later backward through them fails with a clear message.
+ */
+export function freeNode(start: Node, by: "backward" | null = null): void {
   const work: Node[] = [start];
   while (work.length > 0) {
     const n = work.pop()!;
@@ -125,6 +128,7 @@ export function freeNode(start: Node): void {
     for (const o of n.outputs) {
       if (o._node === n) {
         o._node = null;
+        if (by !== null && n === start) o._graphFreedBy = n.name;
         o.requiresGrad = false;
       }
     }
@@ -171,6 +175,8 @@ export class Tensor implements Trackable {
   /** @internal live graph nodes that take this tensor as an input needing a gradient */ _graphRefs =
     0;
   /** @internal */ _scope: Trackable[] | null = null;
+  /** @internal name of the op whose graph node a backward freed (null: none) */
+  _graphFreedBy: string | null = null;
 
   /** @internal use the factories (tensor, zeros, ...) or ops */
   constructor(storage: Storage, shape: readonly number[], dtype: DType, init: TensorInit = {}) {
