@@ -102,6 +102,10 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   let [y0, y1] = opts.yRange ?? [Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
   if (y0 === y1) [y0, y1] = [y0 - (Math.abs(y0) || 1) * 0.1, y1 + (Math.abs(y1) || 1) * 0.1];
+  if (!opts.yRange) {
+    const pad = (y1 - y0) * 0.05; // keep points off the frame
+    [y0, y1] = [y0 - pad, y1 + pad];
+  }
   const xt = niceTicks(x0, x1, 6);
   const yt = niceTicks(y0, y1, 5);
   if (!opts.yRange) {
