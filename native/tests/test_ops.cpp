@@ -893,6 +893,66 @@ void test_optim() {
   }
 }
 
+// ------------------------------------------------------------------ precision at volume sizes
+// CE loss, Dice statistics and a spatial sum over a [1,4,64,64,64] volume against double references
+// (the project needs 1e-5 relative agreement with PyTorch at 96^3), and bit-identical results for 1
+// and 2 threads.
+void test_volume_precision() {
+  g_test = "volume precision";
+  const int64_t K = 4, S = 64 * 64 * 64;
+  V xv((size_t)(K * S));
+  for (auto& v : xv) v = frand() * 4.0f;
+  VI lv((size_t)S);
+  for (int64_t i = 0; i < S; i++) lv[(size_t)i] = (int32_t)((i * 2654435761u >> 7) % 4);
+  Buf x = F({1, K, 64, 64, 64}, xv), l = I({1, 64, 64, 64}, lv);
+  std::vector<float> loss_bits, stat_bits, sum_bits;
+  for (int threads : {1, 2}) {
+    cmo_backend_set_threads(g_be, threads);
+    Buf loss, probs, st, sm;
+    if (!ok(CMO_OP_SOFTMAX_CROSS_ENTROPY_FORWARD, {&x, &l}, {&loss, &probs}, cmo_cross_entropy_params{-100})) return;
+    if (!ok(CMO_OP_DICE_STATS_FORWARD, {&probs, &l}, {&st}, cmo_dice_params{0})) return;
+    if (!ok(CMO_OP_REDUCE, {&probs}, {&sm}, cmo_reduce_params{CMO_REDUCE_SUM, 0x1d})) return;
+    V lossv = readf(loss), stv = readf(st), smv = readf(sm);
+    if (threads == 1) {
+      V pv = readf(probs);
+      double tot = 0;
+      std::vector<double> acc((size_t)(3 * K), 0.0);
+      for (int64_t s = 0; s < S; s++) {
+        double m = -1e30, z = 0;
+        for (int64_t k = 0; k < K; k++) m = std::max(m, (double)xv[(size_t)(k * S + s)]);
+        for (int64_t k = 0; k < K; k++) z += std::exp((double)xv[(size_t)(k * S + s)] - m);
+        tot += m + std::log(z) - xv[(size_t)(lv[(size_t)s] * S + s)];
+        for (int64_t k = 0; k < K; k++) {
+          double p = std::exp((double)xv[(size_t)(k * S + s)] - m) / z;
+          acc[(size_t)k] += lv[(size_t)s] == k ? p : 0.0;
+          acc[(size_t)(K + k)] += p;
+          acc[(size_t)(2 * K + k)] += lv[(size_t)s] == k;
+        }
+      }
+      close(lossv, {(float)(tot / S)}, 0, 1e-6, "CE loss over 64^3 within 1e-6 relative");
+      V ref(acc.begin(), acc.end());
+      close(stv, ref, 0, 2e-6, "dice stats over 64^3 within 2e-6 relative");
+      V sref(ref.begin() + K, ref.begin() + 2 * K);
+      close(smv, sref, 0, 2e-6, "sum over {0,2,3,4} of probs within 2e-6 relative");
+      (void)pv;
+      loss_bits = lossv;
+      stat_bits = stv;
+      sum_bits = smv;
+    } else {
+      CHECK(lossv == loss_bits, "CE loss bit-identical for 1 and 2 threads");
+      CHECK(stv == stat_bits, "dice stats bit-identical for 1 and 2 threads");
+      CHECK(smv == sum_bits, "sum bit-identical for 1 and 2 threads");
+    }
+  }
+  // Matmul with a long reduction (K-split): identical for 1 and 2 threads.
+  Buf a = F({4, 100000}, rnd(400000)), b = F({8, 100000}, rnd(800000)), y1, y2;
+  cmo_backend_set_threads(g_be, 1);
+  ok(CMO_OP_MATMUL, {&a, &b}, {&y1}, cmo_matmul_params{0, 1});
+  cmo_backend_set_threads(g_be, 2);
+  ok(CMO_OP_MATMUL, {&a, &b}, {&y2}, cmo_matmul_params{0, 1});
+  CHECK(readf(y1) == readf(y2), "K-split matmul bit-identical for 1 and 2 threads");
+}
+
 void test_supported() {
   g_test = "supports_op";
   for (int op : {CMO_OP_UNARY_FORWARD, CMO_OP_UNARY_BACKWARD, CMO_OP_BINARY, CMO_OP_AFFINE_SCALAR, CMO_OP_CONCAT,
@@ -923,6 +983,7 @@ int main() {
   test_pool();
   test_losses();
   test_optim();
+  test_volume_precision();
   cmo_memory_stats ms{};
   cmo_backend_memory_stats(g_be, &ms);
   g_test = "memory";
