@@ -1,6 +1,24 @@
 /**
  * The public surface of the TypeScript engine: backend, tensors, scopes, autograd and ops.
  * Everything outside src/backend, src/tensor and src/ops imports from here.
+ *
+ * ```ts
+ * import { backward, conv3d, instanceNorm, leakyRelu, mean, parameter, tensor, tidy } from "./engine.ts";
+ *
+ * const w = parameter(new Float32Array(16 * 1 * 27).fill(0.01), [16, 1, 3, 3, 3]); // kept, requiresGrad
+ * const loss = tidy(() => {
+ *   const x = tensor(new Float32Array(2 * 32 ** 3), [2, 1, 32, 32, 32]);
+ *   const h = leakyRelu(instanceNorm(conv3d(x, w, null, { padding: 1 }), null, null));
+ *   const l = mean(h, "all");
+ *   backward(l); // w.grad += dL/dw
+ *   return l.item(); // every tensor made inside is released here
+ * });
+ * ```
+ *
+ * Lifetime rules: tensors made inside tidy() are disposed when it returns, except returned and
+ * kept ones; a disposed tensor that a recorded graph still needs keeps its buffer until backward
+ * has used it (or the graph's outputs are disposed). Parameter gradients are kept tensors that
+ * accumulate across backward calls until zeroGrad.
  * @module
  */
 export {

@@ -78,6 +78,11 @@ export class Backend {
     return this.#supported[opDecl(name).id] === 1;
   }
 
+  /** @internal marks an op as unsupported (tests of the capability check) */
+  _setSupported(name: OpName, on: boolean): void {
+    this.#supported[opDecl(name).id] = on ? 1 : 0;
+  }
+
   /** @internal fast path by id */
   supportsOpId(id: number): boolean {
     return this.#supported[id] === 1;

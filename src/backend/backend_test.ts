@@ -110,3 +110,21 @@ Deno.test("packParams writes 8-byte little-endian fields in header order and rej
   throws(() => packParams(d, { stride: [1, 1, 1, 1] }, view), /takes at most 3 values/);
   throws(() => packParams(g, { groups: 1.5 }, view), /must be an integer/);
 });
+
+Deno.test("an op the backend does not support fails before the native call, naming op and shapes", () => {
+  const be = getBackend();
+  be._setSupported("UNARY_FORWARD", false);
+  try {
+    equal(be.supportsOp("UNARY_FORWARD"), false);
+    tidy(() => {
+      throws(() => relu(tensor([1, 2], [1, 2])), {
+        message:
+          `relu: op UNARY_FORWARD is not supported by the cpu backend (${be.version}); called with ` +
+          `x [1,2] f32; check backend.supportsOp("UNARY_FORWARD") first`,
+      });
+    });
+  } finally {
+    be._setSupported("UNARY_FORWARD", true);
+  }
+  tidy(() => equal(relu(tensor([-1], [1])).item(), 0));
+});

@@ -45,7 +45,8 @@ export function execOp(
   const be: Backend = getBackend();
   if (!be.supportsOpId(decl.id)) {
     throw new Error(
-      `${fn}: op ${decl.name} is not supported by the ${be.device} backend (${be.version})`,
+      `${fn}: op ${decl.name} is not supported by the ${be.device} backend (${be.version}); ` +
+        `called with ${describeInputs(names, ins)}; check backend.supportsOp("${decl.name}") first`,
     );
   }
   if (ins.length > inputs.length) inputs = new BigUint64Array(ins.length * 2);
