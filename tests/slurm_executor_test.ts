@@ -240,7 +240,14 @@ Deno.test({
           const trace = Deno.readTextFileSync(join(dir, "trace")).trim().split("\n");
           assert.deepEqual(trace, ["s0", "s1", "s2", "s3", "s4"], "every step ran exactly once");
           assert.equal(await jobCount(), jobsBefore, "the rerun submitted no new job");
-          assert.match(new TextDecoder().decode(rerun.stdout), /chain: 4 done, 1 cached/);
+          // Steps finished while no orchestrator watched are adopted (cached); none is redone.
+          const m = /chain: (\d+) done, (\d+) cached, 0 failed/.exec(
+            new TextDecoder().decode(rerun.stdout),
+          );
+          assert.ok(
+            m && Number(m[1]) + Number(m[2]) === 5 && Number(m[2]) >= done,
+            rerun.stdout.length ? new TextDecoder().decode(rerun.stdout) : "",
+          );
           assert.equal(Deno.readTextFileSync(join(dir, "work", "s4", "v")), "4\n");
         },
       );
@@ -279,13 +286,19 @@ Deno.test({
           new TextDecoder().decode(out.stdout),
           /workflow aborted \(Slurm job cancelled\)/,
         );
-        const q = await new Deno.Command("squeue", {
-          args: ["--states=all", "-h", "-o", "%i %T", "-j", jobs.join(",")],
-          stdout: "piped",
-        }).output();
-        const states = new TextDecoder().decode(q.stdout).trim().split("\n").map((l) =>
-          l.split(" ")[1]
-        );
+        // A cancelled running job passes through COMPLETING while its processes are stopped.
+        let states: string[] = [];
+        for (let i = 0; i < 100; i++) {
+          const q = await new Deno.Command("squeue", {
+            args: ["--states=all", "-h", "-o", "%i %T", "-j", jobs.join(",")],
+            stdout: "piped",
+          }).output();
+          states = new TextDecoder().decode(q.stdout).trim().split("\n").map((l) =>
+            l.split(" ")[1]
+          );
+          if (!states.includes("COMPLETING")) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
         assert.deepEqual(states, ["CANCELLED", "CANCELLED"]);
       });
     } finally {
