@@ -283,6 +283,9 @@ function validateKinds(spec: WorkflowSpec, prov: Provenance, file: string): void
   for (const [name, step] of Object.entries(spec.steps)) {
     const at = (key: string[], msg: string) =>
       problems.push(describeAt(prov, file, ["steps", name, ...key], msg));
+    if (name === "logs") {
+      at([], "the step name 'logs' is reserved (step logs live in <workdir>/logs)");
+    }
     if (step.kind === "command" && step.run === undefined) {
       at(["run"], "a command step needs 'run'");
     }

@@ -107,3 +107,11 @@ Deno.test("schema: durations and memory sizes", () => {
   assert.equal(parseMemoryMiB("512M"), 512);
   assert.throws(() => parseDuration("soon"), /Cannot parse duration 'soon'/);
 });
+
+Deno.test("schema: the step name 'logs' is reserved", () => {
+  const dir = tmpFiles({ "w.yaml": "name: w\nsteps:\n  logs: {kind: command, run: 'true'}\n" });
+  assert.match(
+    errorOf(() => loadWorkflow(join(dir, "w.yaml"))),
+    /w\.yaml:3: steps\.logs: the step name 'logs' is reserved/,
+  );
+});
