@@ -69,7 +69,7 @@ void plain_broadcast(Backend* be, const T* a, const Shape& as, const T* b, const
   // Rows are grouped so each task does a reasonable amount of work.
   int64_t per = std::max<int64_t>(1, ku::kChunk / std::max<int64_t>(inner, 1));
   int64_t ntask = (rows + per - 1) / per;
-  parallel_for(be, ntask, [&](int64_t t) {
+  ku::parallel_tasks(be, ntask, rows * inner, [&](int64_t t) {
     int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
     for (int64_t r = r0; r < r1; r++) {
       int64_t oa = 0, ob = 0, rem = r;
@@ -103,7 +103,7 @@ template <typename Op>
 void blocked_with_small(Backend* be, const float* full, const float* small, int64_t sn, int64_t sc,
                         bool full_first, float* y, const Shape& ys) {
   const int64_t N = ys.d[0], CB = ys.d[1] / 16, S = ys.d[2] * ys.d[3] * ys.d[4];
-  parallel_for(be, N * CB, [&](int64_t t) {
+  ku::parallel_tasks(be, N * CB, N * CB * S * 16, [&](int64_t t) {
     const int64_t n = t / CB, cb = t % CB;
     float v[16];
     for (int l = 0; l < 16; l++) v[l] = small[n * sn + (cb * 16 + l) * sc];

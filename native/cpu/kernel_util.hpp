@@ -121,11 +121,24 @@ inline bool broadcastable_to(const Shape& in, const Shape& out) {
 constexpr int64_t kChunk = 1 << 15;
 inline int64_t n_chunks(int64_t n, int64_t chunk = kChunk) { return (n + chunk - 1) / chunk; }
 
+// Runs f(i) for i in [0, n): in parallel when the whole job touches at least kSerialWork elements,
+// otherwise on the calling thread (a parallel region costs more than small jobs, and much more on
+// a busy machine). Task boundaries never depend on this choice, so results do not either.
+constexpr int64_t kSerialWork = int64_t(1) << 16;
+template <typename F>
+void parallel_tasks(Backend* be, int64_t n, int64_t work, F&& f) {
+  if (work < kSerialWork || n <= 1) {
+    for (int64_t i = 0; i < n; i++) f(i);
+    return;
+  }
+  parallel_for(be, n, f);
+}
+
 // Runs fn(lo, hi) over [0, n) in fixed chunks, in parallel.
 template <typename F>
 void parallel_range(Backend* be, int64_t n, F&& fn, int64_t chunk = kChunk) {
   int64_t nc = n_chunks(n, chunk);
-  parallel_for(be, nc, [&](int64_t c) {
+  parallel_tasks(be, nc, n, [&](int64_t c) {
     int64_t lo = c * chunk, hi = std::min(n, lo + chunk);
     fn(lo, hi);
   });

@@ -19,7 +19,7 @@ constexpr int64_t kStrip = 256;
 template <typename F>
 void for_strips(Backend* be, const ku::AxisSplit& s, F&& f) {
   const int64_t ns = (s.inner + kStrip - 1) / kStrip;
-  parallel_for(be, s.outer * ns, [&](int64_t t) {
+  ku::parallel_tasks(be, s.outer * ns, s.outer * s.k * s.inner, [&](int64_t t) {
     const int64_t o = t / ns, i0 = (t % ns) * kStrip, w = std::min(s.inner, i0 + kStrip) - i0;
     f(o * s.k * s.inner + i0, w);
   });

@@ -57,7 +57,7 @@ void check_label_shape(const Buffer* lab, const Buffer* x, const char* xname) {
 void check_label_values(Backend* be, const int32_t* lab, int64_t n, int64_t K, int64_t ignore, bool has_ignore) {
   const int64_t nc = ku::n_chunks(n);
   std::vector<int64_t> first((size_t)nc, -1);
-  parallel_for(be, nc, [&](int64_t c) {
+  ku::parallel_tasks(be, nc, n, [&](int64_t c) {
     const int64_t lo = c * ku::kChunk, hi = std::min(n, lo + ku::kChunk);
     for (int64_t i = lo; i < hi; i++) {
       const int64_t v = lab[i];
@@ -95,7 +95,7 @@ void ce_forward(const KernelArgs& a) {
   std::vector<int64_t> cnt((size_t)(s.N * ns));
   ku::write_plain_into(a.backend, probs, [&](Buffer* out) {
     float* pp = out->f32();
-    parallel_for(a.backend, s.N * ns, [&](int64_t t) {
+    ku::parallel_tasks(a.backend, s.N * ns, s.N * K * S, [&](int64_t t) {
       const int64_t n = t / ns, i0 = (t % ns) * kStrip, w = std::min(S, i0 + kStrip) - i0;
       const float* xb = px + n * K * S + i0;
       float* pb = pp + n * K * S + i0;
@@ -161,7 +161,7 @@ void ce_backward(const KernelArgs& a) {
   // Count of non-ignored positions (integer, exact).
   const int64_t nc = ku::n_chunks(n);
   std::vector<int64_t> cnt((size_t)nc);
-  parallel_for(a.backend, nc, [&](int64_t c) {
+  ku::parallel_tasks(a.backend, nc, n, [&](int64_t c) {
     const int64_t lo = c * ku::kChunk, hi = std::min(n, lo + ku::kChunk);
     int64_t k = 0;
     for (int64_t i = lo; i < hi; i++) k += pl[i] != p.ignore_index;
@@ -173,7 +173,7 @@ void ce_backward(const KernelArgs& a) {
   const int64_t ns = (S + kStrip - 1) / kStrip;
   ku::write_plain_into(a.backend, dx, [&](Buffer* out) {
     float* pd = out->f32();
-    parallel_for(a.backend, s.N * ns, [&](int64_t t) {
+    ku::parallel_tasks(a.backend, s.N * ns, s.N * K * S, [&](int64_t t) {
       const int64_t nn = t / ns, i0 = (t % ns) * kStrip, w = std::min(S, i0 + kStrip) - i0;
       const float* pb = pp + nn * K * S + i0;
       float* db = pd + nn * K * S + i0;
@@ -225,7 +225,7 @@ void dice_forward(const KernelArgs& a) {
   const float* pp = ku::plain(probs, tp)->f32();
   const int64_t K = s.K, S = s.S, nc = ku::n_chunks(S, kDiceChunk);
   std::vector<double> part((size_t)(s.N * K * nc * 3));
-  parallel_for(a.backend, s.N * K * nc, [&](int64_t t) {
+  ku::parallel_tasks(a.backend, s.N * K * nc, s.N * K * S, [&](int64_t t) {
     const int64_t c = t % nc, k = (t / nc) % K, n = t / (nc * K);
     const int64_t lo = c * kDiceChunk, hi = std::min(S, lo + kDiceChunk);
     const float* pb = pp + (n * K + k) * S;
@@ -284,7 +284,7 @@ void dice_backward(const KernelArgs& a) {
   const int64_t K = s.K, S = s.S, nc = ku::n_chunks(S);
   ku::write_plain_into(a.backend, dp, [&](Buffer* out) {
     float* po = out->f32();
-    parallel_for(a.backend, s.N * K * nc, [&](int64_t t) {
+    ku::parallel_tasks(a.backend, s.N * K * nc, s.N * K * S, [&](int64_t t) {
       const int64_t c = t % nc, k = (t / nc) % K, n = t / (nc * K);
       const int64_t lo = c * ku::kChunk, hi = std::min(S, lo + ku::kChunk);
       const float g0 = ds[k], g1 = ds[K + k];

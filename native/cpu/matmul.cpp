@@ -81,7 +81,7 @@ void matmul(const KernelArgs& args) {
         if (st != dnnl_success) bad.store((int)st);
       });
       check(bad.load(), M, N, kl_max(K, kChunkK));
-      parallel_for(be, B, [&](int64_t bi) {
+      ku::parallel_tasks(be, B, B * M * N * nk, [&](int64_t bi) {
         for (int64_t i = 0; i < M * N; i++) {
           double s = 0;
           for (int64_t c = 0; c < nk; c++) s += part[(size_t)((bi * nk + c) * M * N + i)];
@@ -92,7 +92,7 @@ void matmul(const KernelArgs& args) {
     }
     const int64_t flops = M * N * K;
     if (B > 1 && (flops < (int64_t(1) << 21) || B >= 4 * threads(be))) {
-      parallel_for(be, B, [&](int64_t bi) {
+      ku::parallel_tasks(be, B, B * flops / 16, [&](int64_t bi) {
         dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, pa + bi * sa, ta ? M : K,
                                       pb + bi * sb, tb ? K : N, 0.0f, py + bi * M * N, N);
         if (st != dnnl_success) bad.store((int)st);

@@ -22,7 +22,7 @@ inline int64_t bin_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * i
 template <int LANES>
 void pool_forward(Backend* be, const float* x, float* y, int64_t P, const int64_t* in, const int64_t* out) {
   const int64_t D = in[0], H = in[1], W = in[2], oD = out[0], oH = out[1], oW = out[2];
-  parallel_for(be, P * oD, [&](int64_t t) {
+  ku::parallel_tasks(be, P * oD, P * D * H * W * LANES, [&](int64_t t) {
     const int64_t p = t / oD, od = t % oD;
     const float* xp = x + p * D * H * W * LANES;
     float* yp = y + (p * oD + od) * oH * oW * LANES;
@@ -81,7 +81,7 @@ void pool_backward(Backend* be, const float* dy, float* dx, int64_t P, const int
   for (int64_t o = 0; o < oD; o++) dsz[(size_t)o] = (double)(bin_end(o, D, oD) - bin_start(o, D, oD));
   for (int64_t o = 0; o < oH; o++) hsz[(size_t)o] = (double)(bin_end(o, H, oH) - bin_start(o, H, oH));
   for (int64_t o = 0; o < oW; o++) wsz[(size_t)o] = (double)(bin_end(o, W, oW) - bin_start(o, W, oW));
-  parallel_for(be, P * D, [&](int64_t t) {
+  ku::parallel_tasks(be, P * D, P * D * H * W * LANES, [&](int64_t t) {
     const int64_t p = t / D, d = t % D;
     const float* gp = dy + p * oD * oH * oW * LANES;
     float* xp = dx + (p * D + d) * H * W * LANES;

@@ -108,7 +108,7 @@ void reduce_plain(Backend* be, const float* x, const int64_t* dims, int nd, uint
     const int64_t cs = O >= 64 ? R : ku::kChunk;
     const int64_t nc = (R + cs - 1) / cs;
     std::vector<double> part(nc > 1 ? (size_t)(O * nc) : 0);
-    parallel_for(be, O * nc, [&](int64_t t) {
+    ku::parallel_tasks(be, O * nc, O * R, [&](int64_t t) {
       const int64_t o = t / nc, c = t % nc;
       const float* base = x + offset_of(o, nk, ks, kst);
       const int64_t r0 = c * cs, r1 = std::min(R, r0 + cs);
@@ -126,7 +126,7 @@ void reduce_plain(Backend* be, const float* x, const int64_t* dims, int nd, uint
       else y[o] = is_max ? m : (float)(s * scale);
     });
     if (nc > 1) {
-      parallel_for(be, O, [&](int64_t o) {
+      ku::parallel_tasks(be, O, O * nc, [&](int64_t o) {
         if (is_max) {
           float m = kNegInf;
           for (int64_t c = 0; c < nc; c++) m = max_update(m, (float)part[(size_t)(o * nc + c)]);
@@ -148,7 +148,7 @@ void reduce_plain(Backend* be, const float* x, const int64_t* dims, int nd, uint
   const int64_t rc = KO * nl >= 64 ? R : std::max<int64_t>(1, ku::kChunk / W);
   const int64_t nrc = (R + rc - 1) / rc;
   std::vector<double> part(nrc > 1 ? (size_t)(KO * nrc * L) : 0);
-  parallel_for(be, KO * nl * nrc, [&](int64_t t) {
+  ku::parallel_tasks(be, KO * nl * nrc, O * R, [&](int64_t t) {
     const int64_t c = t % nrc, li = (t / nrc) % nl, ko = t / (nrc * nl);
     const int64_t l0 = li * W, l1 = std::min(L, l0 + W), w = l1 - l0;
     const float* base = x + offset_of(ko, nk - 1, ks, kst) + l0;
@@ -182,7 +182,7 @@ void reduce_plain(Backend* be, const float* x, const int64_t* dims, int nd, uint
     }
   });
   if (nrc > 1) {
-    parallel_for(be, KO, [&](int64_t ko) {
+    ku::parallel_tasks(be, KO, O * nrc, [&](int64_t ko) {
       for (int64_t l = 0; l < L; l++) {
         if (is_max) {
           float m = kNegInf;

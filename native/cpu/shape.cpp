@@ -24,7 +24,7 @@ void copy_rows(Backend* be, int64_t rows, const char* src, int64_t src_stride, i
     }, int64_t(1) << 18);
     return;
   }
-  parallel_for(be, ntask, [&](int64_t t) {
+  ku::parallel_tasks(be, ntask, rows * len / 4, [&](int64_t t) {
     int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
     for (int64_t r = r0; r < r1; r++)
       std::memcpy(dst + r * dst_stride + dst_off, src + r * src_stride + src_off, (size_t)len);
@@ -140,7 +140,7 @@ void expand_plain(Backend* be, const T* x, const Shape& xs, T* y, const Shape& y
   int64_t rows = 1;
   for (int i = 0; i < nd - 1; i++) rows *= dims[i];
   int64_t per = std::max<int64_t>(1, ku::kChunk / inner);
-  parallel_for(be, (rows + per - 1) / per, [&](int64_t t) {
+  ku::parallel_tasks(be, (rows + per - 1) / per, rows * inner, [&](int64_t t) {
     int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
     for (int64_t r = r0; r < r1; r++) {
       int64_t off = 0, rem = r;
@@ -285,7 +285,7 @@ void argmax(const KernelArgs& a) {
   const ku::AxisSplit sp = ku::split_axis(x->shape, axis);
   // Tasks: (outer, chunk of inner); first index of the maximum wins; NaN counts as the maximum.
   const int64_t cw = 1024, nic = (sp.inner + cw - 1) / cw;
-  parallel_for(a.backend, sp.outer * nic, [&](int64_t t) {
+  ku::parallel_tasks(a.backend, sp.outer * nic, sp.outer * sp.k * sp.inner, [&](int64_t t) {
     const int64_t o = t / nic, i0 = (t % nic) * cw, i1 = std::min(sp.inner, i0 + cw);
     const float* base = px + o * sp.k * sp.inner;
     float best[1024];

@@ -21,7 +21,7 @@ void softmax_plain(Backend* be, const float* x, float* y, const ku::AxisSplit& s
   const int64_t K = s.k, inner = s.inner;
   if (inner == 1) {
     int64_t per = std::max<int64_t>(1, ku::kChunk / K);
-    parallel_for(be, (s.outer + per - 1) / per, [&](int64_t t) {
+    ku::parallel_tasks(be, (s.outer + per - 1) / per, s.outer * K, [&](int64_t t) {
       const int64_t o0 = t * per, o1 = std::min(s.outer, o0 + per);
       for (int64_t o = o0; o < o1; o++) {
         const float* px = x + o * K;
@@ -42,7 +42,7 @@ void softmax_plain(Backend* be, const float* x, float* y, const ku::AxisSplit& s
     return;
   }
   const int64_t ns = (inner + kStrip - 1) / kStrip;
-  parallel_for(be, s.outer * ns, [&](int64_t t) {
+  ku::parallel_tasks(be, s.outer * ns, s.outer * K * inner, [&](int64_t t) {
     const int64_t o = t / ns, i0 = (t % ns) * kStrip, w = std::min(inner, i0 + kStrip) - i0;
     const float* px = x + o * K * inner + i0;
     float* py = y + o * K * inner + i0;
@@ -105,7 +105,7 @@ void softmax_backward(const KernelArgs& a) {
     const int64_t ns = (inner + kStrip - 1) / kStrip;
     int64_t per = inner == 1 ? std::max<int64_t>(1, ku::kChunk / K) : 1;
     const int64_t ntask = inner == 1 ? (s.outer + per - 1) / per : s.outer * ns;
-    parallel_for(a.backend, ntask, [&](int64_t t) {
+    ku::parallel_tasks(a.backend, ntask, s.outer * K * inner, [&](int64_t t) {
       if (inner == 1) {
         const int64_t o0 = t * per, o1 = std::min(s.outer, o0 + per);
         for (int64_t o = o0; o < o1; o++) {
