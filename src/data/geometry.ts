@@ -166,14 +166,21 @@ export function reorientToRAS(image: NiftiImage): NiftiImage {
   // For each new axis, the stride and start offset in old data.
   const st = [0, 1, 2].map((i) => (r.flip[i] ? -oldStride[r.perm[i]] : oldStride[r.perm[i]]));
   const start0 = [0, 1, 2].reduce((s, i) => s + (r.flip[i] ? (oldDims[r.perm[i]] - 1) * oldStride[r.perm[i]] : 0), 0);
+  const src = image.data;
+  const [n0, n1, n2] = newDims;
+  const [s0, s1, s2] = st;
   for (let f = 0; f < image.frames; f++) {
     const base = f * n;
     let o = base;
-    for (let z = 0; z < newDims[2]; z++) {
-      for (let y = 0; y < newDims[1]; y++) {
-        let p = base + start0 + z * st[2] + y * st[1];
-        const sx = st[0];
-        for (let x = 0; x < newDims[0]; x++, p += sx) data[o++] = image.data[p];
+    for (let z = 0; z < n2; z++) {
+      for (let y = 0; y < n1; y++) {
+        let p = base + start0 + z * s2 + y * s1;
+        if (s0 === 1) {
+          data.set(src.subarray(p, p + n0), o);
+          o += n0;
+        } else {
+          for (let x = 0; x < n0; x++, p += s0) data[o++] = src[p];
+        }
       }
     }
   }

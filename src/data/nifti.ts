@@ -268,12 +268,16 @@ function decodeVoxels(bytes: Uint8Array, o: DecodeOptions): Float32Array {
       case "float64": view = new Float64Array(src, so, o.count); break;
       default: throw new Error(`unreachable datatype ${o.datatype}`);
     }
-    if (o.slope === 1 && o.inter === 0) {
-      if (view instanceof Float32Array) out.set(view);
-      else for (let i = 0; i < o.count; i++) out[i] = view[i];
-    } else {
+    // TypedArray.set converts element types natively; scaling then runs on Float32 only.
+    if (view instanceof Float64Array && (o.slope !== 1 || o.inter !== 0)) {
       const s = o.slope, b = o.inter;
       for (let i = 0; i < o.count; i++) out[i] = view[i] * s + b;
+      return out;
+    }
+    out.set(view as unknown as ArrayLike<number>);
+    if (o.slope !== 1 || o.inter !== 0) {
+      const s = o.slope, b = o.inter;
+      for (let i = 0; i < o.count; i++) out[i] = out[i] * s + b;
     }
     return out;
   }

@@ -68,16 +68,43 @@ export interface FingerprintOptions {
   nonFinite?: "error" | "zero";
   /** Seed for the voxel subsample used for percentiles. */
   seed?: number;
+  cache?: ImageCache;
 }
 
 function fail(id: string, why: string): never {
   throw new Error(`Cannot preprocess case ${id}: ${why}`);
 }
 
+/**
+ * Decoded files kept between the fingerprint pass and the preprocessing pass (and across the frames
+ * of one 4-D file), up to a byte budget; once full, further files are simply not kept.
+ */
+export class ImageCache {
+  private readonly map = new Map<string, NiftiImage>();
+  private bytes = 0;
+  constructor(readonly budgetBytes = 2 ** 31) {}
+  async read(p: string): Promise<NiftiImage> {
+    const hit = this.map.get(p);
+    if (hit) return hit;
+    const img = await readNifti(p);
+    if (this.bytes + img.data.byteLength <= this.budgetBytes) {
+      this.map.set(p, img);
+      this.bytes += img.data.byteLength;
+    }
+    return img;
+  }
+}
+
 /** Reads one image reference as a 3-D image, with NaN/Inf handling. */
-export async function readImageRef(ref: ImageRef, opts: { id: string; what: string; nonFinite?: "error" | "zero" }): Promise<NiftiImage> {
+export async function readImageRef(
+  ref: ImageRef,
+  opts: { id: string; what: string; nonFinite?: "error" | "zero"; cache?: ImageCache },
+): Promise<NiftiImage> {
   const p = refPath(ref), frame = refFrame(ref);
-  let img = await readNifti(p, frame === undefined ? { expectDims: 3 } : {});
+  let img = opts.cache ? await opts.cache.read(p) : await readNifti(p);
+  if (frame === undefined && img.frames > 1) {
+    throw new Error(`Cannot read ${p}: header says 4 dimensions (${img.dims.join("x")}x${img.frames}), expected 3`);
+  }
   if (frame !== undefined) {
     if (frame >= img.frames) fail(opts.id, `${opts.what} asks for frame ${frame} of ${p}, which has ${img.frames} frame(s)`);
     img = img.frames > 1 ? splitFrames(img)[frame] : img;
@@ -181,7 +208,7 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
   let done = 0;
   for (const c of cases) {
     for (const [m, ref] of Object.entries(c.images)) {
-      const src = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: opts.nonFinite });
+      const src = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: opts.nonFinite, cache: opts.cache });
       const img = reorientToRAS(src);
       const st = perModality[m];
       st.spacings.push(img.spacing);
@@ -189,7 +216,7 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
       const lref = c.labeled ? labelRefFor(c, m) : undefined;
       let mask: Float32Array | null = null;
       if (lref) {
-        const lab = await readImageRef(lref, { id: c.id, what: `labels.${m}` });
+        const lab = await readImageRef(lref, { id: c.id, what: `labels.${m}`, cache: opts.cache });
         checkLabelGeometry(src, lab, c.id);
         const mapped = mapLabels(lab, map, c.id);
         mask = reorientToRAS(labelImage(lab, mapped)).data;
@@ -258,6 +285,8 @@ export interface PreprocessOptions {
   /** Ignore the cache. */
   force?: boolean;
   onProgress?: ProgressFn;
+  /** Memory for decoded images kept between the two passes (default 2 GiB). */
+  cacheBytes?: number;
 }
 
 /** How one modality of a preprocessed case maps back to its source file. */
@@ -357,19 +386,22 @@ function bodyBox(data: Float32Array, dims: Vec3, label: ArrayLike<number> | null
   const [nx, ny] = dims;
   const lo: Vec3 = [Infinity, Infinity, Infinity];
   const hi: Vec3 = [-1, -1, -1];
-  let i = 0;
+  const inBody = (i: number) => (useThr ? data[i] > thr : data[i] !== 0) || (label !== null && label[i] !== 0);
   for (let z = 0; z < dims[2]; z++) {
     for (let y = 0; y < ny; y++) {
-      for (let x = 0; x < nx; x++, i++) {
-        if ((useThr ? data[i] > thr : data[i] !== 0) || (label !== null && label[i] !== 0)) {
-          if (x < lo[0]) lo[0] = x;
-          if (x > hi[0]) hi[0] = x;
-          if (y < lo[1]) lo[1] = y;
-          if (y > hi[1]) hi[1] = y;
-          if (z < lo[2]) lo[2] = z;
-          if (z > hi[2]) hi[2] = z;
-        }
-      }
+      const row = (z * ny + y) * nx;
+      // First and last body voxel of the row (scan from both ends).
+      let a = 0;
+      while (a < nx && !inBody(row + a)) a++;
+      if (a === nx) continue;
+      let b = nx - 1;
+      while (b > a && !inBody(row + b)) b--;
+      if (a < lo[0]) lo[0] = a;
+      if (b > hi[0]) hi[0] = b;
+      if (y < lo[1]) lo[1] = y;
+      if (y > hi[1]) hi[1] = y;
+      if (z < lo[2]) lo[2] = z;
+      if (z > hi[2]) hi[2] = z;
     }
   }
   if (hi[0] < 0) return { lo: [0, 0, 0], hi: [...dims] as Vec3 };
@@ -418,6 +450,7 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
   const names = classNames(manifest);
   const crop = opts.crop ?? true;
 
+  const cache = new ImageCache(opts.cacheBytes);
   // Fingerprint, cached by the stamps of the training inputs.
   const fpInputs = [];
   for (const c of manifest.cases.filter((c) => c.split === "train")) {
@@ -429,7 +462,7 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
   let fingerprintData: Fingerprint;
   if (fp && fp.key === fpKey && !opts.force) fingerprintData = fp.fingerprint;
   else {
-    fingerprintData = await fingerprint(manifest, { onProgress: opts.onProgress, nonFinite: opts.nonFinite });
+    fingerprintData = await fingerprint(manifest, { onProgress: opts.onProgress, nonFinite: opts.nonFinite, cache });
     fp = { key: fpKey, fingerprint: fingerprintData };
     await writeFileAtomic(fpFile, new TextEncoder().encode(JSON.stringify(fp, null, 1)));
   }
@@ -466,7 +499,7 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
       rec = { ...old, split: c.split, labeled: c.labeled };
       if (old.split !== c.split || old.labeled !== c.labeled) await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
     } else {
-      rec = await preprocessCase(c, { outDir, target, crop, map, kinds, ctStats, nonFinite: opts.nonFinite, hash: caseHash, k: names.length });
+      rec = await preprocessCase(c, { outDir, target, crop, map, kinds, ctStats, nonFinite: opts.nonFinite, hash: caseHash, k: names.length, cache });
       await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
     }
     plan.cases.push({
@@ -500,19 +533,19 @@ interface CaseSettings {
   nonFinite?: "error" | "zero";
   hash: string;
   k: number;
+  cache: ImageCache;
 }
 
 async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<PreprocessedCase> {
   const mods: ResampledModality[] = [];
   for (const [m, ref] of Object.entries(c.images)) {
-    const source = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: s.nonFinite });
+    const source = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: s.nonFinite, cache: s.cache });
     source.path = refPath(ref);
     const labelRef = c.labeled ? labelRefFor(c, m) : undefined;
     let label: Uint8Array | Int16Array | null = null;
     let image = reorientToRAS(source);
     if (labelRef) {
-      const lab = await readImageRef(labelRef, { id: c.id, what: `labels.${m}` });
-      lab.path = refPath(labelRef);
+      const lab = await readImageRef(labelRef, { id: c.id, what: `labels.${m}`, cache: s.cache });
       checkLabelGeometry(source, lab, c.id);
       const mapped = mapLabels(lab, s.map, c.id);
       const labRas = reorientToRAS(labelImage(lab, mapped));
