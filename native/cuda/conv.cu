@@ -12,6 +12,7 @@
 // COMODAL_CUDNN_FIND=0) and cached on the backend; deterministic mode keeps deterministic algorithms
 // only. Math is strict FP32 (FMA) unless COMODAL_CUDA_TF32=1 allows TF32 tensor cores.
 // Workspaces come from the pool. Bias add and bias gradient are our own kernels (deterministic).
+#include <cstdio>
 #include <cstdlib>
 
 #include "cudnn_api.hpp"
@@ -95,7 +96,9 @@ std::shared_ptr<ConvPlan> get_plan(Backend* be, Prim prim, const Shape& X, const
                                    const char* op) {
   const bool det = deterministic(be);
   const bool tf32 = env_flag("COMODAL_CUDA_TF32", false);
-  std::string key = key_of(prim, X, W, Y, p, det, tf32);
+  size_t ws_cap = (size_t)2 << 30;
+  if (const char* e = std::getenv("COMODAL_CUDNN_WORKSPACE_MB"); e && *e) ws_cap = (size_t)std::atoll(e) << 20;
+  std::string key = key_of(prim, X, W, Y, p, det, tf32) + "/" + std::to_string(ws_cap);
   if (auto hit = cache_get(be, key)) return std::static_pointer_cast<ConvPlan>(hit);
 
   const CudnnApi& api = cudnn_api();
@@ -126,12 +129,21 @@ std::shared_ptr<ConvPlan> get_plan(Backend* be, Prim prim, const Shape& X, const
   const bool find = env_flag("COMODAL_CUDNN_FIND", true);
   size_t free_b = 0, total_b = 0;
   check_cuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
-  size_t ws_limit = std::min<size_t>(free_b / 4, (size_t)2 << 30);
+  size_t ws_limit = std::min<size_t>(free_b / 4, ws_cap);
   constexpr int kMax = 16;
   int got = 0;
   bool chosen = false;
   std::string tried;
+  const bool verbose = env_flag("COMODAL_CUDNN_VERBOSE", false);
   auto pick = [&](auto* perf) {
+    if (verbose) {
+      std::fprintf(stderr, "[cudnn] %s %s X%s W%s Y%s (ws limit %zu):\n", op,
+                   prim == Prim::Fwd ? "fwd" : prim == Prim::BwdData ? "bwd-data" : "bwd-filter", X.str().c_str(),
+                   W.str().c_str(), Y.str().c_str(), ws_limit);
+      for (int i = 0; i < got; i++)
+        std::fprintf(stderr, "[cudnn]   algo %d status %d time %.3f ms ws %zu det %d math %d\n", (int)perf[i].algo,
+                     (int)perf[i].status, perf[i].time, perf[i].memory, (int)perf[i].determinism, (int)perf[i].mathType);
+    }
     for (int i = 0; i < got; i++) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (det && perf[i].determinism != CUDNN_DETERMINISTIC) continue;

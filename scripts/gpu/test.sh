@@ -49,7 +49,9 @@ summary+=("C++ parity: $(tail -1 "$OUT/parity.log")")
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   step "conv3d benchmark: comodal CUDA backend"
-  ./build/test_cuda_parity --cuda build/libcomodal_cuda.so --bench-only 2>&1 | tee "$OUT/bench_ours.log"
+  # cuDNN's algorithm lists go to cudnn_find.log (stderr), the table to stdout
+  COMODAL_CUDNN_VERBOSE=1 ./build/test_cuda_parity --cuda build/libcomodal_cuda.so --bench-only \
+    2> "$OUT/cudnn_find.log" | tee "$OUT/bench_ours.log"
   step "conv3d benchmark: PyTorch + cuDNN"
   PYTHONUNBUFFERED=1 python3 bench/gpu_torch.py --json "$OUT/bench_torch.json" ${TORCH_ARGS:-} 2>&1 | tee "$OUT/bench_torch.log"
 fi
@@ -58,8 +60,16 @@ if [ -f "$carried/deno.xz" ]; then
   step "TypeScript parity suite (goldens), COMODAL_DEVICE=cuda"
   xz -dc "$carried/deno.xz" > /tmp/deno && chmod +x /tmp/deno
   [ -f "$carried/node_modules.tar.xz" ] && [ ! -d node_modules ] && tar -xJf "$carried/node_modules.tar.xz"
-  NO_COLOR=1 COMODAL_DEVICE=cuda /tmp/deno test -A --no-check ${DENO_TESTS:-tests/parity_test.ts} 2>&1 | tee "$OUT/deno_parity.log"
+  NO_COLOR=1 COMODAL_CUDA_TF32=0 COMODAL_DEVICE=cuda /tmp/deno test -A --no-check ${DENO_TESTS:-tests/parity_test.ts} 2>&1 \
+    | tee "$OUT/deno_parity.log"
   summary+=("Deno parity: $(grep -E '^(ok|FAILED) \|' "$OUT/deno_parity.log" | tail -1)")
+  if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    step "training step: U-Net and CMC on the TypeScript engine, CUDA backend (batch 2, 128^3)"
+    for tf in 0 1; do
+      NO_COLOR=1 COMODAL_CUDA_TF32=$tf COMODAL_DEVICE=cuda /tmp/deno run -A --no-check bench/gpu_train_step.ts \
+        --torch-json "$OUT/bench_torch.json" ${STEP_ARGS:-} 2>&1 | grep -v '^    at ' | tee -a "$OUT/train_step.log"
+    done
+  fi
 fi
 
 step "summary"

@@ -773,6 +773,9 @@ int main(int argc, char** argv) {
   if (do_bench) {
     setenv("COMODAL_CUDA_TF32", "0", 1);
     bench(cuda, "strict FP32");
+    setenv("COMODAL_CUDNN_WORKSPACE_MB", "16384", 1);
+    bench(cuda, "strict FP32, cuDNN workspace up to 16 GiB");
+    unsetenv("COMODAL_CUDNN_WORKSPACE_MB");
     setenv("COMODAL_CUDA_TF32", "1", 1);
     bench(cuda, "TF32 allowed");
     setenv("COMODAL_CUDA_TF32", "0", 1);

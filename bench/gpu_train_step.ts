@@ -1,0 +1,161 @@
+/**
+ * Training-step benchmark of the two models of issue 6 on the current backend (COMODAL_DEVICE=cuda
+ * on a GPU machine): one step = upload the batch, forward, loss, backward, optimiser update, as
+ * src/train/trainer.ts runs it. Prints the median step time and the backend's memory statistics,
+ * beside PyTorch's numbers from bench/gpu_torch.py when its JSON is given.
+ *
+ *   deno run -A bench/gpu_train_step.ts [--size 128] [--levels 4] [--steps 5] [--warmup 3]
+ *       [--models unet,cmc] [--torch-json out/bench_torch.json] [--json out.json]
+ *
+ * The U-Net is the "supervised" method (one modality, batch 2 labeled); the CMC model is the "cmc"
+ * method (two modalities, 1 labeled + 1 unlabeled case each, MIA and fusion on). SGD, Nesterov.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { writeFileSync, readFileSync } from "node:fs";
+import { backward, getBackend, initBackend, noGrad, tensor, tidy, zeroGrad } from "../src/engine.ts";
+import { planUNet } from "../src/nn/plan.ts";
+import { parseTrainConfig } from "../src/train/config.ts";
+import { buildMethod, type TrainBatch } from "../src/train/methods.ts";
+import { Sgd } from "../src/train/optim.ts";
+
+interface StepResult {
+  model: string;
+  params: number;
+  stepMs: number[];
+  medianMs: number;
+  peakMiB: number;
+  poolMiB: number;
+}
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296;
+  };
+}
+
+function benchModel(kind: "unet" | "cmc", o: { size: number; levels: number; steps: number; warmup: number }): StepResult {
+  const be = getBackend();
+  const method = kind === "unet" ? "supervised" : "cmc";
+  const modalities = kind === "unet" ? 1 : 2;
+  const classes = 4;
+  const cfg = parseTrainConfig({
+    task: "bench",
+    method,
+    patchSize: [o.size, o.size, o.size],
+    network: { maxLevels: o.levels },
+    optimizer: { kind: "sgd", lr: 0.01 },
+  });
+  const plan = planUNet({ patchSize: [o.size, o.size, o.size], spacing: [1, 1, 1], maxLevels: o.levels });
+  const rnd = lcg(7);
+  const model = buildMethod({
+    config: cfg,
+    plan,
+    numClasses: classes,
+    modalities,
+    primary: 0,
+    rng: () => lcg(Math.floor(rnd() * 1e9)),
+  });
+  const named = model.student.namedParameters();
+  const params = named.reduce((s, [, p]) => s + p.size, 0);
+  const opt = new Sgd(named, { momentum: 0.99, nesterov: true, weightDecay: 3e-5 });
+  const nv = o.size ** 3;
+  const labeled = kind === "unet" ? 2 : 1;
+  const unlabeled = kind === "unet" ? 0 : 1;
+  const img = (n: number) => Float32Array.from({ length: n * nv }, () => rnd() * 2 - 1);
+  const lab = (n: number) => Int32Array.from({ length: n * nv }, () => Math.floor(rnd() * classes));
+  const host = {
+    images: [...Array(modalities)].map(() => img(labeled)),
+    labels: [...Array(modalities)].map(() => lab(labeled)),
+    unl: [...Array(modalities)].map(() => img(unlabeled)),
+  };
+  const shape = (n: number) => [n, 1, o.size, o.size, o.size];
+  const times: number[] = [];
+  for (let it = 0; it < o.warmup + o.steps; it++) {
+    if (it === o.warmup) be.resetPeak();
+    be.synchronize();
+    const t0 = performance.now();
+    tidy(() => {
+      const batch: TrainBatch = {
+        labeled: {
+          images: host.images.map((a) => tensor(a, shape(labeled))),
+          labels: host.labels.map((a) => tensor(a, shape(labeled), { dtype: "i32" })),
+          hasLabels: host.images.map(() => [...Array(labeled)].map(() => true)),
+        },
+        unlabeled: unlabeled > 0 ? { images: host.unl.map((a) => tensor(a, shape(unlabeled))) } : null,
+      };
+      const r = model.loss(batch, it, 1000);
+      backward(r.loss);
+    });
+    noGrad(() => opt.step(0.01));
+    zeroGrad(model.student.parameters());
+    be.synchronize();
+    if (it >= o.warmup) times.push(performance.now() - t0);
+  }
+  const st = be.memoryStats();
+  opt.dispose();
+  model.dispose();
+  const sorted = [...times].sort((a, b) => a - b);
+  return {
+    model: kind,
+    params,
+    stepMs: times,
+    medianMs: sorted[Math.floor(sorted.length / 2)],
+    peakMiB: st.peakBytes / 2 ** 20,
+    poolMiB: st.poolBytes / 2 ** 20,
+  };
+}
+
+export function main(args: string[]): number {
+  const { values } = parseArgs({
+    args,
+    options: {
+      size: { type: "string", default: "128" },
+      levels: { type: "string", default: "4" },
+      steps: { type: "string", default: "5" },
+      warmup: { type: "string", default: "3" },
+      models: { type: "string", default: "unet,cmc" },
+      "torch-json": { type: "string" },
+      json: { type: "string" },
+    },
+  });
+  const be = initBackend();
+  console.log(`backend: ${be.device} ${be.version}, TF32 ${Deno.env.get("COMODAL_CUDA_TF32") === "1" ? "allowed" : "off"}`);
+  const o = { size: Number(values.size), levels: Number(values.levels), steps: Number(values.steps), warmup: Number(values.warmup) };
+  let torch: Record<string, { unet_step_ms?: number; peak_alloc_mib?: number; peak_reserved_mib?: number }> = {};
+  if (values["torch-json"]) {
+    try {
+      torch = JSON.parse(readFileSync(values["torch-json"], "utf8"));
+    } catch (e) {
+      console.log(`(no PyTorch numbers: cannot read ${values["torch-json"]}: ${(e as Error).message})`);
+    }
+  }
+  const results: StepResult[] = [];
+  for (const m of values.models!.split(",")) {
+    if (m !== "unet" && m !== "cmc") throw new Error(`--models: unknown model "${m}" (unet, cmc)`);
+    const r = benchModel(m, o);
+    results.push(r);
+    console.log(
+      `${m.padEnd(5)} ${String(r.params).padStart(9)} params, batch 2 x ${o.size}^3: step ${r.medianMs.toFixed(1)} ms ` +
+        `(runs ${r.stepMs.map((t) => t.toFixed(0)).join(" ")}), peak live ${r.peakMiB.toFixed(0)} MiB, pool ${r.poolMiB.toFixed(0)} MiB`,
+    );
+    if (m === "unet") {
+      for (const label of ["strict FP32 unet", "TF32 allowed unet"]) {
+        const t = torch[label];
+        if (t?.unet_step_ms) {
+          console.log(
+            `      PyTorch (${label.replace(" unet", "")}): step ${t.unet_step_ms.toFixed(1)} ms, peak allocated ` +
+              `${t.peak_alloc_mib?.toFixed(0)} MiB, reserved ${t.peak_reserved_mib?.toFixed(0)} MiB; ratio ours/torch ` +
+              `${(r.medianMs / t.unet_step_ms).toFixed(2)}`,
+          );
+        }
+      }
+    }
+  }
+  if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 1));
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(main(Deno.args));
