@@ -10,7 +10,7 @@ import {
   sameShape,
   sizeOf,
 } from "../tensor/shape.ts";
-import { allocTensor, recordNode, type Tensor } from "../tensor/tensor.ts";
+import { allocTensor, recordNode, SliceGrad, type Tensor } from "../tensor/tensor.ts";
 import { checkTensor, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
 import { reduceTo } from "./reduce.ts";
@@ -109,13 +109,13 @@ export function slice(x: Tensor, axis: number, start: number, length: number): T
   const y = exec1("SLICE", fn, [x], { axis: ax, start, length }, shape, x.dtype, ["x"]);
   if (needsGrad(x)) {
     const from = x.shape;
-    recordNode(fn, [x], [y], [], (g) => [padAxis(g[0]!, from, ax, start)]);
+    recordNode(fn, [x], [y], [], (g) => [new SliceGrad(g[0]!, ax, start, from)]);
   }
   return y;
 }
 
 /** dy placed at [start, start+len) of a zero tensor of shape `full` along axis (slice's gradient). */
-function padAxis(dy: Tensor, full: readonly number[], axis: number, start: number): Tensor {
+export function padAxis(dy: Tensor, full: readonly number[], axis: number, start: number): Tensor {
   const after = full[axis] - start - dy.shape[axis];
   const parts: Tensor[] = [];
   const zs: Tensor[] = [];
@@ -138,7 +138,8 @@ function padAxis(dy: Tensor, full: readonly number[], axis: number, start: numbe
   return out;
 }
 
-function zerosLike(shape: readonly number[], dtype: "f32" | "i32"): Tensor {
+/** @internal an uninitialised-free zero tensor (no autograd) */
+export function zerosLike(shape: readonly number[], dtype: "f32" | "i32"): Tensor {
   const t = allocTensor(shape, dtype, "zeros");
   execOp("FILL", "zeros", [], [t], { value: 0 });
   return t;

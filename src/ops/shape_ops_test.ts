@@ -3,6 +3,10 @@ import { tensor } from "../tensor/factories.ts";
 import { tidy } from "../tensor/scope.ts";
 import { clone, concat, expand, reshape, slice, split } from "./shape_ops.ts";
 import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
+import { backward } from "../tensor/autograd.ts";
+import { add, mul } from "./binary.ts";
+import { setOpProfiler } from "./exec.ts";
+import { sum } from "./reduce.ts";
 
 const iota = (n: number) => Float32Array.from({ length: n }, (_, i) => i);
 
@@ -67,4 +71,40 @@ Deno.test("shape ops: gradients match finite differences", () => {
   gradCheck((xs) => concat([xs[0], xs[0]], 0), [a]);
   gradCheck((xs) => clone(xs[0]), [a]);
   gradCheck((xs) => split(xs[0], 1, [2, 1])[0], [a]);
+});
+
+Deno.test("slice gradients of one tensor are joined by one concat (gaps, overlaps, mixed axes)", () => {
+  const rng = seededRng(31);
+  const a = { data: randData([4, 3, 2], rng), shape: [4, 3, 2] };
+  // complementary, with a gap, overlapping, and on two axes
+  gradCheck((xs) => concat([slice(xs[0], 0, 0, 1), slice(xs[0], 0, 1, 3)], 0), [a]);
+  gradCheck((xs) => concat([slice(xs[0], 0, 0, 1), slice(xs[0], 0, 2, 1)], 0), [a]);
+  gradCheck((xs) => concat([slice(xs[0], 0, 0, 3), slice(xs[0], 0, 1, 3)], 0), [a]);
+  gradCheck(
+    (xs) => {
+      const s1 = slice(xs[0], 1, 2, 1);
+      return add(sum(slice(xs[0], 0, 1, 2), "all"), sum(mul(s1, s1), "all"));
+    },
+    [a],
+    { msg: "mixed axes" },
+  );
+  gradCheck((xs) => mul(clone(xs[0]), add(slice(xs[0], 2, 0, 1), slice(xs[0], 2, 1, 1))), [a], {
+    msg: "slices and a full gradient",
+  });
+
+  // Two complementary slices: one CONCAT, no FILL and no BINARY add in backward.
+  const counts = new Map<string, number>();
+  const x = tensor(randData([4, 3], rng), [4, 3], { requiresGrad: true });
+  tidy(() => {
+    const l = add(sum(slice(x, 0, 0, 1), "all"), sum(slice(x, 0, 1, 3), "all"));
+    setOpProfiler((op) => counts.set(op, (counts.get(op) ?? 0) + 1));
+    try {
+      backward(l);
+    } finally {
+      setOpProfiler(null);
+    }
+  });
+  deepStrictEqual([counts.get("CONCAT"), counts.get("FILL") ?? 0], [1, 1]); // the FILL is backward's seed
+  assertClose(x.grad!.toArray(), new Float32Array(12).fill(1));
+  x.dispose();
 });

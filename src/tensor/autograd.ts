@@ -17,12 +17,56 @@ import {
   type BackwardContext,
   freeNode,
   type Node,
+  SliceGrad,
   type Tensor,
   withRelaxedUse,
 } from "./tensor.ts";
+import { concat, padAxis, zerosLike } from "../ops/shape_ops.ts";
 
 function copyOf(t: Tensor): Tensor {
   return exec1("COPY", "backward", [t], { layout: 2 }, t.shape, t.dtype, ["grad"]);
+}
+
+interface Partial {
+  axis: number;
+  full: readonly number[];
+  pieces: { start: number; grad: Tensor }[];
+}
+
+/** Joins slice gradients: one concat when the pieces do not overlap, else padded sums. */
+function materialize(p: Partial): Tensor {
+  const pieces = [...p.pieces].sort((a, b) => a.start - b.start);
+  const dim = p.full[p.axis];
+  const parts: Tensor[] = [];
+  let cursor = 0;
+  let overlap = false;
+  for (const piece of pieces) {
+    const len = piece.grad.shape[p.axis];
+    if (piece.start < cursor) {
+      overlap = true;
+      break;
+    }
+    if (piece.start > cursor) {
+      const s = [...p.full];
+      s[p.axis] = piece.start - cursor;
+      parts.push(zerosLike(s, piece.grad.dtype));
+    }
+    parts.push(piece.grad);
+    cursor = piece.start + len;
+  }
+  if (overlap) {
+    let acc = padAxis(pieces[0].grad, p.full, p.axis, pieces[0].start);
+    for (const piece of pieces.slice(1)) {
+      acc = addRaw(acc, padAxis(piece.grad, p.full, p.axis, piece.start));
+    }
+    return acc;
+  }
+  if (cursor < dim) {
+    const s = [...p.full];
+    s[p.axis] = dim - cursor;
+    parts.push(zerosLike(s, pieces[0].grad.dtype));
+  }
+  return parts.length === 1 ? parts[0] : concat(parts, p.axis);
 }
 
 function collectNodes(root: Node): Node[] {
@@ -142,7 +186,7 @@ function runBackward(
     if (!shared(g) && !g.kept) g.dispose();
   };
 
-  const accumulate = (t: Tensor, g: Tensor) => {
+  const accumulateTensor = (t: Tensor, g: Tensor) => {
     if (t._node === null) {
       if (!t.requiresGrad || t.grad === g) return;
       if (t.grad === null || t.grad.disposed) {
@@ -174,6 +218,35 @@ function runBackward(
     }
   };
 
+  // Slice gradients of one tensor wait here and are joined by one concat when it is consumed.
+  const partials = new Map<Tensor, Partial>();
+  const flush = (t: Tensor) => {
+    const p = partials.get(t);
+    if (p === undefined) return;
+    partials.delete(t);
+    accumulateTensor(t, materialize(p));
+    for (const piece of p.pieces) unhold(piece.grad);
+  };
+  const accumulate = (t: Tensor, g: Tensor | SliceGrad) => {
+    if (!(g instanceof SliceGrad)) {
+      accumulateTensor(t, g);
+      return;
+    }
+    if (t._node === null && !t.requiresGrad) return;
+    let p = partials.get(t);
+    if (p !== undefined && p.axis !== g.axis) {
+      flush(t);
+      p = undefined;
+    }
+    if (p === undefined) partials.set(t, p = { axis: g.axis, full: g.full, pieces: [] });
+    p.pieces.push({ start: g.start, grad: g.grad });
+    hold(g.grad);
+  };
+  const gradOf = (t: Tensor): Tensor | null => {
+    flush(t);
+    return grads.get(t) ?? null;
+  };
+
   if (loss._node === null) {
     accumulate(loss, seed);
     return;
@@ -182,7 +255,7 @@ function runBackward(
   hold(seed);
 
   for (const node of nodes) {
-    const outGrads = node.outputs.map((o) => grads.get(o) ?? null);
+    const outGrads = node.outputs.map(gradOf);
     if (outGrads.every((g) => g === null) || node.backwardFn === null) continue;
     const inputs = node.inputs;
     const ctx: BackwardContext = {
@@ -194,6 +267,7 @@ function runBackward(
           const g = t.grad;
           return g !== null && !g.disposed && (holds.get(g) ?? 0) === 0 ? g : null;
         }
+        if (partials.has(t)) return null;
         const e = grads.get(t);
         return e !== undefined && holds.get(e) === 1 && !leafGrads.has(e) && e !== seed ? e : null;
       },
@@ -211,10 +285,11 @@ function runBackward(
       const g = res[i];
       const t = inputs[i];
       if (g === null || t === null || !node.needs[i]) continue;
-      if (!sameShape(g.shape, t.shape)) {
+      const gs = g instanceof SliceGrad ? g.full : g.shape;
+      if (!sameShape(gs, t.shape)) {
         throw new Error(
           `backward of ${node.name}: gradient for input ${i} has shape ${
-            formatShape(g.shape)
+            formatShape(gs)
           }, the input is ${t.describe()}`,
         );
       }
@@ -227,7 +302,7 @@ function runBackward(
         unhold(g);
       }
     }
-    for (const g of res) if (g !== null) dropIfFree(g);
+    for (const g of res) if (g !== null) dropIfFree(g instanceof SliceGrad ? g.grad : g);
     if (retain) continue;
     node.pinned = false;
     // Intermediates saved by this node: once no other node needs them they may go.
@@ -235,6 +310,8 @@ function runBackward(
     freeNode(node, "backward");
     for (const t of toRelease) if (t._dataRefs === 0 && !t.kept) t.dispose();
   }
+  // Slice gradients of leaves are joined once every piece has arrived.
+  for (const t of [...partials.keys()]) if (t._node === null) flush(t);
 }
 
 /** Disposes and clears the gradients of params. */

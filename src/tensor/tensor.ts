@@ -70,8 +70,25 @@ export interface BackwardContext {
   slot(i: number): Tensor | null;
 }
 
+/**
+ * The gradient of a slice: `grad` placed at [start, start + grad.shape[axis]) along axis of a
+ * zero tensor of shape `full`. Backward keeps these unmaterialised and joins the pieces of one
+ * tensor with a single concat (zero-filling only the ranges no piece covers).
+ */
+export class SliceGrad {
+  constructor(
+    readonly grad: Tensor,
+    readonly axis: number,
+    readonly start: number,
+    readonly full: readonly number[],
+  ) {}
+}
+
 /** A gradient rule: output grads (null where an output got none) -> input grads. */
-export type BackwardFn = (grads: (Tensor | null)[], ctx: BackwardContext) => (Tensor | null)[];
+export type BackwardFn = (
+  grads: (Tensor | null)[],
+  ctx: BackwardContext,
+) => (Tensor | SliceGrad | null)[];
 
 let nextNodeId = 1;
 
