@@ -223,10 +223,17 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
         // Count each label map once (a shared map would otherwise count per modality).
         if (c.labels?.[m] || m === Object.keys(c.images)[0]) for (let i = 0; i < mask.length; i++) classVoxels[mask[i]]++;
       }
-      // Foreground voxels for intensity statistics: labelled > 0, else non-zero (body).
+      // Foreground voxels for intensity statistics: labelled > 0, else the body (non-zero; for CT
+      // in Hounsfield units, denser than air).
       const d = img.data;
       const fg: number[] = [];
-      for (let i = 0; i < d.length; i++) if (mask ? mask[i] > 0 : d[i] !== 0) fg.push(i);
+      let airCut = -Infinity;
+      if (!mask && st.kind === "ct") {
+        let mn = Infinity;
+        for (let i = 0; i < d.length; i++) if (d[i] < mn) mn = d[i];
+        if (mn < -500) airCut = -500;
+      }
+      for (let i = 0; i < d.length; i++) if (mask ? mask[i] > 0 : d[i] !== 0 && d[i] > airCut) fg.push(i);
       const take = Math.min(fg.length, 10000);
       for (let t = 0; t < take; t++) samples[m].push(d[fg[take === fg.length ? t : rng.int(fg.length)]]);
       for (let i = 0; i < d.length; i++) {

@@ -148,6 +148,12 @@ Deno.test("preprocess: bad inputs name the case, the file and the problem", asyn
   await makeCase(dir, "nan", { nan: true });
   await assertRejects(() => preprocessDataset(manifestFor(dir, ["nan"]), { outDir: `${tmp}/bad_out5` }), Error,
     `Cannot preprocess case nan: ${dir}/nan_MR.nii.gz has 1 NaN/Inf voxel(s) (first at voxel 5,0,0 = NaN)`);
+  await makeCase(dir, "inf", { nan: true });
+  const inf = await (await import("./nifti.ts")).readNifti(`${dir}/inf_MR.nii.gz`);
+  inf.data[5] = 0;
+  inf.data[7] = -Infinity;
+  await writeNifti(`${dir}/inf_MR.nii.gz`, inf);
+  await assertRejects(() => preprocessDataset(manifestFor(dir, ["inf"]), { outDir: `${tmp}/bad_out8` }), Error, "has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = -Infinity)");
   const plan = await preprocessDataset(manifestFor(dir, ["nan"]), { outDir: `${tmp}/bad_out6`, nonFinite: "zero" });
   assertEquals(plan.cases.length, 1);
   // A 4-D file where a 3-D image is expected.
