@@ -5,7 +5,8 @@
  * path, so its labels never reach the sampler.
  */
 import * as path from "node:path";
-import type { Mat4, Vec3 } from "./affine.ts";
+import { inv4, type Mat4, mul4, type Vec3 } from "./affine.ts";
+import { sampleGrid } from "./geometry.ts";
 import { loadCaseRecord, loadPlan, type PreprocessedCase, type PreprocessPlan } from "./preprocess.ts";
 import { Rng } from "./rng.ts";
 
@@ -151,4 +152,24 @@ export async function loadPreprocessedCases(dir: string, opts: LoadCasesOptions 
     else unlabeled.push(await loadUnlabeledCase(dir, rec, opts));
   }
   return { plan, labeled, unlabeled };
+}
+
+/**
+ * Resamples every modality of a case onto one modality's preprocessed grid (trilinear, pad value
+ * outside), e.g. to run sliding-window inference over all modalities at once. Labels are not
+ * touched. Misaligned modalities stay misaligned: this only changes the voxel grid.
+ */
+export function toCommonGrid(c: Pick<AnyCase, "id" | "volumes">, reference: string): { dims: Vec3; affine: Mat4; spacing: Vec3; images: Record<string, Float32Array> } {
+  const ref = c.volumes[reference];
+  if (!ref) throw new Error(`Cannot resample case ${c.id}: it has no ${reference} volume`);
+  const images: Record<string, Float32Array> = {};
+  for (const [m, v] of Object.entries(c.volumes)) {
+    if (m === reference) {
+      images[m] = v.data;
+      continue;
+    }
+    const map = mul4(inv4(v.affine), ref.affine).slice(0, 12);
+    images[m] = sampleGrid(v.data, v.dims, ref.dims, map, { order: "linear", fill: v.padValue }) as Float32Array;
+  }
+  return { dims: ref.dims, affine: ref.affine, spacing: ref.spacing, images };
 }

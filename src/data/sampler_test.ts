@@ -144,3 +144,16 @@ Deno.test("sampler: padding, ignore labels, unpaired sources and determinism", (
   assertEquals(a1, a2);
   assertThrows(() => new PatchSampler({ patchSize: [0, 1, 1], modalities: ["A"] }), Error, "patchSize must be three positive integers");
 });
+
+Deno.test("cases: toCommonGrid puts every modality on the reference grid by world position", async () => {
+  const { toCommonGrid } = await import("./cases.ts");
+  const affA: Mat4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 1];
+  const affB: Mat4 = [0.5, 0, 0, -0.25, 0, 0.5, 0, -0.25, 0, 0, 1.5, -0.75, 0, 0, 0, 1];
+  const worldY = (aff: Mat4) => (x: number, y: number, z: number) => apply4(aff, [x, y, z])[1];
+  const c = { id: "g", volumes: { A: vol([20, 20, 6], affA, worldY(affA)), B: vol([40, 40, 12], affB, worldY(affB), -9) } };
+  const g = toCommonGrid(c, "A");
+  assertEquals(g.dims, [20, 20, 6]);
+  assert(g.images.A === c.volumes.A.data);
+  for (const i of [0, 77, 400, 2399]) assertAlmostEquals(g.images.B[i], g.images.A[i], 1e-4);
+  assertThrows(() => toCommonGrid(c, "C"), Error, "has no C volume");
+});
