@@ -65,7 +65,7 @@ Deno.test("nifti: NIfTI-2 round trip, 4-D, frames and expectDims errors", async 
   await assertRejects(() => readNifti(p3, { expectDims: 4 }), Error, `${p3}: header says 3 dimensions`);
 });
 
-Deno.test("nifti: scl_slope/scl_inter applied; labels stored as scaled floats", async () => {
+Deno.test("nifti: scl_slope/scl_inter applied; labels stored as scaled floats", () => {
   const stored = new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]);
   const bytes = encodeNifti({ data: stored.map((v) => v * 2.5 + 10), dims: [2, 2, 2], affine: obliqueAffine() }, {
     datatype: "int16",
