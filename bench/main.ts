@@ -15,11 +15,12 @@
 
 import { parseArgs } from "node:util";
 import { convBench } from "./conv_bench.ts";
+import { dataBench } from "./data_bench.ts";
 import { ffiBench } from "./ffi_bench.ts";
 import { type BenchModule, type BenchOptions, formatTable, writeResult } from "./report.ts";
 
 /** Every benchmark module, in run order. */
-export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench];
+export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench];
 
 function positiveInt(flag: string, v: string | undefined, dflt: number, min: number): number {
   if (v === undefined) return dflt;
