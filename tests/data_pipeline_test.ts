@@ -35,7 +35,21 @@ function check(cond: unknown, msg: string): void {
 
 Deno.test("data CLI: synth, import, preprocess, patches", async () => {
   const raw = `${tmp}/cardiac`;
-  const s = await run(["synth", "cardiac", "--out", raw, "--cases", "3", "--seed", "4", "--size-scale", "0.4", "--workers", "0", "--quiet"]);
+  const s = await run([
+    "synth",
+    "cardiac",
+    "--out",
+    raw,
+    "--cases",
+    "3",
+    "--seed",
+    "4",
+    "--size-scale",
+    "0.4",
+    "--workers",
+    "0",
+    "--quiet",
+  ]);
   check(s.includes("manifest:"), s);
   const imp = await run(["import", raw, "--out", `${tmp}/m.json`, "--val", "0"]);
   check(imp.includes("task cardiac: 3 cases (3 labeled; train 3, val 0, test 0)"), imp);
@@ -44,8 +58,24 @@ Deno.test("data CLI: synth, import, preprocess, patches", async () => {
   const pre = await run(["preprocess", `${tmp}/m.json`, "--out", `${tmp}/pre`, "--quiet"]);
   check(pre.includes("3 cases of cardiac"), pre);
   const plan = await loadPlan(`${tmp}/pre`);
-  check(Math.abs(plan.targetSpacing[2] - plan.targetSpacing[0]) > 1, `anisotropic target ${plan.targetSpacing}`);
-  const pat = await run(["patches", `${tmp}/pre`, "--patch", "4,32,32", "--batches", "3", "--workers", "0", "--misalign", "3,5", "--png", `${tmp}/p.png`]);
+  check(
+    Math.abs(plan.targetSpacing[2] - plan.targetSpacing[0]) > 1,
+    `anisotropic target ${plan.targetSpacing}`,
+  );
+  const pat = await run([
+    "patches",
+    `${tmp}/pre`,
+    "--patch",
+    "4,32,32",
+    "--batches",
+    "3",
+    "--workers",
+    "0",
+    "--misalign",
+    "3,5",
+    "--png",
+    `${tmp}/p.png`,
+  ]);
   check(/patches\/s/.test(pat), pat);
   const png = decodePng(await Deno.readFile(`${tmp}/p.png`));
   check(png.width === 96 && png.height === 96, `png ${png.width}x${png.height}`);

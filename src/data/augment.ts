@@ -94,7 +94,10 @@ export function drawSpatial(rng: Rng, spacing: Vec3, options: AugmentOptions = {
   const thick = thickAxis(spacing);
   const normal = thick >= 0 ? thick : 2;
   const [a, b] = [0, 1, 2].filter((i) => i !== normal);
-  if (rng.chance(o.rot90Prob) && Math.abs(spacing[a] - spacing[b]) <= 0.01 * Math.max(spacing[a], spacing[b])) {
+  if (
+    rng.chance(o.rot90Prob) &&
+    Math.abs(spacing[a] - spacing[b]) <= 0.01 * Math.max(spacing[a], spacing[b])
+  ) {
     const k = 1 + rng.int(3);
     const ang = (k * Math.PI) / 2;
     const r = axisRotation(normal, ang);
@@ -120,9 +123,16 @@ export function axisRotation(axis: number, angle: number): Mat3 {
 }
 
 /** Draws a rigid misalignment: rotation (3x3) and translation (mm). */
-export function drawMisalignment(rng: Rng, o: MisalignOptions): { rotation: Mat3; translation: Vec3 } {
+export function drawMisalignment(
+  rng: Rng,
+  o: MisalignOptions,
+): { rotation: Mat3; translation: Vec3 } {
   const lim = (o.rotationDeg * Math.PI) / 180;
-  const rotation = rotation3(rng.uniform(-lim, lim), rng.uniform(-lim, lim), rng.uniform(-lim, lim));
+  const rotation = rotation3(
+    rng.uniform(-lim, lim),
+    rng.uniform(-lim, lim),
+    rng.uniform(-lim, lim),
+  );
   let t: Vec3 = [rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-1, 1)];
   const len = Math.hypot(...t);
   if (len > 1) t = t.map((v) => v / len) as Vec3;

@@ -1,5 +1,12 @@
 import { assert, assertAlmostEquals, assertEquals } from "./testing.ts";
-import { augmentIntensity, DEFAULT_AUGMENT, drawMisalignment, drawSpatial, NO_AUGMENT, thickAxis } from "./augment.ts";
+import {
+  augmentIntensity,
+  DEFAULT_AUGMENT,
+  drawMisalignment,
+  drawSpatial,
+  NO_AUGMENT,
+  thickAxis,
+} from "./augment.ts";
 import { det3 } from "./affine.ts";
 import { Rng } from "./rng.ts";
 
@@ -35,7 +42,8 @@ Deno.test("augment: anisotropic spacing rotates only about the thick axis", () =
 Deno.test("augment: intensity transforms (gamma keeps mean and std, noise adds variance, off means off)", () => {
   const base = new Float32Array(1000).map((_, i) => Math.sin(i / 10) + (i % 7) / 7);
   const mean = (a: Float32Array) => a.reduce((s, v) => s + v, 0) / a.length;
-  const std = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + (v - mean(a)) ** 2, 0) / a.length);
+  const std = (a: Float32Array) =>
+    Math.sqrt(a.reduce((s, v) => s + (v - mean(a)) ** 2, 0) / a.length);
   const g = base.slice();
   augmentIntensity(g, new Rng(1), { ...NO_AUGMENT, gammaProb: 1 });
   assert(g.some((v, i) => Math.abs(v - base[i]) > 1e-3), "gamma changed values");

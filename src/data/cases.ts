@@ -7,7 +7,12 @@
 import * as path from "node:path";
 import { inv4, type Mat4, mul4, type Vec3 } from "./affine.ts";
 import { sampleGrid } from "./geometry.ts";
-import { loadCaseRecord, loadPlan, type PreprocessedCase, type PreprocessPlan } from "./preprocess.ts";
+import {
+  loadCaseRecord,
+  loadPlan,
+  type PreprocessedCase,
+  type PreprocessPlan,
+} from "./preprocess.ts";
 import { Rng } from "./rng.ts";
 
 /** One modality's preprocessed volume. */
@@ -64,17 +69,32 @@ async function readArray<T extends Float32Array | Uint8Array | Int16Array>(
   try {
     bytes = await Deno.readFile(file);
   } catch (e) {
-    throw new Error(`Cannot read ${file}: ${e instanceof Deno.errors.NotFound ? "file not found (preprocess again)" : (e as Error).message}`);
+    throw new Error(
+      `Cannot read ${file}: ${
+        e instanceof Deno.errors.NotFound
+          ? "file not found (preprocess again)"
+          : (e as Error).message
+      }`,
+    );
   }
   if (bytes.length !== count * ctor.BYTES_PER_ELEMENT) {
-    throw new Error(`Cannot read ${file}: ${bytes.length} bytes, expected ${count * ctor.BYTES_PER_ELEMENT} (preprocess again)`);
+    throw new Error(
+      `Cannot read ${file}: ${bytes.length} bytes, expected ${
+        count * ctor.BYTES_PER_ELEMENT
+      } (preprocess again)`,
+    );
   }
   const buf = shared ? new SharedArrayBuffer(bytes.length) : new ArrayBuffer(bytes.length);
   new Uint8Array(buf).set(bytes);
   return new ctor(buf, 0, count);
 }
 
-async function loadVolumes(dir: string, rec: PreprocessedCase, mods: readonly string[] | undefined, shared: boolean) {
+async function loadVolumes(
+  dir: string,
+  rec: PreprocessedCase,
+  mods: readonly string[] | undefined,
+  shared: boolean,
+) {
   const volumes: Record<string, Volume> = {};
   for (const [m, r] of Object.entries(rec.modalities)) {
     if (mods && !mods.includes(m)) continue;
@@ -91,12 +111,25 @@ async function loadVolumes(dir: string, rec: PreprocessedCase, mods: readonly st
 }
 
 /** Loads a case's images only (label files are never opened). */
-export async function loadUnlabeledCase(dir: string, rec: PreprocessedCase, opts: { shared?: boolean; modalities?: readonly string[] } = {}): Promise<UnlabeledCase> {
-  return { kind: "unlabeled", id: rec.id, volumes: await loadVolumes(dir, rec, opts.modalities, opts.shared ?? false) };
+export async function loadUnlabeledCase(
+  dir: string,
+  rec: PreprocessedCase,
+  opts: { shared?: boolean; modalities?: readonly string[] } = {},
+): Promise<UnlabeledCase> {
+  return {
+    kind: "unlabeled",
+    id: rec.id,
+    volumes: await loadVolumes(dir, rec, opts.modalities, opts.shared ?? false),
+  };
 }
 
 /** Up to `max` voxel indices per foreground class (seeded by case id, so it is reproducible). */
-export function foregroundLocations(label: ArrayLike<number>, k: number, id: string, max = 10000): Int32Array[] {
+export function foregroundLocations(
+  label: ArrayLike<number>,
+  k: number,
+  id: string,
+  max = 10000,
+): Int32Array[] {
   const counts = new Int32Array(k);
   for (let i = 0; i < label.length; i++) counts[label[i]]++;
   const out: Int32Array[] = [new Int32Array(0)];
@@ -116,7 +149,12 @@ export function foregroundLocations(label: ArrayLike<number>, k: number, id: str
 }
 
 /** Loads a labeled case (images, label maps, foreground locations). */
-export async function loadLabeledCase(dir: string, rec: PreprocessedCase, k: number, opts: { shared?: boolean; modalities?: readonly string[] } = {}): Promise<LabeledCase> {
+export async function loadLabeledCase(
+  dir: string,
+  rec: PreprocessedCase,
+  k: number,
+  opts: { shared?: boolean; modalities?: readonly string[] } = {},
+): Promise<LabeledCase> {
   const volumes = await loadVolumes(dir, rec, opts.modalities, opts.shared ?? false);
   const labels: Record<string, Uint8Array | Int16Array> = {};
   const foreground: Record<string, Int32Array[]> = {};
@@ -129,18 +167,27 @@ export async function loadLabeledCase(dir: string, rec: PreprocessedCase, k: num
       : await readArray(file, Uint8Array, n, opts.shared ?? false);
     foreground[m] = foregroundLocations(labels[m], k, `${rec.id}/${m}`);
   }
-  if (Object.keys(labels).length === 0) throw new Error(`Cannot load case ${rec.id} as labeled: it has no preprocessed label map`);
+  if (Object.keys(labels).length === 0) {
+    throw new Error(`Cannot load case ${rec.id} as labeled: it has no preprocessed label map`);
+  }
   return { kind: "labeled", id: rec.id, volumes, labels, foreground };
 }
 
 /** Loads the cases of a preprocessed folder, split into labeled and unlabeled (see module doc). */
-export async function loadPreprocessedCases(dir: string, opts: LoadCasesOptions = {}): Promise<LoadedDataset> {
+export async function loadPreprocessedCases(
+  dir: string,
+  opts: LoadCasesOptions = {},
+): Promise<LoadedDataset> {
   const plan = await loadPlan(dir);
   const splits = opts.splits ?? ["train"];
   const keep = opts.labeledIds ? new Set(opts.labeledIds) : null;
   if (keep) {
     const known = new Set(plan.cases.filter((c) => c.labeled).map((c) => c.id));
-    for (const id of keep) if (!known.has(id)) throw new Error(`Cannot keep labels of case ${id}: it is not a labeled case in ${dir}`);
+    for (const id of keep) {
+      if (!known.has(id)) {
+        throw new Error(`Cannot keep labels of case ${id}: it is not a labeled case in ${dir}`);
+      }
+    }
   }
   const labeled: LabeledCase[] = [];
   const unlabeled: UnlabeledCase[] = [];
@@ -159,7 +206,10 @@ export async function loadPreprocessedCases(dir: string, opts: LoadCasesOptions 
  * outside), e.g. to run sliding-window inference over all modalities at once. Labels are not
  * touched. Misaligned modalities stay misaligned: this only changes the voxel grid.
  */
-export function toCommonGrid(c: Pick<AnyCase, "id" | "volumes">, reference: string): { dims: Vec3; affine: Mat4; spacing: Vec3; images: Record<string, Float32Array> } {
+export function toCommonGrid(
+  c: Pick<AnyCase, "id" | "volumes">,
+  reference: string,
+): { dims: Vec3; affine: Mat4; spacing: Vec3; images: Record<string, Float32Array> } {
   const ref = c.volumes[reference];
   if (!ref) throw new Error(`Cannot resample case ${c.id}: it has no ${reference} volume`);
   const images: Record<string, Float32Array> = {};
@@ -169,7 +219,10 @@ export function toCommonGrid(c: Pick<AnyCase, "id" | "volumes">, reference: stri
       continue;
     }
     const map = mul4(inv4(v.affine), ref.affine).slice(0, 12);
-    images[m] = sampleGrid(v.data, v.dims, ref.dims, map, { order: "linear", fill: v.padValue }) as Float32Array;
+    images[m] = sampleGrid(v.data, v.dims, ref.dims, map, {
+      order: "linear",
+      fill: v.padValue,
+    }) as Float32Array;
   }
   return { dims: ref.dims, affine: ref.affine, spacing: ref.spacing, images };
 }

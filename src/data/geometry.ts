@@ -9,7 +9,14 @@ import type { NiftiImage } from "./nifti.ts";
 export type Interpolation = "linear" | "nearest";
 
 /** A typed array that nearest-neighbour sampling can read from or write into. */
-export type VoxelArray = Float32Array | Float64Array | Int32Array | Int16Array | Uint8Array | Uint16Array | Int8Array;
+export type VoxelArray =
+  | Float32Array
+  | Float64Array
+  | Int32Array
+  | Int16Array
+  | Uint8Array
+  | Uint16Array
+  | Int8Array;
 
 /**
  * Row-major 3x4 matrix mapping an output voxel index (x, y, z) to a continuous source index:
@@ -48,7 +55,9 @@ export function sampleGrid(
   const frames = opts.frames ?? 1;
   const outN = ox * oy * oz;
   const out = opts.out ?? new Float32Array(outN * frames);
-  if (out.length < outN * frames) throw new Error(`sampleGrid: output has ${out.length} voxels, needs ${outN * frames}`);
+  if (out.length < outN * frames) {
+    throw new Error(`sampleGrid: output has ${out.length} voxels, needs ${outN * frames}`);
+  }
   const fill = opts.fill ?? 0;
   const [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11] = map;
   const sxy = nx * ny;
@@ -125,7 +134,14 @@ export interface Reorientation {
 export function rasReorientation(affine: Mat4, dims: readonly number[]): Reorientation {
   const l = linear3(affine);
   // score[world][vox] = |component of voxel axis vox along world axis|
-  const perms: [number, number, number][] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+  const perms: [number, number, number][] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+  ];
   let best = perms[0], bestScore = -Infinity;
   for (const p of perms) {
     let s = 0;
@@ -165,7 +181,10 @@ export function reorientToRAS(image: NiftiImage): NiftiImage {
   const oldStride = [1, oldDims[0], oldDims[0] * oldDims[1]];
   // For each new axis, the stride and start offset in old data.
   const st = [0, 1, 2].map((i) => (r.flip[i] ? -oldStride[r.perm[i]] : oldStride[r.perm[i]]));
-  const start0 = [0, 1, 2].reduce((s, i) => s + (r.flip[i] ? (oldDims[r.perm[i]] - 1) * oldStride[r.perm[i]] : 0), 0);
+  const start0 = [0, 1, 2].reduce(
+    (s, i) => s + (r.flip[i] ? (oldDims[r.perm[i]] - 1) * oldStride[r.perm[i]] : 0),
+    0,
+  );
   const src = image.data;
   const [n0, n1, n2] = newDims;
   const [s0, s1, s2] = st;
@@ -200,7 +219,24 @@ export function resampledGrid(dims: readonly number[], affine: Mat4, spacing: re
   const old = spacingOf(affine);
   const nd = [0, 1, 2].map((i) => Math.max(1, Math.round((dims[i] * old[i]) / spacing[i]))) as Vec3;
   const s = [0, 1, 2].map((i) => dims[i] / nd[i]);
-  const newToOld = [s[0], 0, 0, (s[0] - 1) / 2, 0, s[1], 0, (s[1] - 1) / 2, 0, 0, s[2], (s[2] - 1) / 2, 0, 0, 0, 1];
+  const newToOld = [
+    s[0],
+    0,
+    0,
+    (s[0] - 1) / 2,
+    0,
+    s[1],
+    0,
+    (s[1] - 1) / 2,
+    0,
+    0,
+    s[2],
+    (s[2] - 1) / 2,
+    0,
+    0,
+    0,
+    1,
+  ];
   return { dims: nd, affine: mul4(affine, newToOld), newToOld };
 }
 
@@ -209,14 +245,23 @@ export function resampledGrid(dims: readonly number[], affine: Mat4, spacing: re
  * intensities, nearest for labels. The grid size is round(size * old / new) per axis, so the
  * resulting spacing equals the target up to that rounding.
  */
-export function resample(image: NiftiImage, opts: { spacing: readonly number[]; order: Interpolation }): NiftiImage {
+export function resample(
+  image: NiftiImage,
+  opts: { spacing: readonly number[]; order: Interpolation },
+): NiftiImage {
   const g = resampledGrid(image.dims, image.affine, opts.spacing);
   if (g.dims.every((d, i) => d === image.dims[i])) return image;
   const data = sampleGrid(image.data, image.dims, g.dims, indexMapOf(g.newToOld), {
     order: opts.order,
     frames: image.frames,
   }) as Float32Array;
-  const out: NiftiImage = { ...image, data, dims: g.dims, affine: g.affine, spacing: spacingOf(g.affine) };
+  const out: NiftiImage = {
+    ...image,
+    data,
+    dims: g.dims,
+    affine: g.affine,
+    spacing: spacingOf(g.affine),
+  };
   if (image.frames > 1) out.dims4 = [g.dims[0], g.dims[1], g.dims[2], image.frames];
   return out;
 }
@@ -245,7 +290,13 @@ export function resampleToReference(
     fill: opts.fill ?? 0,
     frames: image.frames,
   }) as Float32Array;
-  const out: NiftiImage = { ...image, data, dims, affine: refAffine, spacing: spacingOf(refAffine) };
+  const out: NiftiImage = {
+    ...image,
+    data,
+    dims,
+    affine: refAffine,
+    spacing: spacingOf(refAffine),
+  };
   if (image.frames > 1) out.dims4 = [dims[0], dims[1], dims[2], image.frames];
   return out;
 }

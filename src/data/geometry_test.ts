@@ -3,15 +3,42 @@ import { apply4, fromLinear, inv4, maxAbsDiff, mul3, rotation3 } from "./affine.
 import { reorientToRAS, resample, resampleToReference, sampleGrid } from "./geometry.ts";
 import type { NiftiImage } from "./nifti.ts";
 
-function makeImage(dims: [number, number, number], affine: number[], f: (x: number, y: number, z: number) => number): NiftiImage {
+function makeImage(
+  dims: [number, number, number],
+  affine: number[],
+  f: (x: number, y: number, z: number) => number,
+): NiftiImage {
   const data = new Float32Array(dims[0] * dims[1] * dims[2]);
   let i = 0;
-  for (let z = 0; z < dims[2]; z++) for (let y = 0; y < dims[1]; y++) for (let x = 0; x < dims[0]; x++) data[i++] = f(x, y, z);
+  for (let z = 0; z < dims[2]; z++) {
+    for (let y = 0; y < dims[1]; y++) {
+      for (let x = 0; x < dims[0]; x++) data[i++] = f(x, y, z);
+    }
+  }
   return {
-    data, dims, frames: 1, affine, spacing: [0, 1, 2].map((j) => Math.hypot(affine[j], affine[4 + j], affine[8 + j])) as [number, number, number],
+    data,
+    dims,
+    frames: 1,
+    affine,
+    spacing: [0, 1, 2].map((j) => Math.hypot(affine[j], affine[4 + j], affine[8 + j])) as [
+      number,
+      number,
+      number,
+    ],
     header: {
-      niftiVersion: 1, datatype: "float32", datatypeCode: 16, sclSlope: 1, sclInter: 0, qformCode: 1, sformCode: 1,
-      affineSource: "sform", intentCode: 0, intentName: "", descrip: "", unitScale: 1, dim: [3, ...dims, 1, 1, 1, 1],
+      niftiVersion: 1,
+      datatype: "float32",
+      datatypeCode: 16,
+      sclSlope: 1,
+      sclInter: 0,
+      qformCode: 1,
+      sformCode: 1,
+      affineSource: "sform",
+      intentCode: 0,
+      intentName: "",
+      descrip: "",
+      unitScale: 1,
+      dim: [3, ...dims, 1, 1, 1, 1],
     },
   };
 }
@@ -27,7 +54,9 @@ Deno.test("geometry: reorientToRAS moves voxels without changing their world pos
   const ras = reorientToRAS(src);
   assertEquals(ras.dims, [5, 4, 6]);
   // Each axis now points mostly along +R, +A, +S.
-  for (let w = 0; w < 3; w++) assert(ras.affine[w * 4 + w] > 0, `axis ${w} direction ${ras.affine}`);
+  for (let w = 0; w < 3; w++) {
+    assert(ras.affine[w * 4 + w] > 0, `axis ${w} direction ${ras.affine}`);
+  }
   const inv = inv4(src.affine);
   for (let z = 0; z < 6; z++) {
     for (let y = 0; y < 4; y++) {
@@ -57,12 +86,19 @@ Deno.test("geometry: trilinear resampling reproduces a linear field; nearest kee
   for (let z = 2; z < out.dims[2] - 2; z++) {
     for (let y = 1; y < out.dims[1] - 1; y++) {
       for (let x = 1; x < out.dims[0] - 1; x++) {
-        worst = Math.max(worst, Math.abs(valueAt(out, [x, y, z]) - field(apply4(out.affine, [x, y, z]))));
+        worst = Math.max(
+          worst,
+          Math.abs(valueAt(out, [x, y, z]) - field(apply4(out.affine, [x, y, z]))),
+        );
       }
     }
   }
   assert(worst < 1e-4, `interior error ${worst}`);
-  const lab = makeImage([40, 36, 10], aff, (x, y, z) => ((x >> 3) + (y >> 3) + z) % 4 === 0 ? 0 : [2, 5, 7][(x + y + z) % 3]);
+  const lab = makeImage(
+    [40, 36, 10],
+    aff,
+    (x, y, z) => ((x >> 3) + (y >> 3) + z) % 4 === 0 ? 0 : [2, 5, 7][(x + y + z) % 3],
+  );
   const nl = resample(lab, { spacing: [2, 2, 2], order: "nearest" });
   assertEquals(new Set(nl.data), new Set([0, 2, 5, 7]));
 });
@@ -74,7 +110,13 @@ Deno.test("geometry: resampleToReference onto the same grid is the identity; thr
   const same = resampleToReference(img, img, { order: "linear" });
   assertEquals(Array.from(same.data), Array.from(img.data));
   // Reference: a finer grid in world space covering the middle.
-  const ref = { dims: [20, 20, 10], affine: fromLinear(mul3(rotation3(0, 0, 0.3), [0.5, 0, 0, 0, 0.5, 0, 0, 0, 1]), apply4(aff, [10, 10, 5])) };
+  const ref = {
+    dims: [20, 20, 10],
+    affine: fromLinear(
+      mul3(rotation3(0, 0, 0.3), [0.5, 0, 0, 0, 0.5, 0, 0, 0, 1]),
+      apply4(aff, [10, 10, 5]),
+    ),
+  };
   const fine = resampleToReference(img, ref, { order: "linear" });
   assertEquals(fine.dims, [20, 20, 10]);
   for (const idx of [[0, 0, 0], [7, 13, 4], [19, 19, 9]]) {
@@ -82,10 +124,17 @@ Deno.test("geometry: resampleToReference onto the same grid is the identity; thr
     assertAlmostEquals(valueAt(fine, idx), smooth(src[0], src[1], src[2]), 0.02, `at ${idx}`);
   }
   // Out of the field of view: fill.
-  const far = resampleToReference(img, { dims: [2, 2, 2], affine: fromLinear([1, 0, 0, 0, 1, 0, 0, 0, 1], [500, 0, 0]) }, { fill: -7 });
+  const far = resampleToReference(img, {
+    dims: [2, 2, 2],
+    affine: fromLinear([1, 0, 0, 0, 1, 0, 0, 0, 1], [500, 0, 0]),
+  }, { fill: -7 });
   assertEquals(Array.from(far.data), new Array(8).fill(-7));
   // Multi-frame images (class probabilities) resample every frame.
-  const two = { ...img, data: new Float32Array([...img.data, ...img.data.map((v) => -v)]), frames: 2 };
+  const two = {
+    ...img,
+    data: new Float32Array([...img.data, ...img.data.map((v) => -v)]),
+    frames: 2,
+  };
   const both = resampleToReference(two, ref, { order: "linear" });
   assertEquals(both.data.length, 2 * 4000);
   assertAlmostEquals(both.data[4000 + 123], -both.data[123], 1e-6);
@@ -93,9 +142,16 @@ Deno.test("geometry: resampleToReference onto the same grid is the identity; thr
 
 Deno.test("geometry: sampleGrid edge handling (half a voxel clamps, farther fills)", () => {
   const src = new Float32Array([1, 2, 3, 4]);
-  const out = sampleGrid(src, [4, 1, 1], [6, 1, 1], [1, 0, 0, -1.2, 0, 1, 0, 0, 0, 0, 1, 0], { order: "linear", fill: 9 });
+  const out = sampleGrid(src, [4, 1, 1], [6, 1, 1], [1, 0, 0, -1.2, 0, 1, 0, 0, 0, 0, 1, 0], {
+    order: "linear",
+    fill: 9,
+  });
   // points -1.2, -0.2, 0.8, 1.8, 2.8, 3.8
   assertEquals(Array.from(out).map((v) => Math.round(v * 100) / 100), [9, 1, 1.8, 2.8, 3.8, 9]);
-  const nn = sampleGrid(src, [4, 1, 1], [6, 1, 1], [1, 0, 0, -1.2, 0, 1, 0, 0, 0, 0, 1, 0], { order: "nearest", fill: 0, out: new Uint8Array(6) });
+  const nn = sampleGrid(src, [4, 1, 1], [6, 1, 1], [1, 0, 0, -1.2, 0, 1, 0, 0, 0, 0, 1, 0], {
+    order: "nearest",
+    fill: 0,
+    out: new Uint8Array(6),
+  });
   assertEquals(Array.from(nn), [0, 1, 2, 3, 4, 0]);
 });

@@ -11,7 +11,13 @@
  *   per channel, labelsTr/<case>.nii.gz.
  */
 import * as path from "node:path";
-import { assignSplits, type ImageRef, type Manifest, type ManifestCase, type SplitOptions } from "./manifest.ts";
+import {
+  assignSplits,
+  type ImageRef,
+  type Manifest,
+  type ManifestCase,
+  type SplitOptions,
+} from "./manifest.ts";
 
 export type ImportOptions = SplitOptions;
 
@@ -21,7 +27,11 @@ async function walk(dir: string, out: string[] = []): Promise<string[]> {
     entries = [];
     for await (const e of Deno.readDir(dir)) entries.push(e);
   } catch (e) {
-    throw new Error(`Cannot import ${dir}: ${e instanceof Deno.errors.NotFound ? "folder not found" : (e as Error).message}`);
+    throw new Error(
+      `Cannot import ${dir}: ${
+        e instanceof Deno.errors.NotFound ? "folder not found" : (e as Error).message
+      }`,
+    );
   }
   entries.sort((a, b) => a.name.localeCompare(b.name));
   for (const e of entries) {
@@ -40,11 +50,17 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
   try {
     text = await Deno.readTextFile(file);
   } catch (e) {
-    throw new Error(`Cannot import: ${file} ${e instanceof Deno.errors.NotFound ? "not found" : (e as Error).message}`);
+    throw new Error(
+      `Cannot import: ${file} ${
+        e instanceof Deno.errors.NotFound ? "not found" : (e as Error).message
+      }`,
+    );
   }
   try {
     const v = JSON.parse(text);
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("top level is not an object");
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      throw new Error("top level is not an object");
+    }
     return v as Record<string, unknown>;
   } catch (e) {
     throw new Error(`Cannot import: ${file} is not valid JSON (${(e as Error).message})`);
@@ -52,10 +68,15 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
 }
 
 function className(name: string): string {
-  return name.trim().replace(/[^A-Za-z0-9]+/g, "_").replace(/^_+|_+$/g, "").toLowerCase() || "class";
+  return name.trim().replace(/[^A-Za-z0-9]+/g, "_").replace(/^_+|_+$/g, "").toLowerCase() ||
+    "class";
 }
 
-function splitCases(cases: Omit<ManifestCase, "split">[], fixed: Map<string, ManifestCase["split"]>, opts: ImportOptions): ManifestCase[] {
+function splitCases(
+  cases: Omit<ManifestCase, "split">[],
+  fixed: Map<string, ManifestCase["split"]>,
+  opts: ImportOptions,
+): ManifestCase[] {
   const free = cases.filter((c) => !fixed.has(c.id)).map((c) => c.id);
   const auto = assignSplits(free, opts);
   return cases.map((c) => ({ ...c, split: fixed.get(c.id) ?? auto.get(c.id) ?? "train" }));
@@ -69,7 +90,10 @@ function stripNii(name: string): string {
 export async function importMsCmrSeg(dir: string, opts: ImportOptions = {}): Promise<Manifest> {
   const files = (await walk(dir)).filter((f) => NII.test(f));
   const re = /^patient(\d+)_(c0|lge|t2)(_manual|_gd|_label)?$/i;
-  const byPatient = new Map<number, { images: Record<string, string>; labels: Record<string, string> }>();
+  const byPatient = new Map<
+    number,
+    { images: Record<string, string>; labels: Record<string, string> }
+  >();
   for (const f of files) {
     const m = re.exec(stripNii(path.basename(f)));
     if (!m) continue;
@@ -77,21 +101,43 @@ export async function importMsCmrSeg(dir: string, opts: ImportOptions = {}): Pro
     const mod = m[2].toUpperCase() === "C0" ? "C0" : m[2].toUpperCase();
     const entry = byPatient.get(n) ?? { images: {}, labels: {} };
     const slot = m[3] ? entry.labels : entry.images;
-    if (slot[mod]) throw new Error(`Cannot import ${dir}: two files for patient${n} ${mod}${m[3] ?? ""}: ${slot[mod]} and ${f}`);
+    if (slot[mod]) {
+      throw new Error(
+        `Cannot import ${dir}: two files for patient${n} ${mod}${m[3] ?? ""}: ${
+          slot[mod]
+        } and ${f}`,
+      );
+    }
     slot[mod] = f;
     byPatient.set(n, entry);
   }
-  if (byPatient.size === 0) throw new Error(`Cannot import ${dir}: no MS-CMRSeg files (patientN_C0.nii.gz, patientN_LGE.nii.gz, patientN_T2.nii.gz) found`);
+  if (byPatient.size === 0) {
+    throw new Error(
+      `Cannot import ${dir}: no MS-CMRSeg files (patientN_C0.nii.gz, patientN_LGE.nii.gz, patientN_T2.nii.gz) found`,
+    );
+  }
   const present = new Set<string>();
   const cases: Omit<ManifestCase, "split">[] = [];
   for (const [n, e] of [...byPatient].sort((a, b) => a[0] - b[0])) {
     for (const k of Object.keys(e.labels)) {
-      if (!e.images[k]) throw new Error(`Cannot import ${dir}: label ${e.labels[k]} has no matching image patient${n}_${k}.nii.gz`);
+      if (!e.images[k]) {
+        throw new Error(
+          `Cannot import ${dir}: label ${
+            e.labels[k]
+          } has no matching image patient${n}_${k}.nii.gz`,
+        );
+      }
     }
     if (Object.keys(e.images).length === 0) continue;
     Object.keys(e.images).forEach((k) => present.add(k));
     const labeled = Object.keys(e.labels).length > 0;
-    cases.push({ id: `patient${n}`, images: e.images, ...(labeled ? { labels: e.labels } : {}), labeled, aligned: false });
+    cases.push({
+      id: `patient${n}`,
+      images: e.images,
+      ...(labeled ? { labels: e.labels } : {}),
+      labeled,
+      aligned: false,
+    });
   }
   const modalities = ["C0", "LGE", "T2"].filter((m) => present.has(m));
   return {
@@ -106,20 +152,29 @@ export async function importMsCmrSeg(dir: string, opts: ImportOptions = {}): Pro
 
 function entryPath(v: unknown, key: string, file: string): string {
   if (typeof v === "string") return v;
-  if (v && typeof v === "object" && typeof (v as { image?: unknown }).image === "string") return (v as { image: string }).image;
+  if (v && typeof v === "object" && typeof (v as { image?: unknown }).image === "string") {
+    return (v as { image: string }).image;
+  }
   throw new Error(`Cannot import: ${file}: ${key} must be a path or an object with "image"`);
 }
 
 function labelsFromJson(labels: unknown, file: string): Record<string, number> {
-  if (!labels || typeof labels !== "object") throw new Error(`Cannot import: ${file}: "labels" is missing or not an object`);
+  if (!labels || typeof labels !== "object") {
+    throw new Error(`Cannot import: ${file}: "labels" is missing or not an object`);
+  }
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(labels as Record<string, unknown>)) {
     // Decathlon/AMOS/nnU-Net v1: "1": "liver"; nnU-Net v2: "liver": 1.
     let value: number, name: string;
     if (typeof v === "string" && /^-?\d+$/.test(k)) [value, name] = [Number(k), v];
     else if (typeof v === "number") [value, name] = [v, k];
-    else if (Array.isArray(v)) throw new Error(`Cannot import: ${file}: labels.${k} is a region (list of values); region-based labels are not supported`);
-    else throw new Error(`Cannot import: ${file}: labels.${k} has unexpected value ${JSON.stringify(v)}`);
+    else if (Array.isArray(v)) {
+      throw new Error(
+        `Cannot import: ${file}: labels.${k} is a region (list of values); region-based labels are not supported`,
+      );
+    } else {throw new Error(
+        `Cannot import: ${file}: labels.${k} has unexpected value ${JSON.stringify(v)}`,
+      );}
     if (value === 0) continue;
     let n = className(name);
     while (n in out) n += "_";
@@ -141,18 +196,33 @@ export async function importAmos(dir: string, opts: ImportOptions = {}): Promise
   const fixed = new Map<string, ManifestCase["split"]>();
   const modOf = (id: string) => {
     const n = Number(/(\d+)/.exec(id)?.[1] ?? NaN);
-    if (!Number.isFinite(n)) throw new Error(`Cannot import ${dir}: case "${id}" has no number to tell CT (below 500) from MRI`);
+    if (!Number.isFinite(n)) {
+      throw new Error(
+        `Cannot import ${dir}: case "${id}" has no number to tell CT (below 500) from MRI`,
+      );
+    }
     return n >= 500 ? "MRI" : "CT";
   };
-  const add = (list: unknown, split: ManifestCase["split"] | null, key: string, withLabels: boolean) => {
+  const add = (
+    list: unknown,
+    split: ManifestCase["split"] | null,
+    key: string,
+    withLabels: boolean,
+  ) => {
     if (list === undefined) return;
-    if (!Array.isArray(list)) throw new Error(`Cannot import: ${jsonPath}: "${key}" must be a list`);
+    if (!Array.isArray(list)) {
+      throw new Error(`Cannot import: ${jsonPath}: "${key}" must be a list`);
+    }
     list.forEach((item, i) => {
       const img = resolveIn(dir, entryPath(item, `${key}[${i}]`, jsonPath));
       const id = stripNii(path.basename(img));
       const mod = modOf(id);
-      const lab = withLabels && item && typeof item === "object" ? (item as { label?: unknown }).label : undefined;
-      if (withLabels && typeof lab !== "string") throw new Error(`Cannot import: ${jsonPath}: ${key}[${i}].label is missing`);
+      const lab = withLabels && item && typeof item === "object"
+        ? (item as { label?: unknown }).label
+        : undefined;
+      if (withLabels && typeof lab !== "string") {
+        throw new Error(`Cannot import: ${jsonPath}: ${key}[${i}].label is missing`);
+      }
       cases.push({
         id,
         images: { [mod]: img },
@@ -171,18 +241,28 @@ export async function importAmos(dir: string, opts: ImportOptions = {}): Promise
     task: "abdomen",
     description: `AMOS 2022 layout imported from ${dir}`,
     modalities: mods,
-    modalityKinds: Object.fromEntries(mods.map((m) => [m, m === "CT" ? "ct" as const : "mr" as const])),
+    modalityKinds: Object.fromEntries(
+      mods.map((m) => [m, m === "CT" ? "ct" as const : "mr" as const]),
+    ),
     classes,
     cases: splitCases(cases, fixed, opts),
   };
 }
 
-function modalityNames(ds: Record<string, unknown>, key: "modality" | "channel_names", file: string): string[] {
+function modalityNames(
+  ds: Record<string, unknown>,
+  key: "modality" | "channel_names",
+  file: string,
+): string[] {
   const m = ds[key];
   if (!m || typeof m !== "object") throw new Error(`Cannot import: ${file}: "${key}" is missing`);
-  const entries = Object.entries(m as Record<string, unknown>).sort((a, b) => Number(a[0]) - Number(b[0]));
+  const entries = Object.entries(m as Record<string, unknown>).sort((a, b) =>
+    Number(a[0]) - Number(b[0])
+  );
   const names = entries.map(([k, v], i) => {
-    if (Number(k) !== i || typeof v !== "string") throw new Error(`Cannot import: ${file}: ${key} must map "0", "1", ... to names`);
+    if (Number(k) !== i || typeof v !== "string") {
+      throw new Error(`Cannot import: ${file}: ${key} must map "0", "1", ... to names`);
+    }
     return v;
   });
   // Keep names unique (e.g. two "MRI" channels).
@@ -207,8 +287,16 @@ export async function importDecathlon(dir: string, opts: ImportOptions = {}): Pr
   training.forEach((item, i) => {
     const img = resolveIn(dir, entryPath(item, `training[${i}]`, jsonPath));
     const lab = (item as { label?: unknown }).label;
-    if (typeof lab !== "string") throw new Error(`Cannot import: ${jsonPath}: training[${i}].label is missing`);
-    cases.push({ id: stripNii(path.basename(img)), images: images(img), labels: { shared: resolveIn(dir, lab) }, labeled: true, aligned: true });
+    if (typeof lab !== "string") {
+      throw new Error(`Cannot import: ${jsonPath}: training[${i}].label is missing`);
+    }
+    cases.push({
+      id: stripNii(path.basename(img)),
+      images: images(img),
+      labels: { shared: resolveIn(dir, lab) },
+      labeled: true,
+      aligned: true,
+    });
   });
   const test = Array.isArray(ds.test) ? ds.test : [];
   test.forEach((item, i) => {
@@ -232,10 +320,16 @@ export async function importDecathlon(dir: string, opts: ImportOptions = {}): Pr
 export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Promise<Manifest> {
   const jsonPath = path.join(dir, "dataset.json");
   const ds = await readJson(jsonPath);
-  const mods = "channel_names" in ds ? modalityNames(ds, "channel_names", jsonPath) : modalityNames(ds, "modality", jsonPath);
+  const mods = "channel_names" in ds
+    ? modalityNames(ds, "channel_names", jsonPath)
+    : modalityNames(ds, "modality", jsonPath);
   const classes = labelsFromJson(ds.labels, jsonPath);
   const ending = typeof ds.file_ending === "string" ? ds.file_ending : ".nii.gz";
-  if (!/^\.nii(\.gz)?$/.test(ending)) throw new Error(`Cannot import ${dir}: file_ending "${ending}" is not NIfTI; only .nii and .nii.gz are supported`);
+  if (!/^\.nii(\.gz)?$/.test(ending)) {
+    throw new Error(
+      `Cannot import ${dir}: file_ending "${ending}" is not NIfTI; only .nii and .nii.gz are supported`,
+    );
+  }
   const scan = async (sub: string) => {
     const d = path.join(dir, sub);
     try {
@@ -248,7 +342,11 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
       const base = path.basename(f);
       if (!base.endsWith(ending)) continue;
       const m = /^(.*)_(\d{4})$/.exec(base.slice(0, -ending.length));
-      if (!m) throw new Error(`Cannot import ${dir}: ${f} does not end in _XXXX${ending} (channel number)`);
+      if (!m) {
+        throw new Error(
+          `Cannot import ${dir}: ${f} does not end in _XXXX${ending} (channel number)`,
+        );
+      }
       const ch = Number(m[2]);
       const chans = byCase.get(m[1]) ?? new Map<number, string>();
       chans.set(ch, f);
@@ -263,7 +361,11 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
     for (const [id, chans] of [...found].sort((a, b) => a[0].localeCompare(b[0]))) {
       const missing = mods.map((_, i) => i).filter((i) => !chans.has(i));
       if (missing.length) {
-        throw new Error(`Cannot import ${dir}: ${sub}/${id} lacks channel ${missing.map((i) => String(i).padStart(4, "0")).join(", ")} (${missing.map((i) => mods[i]).join(", ")})`);
+        throw new Error(
+          `Cannot import ${dir}: ${sub}/${id} lacks channel ${
+            missing.map((i) => String(i).padStart(4, "0")).join(", ")
+          } (${missing.map((i) => mods[i]).join(", ")})`,
+        );
       }
       const images = Object.fromEntries(mods.map((m, i) => [m, chans.get(i)!]));
       const labelFile = path.join(dir, sub === "imagesTr" ? "labelsTr" : "labelsTs", id + ending);
@@ -271,12 +373,24 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
       try {
         hasLabel = (await Deno.stat(labelFile)).isFile;
       } catch { /* no label */ }
-      if (sub === "imagesTr" && !hasLabel) throw new Error(`Cannot import ${dir}: training case ${id} has no label ${labelFile}`);
-      cases.push({ id, images, ...(hasLabel ? { labels: { shared: labelFile } } : {}), labeled: hasLabel && sub === "imagesTr", aligned: true });
+      if (sub === "imagesTr" && !hasLabel) {
+        throw new Error(`Cannot import ${dir}: training case ${id} has no label ${labelFile}`);
+      }
+      cases.push({
+        id,
+        images,
+        ...(hasLabel ? { labels: { shared: labelFile } } : {}),
+        labeled: hasLabel && sub === "imagesTr",
+        aligned: true,
+      });
       if (split) fixed.set(id, split);
     }
   }
-  if (cases.length === 0) throw new Error(`Cannot import ${dir}: no images in imagesTr/ or imagesTs/ (expected <case>_0000${ending})`);
+  if (cases.length === 0) {
+    throw new Error(
+      `Cannot import ${dir}: no images in imagesTr/ or imagesTs/ (expected <case>_0000${ending})`,
+    );
+  }
   return {
     task: typeof ds.name === "string" ? className(ds.name) : path.basename(dir),
     description: `nnU-Net raw layout imported from ${dir}`,
@@ -298,7 +412,9 @@ export async function detectLayout(dir: string): Promise<DatasetLayout> {
   if (!ds) {
     const files = await walk(dir);
     if (files.some((f) => /patient\d+_(c0|lge|t2)\.nii(\.gz)?$/i.test(f))) return "mscmrseg";
-    throw new Error(`Cannot import ${dir}: no dataset.json and no MS-CMRSeg files; name the layout with --layout`);
+    throw new Error(
+      `Cannot import ${dir}: no dataset.json and no MS-CMRSeg files; name the layout with --layout`,
+    );
   }
   if ("channel_names" in ds) return "nnunet";
   const name = String(ds.name ?? "").toLowerCase();
@@ -317,12 +433,19 @@ export async function detectLayout(dir: string): Promise<DatasetLayout> {
 }
 
 /** Runs the importer for `layout` (or the detected one). */
-export async function importDataset(dir: string, opts: ImportOptions & { layout?: DatasetLayout } = {}): Promise<Manifest> {
+export async function importDataset(
+  dir: string,
+  opts: ImportOptions & { layout?: DatasetLayout } = {},
+): Promise<Manifest> {
   const layout = opts.layout ?? (await detectLayout(dir));
   switch (layout) {
-    case "mscmrseg": return await importMsCmrSeg(dir, opts);
-    case "amos": return await importAmos(dir, opts);
-    case "decathlon": return await importDecathlon(dir, opts);
-    case "nnunet": return await importNnUnetRaw(dir, opts);
+    case "mscmrseg":
+      return await importMsCmrSeg(dir, opts);
+    case "amos":
+      return await importAmos(dir, opts);
+    case "decathlon":
+      return await importDecathlon(dir, opts);
+    case "nnunet":
+      return await importNnUnetRaw(dir, opts);
   }
 }

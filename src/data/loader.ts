@@ -76,7 +76,12 @@ export interface LoaderContext {
 }
 
 /** Picks one case per modality: the same case when it has every modality, else per modality. */
-function pickSources<C extends { id: string; volumes: Readonly<Record<string, unknown>> }>(pool: C[], mods: string[], rng: Rng, what: string): Record<string, C> {
+function pickSources<C extends { id: string; volumes: Readonly<Record<string, unknown>> }>(
+  pool: C[],
+  mods: string[],
+  rng: Rng,
+  what: string,
+): Record<string, C> {
   const first = pool[rng.int(pool.length)];
   const out: Record<string, C> = {};
   for (const m of mods) {
@@ -103,7 +108,9 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
   const n = sampler.patchVoxels;
   let labeled: LabeledBatch | null = null;
   if (ctx.labeledBatch > 0) {
-    if (ctx.labeled.length === 0) throw new Error("PatchLoader: labeledBatch > 0 but there are no labeled cases");
+    if (ctx.labeled.length === 0) {
+      throw new Error("PatchLoader: labeledBatch > 0 but there are no labeled cases");
+    }
     labeled = { ids: [], images: {}, labels: {}, forcedForeground: [] };
     for (const m of ctx.modalities) {
       labeled.images[m] = new Float32Array(ctx.labeledBatch * n);
@@ -111,7 +118,10 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
     }
     for (let b = 0; b < ctx.labeledBatch; b++) {
       const item = rng.derive("labeled", b);
-      const p = sampler.sampleLabeled(pickSources(ctx.labeled, ctx.modalities, item, "labeled"), item);
+      const p = sampler.sampleLabeled(
+        pickSources(ctx.labeled, ctx.modalities, item, "labeled"),
+        item,
+      );
       for (const m of ctx.modalities) {
         labeled.images[m].set(p.images[m], b * n);
         labeled.labels[m].set(p.labels[m], b * n);
@@ -126,7 +136,9 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
     const pool: UnlabeledCase[] = ctx.unlabeled.length > 0
       ? ctx.unlabeled
       : ctx.labeled.map((c) => ({ kind: "unlabeled", id: c.id, volumes: c.volumes }));
-    if (pool.length === 0) throw new Error("PatchLoader: unlabeledBatch > 0 but there are no cases");
+    if (pool.length === 0) {
+      throw new Error("PatchLoader: unlabeledBatch > 0 but there are no cases");
+    }
     unlabeled = { ids: [], images: {} };
     for (const m of ctx.modalities) unlabeled.images[m] = new Float32Array(ctx.unlabeledBatch * n);
     for (let b = 0; b < ctx.unlabeledBatch; b++) {
@@ -160,7 +172,10 @@ export class PatchLoader {
   private readonly ctx: LoaderContext;
   private readonly workers: Worker[] = [];
   private readonly pending = new Map<number, Pending>();
-  private readonly waiters = new Map<number, { resolve: (b: Batch) => void; reject: (e: Error) => void }>();
+  private readonly waiters = new Map<
+    number,
+    { resolve: (b: Batch) => void; reject: (e: Error) => void }
+  >();
   private nextIndex: number;
   private readonly prefetch: number;
   private closed = false;
@@ -185,7 +200,9 @@ export class PatchLoader {
       };
       w.onerror = (e) => {
         e.preventDefault();
-        for (const [, waiter] of this.waiters) waiter.reject(new Error(`PatchLoader worker failed: ${e.message}`));
+        for (const [, waiter] of this.waiters) {
+          waiter.reject(new Error(`PatchLoader worker failed: ${e.message}`));
+        }
         this.waiters.clear();
       };
       w.postMessage({ type: "init", ctx });
@@ -198,7 +215,11 @@ export class PatchLoader {
     const workers = opts.workers ?? 1;
     const plan = await loadPlan(opts.dir);
     for (const m of opts.modalities ?? []) {
-      if (!plan.modalities.includes(m)) throw new Error(`PatchLoader: modality ${m} is not in ${opts.dir} (${plan.modalities.join(", ")})`);
+      if (!plan.modalities.includes(m)) {
+        throw new Error(
+          `PatchLoader: modality ${m} is not in ${opts.dir} (${plan.modalities.join(", ")})`,
+        );
+      }
     }
     const data = await loadPreprocessedCases(opts.dir, {
       splits: opts.splits ?? ["train"],
@@ -208,7 +229,11 @@ export class PatchLoader {
     });
     const modalities = opts.modalities ?? data.plan.modalities;
     if (opts.labeledBatch > 0 && data.labeled.length === 0) {
-      throw new Error(`PatchLoader: no labeled cases in ${opts.dir} for splits ${(opts.splits ?? ["train"]).join(", ")}`);
+      throw new Error(
+        `PatchLoader: no labeled cases in ${opts.dir} for splits ${
+          (opts.splits ?? ["train"]).join(", ")
+        }`,
+      );
     }
     const ctx: LoaderContext = {
       modalities,
@@ -223,7 +248,12 @@ export class PatchLoader {
       unlabeled: data.unlabeled,
     };
     // Fail early on bad settings (patch size, modalities) in this thread.
-    new PatchSampler({ patchSize: opts.patchSize, modalities, augment: opts.augment, misalign: opts.misalign });
+    new PatchSampler({
+      patchSize: opts.patchSize,
+      modalities,
+      augment: opts.augment,
+      misalign: opts.misalign,
+    });
     return new PatchLoader(data.plan, ctx, opts);
   }
 
@@ -245,7 +275,9 @@ export class PatchLoader {
       promise = Promise.resolve().then(() => makeBatch(this.ctx, index));
     } else {
       const w = this.workers[index % this.workers.length];
-      promise = new Promise<Batch>((resolve, reject) => this.waiters.set(index, { resolve, reject }));
+      promise = new Promise<Batch>((resolve, reject) =>
+        this.waiters.set(index, { resolve, reject })
+      );
       w.postMessage({ type: "batch", index });
     }
     promise.catch(() => {}); // surfaced by next()
@@ -259,7 +291,7 @@ export class PatchLoader {
     if (this.closed) throw new Error("PatchLoader: next() after close()");
     const i = this.nextIndex++;
     const p = this.request(i);
-    if (this.workers.length > 0) for (let k = 1; k < this.prefetch; k++) this.request(i + k);
+    if (this.workers.length > 0) { for (let k = 1; k < this.prefetch; k++) this.request(i + k); }
     try {
       return await p.promise;
     } finally {

@@ -9,7 +9,13 @@ const tmp = await Deno.makeTempDir({ prefix: "comodal_loader_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
 
 // A small cardiac set: synthesise, preprocess (all cases in train).
-const syn = await synthesize("cardiac", { outDir: `${tmp}/raw`, cases: 4, seed: 2, sizeScale: 0.4, workers: 0 });
+const syn = await synthesize("cardiac", {
+  outDir: `${tmp}/raw`,
+  cases: 4,
+  seed: 2,
+  sizeScale: 0.4,
+  workers: 0,
+});
 const manifest = await loadManifest(syn.manifestPath);
 for (const c of manifest.cases) c.split = "train";
 const PRE = `${tmp}/pre`;
@@ -29,7 +35,15 @@ function digestBatch(b: Awaited<ReturnType<PatchLoader["next"]>>): number[] {
 }
 
 Deno.test("loader: batch shapes, labels, and the same stream with 0 or 2 workers", async () => {
-  const opts = { dir: PRE, patchSize: PATCH, labeledBatch: 2, unlabeledBatch: 1, seed: 11, modalities: ["C0", "LGE"], misalign: { translationMm: 4, rotationDeg: 5 } };
+  const opts = {
+    dir: PRE,
+    patchSize: PATCH,
+    labeledBatch: 2,
+    unlabeledBatch: 1,
+    seed: 11,
+    modalities: ["C0", "LGE"],
+    misalign: { translationMm: 4, rotationDeg: 5 },
+  };
   const inline = await PatchLoader.create({ ...opts, workers: 0 });
   const pooled = await PatchLoader.create({ ...opts, workers: 2, prefetch: 3 });
   try {
@@ -48,12 +62,17 @@ Deno.test("loader: batch shapes, labels, and the same stream with 0 or 2 workers
       for (const v of a.labeled!.labels.C0) assert(v >= 0 && v <= 3);
     }
     // batchAt(i) reproduces stream batch i; a resumed loader continues the stream.
-    assertEquals(digestBatch(inline.batchAt(3)), digestBatch(await (async () => {
-      const r = await PatchLoader.create({ ...opts, workers: 0, startBatch: 3 });
-      const b = await r.next();
-      await r.close();
-      return b;
-    })()));
+    assertEquals(
+      digestBatch(inline.batchAt(3)),
+      digestBatch(
+        await (async () => {
+          const r = await PatchLoader.create({ ...opts, workers: 0, startBatch: 3 });
+          const b = await r.next();
+          await r.close();
+          return b;
+        })(),
+      ),
+    );
   } finally {
     await inline.close();
     await pooled.close();
@@ -62,17 +81,31 @@ Deno.test("loader: batch shapes, labels, and the same stream with 0 or 2 workers
 
 Deno.test("loader: cases outside labeledIds are only ever unlabeled, and never bring labels", async () => {
   const keep = selectLabeled(manifest.cases, { labeled: 2, seed: 1 });
-  const loader = await PatchLoader.create({ dir: PRE, patchSize: PATCH, labeledBatch: 1, unlabeledBatch: 2, seed: 3, labeledIds: keep, workers: 0 });
+  const loader = await PatchLoader.create({
+    dir: PRE,
+    patchSize: PATCH,
+    labeledBatch: 1,
+    unlabeledBatch: 2,
+    seed: 3,
+    labeledIds: keep,
+    workers: 0,
+  });
   try {
     assertEquals([...loader.labeledCases].sort(), keep);
     assertEquals(loader.unlabeledCases.length, 2);
     const seenUnlabeled = new Set<string>();
     for (let i = 0; i < 12; i++) {
       const b = await loader.next();
-      for (const ids of b.labeled!.ids) for (const id of Object.values(ids)) assert(keep.includes(id), `labeled patch from ${id}`);
-      for (const ids of b.unlabeled!.ids) for (const id of Object.values(ids)) {
-        assert(!keep.includes(id), `unlabeled patch from labeled case ${id}`);
-        seenUnlabeled.add(id);
+      for (const ids of b.labeled!.ids) {
+        for (const id of Object.values(ids)) {
+          assert(keep.includes(id), `labeled patch from ${id}`);
+        }
+      }
+      for (const ids of b.unlabeled!.ids) {
+        for (const id of Object.values(ids)) {
+          assert(!keep.includes(id), `unlabeled patch from labeled case ${id}`);
+          seenUnlabeled.add(id);
+        }
       }
       assertEquals(Object.keys(b.unlabeled!).sort(), ["ids", "images"]);
     }
@@ -80,12 +113,45 @@ Deno.test("loader: cases outside labeledIds are only ever unlabeled, and never b
   } finally {
     await loader.close();
   }
-  await assertRejects(() => PatchLoader.create({ dir: PRE, patchSize: PATCH, labeledBatch: 1, unlabeledBatch: 0, seed: 0, labeledIds: ["nobody"] }), Error, "Cannot keep labels of case nobody");
-  await assertRejects(() => PatchLoader.create({ dir: PRE, patchSize: PATCH, labeledBatch: 1, unlabeledBatch: 0, seed: 0, modalities: ["CT"], workers: 0 }), Error, "modality CT is not in");
+  await assertRejects(
+    () =>
+      PatchLoader.create({
+        dir: PRE,
+        patchSize: PATCH,
+        labeledBatch: 1,
+        unlabeledBatch: 0,
+        seed: 0,
+        labeledIds: ["nobody"],
+      }),
+    Error,
+    "Cannot keep labels of case nobody",
+  );
+  await assertRejects(
+    () =>
+      PatchLoader.create({
+        dir: PRE,
+        patchSize: PATCH,
+        labeledBatch: 1,
+        unlabeledBatch: 0,
+        seed: 0,
+        modalities: ["CT"],
+        workers: 0,
+      }),
+    Error,
+    "modality CT is not in",
+  );
 });
 
 Deno.test("loader: foreground forcing reaches about one third of labeled patches", async () => {
-  const loader = await PatchLoader.create({ dir: PRE, patchSize: PATCH, labeledBatch: 4, unlabeledBatch: 0, seed: 5, workers: 0, augment: false });
+  const loader = await PatchLoader.create({
+    dir: PRE,
+    patchSize: PATCH,
+    labeledBatch: 4,
+    unlabeledBatch: 0,
+    seed: 5,
+    workers: 0,
+    augment: false,
+  });
   try {
     let forced = 0, total = 0;
     for (let i = 0; i < 30; i++) {
@@ -94,7 +160,9 @@ Deno.test("loader: foreground forcing reaches about one third of labeled patches
         total++;
         if (f) {
           forced++;
-          const fg = ["C0", "LGE", "T2"].some((m) => b.labeled!.labels[m].subarray(k * 2304, (k + 1) * 2304).some((v) => v > 0));
+          const fg = ["C0", "LGE", "T2"].some((m) =>
+            b.labeled!.labels[m].subarray(k * 2304, (k + 1) * 2304).some((v) => v > 0)
+          );
           assert(fg, "forced patch has foreground");
         }
       });

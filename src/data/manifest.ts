@@ -17,7 +17,10 @@ export const ImageRefSchema = z.union([
 export type ImageRef = z.infer<typeof ImageRefSchema>;
 
 export const CaseSchema = z.strictObject({
-  id: z.string().min(1).regex(/^[A-Za-z0-9._-]+$/, "case ids may use letters, digits, '.', '_' and '-' only"),
+  id: z.string().min(1).regex(
+    /^[A-Za-z0-9._-]+$/,
+    "case ids may use letters, digits, '.', '_' and '-' only",
+  ),
   /** modality -> image. A case may hold a subset of the task's modalities (unpaired data). */
   images: z.record(z.string(), ImageRefSchema),
   /** modality (or "shared" for one map that fits every modality of an aligned case) -> label file. */
@@ -78,7 +81,9 @@ function mapRef(ref: ImageRef, f: (p: string) => string): ImageRef {
 
 /** Class names in index order: "background" first, then the manifest's classes (by label value). */
 export function classNames(m: Manifest): string[] {
-  const fg = Object.entries(m.classes).filter(([n]) => n !== "background").sort((a, b) => a[1] - b[1]);
+  const fg = Object.entries(m.classes).filter(([n]) => n !== "background").sort((a, b) =>
+    a[1] - b[1]
+  );
   return ["background", ...fg.map(([n]) => n)];
 }
 
@@ -87,7 +92,9 @@ export function labelValueMap(m: Manifest): Map<number, number> {
   const names = classNames(m);
   const map = new Map<number, number>();
   map.set(m.classes["background"] ?? 0, 0);
-  for (const [n, v] of Object.entries(m.classes)) if (n !== "background") map.set(v, names.indexOf(n));
+  for (const [n, v] of Object.entries(m.classes)) {
+    if (n !== "background") map.set(v, names.indexOf(n));
+  }
   for (const [v, n] of Object.entries(m.labelMap ?? {})) map.set(Number(v), names.indexOf(n));
   return map;
 }
@@ -117,16 +124,26 @@ export async function validateManifest(
   const errs: string[] = [];
   if (m.cases.length === 0) errs.push("cases: the manifest has no cases");
   const mods = new Set(m.modalities);
-  if (mods.size !== m.modalities.length) errs.push(`modalities: duplicate names in [${m.modalities.join(", ")}]`);
-  if (mods.has("shared")) errs.push(`modalities: "shared" is reserved for labels shared by all modalities`);
-  for (const k of Object.keys(m.modalityKinds ?? {})) if (!mods.has(k)) errs.push(`modalityKinds.${k}: not one of the modalities (${m.modalities.join(", ")})`);
+  if (mods.size !== m.modalities.length) {
+    errs.push(`modalities: duplicate names in [${m.modalities.join(", ")}]`);
+  }
+  if (mods.has("shared")) {
+    errs.push(`modalities: "shared" is reserved for labels shared by all modalities`);
+  }
+  for (const k of Object.keys(m.modalityKinds ?? {})) {
+    if (!mods.has(k)) {
+      errs.push(`modalityKinds.${k}: not one of the modalities (${m.modalities.join(", ")})`);
+    }
+  }
   const names = new Set(classNames(m));
   const values = new Map<number, string>();
   for (const [n, v] of Object.entries(m.classes)) {
     if (values.has(v)) errs.push(`classes.${n}: value ${v} is also used by ${values.get(v)}`);
     values.set(v, n);
   }
-  if (!("background" in m.classes) && values.has(0)) errs.push(`classes.${values.get(0)}: value 0 is the background`);
+  if (!("background" in m.classes) && values.has(0)) {
+    errs.push(`classes.${values.get(0)}: value 0 is the background`);
+  }
   for (const [v, n] of Object.entries(m.labelMap ?? {})) {
     if (!Number.isFinite(Number(v))) errs.push(`labelMap.${v}: file value must be a number`);
     if (!names.has(n)) errs.push(`labelMap.${v}: "${n}" is not a class (${[...names].join(", ")})`);
@@ -137,15 +154,34 @@ export async function validateManifest(
     const at = `cases[${i}]`;
     if (ids.has(c.id)) errs.push(`${at}.id: duplicate case id "${c.id}"`);
     ids.add(c.id);
-    if (Object.keys(c.images).length === 0) errs.push(`${at}.images: a case needs at least one image`);
-    for (const k of Object.keys(c.images)) if (!mods.has(k)) errs.push(`${at}.images.${k}: not one of the modalities (${m.modalities.join(", ")})`);
-    for (const k of Object.keys(c.labels ?? {})) {
-      if (k !== "shared" && !mods.has(k)) errs.push(`${at}.labels.${k}: not one of the modalities (${m.modalities.join(", ")}) or "shared"`);
-      else if (k !== "shared" && !(k in c.images)) errs.push(`${at}.labels.${k}: the case has no ${k} image`);
+    if (Object.keys(c.images).length === 0) {
+      errs.push(`${at}.images: a case needs at least one image`);
     }
-    if (c.labeled && Object.keys(c.labels ?? {}).length === 0) errs.push(`${at}.labels: labeled is true but no label file is given`);
-    c.images = Object.fromEntries(Object.entries(c.images).map(([k, v]) => [k, mapRef(v, (p) => path.resolve(root, p))]));
-    if (c.labels) c.labels = Object.fromEntries(Object.entries(c.labels).map(([k, v]) => [k, mapRef(v, (p) => path.resolve(root, p))]));
+    for (const k of Object.keys(c.images)) {
+      if (!mods.has(k)) {
+        errs.push(`${at}.images.${k}: not one of the modalities (${m.modalities.join(", ")})`);
+      }
+    }
+    for (const k of Object.keys(c.labels ?? {})) {
+      if (k !== "shared" && !mods.has(k)) {
+        errs.push(
+          `${at}.labels.${k}: not one of the modalities (${m.modalities.join(", ")}) or "shared"`,
+        );
+      } else if (k !== "shared" && !(k in c.images)) {
+        errs.push(`${at}.labels.${k}: the case has no ${k} image`);
+      }
+    }
+    if (c.labeled && Object.keys(c.labels ?? {}).length === 0) {
+      errs.push(`${at}.labels: labeled is true but no label file is given`);
+    }
+    c.images = Object.fromEntries(
+      Object.entries(c.images).map(([k, v]) => [k, mapRef(v, (p) => path.resolve(root, p))]),
+    );
+    if (c.labels) {
+      c.labels = Object.fromEntries(
+        Object.entries(c.labels).map(([k, v]) => [k, mapRef(v, (p) => path.resolve(root, p))]),
+      );
+    }
   });
   if (errs.length === 0 && opts.checkFiles !== false) {
     const checks: Promise<void>[] = [];
@@ -153,11 +189,13 @@ export async function validateManifest(
       for (const [kind, rec] of [["images", c.images], ["labels", c.labels ?? {}]] as const) {
         for (const [k, ref] of Object.entries(rec)) {
           const p = refPath(ref);
-          checks.push(Deno.stat(p).then((st) => {
-            if (!st.isFile) errs.push(`cases[${i}].${kind}.${k}: not a file (${p})`);
-          }, () => {
-            errs.push(`cases[${i}].${kind}.${k}: file not found (${p})`);
-          }));
+          checks.push(
+            Deno.stat(p).then((st) => {
+              if (!st.isFile) errs.push(`cases[${i}].${kind}.${k}: not a file (${p})`);
+            }, () => {
+              errs.push(`cases[${i}].${kind}.${k}: file not found (${p})`);
+            }),
+          );
         }
       }
     });
@@ -173,12 +211,19 @@ export async function validateManifest(
 }
 
 /** Reads and validates a YAML or JSON manifest; relative paths become absolute. */
-export async function loadManifest(file: string, opts: LoadManifestOptions = {}): Promise<Manifest> {
+export async function loadManifest(
+  file: string,
+  opts: LoadManifestOptions = {},
+): Promise<Manifest> {
   let text: string;
   try {
     text = await Deno.readTextFile(file);
   } catch (e) {
-    throw new Error(`Cannot read manifest ${file}: ${e instanceof Deno.errors.NotFound ? "file not found" : (e as Error).message}`);
+    throw new Error(
+      `Cannot read manifest ${file}: ${
+        e instanceof Deno.errors.NotFound ? "file not found" : (e as Error).message
+      }`,
+    );
   }
   let raw: unknown;
   try {
@@ -186,8 +231,14 @@ export async function loadManifest(file: string, opts: LoadManifestOptions = {})
   } catch (e) {
     throw new Error(`Cannot parse manifest ${file}: ${(e as Error).message}`);
   }
-  if (raw === null || raw === undefined) throw new Error(`Invalid manifest ${file}: the file is empty`);
-  return await validateManifest(raw, { source: file, baseDir: path.dirname(path.resolve(file)), checkFiles: opts.checkFiles });
+  if (raw === null || raw === undefined) {
+    throw new Error(`Invalid manifest ${file}: the file is empty`);
+  }
+  return await validateManifest(raw, {
+    source: file,
+    baseDir: path.dirname(path.resolve(file)),
+    checkFiles: opts.checkFiles,
+  });
 }
 
 /** Writes a manifest as YAML (.yaml/.yml) or JSON (.json), with paths relative to the file's folder. */
@@ -205,7 +256,11 @@ export async function saveManifest(file: string, manifest: Manifest): Promise<vo
     cases: manifest.cases.map((c) => ({
       ...c,
       images: Object.fromEntries(Object.entries(c.images).map(([k, v]) => [k, mapRef(v, rel)])),
-      ...(c.labels ? { labels: Object.fromEntries(Object.entries(c.labels).map(([k, v]) => [k, mapRef(v, rel)])) } : {}),
+      ...(c.labels
+        ? {
+          labels: Object.fromEntries(Object.entries(c.labels).map(([k, v]) => [k, mapRef(v, rel)])),
+        }
+        : {}),
     })),
   };
   delete out.root;
@@ -222,7 +277,10 @@ export interface SplitOptions {
 }
 
 /** Deterministic split of case ids: a seeded shuffle, then test, val and train in that order. */
-export function assignSplits(ids: readonly string[], opts: SplitOptions = {}): Map<string, ManifestCase["split"]> {
+export function assignSplits(
+  ids: readonly string[],
+  opts: SplitOptions = {},
+): Map<string, ManifestCase["split"]> {
   const sorted = [...ids].sort();
   new Rng(opts.seed ?? 0, "split").shuffle(sorted);
   const n = sorted.length;
@@ -238,11 +296,18 @@ export function assignSplits(ids: readonly string[], opts: SplitOptions = {}): M
  * Chooses which labeled training cases keep their labels for a semi-supervised run: `labeled` is a
  * count (>= 1) or a ratio in (0, 1]. Seeded; returns the chosen ids in sorted order.
  */
-export function selectLabeled(cases: readonly ManifestCase[], opts: { labeled: number; seed?: number }): string[] {
+export function selectLabeled(
+  cases: readonly ManifestCase[],
+  opts: { labeled: number; seed?: number },
+): string[] {
   const pool = cases.filter((c) => c.labeled && c.split === "train").map((c) => c.id).sort();
-  const want = opts.labeled <= 1 ? Math.max(1, Math.round(opts.labeled * pool.length)) : Math.round(opts.labeled);
+  const want = opts.labeled <= 1
+    ? Math.max(1, Math.round(opts.labeled * pool.length))
+    : Math.round(opts.labeled);
   if (want > pool.length) {
-    throw new Error(`Cannot keep ${want} labeled cases: the manifest has only ${pool.length} labeled training cases`);
+    throw new Error(
+      `Cannot keep ${want} labeled cases: the manifest has only ${pool.length} labeled training cases`,
+    );
   }
   return new Rng(opts.seed ?? 0, "labeled").shuffle(pool).slice(0, want).sort();
 }

@@ -1,7 +1,22 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./testing.ts";
 import * as path from "node:path";
-import { assignSplits, classNames, labelValueMap, loadManifest, type Manifest, modalityKind, saveManifest, selectLabeled } from "./manifest.ts";
-import { importAmos, importDataset, importDecathlon, importMsCmrSeg, importNnUnetRaw } from "./importers.ts";
+import {
+  assignSplits,
+  classNames,
+  labelValueMap,
+  loadManifest,
+  type Manifest,
+  modalityKind,
+  saveManifest,
+  selectLabeled,
+} from "./manifest.ts";
+import {
+  importAmos,
+  importDataset,
+  importDecathlon,
+  importMsCmrSeg,
+  importNnUnetRaw,
+} from "./importers.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "comodal_manifest_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
@@ -17,15 +32,28 @@ function baseManifest(): Record<string, unknown> {
     modalities: ["C0", "LGE"],
     classes: { myo: 200, lv: 500 },
     cases: [
-      { id: "p1", images: { C0: "p1_C0.nii.gz", LGE: "p1_LGE.nii.gz" }, labels: { C0: "p1_C0_manual.nii.gz" }, labeled: true, split: "train" },
-      { id: "p2", images: { C0: "p2_C0.nii.gz", LGE: "p2_LGE.nii.gz" }, labeled: false, split: "train" },
+      {
+        id: "p1",
+        images: { C0: "p1_C0.nii.gz", LGE: "p1_LGE.nii.gz" },
+        labels: { C0: "p1_C0_manual.nii.gz" },
+        labeled: true,
+        split: "train",
+      },
+      {
+        id: "p2",
+        images: { C0: "p2_C0.nii.gz", LGE: "p2_LGE.nii.gz" },
+        labeled: false,
+        split: "train",
+      },
     ],
   };
 }
 
 Deno.test("manifest: YAML and JSON load, paths resolve, save round trip", async () => {
   const dir = `${tmp}/m1`;
-  for (const f of ["p1_C0", "p1_LGE", "p1_C0_manual", "p2_C0", "p2_LGE"]) await touch(`${dir}/${f}.nii.gz`);
+  for (const f of ["p1_C0", "p1_LGE", "p1_C0_manual", "p2_C0", "p2_LGE"]) {
+    await touch(`${dir}/${f}.nii.gz`);
+  }
   const json = `${dir}/m.json`;
   await Deno.writeTextFile(json, JSON.stringify(baseManifest()));
   const m = await loadManifest(json);
@@ -57,23 +85,59 @@ Deno.test("manifest: errors name the file and the key path", async () => {
   assert(e.message.includes("cases[1].images.LGE: file not found"), e.message);
   const unknown = baseManifest();
   (unknown.cases as Record<string, unknown>[])[1].colour = "red";
-  await assertRejects(async () => loadManifest(await write("unknown.json", unknown)), Error, 'cases[1]: Unrecognized key: "colour"');
+  await assertRejects(
+    async () => loadManifest(await write("unknown.json", unknown)),
+    Error,
+    'cases[1]: Unrecognized key: "colour"',
+  );
   const empty = { ...baseManifest(), cases: [] };
-  await assertRejects(async () => loadManifest(await write("empty.json", empty), { checkFiles: false }), Error, "cases: the manifest has no cases");
-  await assertRejects(async () => loadManifest(await write("blank.yaml", "")), Error, "the file is empty");
-  await assertRejects(async () => loadManifest(await write("bad.yaml", "task: [")), Error, `Cannot parse manifest ${dir}/bad.yaml`);
+  await assertRejects(
+    async () => loadManifest(await write("empty.json", empty), { checkFiles: false }),
+    Error,
+    "cases: the manifest has no cases",
+  );
+  await assertRejects(
+    async () => loadManifest(await write("blank.yaml", "")),
+    Error,
+    "the file is empty",
+  );
+  await assertRejects(
+    async () => loadManifest(await write("bad.yaml", "task: [")),
+    Error,
+    `Cannot parse manifest ${dir}/bad.yaml`,
+  );
   const badMod = baseManifest();
   (badMod.cases as { labels: Record<string, string> }[])[0].labels = { T2: "x.nii.gz" };
-  await assertRejects(async () => loadManifest(await write("badmod.json", badMod), { checkFiles: false }), Error, "cases[0].labels.T2: not one of the modalities (C0, LGE)");
+  await assertRejects(
+    async () => loadManifest(await write("badmod.json", badMod), { checkFiles: false }),
+    Error,
+    "cases[0].labels.T2: not one of the modalities (C0, LGE)",
+  );
   const noLab = baseManifest();
   (noLab.cases as { labeled: boolean }[])[1].labeled = true;
-  await assertRejects(async () => loadManifest(await write("nolab.json", noLab), { checkFiles: false }), Error, "cases[1].labels: labeled is true but no label file is given");
+  await assertRejects(
+    async () => loadManifest(await write("nolab.json", noLab), { checkFiles: false }),
+    Error,
+    "cases[1].labels: labeled is true but no label file is given",
+  );
   const wrongType = { ...baseManifest(), classes: { myo: "200" } };
-  await assertRejects(async () => loadManifest(await write("type.json", wrongType), { checkFiles: false }), Error, "classes.myo: Invalid input");
-  await assertRejects(() => loadManifest(`${dir}/none.yaml`), Error, `Cannot read manifest ${dir}/none.yaml: file not found`);
+  await assertRejects(
+    async () => loadManifest(await write("type.json", wrongType), { checkFiles: false }),
+    Error,
+    "classes.myo: Invalid input",
+  );
+  await assertRejects(
+    () => loadManifest(`${dir}/none.yaml`),
+    Error,
+    `Cannot read manifest ${dir}/none.yaml: file not found`,
+  );
   const dup = baseManifest();
   (dup.cases as { id: string }[])[1].id = "p1";
-  await assertRejects(async () => loadManifest(await write("dup.json", dup), { checkFiles: false }), Error, 'cases[1].id: duplicate case id "p1"');
+  await assertRejects(
+    async () => loadManifest(await write("dup.json", dup), { checkFiles: false }),
+    Error,
+    'cases[1].id: duplicate case id "p1"',
+  );
 });
 
 Deno.test("manifest: splits and labeled selection are seeded and complete", () => {
@@ -84,19 +148,30 @@ Deno.test("manifest: splits and labeled selection are seeded and complete", () =
   const counts = { train: 0, val: 0, test: 0 };
   for (const s of a.values()) counts[s]++;
   assertEquals(counts, { train: 14, val: 4, test: 2 });
-  const cases = ids.map((id, i) => ({ id, images: {}, labeled: i % 2 === 0, split: "train" as const }));
+  const cases = ids.map((id, i) => ({
+    id,
+    images: {},
+    labeled: i % 2 === 0,
+    split: "train" as const,
+  }));
   const pick = selectLabeled(cases, { labeled: 0.4, seed: 3 });
   assertEquals(pick.length, 4);
   assert(pick.every((id) => Number(id.slice(1)) % 2 === 0));
   assertEquals(selectLabeled(cases, { labeled: 0.4, seed: 3 }), pick);
-  assertThrows(() => selectLabeled(cases, { labeled: 11 }), Error, "only 10 labeled training cases");
+  assertThrows(
+    () => selectLabeled(cases, { labeled: 11 }),
+    Error,
+    "only 10 labeled training cases",
+  );
 });
 
 Deno.test("importers: MS-CMRSeg tree", async () => {
   const dir = `${tmp}/mscmr`;
   for (let n = 1; n <= 6; n++) {
     for (const s of ["C0", "LGE", "T2"]) await touch(`${dir}/images/patient${n}_${s}.nii.gz`);
-    if (n <= 4) for (const s of ["C0", "T2"]) await touch(`${dir}/labels/patient${n}_${s}_manual.nii.gz`);
+    if (n <= 4) {
+      for (const s of ["C0", "T2"]) await touch(`${dir}/labels/patient${n}_${s}_manual.nii.gz`);
+    }
     if (n <= 2) await touch(`${dir}/labels/patient${n}_LGE_manual.nii.gz`);
   }
   await touch(`${dir}/images/._patient1_C0.nii.gz`);
@@ -104,13 +179,22 @@ Deno.test("importers: MS-CMRSeg tree", async () => {
   const m = await importMsCmrSeg(dir, { valFraction: 0 });
   assertEquals(m.modalities, ["C0", "LGE", "T2"]);
   assertEquals(m.cases.length, 6);
-  assertEquals(m.cases.filter((c) => c.labeled).map((c) => c.id), ["patient1", "patient2", "patient3", "patient4"]);
+  assertEquals(m.cases.filter((c) => c.labeled).map((c) => c.id), [
+    "patient1",
+    "patient2",
+    "patient3",
+    "patient4",
+  ]);
   assertEquals(Object.keys(m.cases[0].labels!).sort(), ["C0", "LGE", "T2"]);
   assertEquals(Object.keys(m.cases[3].labels!).sort(), ["C0", "T2"]);
   assertEquals(labelValueMap(m).get(600), 3);
   assertEquals(await importDataset(dir, { valFraction: 0 }), m);
   await touch(`${dir}/labels/patient9_C0_manual.nii.gz`);
-  await assertRejects(() => importMsCmrSeg(dir), Error, "patient9_C0_manual.nii.gz has no matching image");
+  await assertRejects(
+    () => importMsCmrSeg(dir),
+    Error,
+    "patient9_C0_manual.nii.gz has no matching image",
+  );
   await assertRejects(() => importMsCmrSeg(`${tmp}/none`), Error, "folder not found");
 });
 
@@ -127,10 +211,16 @@ Deno.test("importers: AMOS tree (CT and MRI from different patients)", async () 
   await touch(`${dir}/labelsVa/amos_0008.nii.gz`);
   validation.push({ image: "./imagesVa/amos_0008.nii.gz", label: "./labelsVa/amos_0008.nii.gz" });
   await touch(`${dir}/imagesTs/amos_0600.nii.gz`);
-  await Deno.writeTextFile(`${dir}/dataset.json`, JSON.stringify({
-    name: "AMOS", labels: { "0": "background", "1": "spleen", "2": "right kidney", "6": "liver" },
-    training, validation, test: [{ image: "./imagesTs/amos_0600.nii.gz" }],
-  }));
+  await Deno.writeTextFile(
+    `${dir}/dataset.json`,
+    JSON.stringify({
+      name: "AMOS",
+      labels: { "0": "background", "1": "spleen", "2": "right kidney", "6": "liver" },
+      training,
+      validation,
+      test: [{ image: "./imagesTs/amos_0600.nii.gz" }],
+    }),
+  );
   const m = await importAmos(dir);
   assertEquals(m.modalities, ["CT", "MRI"]);
   assertEquals(m.classes, { spleen: 1, right_kidney: 2, liver: 6 });
@@ -152,10 +242,16 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
   await touch(`${dec}/imagesTr/BRATS_001.nii.gz`);
   await touch(`${dec}/labelsTr/BRATS_001.nii.gz`);
   await touch(`${dec}/imagesTs/BRATS_485.nii.gz`);
-  await Deno.writeTextFile(`${dec}/dataset.json`, JSON.stringify({
-    name: "BRATS", modality: { "0": "FLAIR", "1": "T1w" }, labels: { "0": "background", "1": "edema" },
-    training: [{ image: "./imagesTr/BRATS_001.nii.gz", label: "./labelsTr/BRATS_001.nii.gz" }], test: ["./imagesTs/BRATS_485.nii.gz"],
-  }));
+  await Deno.writeTextFile(
+    `${dec}/dataset.json`,
+    JSON.stringify({
+      name: "BRATS",
+      modality: { "0": "FLAIR", "1": "T1w" },
+      labels: { "0": "background", "1": "edema" },
+      training: [{ image: "./imagesTr/BRATS_001.nii.gz", label: "./labelsTr/BRATS_001.nii.gz" }],
+      test: ["./imagesTs/BRATS_485.nii.gz"],
+    }),
+  );
   const d = await importDecathlon(dec);
   assertEquals(d.cases[0].images.T1w, { path: `${dec}/imagesTr/BRATS_001.nii.gz`, frame: 1 });
   assertEquals(d.cases[0].labels, { shared: `${dec}/labelsTr/BRATS_001.nii.gz` });
@@ -169,9 +265,15 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
   }
   await touch(`${nn}/imagesTs/pro_09_0000.nii.gz`);
   await touch(`${nn}/imagesTs/pro_09_0001.nii.gz`);
-  await Deno.writeTextFile(`${nn}/dataset.json`, JSON.stringify({
-    channel_names: { "0": "T2", "1": "ADC" }, labels: { background: 0, PZ: 1, TZ: 2 }, numTraining: 3, file_ending: ".nii.gz",
-  }));
+  await Deno.writeTextFile(
+    `${nn}/dataset.json`,
+    JSON.stringify({
+      channel_names: { "0": "T2", "1": "ADC" },
+      labels: { background: 0, PZ: 1, TZ: 2 },
+      numTraining: 3,
+      file_ending: ".nii.gz",
+    }),
+  );
   const v2 = await importNnUnetRaw(nn, { valFraction: 0.34 });
   assertEquals(v2.modalities, ["T2", "ADC"]);
   assertEquals(v2.classes, { pz: 1, tz: 2 });
@@ -181,16 +283,25 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
   assertEquals(await importDataset(nn, { valFraction: 0.34 }), v2);
   await Deno.remove(`${nn}/imagesTr/pro_01_0001.nii.gz`);
   await assertRejects(() => importNnUnetRaw(nn), Error, "imagesTr/pro_01 lacks channel 0001 (ADC)");
-  await Deno.writeTextFile(`${nn}/dataset.json`, JSON.stringify({ channel_names: { "0": "T2" }, labels: { background: 0, whole: [1, 2] } }));
+  await Deno.writeTextFile(
+    `${nn}/dataset.json`,
+    JSON.stringify({ channel_names: { "0": "T2" }, labels: { background: 0, whole: [1, 2] } }),
+  );
   await assertRejects(() => importNnUnetRaw(nn), Error, "labels.whole is a region");
 
   const v1dir = `${tmp}/Task002_Heart`;
   await touch(`${v1dir}/imagesTr/la_003_0000.nii.gz`);
   await touch(`${v1dir}/labelsTr/la_003.nii.gz`);
-  await Deno.writeTextFile(`${v1dir}/dataset.json`, JSON.stringify({
-    name: "LeftAtrium", modality: { "0": "MRI" }, labels: { "0": "background", "1": "left atrium" },
-    training: [{ image: "./imagesTr/la_003.nii.gz", label: "./labelsTr/la_003.nii.gz" }], test: [],
-  }));
+  await Deno.writeTextFile(
+    `${v1dir}/dataset.json`,
+    JSON.stringify({
+      name: "LeftAtrium",
+      modality: { "0": "MRI" },
+      labels: { "0": "background", "1": "left atrium" },
+      training: [{ image: "./imagesTr/la_003.nii.gz", label: "./labelsTr/la_003.nii.gz" }],
+      test: [],
+    }),
+  );
   const v1 = await importDataset(v1dir);
   assertEquals(v1.task, "leftatrium");
   assertEquals(v1.cases[0].images, { MRI: `${v1dir}/imagesTr/la_003_0000.nii.gz` });
@@ -198,7 +309,10 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
 });
 
 Deno.test("manifest: validation of a hand-written manifest object", async () => {
-  const m = { ...baseManifest(), labelMap: { "88": "background", "221": "myo" } } as unknown as Manifest;
+  const m = {
+    ...baseManifest(),
+    labelMap: { "88": "background", "221": "myo" },
+  } as unknown as Manifest;
   const dir = `${tmp}/m3`;
   await Deno.mkdir(dir, { recursive: true });
   await Deno.writeTextFile(`${dir}/m.yaml`, JSON.stringify(m));

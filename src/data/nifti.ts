@@ -114,7 +114,10 @@ function fail(path: string, why: string): never {
 }
 
 function toArrayBuffer(u8: Uint8Array): ArrayBuffer {
-  if (u8.byteOffset === 0 && u8.byteLength === u8.buffer.byteLength && u8.buffer instanceof ArrayBuffer) {
+  if (
+    u8.byteOffset === 0 && u8.byteLength === u8.buffer.byteLength &&
+    u8.buffer instanceof ArrayBuffer
+  ) {
     return u8.buffer;
   }
   return u8.slice().buffer as ArrayBuffer;
@@ -133,9 +136,15 @@ export function inflateIfGzip(bytes: Uint8Array, path: string): Uint8Array {
 }
 
 /** Parses NIfTI bytes (already read from disk). `path` is only used in messages. */
-export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNiftiOptions = {}): NiftiImage {
+export function decodeNifti(
+  fileBytes: Uint8Array,
+  path: string,
+  opts: ReadNiftiOptions = {},
+): NiftiImage {
   const bytes = inflateIfGzip(fileBytes, path);
-  if (bytes.length < 348) fail(path, `file is ${bytes.length} bytes, shorter than a NIfTI header (348)`);
+  if (bytes.length < 348) {
+    fail(path, `file is ${bytes.length} bytes, shorter than a NIfTI header (348)`);
+  }
   const buf = toArrayBuffer(bytes);
   let version: 1 | 2;
   if (nifti.isNIFTI1(buf)) version = 1;
@@ -143,7 +152,10 @@ export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNifti
   else {
     const magic1 = String.fromCharCode(...bytes.subarray(344, 348)).replace(/[^\x20-\x7e]/g, "?");
     const magic2 = String.fromCharCode(...bytes.subarray(4, 8)).replace(/[^\x20-\x7e]/g, "?");
-    fail(path, `not a single-file NIfTI image (magic "${magic1}" at byte 344, "${magic2}" at byte 4; expected "n+1" or "n+2")`);
+    fail(
+      path,
+      `not a single-file NIfTI image (magic "${magic1}" at byte 344, "${magic2}" at byte 4; expected "n+1" or "n+2")`,
+    );
   }
   let h: nifti.NIFTI1 | nifti.NIFTI2;
   try {
@@ -152,19 +164,33 @@ export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNifti
     fail(path, `unreadable header (${(e as Error).message})`);
   }
   const code = h.datatypeCode;
-  const datatype = (Object.keys(DATATYPE_CODES) as NiftiDatatype[]).find((k) => DATATYPE_CODES[k] === code);
+  const datatype = (Object.keys(DATATYPE_CODES) as NiftiDatatype[]).find((k) =>
+    DATATYPE_CODES[k] === code
+  );
   if (!datatype) {
-    fail(path, `unsupported datatype ${CODE_NAMES[code] ?? "code " + code} (supported: ${Object.keys(DATATYPE_CODES).join(", ")})`);
+    fail(
+      path,
+      `unsupported datatype ${CODE_NAMES[code] ?? "code " + code} (supported: ${
+        Object.keys(DATATYPE_CODES).join(", ")
+      })`,
+    );
   }
   const ndim = h.dims[0];
   if (!(ndim >= 1 && ndim <= 7)) fail(path, `header says ${ndim} dimensions (dim[0] must be 1..7)`);
   const dim = h.dims.slice(0, 8).map((v) => Number(v));
   const size = (i: number) => (i <= ndim ? Math.max(1, dim[i]) : 1);
   for (let i = 1; i <= ndim; i++) {
-    if (!(dim[i] >= 1) || !Number.isInteger(dim[i])) fail(path, `dim[${i}] is ${dim[i]}, must be a positive integer`);
+    if (!(dim[i] >= 1) || !Number.isInteger(dim[i])) {
+      fail(path, `dim[${i}] is ${dim[i]}, must be a positive integer`);
+    }
   }
   for (let i = 5; i <= ndim; i++) {
-    if (size(i) > 1) fail(path, `header says ${ndim} dimensions with dim[${i}] = ${size(i)}; only up to 4 are supported`);
+    if (size(i) > 1) {
+      fail(
+        path,
+        `header says ${ndim} dimensions with dim[${i}] = ${size(i)}; only up to 4 are supported`,
+      );
+    }
   }
   const dims: Vec3 = [size(1), size(2), size(3)];
   const frames = size(4);
@@ -179,7 +205,10 @@ export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNifti
   const offset = Math.max(Number(h.vox_offset), version === 1 ? 352 : 544);
   const needed = offset + nvox * bpv;
   if (bytes.length < needed) {
-    fail(path, `truncated: header promises ${nvox} ${datatype} voxels (${needed} bytes with the header), file has ${bytes.length} bytes`);
+    fail(
+      path,
+      `truncated: header promises ${nvox} ${datatype} voxels (${needed} bytes with the header), file has ${bytes.length} bytes`,
+    );
   }
   let slope = Number(h.scl_slope);
   let inter = Number(h.scl_inter);
@@ -188,7 +217,14 @@ export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNifti
     inter = 0;
   }
   if (!Number.isFinite(inter)) inter = 0;
-  const data = decodeVoxels(bytes, { offset, count: nvox, datatype, littleEndian: h.littleEndian, slope, inter });
+  const data = decodeVoxels(bytes, {
+    offset,
+    count: nvox,
+    datatype,
+    littleEndian: h.littleEndian,
+    slope,
+    inter,
+  });
 
   const units = h.xyzt_units & 7;
   const unitScale = units === 1 ? 1000 : units === 3 ? 0.001 : 1;
@@ -208,7 +244,9 @@ export function decodeNifti(fileBytes: Uint8Array, path: string, opts: ReadNifti
     affineSource = "pixdim";
   }
   if (unitScale !== 1) affine = affine.map((v, i) => (i < 12 ? v * unitScale : v));
-  if (affine.some((v) => !Number.isFinite(v))) fail(path, `the ${affineSource} affine has non-finite entries`);
+  if (affine.some((v) => !Number.isFinite(v))) {
+    fail(path, `the ${affineSource} affine has non-finite entries`);
+  }
   if (Math.abs(det3(linear3(affine))) < 1e-12) fail(path, `the ${affineSource} affine is singular`);
   const image: NiftiImage = {
     data,
@@ -258,15 +296,32 @@ function decodeVoxels(bytes: Uint8Array, o: DecodeOptions): Float32Array {
     const so = aligned ? start : 0;
     let view: ArrayLike<number>;
     switch (o.datatype) {
-      case "uint8": view = new Uint8Array(src, so, o.count); break;
-      case "int8": view = new Int8Array(src, so, o.count); break;
-      case "int16": view = new Int16Array(src, so, o.count); break;
-      case "uint16": view = new Uint16Array(src, so, o.count); break;
-      case "int32": view = new Int32Array(src, so, o.count); break;
-      case "uint32": view = new Uint32Array(src, so, o.count); break;
-      case "float32": view = new Float32Array(src, so, o.count); break;
-      case "float64": view = new Float64Array(src, so, o.count); break;
-      default: throw new Error(`unreachable datatype ${o.datatype}`);
+      case "uint8":
+        view = new Uint8Array(src, so, o.count);
+        break;
+      case "int8":
+        view = new Int8Array(src, so, o.count);
+        break;
+      case "int16":
+        view = new Int16Array(src, so, o.count);
+        break;
+      case "uint16":
+        view = new Uint16Array(src, so, o.count);
+        break;
+      case "int32":
+        view = new Int32Array(src, so, o.count);
+        break;
+      case "uint32":
+        view = new Uint32Array(src, so, o.count);
+        break;
+      case "float32":
+        view = new Float32Array(src, so, o.count);
+        break;
+      case "float64":
+        view = new Float64Array(src, so, o.count);
+        break;
+      default:
+        throw new Error(`unreachable datatype ${o.datatype}`);
     }
     // TypedArray.set converts element types natively; scaling then runs on Float32 only.
     if (view instanceof Float64Array && (o.slope !== 1 || o.inter !== 0)) {
@@ -288,16 +343,36 @@ function decodeVoxels(bytes: Uint8Array, o: DecodeOptions): Float32Array {
     const p = i * bpv;
     let v: number;
     switch (o.datatype) {
-      case "uint8": v = dv.getUint8(p); break;
-      case "int8": v = dv.getInt8(p); break;
-      case "int16": v = dv.getInt16(p, le); break;
-      case "uint16": v = dv.getUint16(p, le); break;
-      case "int32": v = dv.getInt32(p, le); break;
-      case "uint32": v = dv.getUint32(p, le); break;
-      case "int64": v = Number(dv.getBigInt64(p, le)); break;
-      case "uint64": v = Number(dv.getBigUint64(p, le)); break;
-      case "float32": v = dv.getFloat32(p, le); break;
-      case "float64": v = dv.getFloat64(p, le); break;
+      case "uint8":
+        v = dv.getUint8(p);
+        break;
+      case "int8":
+        v = dv.getInt8(p);
+        break;
+      case "int16":
+        v = dv.getInt16(p, le);
+        break;
+      case "uint16":
+        v = dv.getUint16(p, le);
+        break;
+      case "int32":
+        v = dv.getInt32(p, le);
+        break;
+      case "uint32":
+        v = dv.getUint32(p, le);
+        break;
+      case "int64":
+        v = Number(dv.getBigInt64(p, le));
+        break;
+      case "uint64":
+        v = Number(dv.getBigUint64(p, le));
+        break;
+      case "float32":
+        v = dv.getFloat32(p, le);
+        break;
+      case "float64":
+        v = dv.getFloat64(p, le);
+        break;
     }
     out[i] = v * s + b;
   }
@@ -320,14 +395,26 @@ function qformAffine(h: nifti.NIFTI1 | nifti.NIFTI2): Mat4 {
   let dz = pd[3] > 0 ? pd[3] : 1;
   if (pd[0] < 0) dz = -dz;
   const r: Mat3 = [
-    a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c),
-    2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b),
-    2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b,
+    a * a + b * b - c * c - d * d,
+    2 * (b * c - a * d),
+    2 * (b * d + a * c),
+    2 * (b * c + a * d),
+    a * a + c * c - b * b - d * d,
+    2 * (c * d - a * b),
+    2 * (b * d - a * c),
+    2 * (c * d + a * b),
+    a * a + d * d - c * c - b * b,
   ];
   const l: Mat3 = [
-    r[0] * dx, r[1] * dy, r[2] * dz,
-    r[3] * dx, r[4] * dy, r[5] * dz,
-    r[6] * dx, r[7] * dy, r[8] * dz,
+    r[0] * dx,
+    r[1] * dy,
+    r[2] * dz,
+    r[3] * dx,
+    r[4] * dy,
+    r[5] * dz,
+    r[6] * dx,
+    r[7] * dy,
+    r[8] * dz,
   ];
   return fromLinear(l, [Number(h.qoffset_x), Number(h.qoffset_y), Number(h.qoffset_z)]);
 }
@@ -364,14 +451,27 @@ export function splitFrames(image: NiftiImage): NiftiImage[] {
 
 /** Quaternion parameters of an affine (NIfTI's mat44_to_quatern, via the polar decomposition). */
 export function affineToQuaternion(affine: Mat4): {
-  b: number; c: number; d: number; qx: number; qy: number; qz: number; pixdim: Vec3; qfac: 1 | -1;
+  b: number;
+  c: number;
+  d: number;
+  qx: number;
+  qy: number;
+  qz: number;
+  pixdim: Vec3;
+  qfac: 1 | -1;
 } {
   const l = linear3(affine);
   const sp = spacingOf(affine).map((v) => (v > 0 ? v : 1)) as Vec3;
   const n: Mat3 = [
-    l[0] / sp[0], l[1] / sp[1], l[2] / sp[2],
-    l[3] / sp[0], l[4] / sp[1], l[5] / sp[2],
-    l[6] / sp[0], l[7] / sp[1], l[8] / sp[2],
+    l[0] / sp[0],
+    l[1] / sp[1],
+    l[2] / sp[2],
+    l[3] / sp[0],
+    l[4] / sp[1],
+    l[5] / sp[2],
+    l[6] / sp[0],
+    l[7] / sp[1],
+    l[8] / sp[2],
   ];
   const r = orthogonalize3(n);
   let qfac: 1 | -1 = 1;
@@ -452,16 +552,28 @@ const INT_RANGES: Partial<Record<NiftiDatatype, [number, number]>> = {
 };
 
 /** Encodes an image as NIfTI bytes (uncompressed). */
-export function encodeNifti(image: WritableImage, opts: WriteNiftiOptions = {}, path = "image"): Uint8Array {
+export function encodeNifti(
+  image: WritableImage,
+  opts: WriteNiftiOptions = {},
+  path = "image",
+): Uint8Array {
   const datatype = opts.datatype ?? "float32";
   const version = opts.version ?? 1;
   const dims = [image.dims[0], image.dims[1] ?? 1, image.dims[2] ?? 1].map(Number);
   const frames = image.frames ?? 1;
   const nvox = dims[0] * dims[1] * dims[2] * frames;
   if (image.data.length !== nvox) {
-    throw new Error(`Cannot write ${path}: data has ${image.data.length} voxels, dims ${dims.join("x")}${frames > 1 ? "x" + frames : ""} need ${nvox}`);
+    throw new Error(
+      `Cannot write ${path}: data has ${image.data.length} voxels, dims ${dims.join("x")}${
+        frames > 1 ? "x" + frames : ""
+      } need ${nvox}`,
+    );
   }
-  if (image.affine.length !== 16) throw new Error(`Cannot write ${path}: affine must have 16 entries, got ${image.affine.length}`);
+  if (image.affine.length !== 16) {
+    throw new Error(
+      `Cannot write ${path}: affine must have 16 entries, got ${image.affine.length}`,
+    );
+  }
   const affine = Array.from(image.affine, Number);
   const slope = opts.sclSlope ?? 1;
   const inter = opts.sclInter ?? 0;
@@ -499,7 +611,9 @@ export function encodeNifti(image: WritableImage, opts: WriteNiftiOptions = {}, 
     dv.setFloat32(268, q.qx, true);
     dv.setFloat32(272, q.qy, true);
     dv.setFloat32(276, q.qz, true);
-    for (let r = 0; r < 3; r++) for (let c = 0; c < 4; c++) dv.setFloat32(280 + 16 * r + 4 * c, affine[r * 4 + c], true);
+    for (let r = 0; r < 3; r++) {
+      for (let c = 0; c < 4; c++) dv.setFloat32(280 + 16 * r + 4 * c, affine[r * 4 + c], true);
+    }
     writeStr(328, opts.intentName ?? "", 16);
     out.set([0x6e, 0x2b, 0x31, 0x00], 344); // "n+1\0"
   } else {
@@ -521,7 +635,9 @@ export function encodeNifti(image: WritableImage, opts: WriteNiftiOptions = {}, 
     dv.setFloat64(376, q.qx, true);
     dv.setFloat64(384, q.qy, true);
     dv.setFloat64(392, q.qz, true);
-    for (let r = 0; r < 3; r++) for (let c = 0; c < 4; c++) dv.setFloat64(400 + 32 * r + 8 * c, affine[r * 4 + c], true);
+    for (let r = 0; r < 3; r++) {
+      for (let c = 0; c < 4; c++) dv.setFloat64(400 + 32 * r + 8 * c, affine[r * 4 + c], true);
+    }
     dv.setInt32(500, 2 | (frames > 1 ? 8 : 0), true);
     dv.setInt32(504, opts.intentCode ?? 0, true);
     writeStr(508, opts.intentName ?? "", 16);
@@ -536,24 +652,50 @@ export function encodeNifti(image: WritableImage, opts: WriteNiftiOptions = {}, 
   for (let i = 0; i < nvox; i++) {
     let v = (src[i] - inter) * invSlope;
     if (isInt) {
-      if (!Number.isFinite(v)) throw new Error(`Cannot write ${path} as ${datatype}: voxel ${i} is ${src[i]}`);
+      if (!Number.isFinite(v)) {
+        throw new Error(`Cannot write ${path} as ${datatype}: voxel ${i} is ${src[i]}`);
+      }
       v = Math.round(v);
       if (v < range[0] || v > range[1]) {
-        throw new Error(`Cannot write ${path} as ${datatype}: voxel ${i} value ${src[i]} is outside [${range[0]}, ${range[1]}]`);
+        throw new Error(
+          `Cannot write ${path} as ${datatype}: voxel ${i} value ${src[i]} is outside [${
+            range[0]
+          }, ${range[1]}]`,
+        );
       }
     }
     const p = o + i * bpv;
     switch (datatype) {
-      case "uint8": out[p] = v; break;
-      case "int8": dv.setInt8(p, v); break;
-      case "int16": dv.setInt16(p, v, true); break;
-      case "uint16": dv.setUint16(p, v, true); break;
-      case "int32": dv.setInt32(p, v, true); break;
-      case "uint32": dv.setUint32(p, v, true); break;
-      case "int64": dv.setBigInt64(p, BigInt(v), true); break;
-      case "uint64": dv.setBigUint64(p, BigInt(v), true); break;
-      case "float32": dv.setFloat32(p, v, true); break;
-      case "float64": dv.setFloat64(p, v, true); break;
+      case "uint8":
+        out[p] = v;
+        break;
+      case "int8":
+        dv.setInt8(p, v);
+        break;
+      case "int16":
+        dv.setInt16(p, v, true);
+        break;
+      case "uint16":
+        dv.setUint16(p, v, true);
+        break;
+      case "int32":
+        dv.setInt32(p, v, true);
+        break;
+      case "uint32":
+        dv.setUint32(p, v, true);
+        break;
+      case "int64":
+        dv.setBigInt64(p, BigInt(v), true);
+        break;
+      case "uint64":
+        dv.setBigUint64(p, BigInt(v), true);
+        break;
+      case "float32":
+        dv.setFloat32(p, v, true);
+        break;
+      case "float64":
+        dv.setFloat64(p, v, true);
+        break;
     }
   }
   return out;
@@ -572,9 +714,15 @@ export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<
 }
 
 /** Writes .nii.gz (gzip) or .nii, atomically, with sform and qform set from the affine. */
-export async function writeNifti(path: string, image: WritableImage, opts: WriteNiftiOptions = {}): Promise<void> {
+export async function writeNifti(
+  path: string,
+  image: WritableImage,
+  opts: WriteNiftiOptions = {},
+): Promise<void> {
   let bytes = encodeNifti(image, opts, path);
   if (path.endsWith(".gz")) bytes = zlib.gzipSync(bytes, { level: opts.compressionLevel ?? 4 });
-  else if (!path.endsWith(".nii")) throw new Error(`Cannot write ${path}: name must end in .nii or .nii.gz`);
+  else if (!path.endsWith(".nii")) {
+    throw new Error(`Cannot write ${path}: name must end in .nii or .nii.gz`);
+  }
   await writeFileAtomic(path, bytes);
 }

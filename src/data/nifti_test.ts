@@ -1,7 +1,20 @@
-import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "./testing.ts";
+import {
+  assert,
+  assertAlmostEquals,
+  assertEquals,
+  assertRejects,
+  assertThrows,
+} from "./testing.ts";
 import * as zlib from "node:zlib";
 import { fromLinear, maxAbsDiff, mul3, rotation3 } from "./affine.ts";
-import { decodeNifti, encodeNifti, type NiftiDatatype, readNifti, splitFrames, writeNifti } from "./nifti.ts";
+import {
+  decodeNifti,
+  encodeNifti,
+  type NiftiDatatype,
+  readNifti,
+  splitFrames,
+  writeNifti,
+} from "./nifti.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "comodal_nifti_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
@@ -51,7 +64,9 @@ Deno.test("nifti: round trip of every datatype through .nii and .nii.gz", async 
 Deno.test("nifti: NIfTI-2 round trip, 4-D, frames and expectDims errors", async () => {
   const data = ramp(2 * 3 * 4 * 3, 0.5);
   const path = `${tmp}/four.nii.gz`;
-  await writeNifti(path, { data, dims: [2, 3, 4], frames: 3, affine: obliqueAffine() }, { version: 2 });
+  await writeNifti(path, { data, dims: [2, 3, 4], frames: 3, affine: obliqueAffine() }, {
+    version: 2,
+  });
   const img = await readNifti(path);
   assertEquals(img.header.niftiVersion, 2);
   assertEquals(img.dims4, [2, 3, 4, 3]);
@@ -59,15 +74,27 @@ Deno.test("nifti: NIfTI-2 round trip, 4-D, frames and expectDims errors", async 
   const frames = splitFrames(img);
   assertEquals(frames.length, 3);
   assertEquals(frames[2].data[0], data[48]);
-  await assertRejects(() => readNifti(path, { expectDims: 3 }), Error, "header says 4 dimensions (2x3x4x3), expected 3");
+  await assertRejects(
+    () => readNifti(path, { expectDims: 3 }),
+    Error,
+    "header says 4 dimensions (2x3x4x3), expected 3",
+  );
   const p3 = `${tmp}/three.nii`;
   await writeNifti(p3, { data: ramp(24), dims: [2, 3, 4], affine: obliqueAffine() });
-  await assertRejects(() => readNifti(p3, { expectDims: 4 }), Error, `${p3}: header says 3 dimensions`);
+  await assertRejects(
+    () => readNifti(p3, { expectDims: 4 }),
+    Error,
+    `${p3}: header says 3 dimensions`,
+  );
 });
 
 Deno.test("nifti: scl_slope/scl_inter applied; labels stored as scaled floats", () => {
   const stored = new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]);
-  const bytes = encodeNifti({ data: stored.map((v) => v * 2.5 + 10), dims: [2, 2, 2], affine: obliqueAffine() }, {
+  const bytes = encodeNifti({
+    data: stored.map((v) => v * 2.5 + 10),
+    dims: [2, 2, 2],
+    affine: obliqueAffine(),
+  }, {
     datatype: "int16",
     sclSlope: 2.5,
     sclInter: 10,
@@ -75,7 +102,10 @@ Deno.test("nifti: scl_slope/scl_inter applied; labels stored as scaled floats", 
   const img = decodeNifti(bytes, "scaled.nii");
   assertEquals(Array.from(img.data), Array.from(stored, (v) => v * 2.5 + 10));
   // slope 0 means "no scaling" per the standard
-  const raw = encodeNifti({ data: stored, dims: [2, 2, 2], affine: obliqueAffine() }, { datatype: "uint8", sclSlope: 1 });
+  const raw = encodeNifti({ data: stored, dims: [2, 2, 2], affine: obliqueAffine() }, {
+    datatype: "uint8",
+    sclSlope: 1,
+  });
   new DataView(raw.buffer).setFloat32(112, 0, true);
   new DataView(raw.buffer).setFloat32(116, 7, true);
   assertEquals(Array.from(decodeNifti(raw, "noscale.nii").data), Array.from(stored));
@@ -101,7 +131,9 @@ Deno.test("nifti: qform used when sform_code is 0, pixdim when both are 0; metre
 });
 
 Deno.test("nifti: big-endian file decodes", () => {
-  const le = encodeNifti({ data: ramp(24, 11, -100), dims: [2, 3, 4], affine: obliqueAffine() }, { datatype: "int16" });
+  const le = encodeNifti({ data: ramp(24, 11, -100), dims: [2, 3, 4], affine: obliqueAffine() }, {
+    datatype: "int16",
+  });
   // Byte-swap every header field we wrote and the voxels.
   const be = le.slice();
   const swap = (off: number, size: number) => be.set(le.slice(off, off + size).reverse(), off);
@@ -122,34 +154,66 @@ Deno.test("nifti: bad input errors name the file and the problem", async () => {
   const gz = zlib.gzipSync(good);
   const trunc = `${tmp}/trunc.nii.gz`;
   await Deno.writeFile(trunc, gz.slice(0, gz.length >> 1));
-  await assertRejects(() => readNifti(trunc), Error, `Cannot read ${trunc}: corrupt or truncated gzip data`);
+  await assertRejects(
+    () => readNifti(trunc),
+    Error,
+    `Cannot read ${trunc}: corrupt or truncated gzip data`,
+  );
   const corrupt = `${tmp}/corrupt.nii.gz`;
   const bad = gz.slice();
   for (let i = 20; i < 60; i++) bad[i] ^= 0x5a;
   await Deno.writeFile(corrupt, bad);
-  await assertRejects(() => readNifti(corrupt), Error, `Cannot read ${corrupt}: corrupt or truncated gzip data`);
+  await assertRejects(
+    () => readNifti(corrupt),
+    Error,
+    `Cannot read ${corrupt}: corrupt or truncated gzip data`,
+  );
   const truncRaw = `${tmp}/trunc.nii`;
   await Deno.writeFile(truncRaw, good.slice(0, 2000));
-  await assertRejects(() => readNifti(truncRaw), Error, "truncated: header promises 1000 float32 voxels");
+  await assertRejects(
+    () => readNifti(truncRaw),
+    Error,
+    "truncated: header promises 1000 float32 voxels",
+  );
   const magic = `${tmp}/magic.nii`;
   const m = good.slice();
   m.set([0x78, 0x79, 0x7a, 0], 344);
   await Deno.writeFile(magic, m);
-  await assertRejects(() => readNifti(magic), Error, `Cannot read ${magic}: not a single-file NIfTI image (magic "xyz?`);
-  await assertRejects(() => readNifti(`${tmp}/nope.nii.gz`), Error, `Cannot read ${tmp}/nope.nii.gz: file not found`);
+  await assertRejects(
+    () => readNifti(magic),
+    Error,
+    `Cannot read ${magic}: not a single-file NIfTI image (magic "xyz?`,
+  );
+  await assertRejects(
+    () => readNifti(`${tmp}/nope.nii.gz`),
+    Error,
+    `Cannot read ${tmp}/nope.nii.gz: file not found`,
+  );
   const tiny = `${tmp}/tiny.nii`;
   await Deno.writeFile(tiny, new Uint8Array(10));
   await assertRejects(() => readNifti(tiny), Error, "shorter than a NIfTI header");
   const rgb = good.slice();
   new DataView(rgb.buffer).setInt16(70, 128, true);
-  assertThrows(() => decodeNifti(rgb, "rgb.nii"), Error, "Cannot read rgb.nii: unsupported datatype rgb24");
   assertThrows(
-    () => encodeNifti({ data: new Float32Array([1, 300]), dims: [2, 1, 1], affine: obliqueAffine() }, { datatype: "uint8" }, "lab.nii"),
+    () => decodeNifti(rgb, "rgb.nii"),
+    Error,
+    "Cannot read rgb.nii: unsupported datatype rgb24",
+  );
+  assertThrows(
+    () =>
+      encodeNifti({ data: new Float32Array([1, 300]), dims: [2, 1, 1], affine: obliqueAffine() }, {
+        datatype: "uint8",
+      }, "lab.nii"),
     Error,
     "Cannot write lab.nii as uint8: voxel 1 value 300 is outside [0, 255]",
   );
   assertThrows(
-    () => encodeNifti({ data: new Float32Array(3), dims: [2, 1, 1], affine: obliqueAffine() }, {}, "x.nii"),
+    () =>
+      encodeNifti(
+        { data: new Float32Array(3), dims: [2, 1, 1], affine: obliqueAffine() },
+        {},
+        "x.nii",
+      ),
     Error,
     "data has 3 voxels, dims 2x1x1 need 2",
   );
@@ -157,8 +221,13 @@ Deno.test("nifti: bad input errors name the file and the problem", async () => {
 
 async function niftiTool(args: string[]): Promise<string | null> {
   try {
-    const out = await new Deno.Command("nifti_tool", { args, stdout: "piped", stderr: "piped" }).output();
-    if (!out.success) throw new Error(`nifti_tool ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+    const out = await new Deno.Command("nifti_tool", { args, stdout: "piped", stderr: "piped" })
+      .output();
+    if (!out.success) {
+      throw new Error(
+        `nifti_tool ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`,
+      );
+    }
     return new TextDecoder().decode(out.stdout);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
@@ -173,13 +242,23 @@ function field(text: string, name: string): number[] {
 }
 
 const HAVE_NIFTI_TOOL = (await niftiTool(["-help"])) !== null;
-if (!HAVE_NIFTI_TOOL) console.warn("nifti_test: nifti_tool not found (apt-get install nifti-bin); skipping the cross-check");
+if (!HAVE_NIFTI_TOOL) {
+  console.warn(
+    "nifti_test: nifti_tool not found (apt-get install nifti-bin); skipping the cross-check",
+  );
+}
 
-Deno.test({ name: "nifti: headers agree with nifti_tool (independent reader and writer)", ignore: !HAVE_NIFTI_TOOL }, async () => {
+Deno.test({
+  name: "nifti: headers agree with nifti_tool (independent reader and writer)",
+  ignore: !HAVE_NIFTI_TOOL,
+}, async () => {
   const affine = obliqueAffine();
   for (const version of [1, 2] as const) {
     const path = `${tmp}/x${version}.nii.gz`;
-    await writeNifti(path, { data: ramp(24, 3), dims: [2, 3, 4], affine }, { datatype: "int16", version });
+    await writeNifti(path, { data: ramp(24, 3), dims: [2, 3, 4], affine }, {
+      datatype: "int16",
+      version,
+    });
     const nim = (await niftiTool(["-disp_nim", "-infiles", path]))!;
     assertEquals(field(nim, "dim").slice(0, 4), [3, 2, 3, 4]);
     assertEquals(field(nim, "datatype"), [4]);
@@ -192,8 +271,22 @@ Deno.test({ name: "nifti: headers agree with nifti_tool (independent reader and 
   // nifti_tool edits a header (slope, intercept, drops the sform); we read what it wrote.
   const src = `${tmp}/edit_src.nii`, dst = `${tmp}/edit_dst.nii`;
   await writeNifti(src, { data: ramp(24), dims: [2, 3, 4], affine }, { datatype: "int16" });
-  await niftiTool(["-mod_hdr", "-mod_field", "scl_slope", "0.5", "-mod_field", "scl_inter", "-3", "-mod_field",
-    "sform_code", "0", "-prefix", dst, "-infiles", src]);
+  await niftiTool([
+    "-mod_hdr",
+    "-mod_field",
+    "scl_slope",
+    "0.5",
+    "-mod_field",
+    "scl_inter",
+    "-3",
+    "-mod_field",
+    "sform_code",
+    "0",
+    "-prefix",
+    dst,
+    "-infiles",
+    src,
+  ]);
   const img = await readNifti(dst);
   assertEquals(img.header.affineSource, "qform");
   assert(maxAbsDiff(img.affine, affine) < 1e-4);

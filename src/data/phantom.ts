@@ -39,19 +39,44 @@ export interface Scene {
 /** A shape flattened into plain numbers (one hidden class for every shape keeps the hot loop fast). */
 class Compiled {
   tube = false;
-  cx = 0; cy = 0; cz = 0;
-  lo0 = 0; lo1 = 0; lo2 = 0; hi0 = 0; hi1 = 0; hi2 = 0;
-  r0 = 1; r1 = 0; r2 = 0; r3 = 0; r4 = 1; r5 = 0; r6 = 0; r7 = 0; r8 = 1;
-  i0 = 1; i1 = 1; i2 = 1;
+  cx = 0;
+  cy = 0;
+  cz = 0;
+  lo0 = 0;
+  lo1 = 0;
+  lo2 = 0;
+  hi0 = 0;
+  hi1 = 0;
+  hi2 = 0;
+  r0 = 1;
+  r1 = 0;
+  r2 = 0;
+  r3 = 0;
+  r4 = 1;
+  r5 = 0;
+  r6 = 0;
+  r7 = 0;
+  r8 = 1;
+  i0 = 1;
+  i1 = 1;
+  i2 = 1;
   wob = 0;
   wk: Float64Array = new Float64Array(0);
   wa: Float64Array = new Float64Array(0);
   wp: Float64Array = new Float64Array(0);
-  clipAxis = -1; clipSign = 1; clipOffset = 0;
-  sector = false; sec0 = 0; secW = 0;
+  clipAxis = -1;
+  clipSign = 1;
+  clipOffset = 0;
+  sector = false;
+  sec0 = 0;
+  secW = 0;
   tissue = 0;
   only = -1;
-  d0 = 0; d1 = 0; d2 = 0; len2 = 1; rad2 = 0;
+  d0 = 0;
+  d1 = 0;
+  d2 = 0;
+  len2 = 1;
+  rad2 = 0;
 }
 
 function compile(scene: Scene, tissues: string[]): Compiled[] {
@@ -183,7 +208,9 @@ export function render(scene: Scene, o: RenderOptions): { image: Float32Array; l
       for (let i = 0; i < nx; i++) {
         let acc = 0;
         let centreT = 0;
-        const bx = a[0] * i + a[1] * j + a[3] + sh[0], by = a[4] * i + a[5] * j + a[7] + sh[1], bz = a[8] * i + a[9] * j + a[11] + sh[2];
+        const bx = a[0] * i + a[1] * j + a[3] + sh[0],
+          by = a[4] * i + a[5] * j + a[7] + sh[1],
+          bz = a[8] * i + a[9] * j + a[11] + sh[2];
         for (let s = 0; s < sub; s++) {
           const kz = k + (sub === 1 ? 0 : (s / (sub - 1) - 0.5) * 0.8);
           const t = paint(bx + a[2] * kz, by + a[6] * kz, bz + a[10] * kz);
@@ -211,12 +238,17 @@ export function render(scene: Scene, o: RenderOptions): { image: Float32Array; l
       }
     }
     for (let j = 0; j < ny; j++) {
-      const row = (k * ny + j) * nx, up = (k * ny + (j > 0 ? j - 1 : j)) * nx, dn = (k * ny + (j < ny - 1 ? j + 1 : j)) * nx;
-      for (let i = 0; i < nx; i++) image[row + i] = 0.25 * tmp[up + i] + 0.5 * tmp[row + i] + 0.25 * tmp[dn + i];
+      const row = (k * ny + j) * nx,
+        up = (k * ny + (j > 0 ? j - 1 : j)) * nx,
+        dn = (k * ny + (j < ny - 1 ? j + 1 : j)) * nx;
+      for (let i = 0; i < nx; i++) {
+        image[row + i] = 0.25 * tmp[up + i] + 0.5 * tmp[row + i] + 0.25 * tmp[dn + i];
+      }
     }
   }
   // Bias field (smooth, multiplicative) and noise.
-  const b = [o.rng.uniform(-1, 1), o.rng.uniform(-1, 1), o.rng.uniform(-1, 1), o.rng.uniform(-1, 1)].map((v) => v * o.bias);
+  const b = [o.rng.uniform(-1, 1), o.rng.uniform(-1, 1), o.rng.uniform(-1, 1), o.rng.uniform(-1, 1)]
+    .map((v) => v * o.bias);
   const rng = o.rng;
   const g1 = rng.fillNormal(new Float32Array(n), o.noise);
   const g2 = o.noiseKind === "rician" ? rng.fillNormal(new Float32Array(n), o.noise) : g1;

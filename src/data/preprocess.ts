@@ -22,8 +22,8 @@ import {
   labelValueMap,
   type Manifest,
   type ManifestCase,
-  modalityKind,
   type ModalityKind,
+  modalityKind,
   refFrame,
   refPath,
 } from "./manifest.ts";
@@ -103,10 +103,19 @@ export async function readImageRef(
   const p = refPath(ref), frame = refFrame(ref);
   let img = opts.cache ? await opts.cache.read(p) : await readNifti(p);
   if (frame === undefined && img.frames > 1) {
-    throw new Error(`Cannot read ${p}: header says 4 dimensions (${img.dims.join("x")}x${img.frames}), expected 3`);
+    throw new Error(
+      `Cannot read ${p}: header says 4 dimensions (${
+        img.dims.join("x")
+      }x${img.frames}), expected 3`,
+    );
   }
   if (frame !== undefined) {
-    if (frame >= img.frames) fail(opts.id, `${opts.what} asks for frame ${frame} of ${p}, which has ${img.frames} frame(s)`);
+    if (frame >= img.frames) {
+      fail(
+        opts.id,
+        `${opts.what} asks for frame ${frame} of ${p}, which has ${img.frames} frame(s)`,
+      );
+    }
     img = img.frames > 1 ? splitFrames(img)[frame] : img;
   }
   let bad = 0, first = -1;
@@ -119,8 +128,15 @@ export async function readImageRef(
   }
   if (bad > 0) {
     if (opts.nonFinite !== "zero") {
-      const x = first % img.dims[0], y = Math.floor(first / img.dims[0]) % img.dims[1], z = Math.floor(first / (img.dims[0] * img.dims[1]));
-      fail(opts.id, `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${d[first]}); fix the file or set nonFinite: "zero"`);
+      const x = first % img.dims[0],
+        y = Math.floor(first / img.dims[0]) % img.dims[1],
+        z = Math.floor(first / (img.dims[0] * img.dims[1]));
+      fail(
+        opts.id,
+        `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${
+          d[first]
+        }); fix the file or set nonFinite: "zero"`,
+      );
     }
     for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) d[i] = 0;
   }
@@ -131,7 +147,11 @@ export async function readImageRef(
  * Maps label file values to class indices. Values within 1e-3 of an integer are rounded (labels
  * stored as float); anything else, or a value not in the task's map, is an error naming the file.
  */
-export function mapLabels(img: NiftiImage, map: Map<number, number>, id: string): Uint8Array | Int16Array {
+export function mapLabels(
+  img: NiftiImage,
+  map: Map<number, number>,
+  id: string,
+): Uint8Array | Int16Array {
   const k = Math.max(...map.values()) + 1;
   const out = k <= 255 ? new Uint8Array(img.data.length) : new Int16Array(img.data.length);
   const src = img.data;
@@ -145,11 +165,21 @@ export function mapLabels(img: NiftiImage, map: Map<number, number>, id: string)
     }
     const r = Math.round(v);
     if (!(Math.abs(v - r) <= 1e-3)) {
-      fail(id, `label ${file} has value ${Number(v.toPrecision(7))} at voxel ${i}, which is not an integer (labels may differ from integers by at most 1e-3)`);
+      fail(
+        id,
+        `label ${file} has value ${
+          Number(v.toPrecision(7))
+        } at voxel ${i}, which is not an integer (labels may differ from integers by at most 1e-3)`,
+      );
     }
     const c = map.get(r);
     if (c === undefined) {
-      fail(id, `label ${file} has value ${r}, which is not in the task's label map (${[...map.keys()].join(", ")})`);
+      fail(
+        id,
+        `label ${file} has value ${r}, which is not in the task's label map (${
+          [...map.keys()].join(", ")
+        })`,
+      );
     }
     out[i] = c;
     lastV = v;
@@ -160,12 +190,22 @@ export function mapLabels(img: NiftiImage, map: Map<number, number>, id: string)
 
 function checkLabelGeometry(img: NiftiImage, lab: NiftiImage, id: string): void {
   if (img.dims.some((d, i) => d !== lab.dims[i])) {
-    fail(id, `label ${lab.path} has shape ${lab.dims.join("x")} but image ${img.path} has ${img.dims.join("x")}`);
+    fail(
+      id,
+      `label ${lab.path} has shape ${lab.dims.join("x")} but image ${img.path} has ${
+        img.dims.join("x")
+      }`,
+    );
   }
   const scale = Math.max(1, ...img.affine.slice(0, 12).map(Math.abs));
   const diff = maxAbsDiff(img.affine, lab.affine);
   if (diff > 1e-3 * scale + 1e-2) {
-    fail(id, `label ${lab.path} has an affine that differs from image ${img.path} (largest entry difference ${diff.toFixed(4)})`);
+    fail(
+      id,
+      `label ${lab.path} has an affine that differs from image ${img.path} (largest entry difference ${
+        diff.toFixed(4)
+      })`,
+    );
   }
 }
 
@@ -190,7 +230,10 @@ function labelRefFor(c: ManifestCase, modality: string): ImageRef | undefined {
  * Dataset statistics: spacings and sizes per modality, foreground intensity statistics, class
  * voxel counts, and the default target spacing.
  */
-export async function fingerprint(manifest: Manifest, opts: FingerprintOptions = {}): Promise<Fingerprint> {
+export async function fingerprint(
+  manifest: Manifest,
+  opts: FingerprintOptions = {},
+): Promise<Fingerprint> {
   const splits = opts.splits ?? ["train"];
   let cases = manifest.cases.filter((c) => splits.includes(c.split));
   if (cases.length === 0) cases = manifest.cases;
@@ -201,14 +244,29 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
   const perModality: Record<string, ModalityStats> = {};
   for (const m of manifest.modalities) {
     samples[m] = [];
-    perModality[m] = { kind: modalityKind(manifest, m), spacings: [], sizes: [], mean: 0, std: 1, p005: 0, p995: 0, min: Infinity, max: -Infinity };
+    perModality[m] = {
+      kind: modalityKind(manifest, m),
+      spacings: [],
+      sizes: [],
+      mean: 0,
+      std: 1,
+      p005: 0,
+      p995: 0,
+      min: Infinity,
+      max: -Infinity,
+    };
   }
   const rng = new Rng(opts.seed ?? 0, "fingerprint");
   const total = cases.reduce((s, c) => s + Object.keys(c.images).length, 0);
   let done = 0;
   for (const c of cases) {
     for (const [m, ref] of Object.entries(c.images)) {
-      const src = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: opts.nonFinite, cache: opts.cache });
+      const src = await readImageRef(ref, {
+        id: c.id,
+        what: `images.${m}`,
+        nonFinite: opts.nonFinite,
+        cache: opts.cache,
+      });
       const img = reorientToRAS(src);
       const st = perModality[m];
       st.spacings.push(img.spacing);
@@ -221,7 +279,11 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
         const mapped = mapLabels(lab, map, c.id);
         mask = reorientToRAS(labelImage(lab, mapped)).data;
         // Count each label map once (a shared map would otherwise count per modality).
-        if (c.labels?.[m] || m === Object.keys(c.images)[0]) for (let i = 0; i < mask.length; i++) classVoxels[mask[i]]++;
+        if (c.labels?.[m] || m === Object.keys(c.images)[0]) {
+          for (let i = 0; i < mask.length; i++) {
+            classVoxels[mask[i]]++;
+          }
+        }
       }
       // Foreground voxels for intensity statistics: labelled > 0, else the body (non-zero; for CT
       // in Hounsfield units, denser than air).
@@ -233,9 +295,13 @@ export async function fingerprint(manifest: Manifest, opts: FingerprintOptions =
         for (let i = 0; i < d.length; i++) if (d[i] < mn) mn = d[i];
         if (mn < -500) airCut = -500;
       }
-      for (let i = 0; i < d.length; i++) if (mask ? mask[i] > 0 : d[i] !== 0 && d[i] > airCut) fg.push(i);
+      for (let i = 0; i < d.length; i++) {
+        if (mask ? mask[i] > 0 : d[i] !== 0 && d[i] > airCut) fg.push(i);
+      }
       const take = Math.min(fg.length, 10000);
-      for (let t = 0; t < take; t++) samples[m].push(d[fg[take === fg.length ? t : rng.int(fg.length)]]);
+      for (let t = 0; t < take; t++) {
+        samples[m].push(d[fg[take === fg.length ? t : rng.int(fg.length)]]);
+      }
       for (let i = 0; i < d.length; i++) {
         if (d[i] < st.min) st.min = d[i];
         if (d[i] > st.max) st.max = d[i];
@@ -340,7 +406,13 @@ export interface PreprocessPlan {
   targetSpacing: Vec3;
   fingerprint: Fingerprint;
   settingsHash: string;
-  cases: { id: string; labeled: boolean; split: ManifestCase["split"]; modalities: string[]; labels: string[] }[];
+  cases: {
+    id: string;
+    labeled: boolean;
+    split: ManifestCase["split"];
+    modalities: string[];
+    labels: string[];
+  }[];
 }
 
 async function fileStamp(ref: ImageRef | undefined): Promise<string> {
@@ -379,7 +451,12 @@ async function exists(p: string): Promise<boolean> {
  * Bounding box of the body: non-zero voxels (MR and anything with a zero background) or, for CT in
  * Hounsfield units, voxels above -500 HU (denser than air); labelled voxels always count.
  */
-function bodyBox(data: Float32Array, dims: Vec3, label: ArrayLike<number> | null, kind: ModalityKind): { lo: Vec3; hi: Vec3 } {
+function bodyBox(
+  data: Float32Array,
+  dims: Vec3,
+  label: ArrayLike<number> | null,
+  kind: ModalityKind,
+): { lo: Vec3; hi: Vec3 } {
   let thr = 0;
   let useThr = false;
   if (kind === "ct") {
@@ -393,7 +470,8 @@ function bodyBox(data: Float32Array, dims: Vec3, label: ArrayLike<number> | null
   const [nx, ny] = dims;
   const lo: Vec3 = [Infinity, Infinity, Infinity];
   const hi: Vec3 = [-1, -1, -1];
-  const inBody = (i: number) => (useThr ? data[i] > thr : data[i] !== 0) || (label !== null && label[i] !== 0);
+  const inBody = (i: number) =>
+    (useThr ? data[i] > thr : data[i] !== 0) || (label !== null && label[i] !== 0);
   for (let z = 0; z < dims[2]; z++) {
     for (let y = 0; y < ny; y++) {
       const row = (z * ny + y) * nx;
@@ -415,7 +493,12 @@ function bodyBox(data: Float32Array, dims: Vec3, label: ArrayLike<number> | null
   return { lo, hi: [hi[0] + 1, hi[1] + 1, hi[2] + 1] };
 }
 
-function cropArray<T extends Float32Array | Uint8Array | Int16Array>(src: T, dims: Vec3, lo: Vec3, hi: Vec3): T {
+function cropArray<T extends Float32Array | Uint8Array | Int16Array>(
+  src: T,
+  dims: Vec3,
+  lo: Vec3,
+  hi: Vec3,
+): T {
   const od = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
   const out = new (src.constructor as new (n: number) => T)(od[0] * od[1] * od[2]);
   let o = 0;
@@ -447,12 +530,17 @@ interface ResampledModality {
 }
 
 /** Preprocesses every case of the manifest into `outDir` (cached; see module doc). */
-export async function preprocessDataset(manifest: Manifest, opts: PreprocessOptions): Promise<PreprocessPlan> {
+export async function preprocessDataset(
+  manifest: Manifest,
+  opts: PreprocessOptions,
+): Promise<PreprocessPlan> {
   const outDir = path.resolve(opts.outDir);
   await Deno.mkdir(path.join(outDir, "cases"), { recursive: true });
   const splits = opts.splits ?? ["train", "val", "test"];
   const cases = manifest.cases.filter((c) => splits.includes(c.split));
-  if (cases.length === 0) throw new Error(`Cannot preprocess ${manifest.task}: no cases in splits ${splits.join(", ")}`);
+  if (cases.length === 0) {
+    throw new Error(`Cannot preprocess ${manifest.task}: no cases in splits ${splits.join(", ")}`);
+  }
   const map = labelValueMap(manifest);
   const names = classNames(manifest);
   const crop = opts.crop ?? true;
@@ -461,26 +549,61 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
   // Fingerprint, cached by the stamps of the training inputs.
   const fpInputs = [];
   for (const c of manifest.cases.filter((c) => c.split === "train")) {
-    for (const [m, ref] of Object.entries(c.images)) fpInputs.push([c.id, m, await fileStamp(ref), c.labeled ? await fileStamp(labelRefFor(c, m)) : "-"]);
+    for (const [m, ref] of Object.entries(c.images)) {
+      fpInputs.push([
+        c.id,
+        m,
+        await fileStamp(ref),
+        c.labeled ? await fileStamp(labelRefFor(c, m)) : "-",
+      ]);
+    }
   }
-  const fpKey = sha({ v: PREPROCESS_VERSION, fpInputs, classes: manifest.classes, labelMap: manifest.labelMap, kinds: manifest.modalityKinds, mods: manifest.modalities, nf: opts.nonFinite });
+  const fpKey = sha({
+    v: PREPROCESS_VERSION,
+    fpInputs,
+    classes: manifest.classes,
+    labelMap: manifest.labelMap,
+    kinds: manifest.modalityKinds,
+    mods: manifest.modalities,
+    nf: opts.nonFinite,
+  });
   const fpFile = path.join(outDir, "fingerprint.json");
-  let fp = (await readJsonIf<{ key: string; fingerprint: Fingerprint }>(fpFile));
+  let fp = await readJsonIf<{ key: string; fingerprint: Fingerprint }>(fpFile);
   let fingerprintData: Fingerprint;
   if (fp && fp.key === fpKey && !opts.force) fingerprintData = fp.fingerprint;
   else {
-    fingerprintData = await fingerprint(manifest, { onProgress: opts.onProgress, nonFinite: opts.nonFinite, cache });
+    fingerprintData = await fingerprint(manifest, {
+      onProgress: opts.onProgress,
+      nonFinite: opts.nonFinite,
+      cache,
+    });
     fp = { key: fpKey, fingerprint: fingerprintData };
     await writeFileAtomic(fpFile, new TextEncoder().encode(JSON.stringify(fp, null, 1)));
   }
-  const target = (opts.targetSpacing ? [...opts.targetSpacing] : fingerprintData.targetSpacing) as Vec3;
-  if (target.length !== 3 || target.some((v) => !(v > 0))) throw new Error(`Cannot preprocess: target spacing must be three positive numbers, got ${target}`);
+  const target =
+    (opts.targetSpacing ? [...opts.targetSpacing] : fingerprintData.targetSpacing) as Vec3;
+  if (target.length !== 3 || target.some((v) => !(v > 0))) {
+    throw new Error(
+      `Cannot preprocess: target spacing must be three positive numbers, got ${target}`,
+    );
+  }
   const kinds = Object.fromEntries(manifest.modalities.map((m) => [m, modalityKind(manifest, m)]));
-  const ctStats = Object.fromEntries(manifest.modalities.filter((m) => kinds[m] === "ct").map((m) => {
-    const s = fingerprintData.perModality[m];
-    return [m, { mean: s.mean, std: s.std, p005: s.p005, p995: s.p995 }];
-  }));
-  const settings = { v: PREPROCESS_VERSION, target, crop, nonFinite: opts.nonFinite ?? "error", classes: manifest.classes, labelMap: manifest.labelMap ?? null, kinds, ctStats };
+  const ctStats = Object.fromEntries(
+    manifest.modalities.filter((m) => kinds[m] === "ct").map((m) => {
+      const s = fingerprintData.perModality[m];
+      return [m, { mean: s.mean, std: s.std, p005: s.p005, p995: s.p995 }];
+    }),
+  );
+  const settings = {
+    v: PREPROCESS_VERSION,
+    target,
+    crop,
+    nonFinite: opts.nonFinite ?? "error",
+    classes: manifest.classes,
+    labelMap: manifest.labelMap ?? null,
+    kinds,
+    ctStats,
+  };
   const settingsHash = sha(settings);
 
   const plan: PreprocessPlan = {
@@ -497,16 +620,31 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
   let done = 0;
   for (const c of cases) {
     const stamps = [];
-    for (const [m, ref] of Object.entries(c.images)) stamps.push([m, await fileStamp(ref), await fileStamp(labelRefFor(c, m))]);
+    for (const [m, ref] of Object.entries(c.images)) {
+      stamps.push([m, await fileStamp(ref), await fileStamp(labelRefFor(c, m))]);
+    }
     const caseHash = sha({ settingsHash, c: { ...c, split: undefined }, stamps });
     const sidecar = path.join(outDir, "cases", `${c.id}.json`);
     const old = await readJsonIf<PreprocessedCase>(sidecar);
     let rec: PreprocessedCase;
     if (!opts.force && old && old.hash === caseHash && (await allFilesExist(outDir, old))) {
       rec = { ...old, split: c.split, labeled: c.labeled };
-      if (old.split !== c.split || old.labeled !== c.labeled) await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
+      if (old.split !== c.split || old.labeled !== c.labeled) {
+        await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
+      }
     } else {
-      rec = await preprocessCase(c, { outDir, target, crop, map, kinds, ctStats, nonFinite: opts.nonFinite, hash: caseHash, k: names.length, cache });
+      rec = await preprocessCase(c, {
+        outDir,
+        target,
+        crop,
+        map,
+        kinds,
+        ctStats,
+        nonFinite: opts.nonFinite,
+        hash: caseHash,
+        k: names.length,
+        cache,
+      });
       await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
     }
     plan.cases.push({
@@ -518,7 +656,10 @@ export async function preprocessDataset(manifest: Manifest, opts: PreprocessOpti
     });
     opts.onProgress?.(++done, cases.length, `preprocess ${c.id}`);
   }
-  await writeFileAtomic(path.join(outDir, "preprocess.json"), new TextEncoder().encode(JSON.stringify(plan, null, 1)));
+  await writeFileAtomic(
+    path.join(outDir, "preprocess.json"),
+    new TextEncoder().encode(JSON.stringify(plan, null, 1)),
+  );
   return plan;
 }
 
@@ -546,7 +687,12 @@ interface CaseSettings {
 async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<PreprocessedCase> {
   const mods: ResampledModality[] = [];
   for (const [m, ref] of Object.entries(c.images)) {
-    const source = await readImageRef(ref, { id: c.id, what: `images.${m}`, nonFinite: s.nonFinite, cache: s.cache });
+    const source = await readImageRef(ref, {
+      id: c.id,
+      what: `images.${m}`,
+      nonFinite: s.nonFinite,
+      cache: s.cache,
+    });
     source.path = refPath(ref);
     const labelRef = c.labeled ? labelRefFor(c, m) : undefined;
     let label: Uint8Array | Int16Array | null = null;
@@ -563,10 +709,17 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
     mods.push({ modality: m, ref, labelRef, source, image, label });
   }
   // Aligned cases on one common grid keep one common crop.
-  const common = (c.aligned ?? false) && mods.every((r) =>
-    r.image.dims.every((d, i) => d === mods[0].image.dims[i]) && maxAbsDiff(r.image.affine, mods[0].image.affine) < 1e-3
+  const common = (c.aligned ?? false) &&
+    mods.every((r) =>
+      r.image.dims.every((d, i) => d === mods[0].image.dims[i]) &&
+      maxAbsDiff(r.image.affine, mods[0].image.affine) < 1e-3
+    );
+  const boxes = mods.map((
+    r,
+  ) => (s.crop
+    ? bodyBox(r.image.data, r.image.dims, r.label, s.kinds[r.modality])
+    : { lo: [0, 0, 0] as Vec3, hi: [...r.image.dims] as Vec3 })
   );
-  const boxes = mods.map((r) => (s.crop ? bodyBox(r.image.data, r.image.dims, r.label, s.kinds[r.modality]) : { lo: [0, 0, 0] as Vec3, hi: [...r.image.dims] as Vec3 }));
   if (common) {
     const lo = [0, 1, 2].map((a) => Math.min(...boxes.map((b) => b.lo[a]))) as Vec3;
     const hi = [0, 1, 2].map((a) => Math.max(...boxes.map((b) => b.hi[a]))) as Vec3;
@@ -575,7 +728,14 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
       b.hi = hi;
     });
   }
-  const out: PreprocessedCase = { id: c.id, labeled: c.labeled, split: c.split, aligned: c.aligned ?? false, hash: s.hash, modalities: {} };
+  const out: PreprocessedCase = {
+    id: c.id,
+    labeled: c.labeled,
+    split: c.split,
+    aligned: c.aligned ?? false,
+    hash: s.hash,
+    modalities: {},
+  };
   for (let i = 0; i < mods.length; i++) {
     const r = mods[i];
     const { lo, hi } = boxes[i];
@@ -590,7 +750,9 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
       clip = [st.p005, st.p995];
       mean = st.mean;
       std = st.std;
-      for (let j = 0; j < data.length; j++) data[j] = data[j] < clip[0] ? clip[0] : data[j] > clip[1] ? clip[1] : data[j];
+      for (let j = 0; j < data.length; j++) {
+        data[j] = data[j] < clip[0] ? clip[0] : data[j] > clip[1] ? clip[1] : data[j];
+      }
     } else {
       let n = 0, s1 = 0, s2 = 0;
       for (let j = 0; j < data.length; j++) {
@@ -619,7 +781,10 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
     let classVoxels: number[] | null = null;
     if (label) {
       labelFile = `${c.id}_${r.modality}.lab`;
-      await writeFileAtomic(path.join(s.outDir, "cases", labelFile), new Uint8Array(label.buffer, label.byteOffset, label.byteLength));
+      await writeFileAtomic(
+        path.join(s.outDir, "cases", labelFile),
+        new Uint8Array(label.buffer, label.byteOffset, label.byteLength),
+      );
       classVoxels = new Array(s.k).fill(0);
       for (let j = 0; j < label.length; j++) classVoxels[label[j]]++;
     }
@@ -652,7 +817,11 @@ export async function loadPlan(dir: string): Promise<PreprocessPlan> {
   const file = path.join(dir, "preprocess.json");
   const plan = await readJsonIf<PreprocessPlan>(file);
   if (!plan) throw new Error(`Cannot read ${file}: missing or not JSON (run preprocess first)`);
-  if (plan.version !== PREPROCESS_VERSION) throw new Error(`Cannot use ${file}: format version ${plan.version}, expected ${PREPROCESS_VERSION} (preprocess again)`);
+  if (plan.version !== PREPROCESS_VERSION) {
+    throw new Error(
+      `Cannot use ${file}: format version ${plan.version}, expected ${PREPROCESS_VERSION} (preprocess again)`,
+    );
+  }
   return plan;
 }
 
@@ -668,18 +837,47 @@ export async function loadCaseRecord(dir: string, id: string): Promise<Preproces
  * Maps class probabilities [K, z, y, x] on a preprocessed grid back to the modality's original grid
  * (trilinear; outside the crop box the background has probability 1). Returns [K, ...original].
  */
-export function probabilitiesToOriginal(probs: Float32Array, k: number, m: PreprocessedModality): Float32Array {
+export function probabilitiesToOriginal(
+  probs: Float32Array,
+  k: number,
+  m: PreprocessedModality,
+): Float32Array {
   const n = m.dims[0] * m.dims[1] * m.dims[2];
-  if (probs.length !== k * n) throw new Error(`probabilitiesToOriginal: got ${probs.length} values, expected ${k} x ${m.dims.join("x")}`);
+  if (probs.length !== k * n) {
+    throw new Error(
+      `probabilitiesToOriginal: got ${probs.length} values, expected ${k} x ${m.dims.join("x")}`,
+    );
+  }
   const src: NiftiImage = {
-    data: probs, dims: m.dims, frames: k, affine: m.affine, spacing: m.spacing,
-    header: { niftiVersion: 1, datatype: "float32", datatypeCode: 16, sclSlope: 1, sclInter: 0, qformCode: 1, sformCode: 1, affineSource: "sform", intentCode: 0, intentName: "", descrip: "", unitScale: 1, dim: [] },
+    data: probs,
+    dims: m.dims,
+    frames: k,
+    affine: m.affine,
+    spacing: m.spacing,
+    header: {
+      niftiVersion: 1,
+      datatype: "float32",
+      datatypeCode: 16,
+      sclSlope: 1,
+      sclInter: 0,
+      qformCode: 1,
+      sformCode: 1,
+      affineSource: "sform",
+      intentCode: 0,
+      intentName: "",
+      descrip: "",
+      unitScale: 1,
+      dim: [],
+    },
   };
   const outN = m.source.dims[0] * m.source.dims[1] * m.source.dims[2];
   const out = new Float32Array(k * outN);
   for (let c = 0; c < k; c++) {
     const one = { ...src, frames: 1, data: probs.subarray(c * n, (c + 1) * n) };
-    const r = resampleToReference(one, { dims: m.source.dims, affine: m.source.affine }, { order: "linear", fill: c === 0 ? 1 : 0 });
+    const r = resampleToReference(one, { dims: m.source.dims, affine: m.source.affine }, {
+      order: "linear",
+      fill: c === 0 ? 1 : 0,
+    });
     out.set(r.data, c * outN);
   }
   return out;
@@ -688,10 +886,31 @@ export function probabilitiesToOriginal(probs: Float32Array, k: number, m: Prepr
 /** Maps a label map on a preprocessed grid back to the original grid (nearest; background outside). */
 export function labelsToOriginal(labels: ArrayLike<number>, m: PreprocessedModality): Int32Array {
   const src: NiftiImage = {
-    data: Float32Array.from(labels), dims: m.dims, frames: 1, affine: m.affine, spacing: m.spacing,
-    header: { niftiVersion: 1, datatype: "float32", datatypeCode: 16, sclSlope: 1, sclInter: 0, qformCode: 1, sformCode: 1, affineSource: "sform", intentCode: 0, intentName: "", descrip: "", unitScale: 1, dim: [] },
+    data: Float32Array.from(labels),
+    dims: m.dims,
+    frames: 1,
+    affine: m.affine,
+    spacing: m.spacing,
+    header: {
+      niftiVersion: 1,
+      datatype: "float32",
+      datatypeCode: 16,
+      sclSlope: 1,
+      sclInter: 0,
+      qformCode: 1,
+      sformCode: 1,
+      affineSource: "sform",
+      intentCode: 0,
+      intentName: "",
+      descrip: "",
+      unitScale: 1,
+      dim: [],
+    },
   };
-  const r = resampleToReference(src, { dims: m.source.dims, affine: m.source.affine }, { order: "nearest", fill: 0 });
+  const r = resampleToReference(src, { dims: m.source.dims, affine: m.source.affine }, {
+    order: "nearest",
+    fill: 0,
+  });
   return Int32Array.from(r.data);
 }
 

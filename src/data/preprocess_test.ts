@@ -1,10 +1,20 @@
 import { assert, assertAlmostEquals, assertEquals, assertRejects } from "./testing.ts";
 import { writeNifti } from "./nifti.ts";
 import type { Manifest } from "./manifest.ts";
-import { fingerprint, labelsToOriginal, loadCaseRecord, loadPlan, preprocessDataset, probabilitiesToOriginal } from "./preprocess.ts";
+import {
+  fingerprint,
+  labelsToOriginal,
+  loadCaseRecord,
+  loadPlan,
+  preprocessDataset,
+  probabilitiesToOriginal,
+} from "./preprocess.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "comodal_pre_" });
-globalThis.addEventListener("unload", () => Deno.env.get("KEEP") ? console.log(tmp) : Deno.removeSync(tmp, { recursive: true }));
+globalThis.addEventListener(
+  "unload",
+  () => Deno.env.get("KEEP") ? console.log(tmp) : Deno.removeSync(tmp, { recursive: true }),
+);
 
 // LPS-stored volumes (x runs left, y posterior) with 1 x 1.5 x 4 mm voxels, a body block and two organs.
 const DIMS = [20, 16, 6] as const;
@@ -13,24 +23,49 @@ const LPS = [-1, 0, 0, 30, 0, -1.5, 0, 40, 0, 0, 4, -10, 0, 0, 0, 1];
 function volume(f: (x: number, y: number, z: number) => number): Float32Array {
   const d = new Float32Array(DIMS[0] * DIMS[1] * DIMS[2]);
   let i = 0;
-  for (let z = 0; z < DIMS[2]; z++) for (let y = 0; y < DIMS[1]; y++) for (let x = 0; x < DIMS[0]; x++) d[i++] = f(x, y, z);
+  for (let z = 0; z < DIMS[2]; z++) {
+    for (let y = 0; y < DIMS[1]; y++) {
+      for (let x = 0; x < DIMS[0]; x++) d[i++] = f(x, y, z);
+    }
+  }
   return d;
 }
-const inBody = (x: number, y: number, z: number) => x >= 3 && x < 17 && y >= 2 && y < 14 && z >= 1 && z < 5;
-const organ = (x: number, y: number, z: number) => !inBody(x, y, z) ? 0 : x < 8 ? 10 : x > 12 ? 20 : 0;
+const inBody = (x: number, y: number, z: number) =>
+  x >= 3 && x < 17 && y >= 2 && y < 14 && z >= 1 && z < 5;
+const organ = (x: number, y: number, z: number) =>
+  !inBody(x, y, z) ? 0 : x < 8 ? 10 : x > 12 ? 20 : 0;
 
-async function makeCase(dir: string, id: string, opts: { labelValue?: (v: number) => number; nan?: boolean; labelDims?: number[]; labelAffine?: number[] } = {}) {
+async function makeCase(
+  dir: string,
+  id: string,
+  opts: {
+    labelValue?: (v: number) => number;
+    nan?: boolean;
+    labelDims?: number[];
+    labelAffine?: number[];
+  } = {},
+) {
   await Deno.mkdir(dir, { recursive: true });
-  const mr = volume((x, y, z) => (inBody(x, y, z) ? 100 + organ(x, y, z) * 3 + ((x * 7 + y * 3 + z) % 5) : 0));
+  const mr = volume((
+    x,
+    y,
+    z,
+  ) => (inBody(x, y, z) ? 100 + organ(x, y, z) * 3 + ((x * 7 + y * 3 + z) % 5) : 0));
   if (opts.nan) mr[5] = NaN;
   const ct = volume((x, y, z) => (inBody(x, y, z) ? 40 + organ(x, y, z) * 2 + (x % 3) : -1000));
   ct[2 * 320 + 5 * 20 + 5] = 3000; // an outlier inside the body, to be clipped
   const lab = volume((x, y, z) => (opts.labelValue ?? ((v) => v))(organ(x, y, z)));
   await writeNifti(`${dir}/${id}_MR.nii.gz`, { data: mr, dims: DIMS, affine: LPS });
-  await writeNifti(`${dir}/${id}_CT.nii.gz`, { data: ct, dims: DIMS, affine: LPS }, { datatype: "int16" });
+  await writeNifti(`${dir}/${id}_CT.nii.gz`, { data: ct, dims: DIMS, affine: LPS }, {
+    datatype: "int16",
+  });
   const ld = opts.labelDims ?? DIMS;
   const labData = ld === DIMS ? lab : new Float32Array(ld[0] * ld[1] * ld[2]);
-  await writeNifti(`${dir}/${id}_label.nii.gz`, { data: labData, dims: ld, affine: opts.labelAffine ?? LPS }, { datatype: "float32" });
+  await writeNifti(`${dir}/${id}_label.nii.gz`, {
+    data: labData,
+    dims: ld,
+    affine: opts.labelAffine ?? LPS,
+  }, { datatype: "float32" });
   return { mr, ct, lab };
 }
 
@@ -63,7 +98,10 @@ Deno.test("preprocess: RAS, resampling, body crop, normalisation, label mapping 
   assert(fp.perModality.CT.p995 < 3000, `CT p99.5 ${fp.perModality.CT.p995}`);
   const out = `${tmp}/ok_out`;
   const seen: string[] = [];
-  const plan = await preprocessDataset(m, { outDir: out, onProgress: (_d, _t, label) => seen.push(label) });
+  const plan = await preprocessDataset(m, {
+    outDir: out,
+    onProgress: (_d, _t, label) => seen.push(label),
+  });
   assert(seen.includes("preprocess b"));
   assertEquals(plan.targetSpacing, [1, 1.5, 4]);
   const rec = await loadCaseRecord(out, "a");
@@ -134,31 +172,64 @@ Deno.test("preprocess: cache skips unchanged cases and redoes changed ones", asy
 Deno.test("preprocess: bad inputs name the case, the file and the problem", async () => {
   const dir = `${tmp}/bad`;
   await makeCase(dir, "badval", { labelValue: (v) => (v === 20 ? 30 : v) });
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["badval"]), { outDir: `${tmp}/bad_out1` }), Error,
-    `Cannot preprocess case badval: label ${dir}/badval_label.nii.gz has value 30, which is not in the task's label map (0, 10, 20)`);
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["badval"]), { outDir: `${tmp}/bad_out1` }),
+    Error,
+    `Cannot preprocess case badval: label ${dir}/badval_label.nii.gz has value 30, which is not in the task's label map (0, 10, 20)`,
+  );
   await makeCase(dir, "frac", { labelValue: (v) => (v === 20 ? 20.4 : v) });
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["frac"]), { outDir: `${tmp}/bad_out2` }), Error, "has value 20.4");
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["frac"]), { outDir: `${tmp}/bad_out2` }),
+    Error,
+    "has value 20.4",
+  );
   await makeCase(dir, "shape", { labelDims: [20, 16, 5] });
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["shape"]), { outDir: `${tmp}/bad_out3` }), Error,
-    `label ${dir}/shape_label.nii.gz has shape 20x16x5 but image ${dir}/shape_MR.nii.gz has 20x16x6`);
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["shape"]), { outDir: `${tmp}/bad_out3` }),
+    Error,
+    `label ${dir}/shape_label.nii.gz has shape 20x16x5 but image ${dir}/shape_MR.nii.gz has 20x16x6`,
+  );
   const shifted = [...LPS];
   shifted[3] += 5;
   await makeCase(dir, "aff", { labelAffine: shifted });
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["aff"]), { outDir: `${tmp}/bad_out4` }), Error, "has an affine that differs from image");
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["aff"]), { outDir: `${tmp}/bad_out4` }),
+    Error,
+    "has an affine that differs from image",
+  );
   await makeCase(dir, "nan", { nan: true });
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["nan"]), { outDir: `${tmp}/bad_out5` }), Error,
-    `Cannot preprocess case nan: ${dir}/nan_MR.nii.gz has 1 NaN/Inf voxel(s) (first at voxel 5,0,0 = NaN)`);
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["nan"]), { outDir: `${tmp}/bad_out5` }),
+    Error,
+    `Cannot preprocess case nan: ${dir}/nan_MR.nii.gz has 1 NaN/Inf voxel(s) (first at voxel 5,0,0 = NaN)`,
+  );
   await makeCase(dir, "inf", { nan: true });
   const inf = await (await import("./nifti.ts")).readNifti(`${dir}/inf_MR.nii.gz`);
   inf.data[5] = 0;
   inf.data[7] = -Infinity;
   await writeNifti(`${dir}/inf_MR.nii.gz`, inf);
-  await assertRejects(() => preprocessDataset(manifestFor(dir, ["inf"]), { outDir: `${tmp}/bad_out8` }), Error, "has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = -Infinity)");
-  const plan = await preprocessDataset(manifestFor(dir, ["nan"]), { outDir: `${tmp}/bad_out6`, nonFinite: "zero" });
+  await assertRejects(
+    () => preprocessDataset(manifestFor(dir, ["inf"]), { outDir: `${tmp}/bad_out8` }),
+    Error,
+    "has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = -Infinity)",
+  );
+  const plan = await preprocessDataset(manifestFor(dir, ["nan"]), {
+    outDir: `${tmp}/bad_out6`,
+    nonFinite: "zero",
+  });
   assertEquals(plan.cases.length, 1);
   // A 4-D file where a 3-D image is expected.
-  await writeNifti(`${dir}/four_MR.nii.gz`, { data: new Float32Array(2 * 2 * 2 * 2), dims: [2, 2, 2], frames: 2, affine: LPS });
+  await writeNifti(`${dir}/four_MR.nii.gz`, {
+    data: new Float32Array(2 * 2 * 2 * 2),
+    dims: [2, 2, 2],
+    frames: 2,
+    affine: LPS,
+  });
   const m4 = manifestFor(dir, ["nan"]);
   m4.cases[0].images.MR = `${dir}/four_MR.nii.gz`;
-  await assertRejects(() => preprocessDataset(m4, { outDir: `${tmp}/bad_out7` }), Error, `Cannot read ${dir}/four_MR.nii.gz: header says 4 dimensions (2x2x2x2), expected 3`);
+  await assertRejects(
+    () => preprocessDataset(m4, { outDir: `${tmp}/bad_out7` }),
+    Error,
+    `Cannot read ${dir}/four_MR.nii.gz: header says 4 dimensions (2x2x2x2), expected 3`,
+  );
 });

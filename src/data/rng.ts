@@ -49,11 +49,15 @@ export class Rng {
   /** Restores a generator from `state()`. */
   static fromState(state: RngState): Rng {
     if (!Array.isArray(state) || state.length !== 4 || state.some((v) => !Number.isInteger(v))) {
-      throw new Error(`Cannot restore Rng: state must be four integers, got ${JSON.stringify(state)}`);
+      throw new Error(
+        `Cannot restore Rng: state must be four integers, got ${JSON.stringify(state)}`,
+      );
     }
     const r = new Rng(0);
     for (let i = 0; i < 4; i++) r.s[i] = state[i] >>> 0;
-    if ((r.s[0] | r.s[1] | r.s[2] | r.s[3]) === 0) throw new Error("Cannot restore Rng: state is all zero");
+    if ((r.s[0] | r.s[1] | r.s[2] | r.s[3]) === 0) {
+      throw new Error("Cannot restore Rng: state is all zero");
+    }
     return r;
   }
 
@@ -142,4 +146,3 @@ export class Rng {
     return new Rng(this.s[0], this.s[1], this.s[2], this.s[3], ...label);
   }
 }
-

@@ -10,7 +10,14 @@
  * unlabeled path only ever receives `UnlabeledCase` values, which carry no labels.
  */
 import { apply4, fromLinear, inv4, type Mat3, type Mat4, mul3, mul4, type Vec3 } from "./affine.ts";
-import { augmentIntensity, type AugmentOptions, drawMisalignment, drawSpatial, type MisalignOptions, NO_AUGMENT } from "./augment.ts";
+import {
+  augmentIntensity,
+  type AugmentOptions,
+  drawMisalignment,
+  drawSpatial,
+  type MisalignOptions,
+  NO_AUGMENT,
+} from "./augment.ts";
 import type { LabeledCase, UnlabeledCase, Volume } from "./cases.ts";
 import { type IndexMap, sampleGrid } from "./geometry.ts";
 import type { Rng } from "./rng.ts";
@@ -66,8 +73,14 @@ export class PatchSampler {
   readonly misalign: MisalignOptions | null;
 
   constructor(opts: PatchSamplerOptions) {
-    if (opts.patchSize.length !== 3 || opts.patchSize.some((v) => !(Number.isInteger(v) && v >= 1))) {
-      throw new Error(`PatchSampler: patchSize must be three positive integers [d, h, w], got ${JSON.stringify(opts.patchSize)}`);
+    if (
+      opts.patchSize.length !== 3 || opts.patchSize.some((v) => !(Number.isInteger(v) && v >= 1))
+    ) {
+      throw new Error(
+        `PatchSampler: patchSize must be three positive integers [d, h, w], got ${
+          JSON.stringify(opts.patchSize)
+        }`,
+      );
     }
     if (opts.modalities.length === 0) throw new Error("PatchSampler: no modalities");
     this.patchSize = opts.patchSize;
@@ -86,14 +99,24 @@ export class PatchSampler {
    * A labeled patch from one case (all modalities), or from one case per modality (unpaired data).
    * `forceForeground` overrides the random 1/3 draw.
    */
-  sampleLabeled(source: LabeledCase | Readonly<Record<string, LabeledCase>>, rng: Rng, opts: { forceForeground?: boolean } = {}): LabeledPatch {
-    const groups = this.groups(source, (c: LabeledCase) => ({ labels: c.labels, foreground: c.foreground }));
+  sampleLabeled(
+    source: LabeledCase | Readonly<Record<string, LabeledCase>>,
+    rng: Rng,
+    opts: { forceForeground?: boolean } = {},
+  ): LabeledPatch {
+    const groups = this.groups(
+      source,
+      (c: LabeledCase) => ({ labels: c.labels, foreground: c.foreground }),
+    );
     const forced = opts.forceForeground ?? rng.chance(this.foregroundFraction);
     return this.sample(groups, rng, forced, true) as LabeledPatch;
   }
 
   /** An unlabeled patch (uniform centre). Only images are read; the type has no labels to read. */
-  sampleUnlabeled(source: UnlabeledCase | Readonly<Record<string, UnlabeledCase>>, rng: Rng): UnlabeledPatch {
+  sampleUnlabeled(
+    source: UnlabeledCase | Readonly<Record<string, UnlabeledCase>>,
+    rng: Rng,
+  ): UnlabeledPatch {
     const groups = this.groups(source, () => ({ labels: null, foreground: null }));
     const p = this.sample(groups, rng, false, false);
     return { ids: p.ids, images: p.images, centres: p.centres };
@@ -104,7 +127,7 @@ export class PatchSampler {
     extra: (c: C) => { labels: Group["labels"]; foreground: Group["foreground"] },
   ): Group[] {
     const perMod: Record<string, C> = {};
-    if (isCase(source)) for (const m of this.modalities) perMod[m] = source as C;
+    if (isCase(source)) { for (const m of this.modalities) perMod[m] = source as C; }
     else Object.assign(perMod, source);
     const byId = new Map<string, Group>();
     for (const m of this.modalities) {
@@ -126,7 +149,13 @@ export class PatchSampler {
     const [d, h, w] = this.patchSize;
     const size: Vec3 = [w, h, d];
     const half = size.map((s) => (s - 1) / 2) as Vec3;
-    const out: LabeledPatch = { ids: {}, images: {}, centres: {}, labels: {}, forcedForeground: false };
+    const out: LabeledPatch = {
+      ids: {},
+      images: {},
+      centres: {},
+      labels: {},
+      forcedForeground: false,
+    };
     // One spatial transform for the whole patch (all modalities), drawn in the first group's frame.
     const first = groups[0].volumes[groups[0].mods[0]];
     const spatial = drawSpatial(rng, first.spacing, this.augment);
@@ -134,7 +163,13 @@ export class PatchSampler {
     let mis: { rotation: Mat3; translation: Vec3 } | null = null;
     if (this.misalign && rng.chance(this.misalign.prob ?? 1)) {
       misMod = this.misalign.modality ?? this.modalities[rng.int(this.modalities.length)];
-      if (!this.modalities.includes(misMod)) throw new Error(`PatchSampler: misalignment modality ${misMod} is not one of ${this.modalities.join(", ")}`);
+      if (!this.modalities.includes(misMod)) {
+        throw new Error(
+          `PatchSampler: misalignment modality ${misMod} is not one of ${
+            this.modalities.join(", ")
+          }`,
+        );
+      }
       mis = drawMisalignment(rng, this.misalign);
     }
     let anyForced = false;
@@ -143,7 +178,9 @@ export class PatchSampler {
       let primary = g.mods[0];
       let centreIdx: Vec3 | null = null;
       if (forced && g.foreground) {
-        const withFg = g.mods.filter((m) => g.foreground![m]?.some((a, c) => c > 0 && a.length > 0));
+        const withFg = g.mods.filter((m) =>
+          g.foreground![m]?.some((a, c) => c > 0 && a.length > 0)
+        );
         if (withFg.length) {
           primary = withFg[rng.int(withFg.length)];
           const fg = g.foreground[primary];
@@ -151,7 +188,9 @@ export class PatchSampler {
           const cls = classes[rng.int(classes.length)];
           const vox = fg[cls][rng.int(fg[cls].length)];
           const v = g.volumes[primary];
-          const x = vox % v.dims[0], y = Math.floor(vox / v.dims[0]) % v.dims[1], z = Math.floor(vox / (v.dims[0] * v.dims[1]));
+          const x = vox % v.dims[0],
+            y = Math.floor(vox / v.dims[0]) % v.dims[1],
+            z = Math.floor(vox / (v.dims[0] * v.dims[1]));
           // Keep the voxel inside the patch, anywhere in its central half.
           centreIdx = [x, y, z].map((p, a) => {
             const lo = p - half[a];
@@ -173,15 +212,40 @@ export class PatchSampler {
       const centre = apply4(pv.affine, centreIdx);
       // Patch index -> world: T(centre) * D * S * diag(spacing) * T(-half), D = primary direction cosines.
       const sp = pv.spacing;
-      const dir: Mat3 = [0, 1, 2].flatMap((r) => [0, 1, 2].map((c) => pv.affine[r * 4 + c] / sp[c]));
+      const dir: Mat3 = [0, 1, 2].flatMap((r) =>
+        [0, 1, 2].map((c) => pv.affine[r * 4 + c] / sp[c])
+      );
       const lin = mul3(mul3(dir, spatial), [sp[0], 0, 0, 0, sp[1], 0, 0, 0, sp[2]]);
-      const toWorld: Mat4 = mul4(fromLinear(lin, centre), [1, 0, 0, -half[0], 0, 1, 0, -half[1], 0, 0, 1, -half[2], 0, 0, 0, 1]);
+      const toWorld: Mat4 = mul4(fromLinear(lin, centre), [
+        1,
+        0,
+        0,
+        -half[0],
+        0,
+        1,
+        0,
+        -half[1],
+        0,
+        0,
+        1,
+        -half[2],
+        0,
+        0,
+        0,
+        1,
+      ]);
       for (const m of g.mods) {
         const v = g.volumes[m];
         let world = toWorld;
         if (mis && m === misMod) {
-          const rigid = fromLinear(mis.rotation, [0, 1, 2].map((i) => centre[i] + mis!.translation[i] -
-            (mis!.rotation[i * 3] * centre[0] + mis!.rotation[i * 3 + 1] * centre[1] + mis!.rotation[i * 3 + 2] * centre[2])));
+          const rigid = fromLinear(
+            mis.rotation,
+            [0, 1, 2].map((i) =>
+              centre[i] + mis!.translation[i] -
+              (mis!.rotation[i * 3] * centre[0] + mis!.rotation[i * 3 + 1] * centre[1] +
+                mis!.rotation[i * 3 + 2] * centre[2])
+            ),
+          );
           world = mul4(rigid, toWorld);
         }
         const map = mul4(inv4(v.affine), world).slice(0, 12);
@@ -219,11 +283,16 @@ export function extract(
   out: Float32Array | Int32Array,
 ): void {
   const eps = 1e-6;
-  const isId = Math.abs(map[0] - 1) < eps && Math.abs(map[5] - 1) < eps && Math.abs(map[10] - 1) < eps &&
-    Math.abs(map[1]) < eps && Math.abs(map[2]) < eps && Math.abs(map[4]) < eps && Math.abs(map[6]) < eps &&
+  const isId = Math.abs(map[0] - 1) < eps && Math.abs(map[5] - 1) < eps &&
+    Math.abs(map[10] - 1) < eps &&
+    Math.abs(map[1]) < eps && Math.abs(map[2]) < eps && Math.abs(map[4]) < eps &&
+    Math.abs(map[6]) < eps &&
     Math.abs(map[8]) < eps && Math.abs(map[9]) < eps;
   const tx = Math.round(map[3]), ty = Math.round(map[7]), tz = Math.round(map[11]);
-  if (isId && Math.abs(map[3] - tx) < eps && Math.abs(map[7] - ty) < eps && Math.abs(map[11] - tz) < eps) {
+  if (
+    isId && Math.abs(map[3] - tx) < eps && Math.abs(map[7] - ty) < eps &&
+    Math.abs(map[11] - tz) < eps
+  ) {
     const [nx, ny, nz] = dims;
     const [ox, oy, oz] = size;
     out.fill(fill);

@@ -6,19 +6,38 @@ import { IGNORE_LABEL, PatchSampler } from "./sampler.ts";
 import { NO_AUGMENT } from "./augment.ts";
 import { Rng } from "./rng.ts";
 
-function vol(dims: Vec3, affine: Mat4, f: (x: number, y: number, z: number) => number, padValue = -1): Volume {
+function vol(
+  dims: Vec3,
+  affine: Mat4,
+  f: (x: number, y: number, z: number) => number,
+  padValue = -1,
+): Volume {
   const data = new Float32Array(dims[0] * dims[1] * dims[2]);
   let i = 0;
-  for (let z = 0; z < dims[2]; z++) for (let y = 0; y < dims[1]; y++) for (let x = 0; x < dims[0]; x++) data[i++] = f(x, y, z);
+  for (let z = 0; z < dims[2]; z++) {
+    for (let y = 0; y < dims[1]; y++) {
+      for (let x = 0; x < dims[0]; x++) data[i++] = f(x, y, z);
+    }
+  }
   const spacing = [0, 1, 2].map((j) => Math.hypot(affine[j], affine[4 + j], affine[8 + j])) as Vec3;
   return { data, dims, spacing, affine, padValue };
 }
 
 // Blocky label: class by coarse position, lots of background.
-const blocks = (x: number, y: number, z: number) => (((x >> 3) + (y >> 3) + (z >> 1)) % 3 === 0 ? 0 : 1 + (((x >> 3) + 2 * (z >> 1)) % 2));
+const blocks = (
+  x: number,
+  y: number,
+  z: number,
+) => (((x >> 3) + (y >> 3) + (z >> 1)) % 3 === 0 ? 0 : 1 + (((x >> 3) + 2 * (z >> 1)) % 2));
 const AFF_A: Mat4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1];
 
-function labeledCase(id: string, dims: Vec3, affine: Mat4, labelFn = blocks, mods = ["A", "B"]): LabeledCase {
+function labeledCase(
+  id: string,
+  dims: Vec3,
+  affine: Mat4,
+  labelFn = blocks,
+  mods = ["A", "B"],
+): LabeledCase {
   const volumes: Record<string, Volume> = {};
   const labels: Record<string, Uint8Array> = {};
   const foreground: Record<string, Int32Array[]> = {};
@@ -50,9 +69,26 @@ Deno.test("sampler: without augmentation a patch is an exact crop, same position
 });
 
 Deno.test("sampler: labels and images are transformed alike under flips, rotations, scaling and misalignment", () => {
-  const c = labeledCase("c2", [64, 64, 16], [1.2, 0, 0, 3, 0, 1.2, 0, -4, 0, 0, 1.5, 7, 0, 0, 0, 1], (x, y, z) => (((x >> 4) + (y >> 4) + (z >> 3)) % 2));
-  const strong = { ...NO_AUGMENT, flipProb: 0.5, rot90Prob: 1, rotateProb: 1, rotateDeg: 15, scaleProb: 1 };
-  const s = new PatchSampler({ patchSize: [8, 24, 24], modalities: ["A", "B"], augment: strong, misalign: { translationMm: 6, rotationDeg: 10, modality: "B" } });
+  const c = labeledCase(
+    "c2",
+    [64, 64, 16],
+    [1.2, 0, 0, 3, 0, 1.2, 0, -4, 0, 0, 1.5, 7, 0, 0, 0, 1],
+    (x, y, z) => (((x >> 4) + (y >> 4) + (z >> 3)) % 2),
+  );
+  const strong = {
+    ...NO_AUGMENT,
+    flipProb: 0.5,
+    rot90Prob: 1,
+    rotateProb: 1,
+    rotateDeg: 15,
+    scaleProb: 1,
+  };
+  const s = new PatchSampler({
+    patchSize: [8, 24, 24],
+    modalities: ["A", "B"],
+    augment: strong,
+    misalign: { translationMm: 6, rotationDeg: 10, modality: "B" },
+  });
   const rng = new Rng(2);
   let agree = 0, total = 0, crossDiffer = 0;
   for (let t = 0; t < 10; t++) {
@@ -74,7 +110,11 @@ Deno.test("sampler: labels and images are transformed alike under flips, rotatio
 
 Deno.test("sampler: one third of labeled patches forced on foreground; forced ones contain it", () => {
   // Sparse foreground: one small block.
-  const sparse = (x: number, y: number, z: number) => (x >= 50 && x < 54 && y >= 5 && y < 9 && z === 3 ? 2 : 0);
+  const sparse = (
+    x: number,
+    y: number,
+    z: number,
+  ) => (x >= 50 && x < 54 && y >= 5 && y < 9 && z === 3 ? 2 : 0);
   const c = labeledCase("c3", [64, 64, 8], AFF_A, sparse);
   const s = new PatchSampler({ patchSize: [2, 16, 16], modalities: ["A", "B"], augment: false });
   const rng = new Rng(3);
@@ -98,7 +138,10 @@ Deno.test("sampler: modalities on different grids are cropped at the same physic
   const affA: Mat4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 1];
   const affB: Mat4 = [0.5, 0, 0, -0.25, 0, 0.5, 0, -0.25, 0, 0, 1.5, -0.75, 0, 0, 0, 1];
   const worldX = (aff: Mat4) => (x: number, y: number, z: number) => apply4(aff, [x, y, z])[0];
-  const volumes = { A: vol([40, 40, 10], affA, worldX(affA)), B: vol([80, 80, 20], affB, worldX(affB)) };
+  const volumes = {
+    A: vol([40, 40, 10], affA, worldX(affA)),
+    B: vol([80, 80, 20], affB, worldX(affB)),
+  };
   const c: UnlabeledCase = { kind: "unlabeled", id: "u", volumes };
   const s = new PatchSampler({ patchSize: [3, 9, 9], modalities: ["A", "B"], augment: false });
   const rng = new Rng(4);
@@ -112,8 +155,21 @@ Deno.test("sampler: modalities on different grids are cropped at the same physic
 
 Deno.test("sampler: the unlabeled path never touches labels", () => {
   const c = labeledCase("c5", [32, 32, 8], AFF_A);
-  const trap = new Proxy({}, { get: () => { throw new Error("label read"); }, has: () => { throw new Error("label read"); } });
-  const sneaky = { kind: "unlabeled", id: "c5", volumes: c.volumes, labels: trap, foreground: trap } as unknown as UnlabeledCase;
+  const trap = new Proxy({}, {
+    get: () => {
+      throw new Error("label read");
+    },
+    has: () => {
+      throw new Error("label read");
+    },
+  });
+  const sneaky = {
+    kind: "unlabeled",
+    id: "c5",
+    volumes: c.volumes,
+    labels: trap,
+    foreground: trap,
+  } as unknown as UnlabeledCase;
   const s = new PatchSampler({ patchSize: [2, 8, 8], modalities: ["A", "B"] });
   const rng = new Rng(5);
   for (let t = 0; t < 50; t++) {
@@ -121,7 +177,11 @@ Deno.test("sampler: the unlabeled path never touches labels", () => {
     assertEquals(Object.keys(p).sort(), ["centres", "ids", "images"]);
   }
   // A labeled draw with the trap does read labels (the trap works).
-  assertThrows(() => s.sampleLabeled(sneaky as unknown as LabeledCase, new Rng(0), { forceForeground: true }), Error, "label read");
+  assertThrows(
+    () => s.sampleLabeled(sneaky as unknown as LabeledCase, new Rng(0), { forceForeground: true }),
+    Error,
+    "label read",
+  );
 });
 
 Deno.test("sampler: padding, ignore labels, unpaired sources and determinism", () => {
@@ -132,17 +192,29 @@ Deno.test("sampler: padding, ignore labels, unpaired sources and determinism", (
   assertEquals(pads, 400 - 72);
   assertEquals(Array.from(p.labels.A).filter((v) => v === 1).length, 72);
   // A labeled case without a label map for B gives IGNORE_LABEL there.
-  const partial: LabeledCase = { ...small, labels: { A: small.labels.A }, foreground: { A: small.foreground.A } };
+  const partial: LabeledCase = {
+    ...small,
+    labels: { A: small.labels.A },
+    foreground: { A: small.foreground.A },
+  };
   assert(s.sampleLabeled(partial, new Rng(6)).labels.B.every((v) => v === IGNORE_LABEL));
   // Unpaired: A from one case, B from another.
   const other = labeledCase("o", [30, 30, 6], AFF_A);
   const up = s.sampleLabeled({ A: small, B: other }, new Rng(7));
   assertEquals(up.ids, { A: "s", B: "o" });
   // Determinism with augmentation on.
-  const aug = new PatchSampler({ patchSize: [4, 10, 10], modalities: ["A", "B"], misalign: { translationMm: 3, rotationDeg: 5 } });
+  const aug = new PatchSampler({
+    patchSize: [4, 10, 10],
+    modalities: ["A", "B"],
+    misalign: { translationMm: 3, rotationDeg: 5 },
+  });
   const a1 = aug.sampleLabeled(other, new Rng(9)), a2 = aug.sampleLabeled(other, new Rng(9));
   assertEquals(a1, a2);
-  assertThrows(() => new PatchSampler({ patchSize: [0, 1, 1], modalities: ["A"] }), Error, "patchSize must be three positive integers");
+  assertThrows(
+    () => new PatchSampler({ patchSize: [0, 1, 1], modalities: ["A"] }),
+    Error,
+    "patchSize must be three positive integers",
+  );
 });
 
 Deno.test("cases: toCommonGrid puts every modality on the reference grid by world position", async () => {
@@ -150,7 +222,13 @@ Deno.test("cases: toCommonGrid puts every modality on the reference grid by worl
   const affA: Mat4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 1];
   const affB: Mat4 = [0.5, 0, 0, -0.25, 0, 0.5, 0, -0.25, 0, 0, 1.5, -0.75, 0, 0, 0, 1];
   const worldY = (aff: Mat4) => (x: number, y: number, z: number) => apply4(aff, [x, y, z])[1];
-  const c = { id: "g", volumes: { A: vol([20, 20, 6], affA, worldY(affA)), B: vol([40, 40, 12], affB, worldY(affB), -9) } };
+  const c = {
+    id: "g",
+    volumes: {
+      A: vol([20, 20, 6], affA, worldY(affA)),
+      B: vol([40, 40, 12], affB, worldY(affB), -9),
+    },
+  };
   const g = toCommonGrid(c, "A");
   assertEquals(g.dims, [20, 20, 6]);
   assert(g.images.A === c.volumes.A.data);

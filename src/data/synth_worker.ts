@@ -9,7 +9,10 @@ interface Job {
   scale: number;
 }
 
-const scope = self as unknown as { onmessage: ((e: MessageEvent<Job>) => void) | null; postMessage: (m: unknown) => void };
+const scope = self as unknown as {
+  onmessage: ((e: MessageEvent<Job>) => void) | null;
+  postMessage: (m: unknown) => void;
+};
 scope.onmessage = async (e: MessageEvent<Job>) => {
   const j = e.data;
   try {

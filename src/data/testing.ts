@@ -9,7 +9,12 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
   nodeAssert.deepStrictEqual(actual, expected, msg);
 }
 
-export function assertAlmostEquals(actual: number, expected: number, tol = 1e-7, msg?: string): void {
+export function assertAlmostEquals(
+  actual: number,
+  expected: number,
+  tol = 1e-7,
+  msg?: string,
+): void {
   if (!(Math.abs(actual - expected) <= tol)) {
     throw new Error(`${msg ? msg + ": " : ""}expected ${expected} +- ${tol}, got ${actual}`);
   }
@@ -23,7 +28,11 @@ function checkError(e: unknown, cls: new (...a: any[]) => Error, includes?: stri
   return e;
 }
 
-export function assertThrows(fn: () => unknown, cls: new (...a: any[]) => Error = Error, includes?: string): Error {
+export function assertThrows(
+  fn: () => unknown,
+  cls: new (...a: any[]) => Error = Error,
+  includes?: string,
+): Error {
   try {
     fn();
   } catch (e) {
