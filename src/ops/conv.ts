@@ -96,21 +96,26 @@ function convBackward(
     if (ctx.needs[0]) out[0] = exec1(ops.data, fn, [dy, w], params, xShape, "f32", ["dy", "w"]);
     const needW = ctx.needs[1], needB = bShape !== null && ctx.needs[2];
     if (needW || needB) {
-      // The kernel size cannot always be inferred from x and dy (strided convs), so dw always
+      // The kernel size cannot be inferred from x and dy for strided convs, so there dw always
       // gets a slot: the accumulated gradient, or zeros (the kernel adds into a given slot).
+      // With stride 1 a NULL slot lets the kernel allocate and write (=) without a zero fill.
       let dw = needW ? ctx.slot(1) : null;
-      if (dw === null) {
+      const strided = (params.stride as readonly number[]).some((v) => v !== 1);
+      if (dw === null && strided) {
         dw = allocTensor(wShape, "f32", fn);
         execOp("FILL", fn, [], [dw], { value: 0 });
       }
       const dbSlot = needB ? ctx.slot(2) : null;
-      const [, pb] = execOp(ops.weights, fn, [x, dy], [dw, dbSlot], {
-        ...params,
-        has_bias: needB ? 1 : 0,
-      }, [
-        "x",
-        "dy",
-      ]);
+      const [pw, pb] = execOp(
+        ops.weights,
+        fn,
+        [x, dy],
+        [dw, dbSlot],
+        { ...params, has_bias: needB ? 1 : 0 },
+        ["x", "dy"],
+      );
+      // An allocated dw nobody needs is still wrapped, so the rule's scope releases it.
+      if (dw === null) dw = wrapNative(pw, wShape, "f32", getBackend());
       if (needW) out[1] = dw;
       if (needB) out[2] = dbSlot ?? wrapNative(pb, bShape!, "f32", getBackend());
     }
