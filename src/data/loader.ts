@@ -75,8 +75,12 @@ export interface LoaderContext {
   unlabeled: UnlabeledCase[];
 }
 
-/** Picks one case per modality: the same case when it has every modality, else per modality. */
-function pickSources<C extends { id: string; volumes: Readonly<Record<string, unknown>> }>(
+/**
+ * Picks the case(s) of one batch item: one case for every modality when the drawn case has them all
+ * (paired data), else, per missing modality, a random case that has it (unpaired data such as AMOS
+ * CT and MRI from different patients). Pass the result to PatchSampler.sampleLabeled/sampleUnlabeled.
+ */
+export function pickCases<C extends { id: string; volumes: Readonly<Record<string, unknown>> }>(
   pool: C[],
   mods: string[],
   rng: Rng,
@@ -119,7 +123,7 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
     for (let b = 0; b < ctx.labeledBatch; b++) {
       const item = rng.derive("labeled", b);
       const p = sampler.sampleLabeled(
-        pickSources(ctx.labeled, ctx.modalities, item, "labeled"),
+        pickCases(ctx.labeled, ctx.modalities, item, "labeled"),
         item,
       );
       for (const m of ctx.modalities) {
@@ -143,7 +147,7 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
     for (const m of ctx.modalities) unlabeled.images[m] = new Float32Array(ctx.unlabeledBatch * n);
     for (let b = 0; b < ctx.unlabeledBatch; b++) {
       const item = rng.derive("unlabeled", b);
-      const p = sampler.sampleUnlabeled(pickSources(pool, ctx.modalities, item, "unlabeled"), item);
+      const p = sampler.sampleUnlabeled(pickCases(pool, ctx.modalities, item, "unlabeled"), item);
       for (const m of ctx.modalities) unlabeled.images[m].set(p.images[m], b * n);
       unlabeled.ids.push(p.ids);
     }
