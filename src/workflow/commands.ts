@@ -6,8 +6,8 @@
  * `labeled_ratio` -> `--labeled-ratio`, `true` -> a bare flag, `false`/null -> nothing, a list ->
  * the flag repeated, and the mapping `set: {loss.lambdaCsc: 0}` -> `--set loss.lambdaCsc=0`.
  * Positional arguments: synthesise and train take `task` (train: or `manifest`), import takes
- * `format` and `source` when given; `args: [...]` adds more. The output folder is passed as
- * `--out` (evaluate: `--out <folder>/metrics.json`).
+ * `dir` (or `source`), preprocess takes `manifest`; `args: [...]` adds more. The output folder is
+ * passed as `--out` (evaluate: `--out <folder>/metrics.json`, import: `<folder>/manifest.yaml`).
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -35,10 +35,13 @@ const CLI_NAME: Record<string, string> = {
   evaluate: "evaluate",
 };
 
+/** Kinds whose --out names a file inside the step's folder rather than the folder itself. */
+const OUT_FILE: Record<string, string> = { evaluate: "metrics.json", import: "manifest.yaml" };
+
 const POSITIONAL: Record<string, string[]> = {
   synthesise: ["task"],
   train: ["task", "manifest"],
-  import: ["format", "source"],
+  import: ["dir", "source"],
   preprocess: ["manifest"],
 };
 
@@ -144,7 +147,8 @@ export function stepCommand(
     );
     // --set is variadic in the CLI: --out goes before it.
     const setAt = cliArgs.indexOf("--set");
-    const outArgs = ["--out", step.kind === "evaluate" ? join(outDir, "metrics.json") : outDir];
+    const outFile = OUT_FILE[step.kind];
+    const outArgs = ["--out", outFile ? join(outDir, outFile) : outDir];
     if (setAt >= 0) cliArgs.splice(setAt, 0, ...outArgs);
     else cliArgs.push(...outArgs);
   }
