@@ -84,3 +84,16 @@ Deno.test("op list: every header params struct uses 8-byte fields only", () => {
     }
   }
 });
+
+Deno.test("ffi: SYMBOLS binds every cmo_* function of the header with the right parameter count", async () => {
+  const { SYMBOLS } = await import("../src/backend/ffi.ts");
+  const protos = new Map<string, number>();
+  const code = header.replace(/\/\*[\s\S]*?\*\//g, "");
+  for (const m of code.matchAll(/^\s*(?:const\s+)?\w+\s*\**\s*(cmo_\w+)\s*\(([^)]*)\)\s*;/gm)) {
+    const args = m[2].trim();
+    protos.set(m[1], args === "void" || args === "" ? 0 : args.split(",").length);
+  }
+  assertEquals(protos.size > 15, true, `parsed only ${protos.size} prototypes`);
+  const bound = new Map(Object.entries(SYMBOLS).map(([k, v]) => [k, v.parameters.length]));
+  assertEquals([...bound].sort(), [...protos].sort());
+});
