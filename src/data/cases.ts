@@ -193,8 +193,11 @@ export async function loadPreprocessedCases(
   const unlabeled: UnlabeledCase[] = [];
   for (const c of plan.cases) {
     if (!splits.includes(c.split)) continue;
+    if (opts.modalities && !c.modalities.some((m) => opts.modalities!.includes(m))) continue;
     const rec = await loadCaseRecord(dir, c.id);
-    const useLabels = c.labeled && c.labels.length > 0 && (keep === null || keep.has(c.id));
+    // A case keeps labels only when one of the modalities in use has a label map.
+    const labelled = c.labels.filter((m) => !opts.modalities || opts.modalities.includes(m));
+    const useLabels = c.labeled && labelled.length > 0 && (keep === null || keep.has(c.id));
     if (useLabels) labeled.push(await loadLabeledCase(dir, rec, plan.classes.length, opts));
     else unlabeled.push(await loadUnlabeledCase(dir, rec, opts));
   }

@@ -233,3 +233,22 @@ Deno.test("preprocess: bad inputs name the case, the file and the problem", asyn
     `Cannot read ${dir}/four_MR.nii.gz: header says 4 dimensions (2x2x2x2), expected 3`,
   );
 });
+
+Deno.test("preprocess + cases: a case labelled only in a modality the run does not use loads as unlabeled", async () => {
+  const { loadPreprocessedCases } = await import("./cases.ts");
+  const dir = `${tmp}/partial`;
+  await makeCase(dir, "p");
+  const m = manifestFor(dir, ["p"]);
+  m.cases[0].labels = { MR: `${dir}/p_label.nii.gz` };
+  m.cases[0].aligned = false;
+  await preprocessDataset(m, { outDir: `${tmp}/partial_out` });
+  const both = await loadPreprocessedCases(`${tmp}/partial_out`);
+  assertEquals([both.labeled.length, both.unlabeled.length], [1, 0]);
+  assertEquals(Object.keys(both.labeled[0].labels), ["MR"]);
+  const ctOnly = await loadPreprocessedCases(`${tmp}/partial_out`, { modalities: ["CT"] });
+  assertEquals([ctOnly.labeled.length, ctOnly.unlabeled.length], [0, 1]);
+  assertEquals(Object.keys(ctOnly.unlabeled[0].volumes), ["CT"]);
+  assertEquals("labels" in ctOnly.unlabeled[0], false);
+  const none = await loadPreprocessedCases(`${tmp}/partial_out`, { modalities: ["PET"] });
+  assertEquals([none.labeled.length, none.unlabeled.length], [0, 0]);
+});
