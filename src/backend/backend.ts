@@ -193,8 +193,15 @@ export function initBackend(opts: BackendOptions = {}): Backend {
     be = new Backend(device, libPath, sym, out[0]);
     backends.set(libPath, be);
     const envThreads = envGet("COMODAL_THREADS");
-    const t = opts.threads ??
-      (envThreads !== undefined && envThreads !== "" ? Number(envThreads) : 0);
+    let t = opts.threads ?? 0;
+    if (opts.threads === undefined && envThreads !== undefined && envThreads !== "") {
+      t = Number(envThreads);
+      if (!Number.isInteger(t) || t < 0) {
+        throw new Error(
+          `COMODAL_THREADS must be an integer >= 0 (0 = all cores), got "${envThreads}"`,
+        );
+      }
+    }
     be.setThreads(t);
   } else if (opts.threads !== undefined) {
     be.setThreads(opts.threads);
