@@ -60,6 +60,24 @@ export function sampleGrid(
   }
   const fill = opts.fill ?? 0;
   const [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11] = map;
+  const tiny = 1e-12;
+  if (
+    Math.abs(m1) < tiny && Math.abs(m2) < tiny && Math.abs(m4) < tiny && Math.abs(m6) < tiny &&
+    Math.abs(m8) < tiny && Math.abs(m9) < tiny
+  ) {
+    sampleSeparable(
+      src,
+      srcDims,
+      outDims,
+      [m0, m5, m10],
+      [m3, m7, m11],
+      opts.order,
+      fill,
+      frames,
+      out,
+    );
+    return out;
+  }
   const sxy = nx * ny;
   const srcN = sxy * nz;
   const lx = -0.5, hx = nx - 0.5, ly = -0.5, hy = ny - 0.5, lz = -0.5, hz = nz - 0.5;
@@ -118,6 +136,84 @@ export function sampleGrid(
     }
   }
   return out;
+}
+
+/** Per-axis sample table: lower index, fraction, and whether the point is inside (else fill). */
+function axisTable(n: number, count: number, scale: number, offset: number, nearest: boolean) {
+  const i0 = new Int32Array(count), f = new Float32Array(count), ok = new Uint8Array(count);
+  const mx = n - 1;
+  for (let o = 0; o < count; o++) {
+    const p = scale * o + offset;
+    if (p < -0.5 || p >= n - 0.5) continue;
+    ok[o] = 1;
+    let c = p < 0 ? 0 : p > mx ? mx : p;
+    if (nearest) {
+      i0[o] = Math.min(mx, Math.max(0, Math.round(p)));
+      continue;
+    }
+    let lo = Math.floor(c);
+    if (lo >= mx) lo = mx > 0 ? mx - 1 : 0;
+    c -= lo;
+    i0[o] = lo;
+    f[o] = c;
+  }
+  return { i0, f, ok };
+}
+
+/** sampleGrid for maps without rotation (flips, scaling, shifts): per-axis tables, no per-voxel floor. */
+function sampleSeparable(
+  src: ArrayLike<number>,
+  srcDims: readonly number[],
+  outDims: readonly number[],
+  scale: number[],
+  offset: number[],
+  order: Interpolation,
+  fill: number,
+  frames: number,
+  out: VoxelArray,
+): void {
+  const [nx, ny, nz] = srcDims;
+  const [ox, oy, oz] = outDims;
+  const nearest = order === "nearest";
+  const tx = axisTable(nx, ox, scale[0], offset[0], nearest);
+  const ty = axisTable(ny, oy, scale[1], offset[1], nearest);
+  const tz = axisTable(nz, oz, scale[2], offset[2], nearest);
+  const sxy = nx * ny, srcN = sxy * nz, outN = ox * oy * oz;
+  const dx = nx > 1 ? 1 : 0, dy = ny > 1 ? nx : 0, dz = nz > 1 ? sxy : 0;
+  const xi = tx.i0, xf = tx.f, xok = tx.ok;
+  for (let f = 0; f < frames; f++) {
+    const so = f * srcN;
+    let o = f * outN;
+    for (let z = 0; z < oz; z++) {
+      const zok = tz.ok[z], zb = tz.i0[z] * sxy, fz = tz.f[z];
+      for (let y = 0; y < oy; y++, o += ox) {
+        if (!zok || !ty.ok[y]) {
+          for (let x = 0; x < ox; x++) out[o + x] = fill;
+          continue;
+        }
+        const base = so + zb + ty.i0[y] * nx;
+        if (nearest) {
+          for (let x = 0; x < ox; x++) out[o + x] = xok[x] ? src[base + xi[x]] : fill;
+          continue;
+        }
+        const fy = ty.f[y];
+        for (let x = 0; x < ox; x++) {
+          if (!xok[x]) {
+            out[o + x] = fill;
+            continue;
+          }
+          const i = base + xi[x], cx = xf[x];
+          const c00 = src[i] + (src[i + dx] - src[i]) * cx;
+          const c10 = src[i + dy] + (src[i + dy + dx] - src[i + dy]) * cx;
+          const c01 = src[i + dz] + (src[i + dz + dx] - src[i + dz]) * cx;
+          const c11 = src[i + dz + dy] + (src[i + dz + dy + dx] - src[i + dz + dy]) * cx;
+          const c0 = c00 + (c10 - c00) * fy;
+          const c1 = c01 + (c11 - c01) * fy;
+          out[o + x] = c0 + (c1 - c0) * fz;
+        }
+      }
+    }
+  }
 }
 
 /** How a reoriented grid relates to the original: new index -> old index (a 4x4 of permutations/flips). */

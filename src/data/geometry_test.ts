@@ -155,3 +155,25 @@ Deno.test("geometry: sampleGrid edge handling (half a voxel clamps, farther fill
   });
   assertEquals(Array.from(nn), [0, 1, 2, 3, 4, 0]);
 });
+
+Deno.test("geometry: the separable path (no rotation) matches the general path", () => {
+  const dims = [13, 11, 7];
+  const src = new Float32Array(13 * 11 * 7).map((_, i) => Math.sin(i * 0.37) * 10 + (i % 5));
+  const out = [17, 9, 8];
+  for (const order of ["linear", "nearest"] as const) {
+    const maps = [
+      [-0.8, 0, 0, 12.3, 0, 1.3, 0, -1.2, 0, 0, 0.9, 0.4],
+      [1, 0, 0, -2, 0, -1, 0, 10, 0, 0, 1, 0],
+    ];
+    for (const m of maps) {
+      const fast = sampleGrid(src, dims, out, m, { order, fill: -3 });
+      const nudged = m.slice();
+      nudged[1] = 1e-10; // forces the general path, moves points by < 1e-9 voxel
+      const slow = sampleGrid(src, dims, out, nudged, { order, fill: -3 });
+      let worst = 0;
+      for (let i = 0; i < fast.length; i++) worst = Math.max(worst, Math.abs(fast[i] - slow[i]));
+      assert(worst < 1e-4, `${order} map ${m}: max difference ${worst}`);
+      assert(Array.from(fast).some((v) => v === -3) && Array.from(fast).some((v) => v !== -3));
+    }
+  }
+});
