@@ -6,7 +6,7 @@
 import { broadcastShapes, formatShape } from "../tensor/shape.ts";
 import { recordNode, type Tensor } from "../tensor/tensor.ts";
 import { checkF32, checkTensor, needsGrad } from "./check.ts";
-import { exec1 } from "./exec.ts";
+import { exec1, execOp } from "./exec.ts";
 import { reduceTo } from "./reduce.ts";
 import { affine, neg } from "./unary.ts";
 
@@ -166,4 +166,16 @@ export function equal(a: Tensor, b: Tensor): Tensor {
 /** @internal used by autograd to add gradients */
 export function addRaw(a: Tensor, b: Tensor): Tensor {
   return binaryRaw("add", ADD, a, b, outShape("add", a, b));
+}
+
+/**
+ * @internal dst += src in place (same shapes), used by autograd on gradients it owns alone.
+ * Relies on BINARY computing each output element from the same-index input elements only, so the
+ * output slot may alias input a.
+ */
+export function addInto(dst: Tensor, src: Tensor): void {
+  if (dst.shape.length !== src.shape.length || dst.shape.some((d, i) => d !== src.shape[i])) {
+    throw new Error(`addInto: ${dst.describe()} and ${src.describe()} must have the same shape`);
+  }
+  execOp("BINARY", "add", [dst, src], [dst], { kind: ADD }, ["a", "b"]);
 }

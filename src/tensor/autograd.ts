@@ -7,7 +7,7 @@
  * into an exclusively owned gradient in place (the native += slot convention, ctx.slot).
  * @module
  */
-import { addRaw } from "../ops/binary.ts";
+import { addInto, addRaw } from "../ops/binary.ts";
 import { checkTensor } from "../ops/check.ts";
 import { exec1 } from "../ops/exec.ts";
 import { ones } from "./factories.ts";
@@ -194,6 +194,9 @@ function runBackward(
         v.keep();
         leafGrads.add(v);
         t.grad = v;
+      } else if ((holds.get(t.grad) ?? 0) === 0) {
+        addInto(t.grad, g); // the leaf's grad is owned by the leaf alone
+        dropIfFree(g);
       } else {
         const s = addRaw(t.grad, g).keep();
         const old = t.grad;
@@ -210,10 +213,14 @@ function runBackward(
       grads.set(t, g);
       hold(g);
     } else if (e !== g) {
-      const s = addRaw(e, g);
-      grads.set(t, s);
-      hold(s);
-      unhold(e);
+      if (holds.get(e) === 1 && !leafGrads.has(e) && e !== seed) {
+        addInto(e, g); // only t's entry holds e
+      } else {
+        const s = addRaw(e, g);
+        grads.set(t, s);
+        hold(s);
+        unhold(e);
+      }
       dropIfFree(g);
     }
   };

@@ -4,7 +4,7 @@ import { add, mul } from "../ops/binary.ts";
 import { conv3d } from "../ops/conv.ts";
 import { instanceNorm } from "../ops/norm.ts";
 import { mean, sum } from "../ops/reduce.ts";
-import { assertClose, randData, seededRng } from "../ops/test_util.ts";
+import { assertClose, gradCheck, randData, seededRng } from "../ops/test_util.ts";
 import { leakyRelu, relu } from "../ops/unary.ts";
 import { backward, zeroGrad } from "./autograd.ts";
 import { ones, parameter, tensor } from "./factories.ts";
@@ -256,4 +256,19 @@ Deno.test("a second backward through a freed graph throws; retainGraph allows it
   });
   equal(live(), base + 1); // the retained graph went with its outputs; w.grad stays
   w.dispose();
+});
+
+Deno.test("in-place gradient accumulation mixes blocked (C = 16) and plain gradients correctly", () => {
+  const rng = seededRng(32);
+  const xs = [1, 16, 2, 2, 2];
+  const ws = [16, 16, 1, 1, 1];
+  // x gets gradients from conv (blocked layout natively) and from mul (plain), twice over.
+  gradCheck(
+    (t) => {
+      const h = conv3d(t[0], t[1], null);
+      return add(add(h, mul(t[0], t[0])), conv3d(h, t[1], null));
+    },
+    [{ data: randData(xs, rng), shape: xs }, { data: randData(ws, rng, -0.3, 0.3), shape: ws }],
+    { samples: 6, h: 1e-3, atol: 5e-3 },
+  );
 });
