@@ -60,22 +60,10 @@ export function sampleGrid(
   }
   const fill = opts.fill ?? 0;
   const [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11] = map;
-  const tiny = 1e-12;
-  if (
-    Math.abs(m1) < tiny && Math.abs(m2) < tiny && Math.abs(m4) < tiny && Math.abs(m6) < tiny &&
-    Math.abs(m8) < tiny && Math.abs(m9) < tiny
-  ) {
-    sampleSeparable(
-      src,
-      srcDims,
-      outDims,
-      [m0, m5, m10],
-      [m3, m7, m11],
-      opts.order,
-      fill,
-      frames,
-      out,
-    );
+  // Maps that only permute, flip, scale and shift axes (no oblique rotation) take the table path.
+  const perm = axisPermutation(map);
+  if (perm) {
+    sampleSeparable(src, srcDims, outDims, map, perm, opts.order, fill, frames, out);
     return out;
   }
   const sxy = nx * ny;
@@ -160,38 +148,60 @@ function axisTable(n: number, count: number, scale: number, offset: number, near
   return { i0, f, ok };
 }
 
-/** sampleGrid for maps without rotation (flips, scaling, shifts): per-axis tables, no per-voxel floor. */
+/** For a map whose output axes each feed exactly one source axis: that source axis per output axis. */
+function axisPermutation(map: IndexMap): [number, number, number] | null {
+  const tiny = 1e-12;
+  const perm: number[] = [];
+  for (let a = 0; a < 3; a++) {
+    let found = -1;
+    for (let r = 0; r < 3; r++) {
+      if (Math.abs(map[r * 4 + a]) > tiny) {
+        if (found >= 0) return null;
+        found = r;
+      }
+    }
+    if (found < 0 || perm.includes(found)) return null;
+    perm.push(found);
+  }
+  return perm as [number, number, number];
+}
+
+/** sampleGrid for axis-permuting maps (flips, 90-degree turns, scaling, shifts): per-axis tables. */
 function sampleSeparable(
   src: ArrayLike<number>,
   srcDims: readonly number[],
   outDims: readonly number[],
-  scale: number[],
-  offset: number[],
+  map: IndexMap,
+  perm: [number, number, number],
   order: Interpolation,
   fill: number,
   frames: number,
   out: VoxelArray,
 ): void {
-  const [nx, ny, nz] = srcDims;
   const [ox, oy, oz] = outDims;
   const nearest = order === "nearest";
-  const tx = axisTable(nx, ox, scale[0], offset[0], nearest);
-  const ty = axisTable(ny, oy, scale[1], offset[1], nearest);
-  const tz = axisTable(nz, oz, scale[2], offset[2], nearest);
-  const sxy = nx * ny, srcN = sxy * nz, outN = ox * oy * oz;
-  const dx = nx > 1 ? 1 : 0, dy = ny > 1 ? nx : 0, dz = nz > 1 ? sxy : 0;
+  const stride = [1, srcDims[0], srcDims[0] * srcDims[1]];
+  const table = (a: number, count: number) => {
+    const r = perm[a];
+    const t = axisTable(srcDims[r], count, map[r * 4 + a], map[r * 4 + 3], nearest);
+    for (let i = 0; i < count; i++) t.i0[i] *= stride[r];
+    return { ...t, step: srcDims[r] > 1 ? stride[r] : 0 };
+  };
+  const tx = table(0, ox), ty = table(1, oy), tz = table(2, oz);
+  const srcN = srcDims[0] * srcDims[1] * srcDims[2], outN = ox * oy * oz;
+  const dx = tx.step, dy = ty.step, dz = tz.step;
   const xi = tx.i0, xf = tx.f, xok = tx.ok;
   for (let f = 0; f < frames; f++) {
     const so = f * srcN;
     let o = f * outN;
     for (let z = 0; z < oz; z++) {
-      const zok = tz.ok[z], zb = tz.i0[z] * sxy, fz = tz.f[z];
+      const zok = tz.ok[z], zb = tz.i0[z], fz = tz.f[z];
       for (let y = 0; y < oy; y++, o += ox) {
         if (!zok || !ty.ok[y]) {
           for (let x = 0; x < ox; x++) out[o + x] = fill;
           continue;
         }
-        const base = so + zb + ty.i0[y] * nx;
+        const base = so + zb + ty.i0[y];
         if (nearest) {
           for (let x = 0; x < ox; x++) out[o + x] = xok[x] ? src[base + xi[x]] : fill;
           continue;

@@ -164,11 +164,13 @@ Deno.test("geometry: the separable path (no rotation) matches the general path",
     const maps = [
       [-0.8, 0, 0, 12.3, 0, 1.3, 0, -1.2, 0, 0, 0.9, 0.4],
       [1, 0, 0, -2, 0, -1, 0, 10, 0, 0, 1, 0],
+      [0, -1, 0, 10.3, 1.2, 0, 0, -0.65, 0, 0, -0.8, 6.1], // in-plane quarter turn with scaling
+      [0, 0, 0.5, 1, 1, 0, 0, 0, 0, 1, 0, 0], // axes permuted
     ];
     for (const m of maps) {
       const fast = sampleGrid(src, dims, out, m, { order, fill: -3 });
       const nudged = m.slice();
-      nudged[1] = 1e-10; // forces the general path, moves points by < 1e-9 voxel
+      nudged[nudged[1] === 0 ? 1 : 2] = 1e-10; // forces the general path, moves points by < 1e-8 voxel
       const slow = sampleGrid(src, dims, out, nudged, { order, fill: -3 });
       let worst = 0;
       for (let i = 0; i < fast.length; i++) worst = Math.max(worst, Math.abs(fast[i] - slow[i]));
