@@ -128,3 +128,10 @@ Deno.test("an op the backend does not support fails before the native call, nami
   }
   tidy(() => equal(relu(tensor([-1], [1])).item(), 0));
 });
+
+Deno.test("OpenMP threads sleep while waiting (OMP_WAIT_POLICY passive) unless the user chose a policy", () => {
+  getBackend();
+  const p = Deno.env.get("OMP_WAIT_POLICY");
+  ok(p !== undefined, "OMP_WAIT_POLICY is set before the library loads");
+  if (p !== "active") equal(p?.toLowerCase(), "passive");
+});
