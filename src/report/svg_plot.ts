@@ -69,7 +69,10 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   const W = opts.width ?? 520;
   const H = opts.height ?? 320;
   const m = { left: 58, right: 16, top: opts.title ? 30 : 12, bottom: 44 };
-  const legendRows = series.length > 1 ? Math.ceil(series.length / 3) : 0;
+  // Legend columns as wide as the longest name allows (about 6 px per character at 11 px).
+  const longest = Math.min(40, Math.max(0, ...series.map((s) => s.name.length)));
+  const legendCols = Math.max(1, Math.min(3, Math.floor((W - 58 - 16) / (longest * 6.2 + 24))));
+  const legendRows = series.length > 1 ? Math.ceil(series.length / legendCols) : 0;
   const plotW = W - m.left - m.right;
   const plotH = H - m.top - m.bottom - legendRows * 16;
   const clean = series.map((s) => ({
@@ -170,16 +173,16 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
     }
   });
   if (legendRows > 0) {
-    const colW = plotW / 3;
+    const colW = plotW / legendCols;
     clean.forEach((s, i) => {
-      const lx = m.left + (i % 3) * colW;
-      const ly = H - legendRows * 16 + Math.floor(i / 3) * 16 + 8;
+      const lx = m.left + (i % legendCols) * colW;
+      const ly = H - legendRows * 16 + Math.floor(i / legendCols) * 16 + 8;
       out.push(
         `<rect x="${lx}" y="${ly - 5}" width="12" height="3" fill="${
           PALETTE[i % PALETTE.length]
         }"/>`,
       );
-      const name = s.name.length > 34 ? s.name.slice(0, 33) + "…" : s.name;
+      const name = s.name.length > 40 ? s.name.slice(0, 39) + "…" : s.name;
       out.push(`<text x="${lx + 16}" y="${ly}">${escapeXml(name)}</text>`);
     });
   }
