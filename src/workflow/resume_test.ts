@@ -132,3 +132,38 @@ Deno.test("resume: SIGINT stops running steps (their whole process group) and st
   assert.throws(() => Deno.statSync(join(dir, "after")));
   assert.equal(readState(join(dir, "work"), "int").steps.long.status, "failed");
 });
+
+Deno.test("resume: a second orchestrator on the same working folder is refused", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wf_lock_" });
+  const file = join(dir, "w.yaml");
+  Deno.writeTextFileSync(
+    file,
+    `name: lock\nworkdir: ${dir}/work\nsteps:\n  long: {kind: command, run: 'touch ${dir}/started; sleep 30'}\n`,
+  );
+  const first = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, file],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    try {
+      Deno.statSync(join(dir, "started"));
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  const second = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, file],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  first.kill("SIGINT");
+  await first.status;
+  assert.equal(second.code, 1);
+  assert.match(
+    new TextDecoder().decode(second.stderr),
+    new RegExp(`another orchestrator \\(pid ${first.pid}\\) is running in ${dir}/work`),
+  );
+});
