@@ -68,10 +68,10 @@ function fmt(v: number): string {
 export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   const W = opts.width ?? 520;
   const H = opts.height ?? 320;
-  const m = { left: 58, right: 16, top: opts.title ? 30 : 12, bottom: 44 };
+  const m = { left: 68, right: 16, top: opts.title ? 30 : 12, bottom: 44 };
   // Legend columns as wide as the longest name allows (about 6 px per character at 11 px).
   const longest = Math.min(40, Math.max(0, ...series.map((s) => s.name.length)));
-  const legendCols = Math.max(1, Math.min(3, Math.floor((W - 58 - 16) / (longest * 6.2 + 24))));
+  const legendCols = Math.max(1, Math.min(3, Math.floor((W - 68 - 16) / (longest * 6.2 + 24))));
   const legendRows = series.length > 1 ? Math.ceil(series.length / legendCols) : 0;
   const plotW = W - m.left - m.right;
   const plotH = H - m.top - m.bottom - legendRows * 16;
@@ -146,7 +146,7 @@ export function lineChartSvg(series: Series[], opts: PlotOptions = {}): string {
   if (opts.yLabel) {
     const cy = m.top + plotH / 2;
     out.push(
-      `<text x="14" y="${cy}" text-anchor="middle" transform="rotate(-90 14 ${cy})">${
+      `<text x="13" y="${cy}" text-anchor="middle" transform="rotate(-90 13 ${cy})">${
         escapeXml(opts.yLabel)
       }</text>`,
     );

@@ -21,9 +21,9 @@ Deno.test("svg: line chart maps points into the plot box, one path per series, e
   assert.ok(svg.includes("Dice &amp; ratio"));
   assert.ok(svg.includes("cmc &lt;ours&gt;"));
   assert.equal((svg.match(/<circle /g) ?? []).length, 5, "the NaN point is left out");
-  // x = 0.1 is the left edge (58 px), x = 1 the right edge (400 - 16 px).
+  // x = 0.1 is the left edge (68 px), x = 1 the right edge (400 - 16 px).
   const d = /<path d="M([\d.]+),([\d.]+)L[\d.]+,[\d.]+L([\d.]+),([\d.]+)"/.exec(svg)!;
-  assert.equal(Number(d[1]), 58);
+  assert.equal(Number(d[1]), 68);
   assert.equal(Number(d[3]), 384);
   assert.ok(Number(d[4]) < Number(d[2]), "higher Dice is drawn higher");
   assert.match(lineChartSvg([], { title: "x" }), /no data/);
