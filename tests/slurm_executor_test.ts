@@ -23,9 +23,10 @@ function unavailable(): string {
       .outputSync().success;
   if (has("sbatch") && has("slurmctld") && has("slurmd") && has("munged")) return "";
   if (!has("apt-get")) return "Slurm is not installed and apt-get is missing";
-  const root = Deno.uid() === 0 ||
-    new Deno.Command("sudo", { args: ["-n", "true"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
+  const root = Deno.uid() === 0 || has("sudo") &&
+      new Deno.Command("sudo", { args: ["-n", "true"], stdout: "null", stderr: "null" })
+        .outputSync()
+        .success;
   return root ? "" : "Slurm is not installed and apt-get needs root (no passwordless sudo)";
 }
 
