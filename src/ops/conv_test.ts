@@ -133,6 +133,23 @@ const CONV_CASES: { xs: number[]; ws: number[]; s: T3; p: T3; d: T3; bias: boole
     d: [1, 1, 1],
     bias: true,
   },
+  // pointwise (1x1x1): runs as a matrix product
+  {
+    xs: [2, 3, 2, 3, 2],
+    ws: [4, 3, 1, 1, 1],
+    s: [1, 1, 1],
+    p: [0, 0, 0],
+    d: [1, 1, 1],
+    bias: true,
+  },
+  {
+    xs: [1, 16, 2, 2, 2],
+    ws: [4, 16, 1, 1, 1],
+    s: [1, 1, 1],
+    p: [0, 0, 0],
+    d: [1, 1, 1],
+    bias: false,
+  },
 ];
 
 Deno.test("conv3d matches a naive reference (stride, anisotropic, dilation, C = 16 blocked)", () => {
@@ -156,7 +173,7 @@ Deno.test("conv3d matches a naive reference (stride, anisotropic, dilation, C = 
 
 Deno.test("conv3d: gradients for x, w and b match finite differences", () => {
   const rng = seededRng(13);
-  for (const c of CONV_CASES.slice(0, 4)) {
+  for (const c of [...CONV_CASES.slice(0, 4), ...CONV_CASES.slice(5)]) {
     const ins = [
       { data: randData(c.xs, rng), shape: c.xs },
       { data: randData(c.ws, rng), shape: c.ws },
