@@ -14,8 +14,13 @@ const paramBuf = new ArrayBuffer(256);
 const paramView = new DataView(paramBuf);
 const paramBytes = new Uint8Array(paramBuf);
 
-/** Receives one record per native op call while profiling is on. */
-export type OpProfiler = (op: string, fn: string, ms: number) => void;
+/** Receives one record per native op call while profiling is on (inputs: valid only during the call). */
+export type OpProfiler = (
+  op: string,
+  fn: string,
+  ms: number,
+  inputs: readonly (Tensor | null)[],
+) => void;
 let profiler: OpProfiler | null = null;
 
 /** Turns per-op timing on (a callback) or off (null). Timing includes the FFI call only. */
@@ -83,7 +88,7 @@ export function execOp(
     paramBytes,
     BigInt(nBytes),
   );
-  if (profiler !== null) profiler(decl.name, fn, performance.now() - t0);
+  if (profiler !== null) profiler(decl.name, fn, performance.now() - t0, ins);
   if (status !== 0) {
     throw new NativeError(
       status,
