@@ -303,6 +303,10 @@ export function reorientToRAS(image: NiftiImage): NiftiImage {
         if (s0 === 1) {
           data.set(src.subarray(p, p + n0), o);
           o += n0;
+        } else if (s0 === -1) {
+          data.set(src.subarray(p - n0 + 1, p + 1), o);
+          data.subarray(o, o + n0).reverse();
+          o += n0;
         } else {
           for (let x = 0; x < n0; x++, p += s0) data[o++] = src[p];
         }

@@ -15,7 +15,15 @@ import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { type Mat4, maxAbsDiff, mul4, spacingOf, type Vec3 } from "./affine.ts";
 import { type NiftiImage, readNifti, splitFrames, writeFileAtomic } from "./nifti.ts";
-import { rasReorientation, reorientToRAS, resample, resampleToReference } from "./geometry.ts";
+import {
+  indexMapOf,
+  rasReorientation,
+  reorientToRAS,
+  resample,
+  resampledGrid,
+  resampleToReference,
+  sampleGrid,
+} from "./geometry.ts";
 import {
   classNames,
   type ImageRef,
@@ -75,22 +83,46 @@ function fail(id: string, why: string): never {
   throw new Error(`Cannot preprocess case ${id}: ${why}`);
 }
 
+/** An image reoriented to RAS, with the geometry of the file it came from. */
+export interface RasImage {
+  ras: NiftiImage;
+  /** Grid of the file (before reorientation). */
+  sourceDims: Vec3;
+  sourceAffine: Mat4;
+  path: string;
+}
+
+/** A label map reoriented to RAS and mapped to class indices. */
+export interface RasLabels {
+  labels: Uint8Array | Int16Array;
+  dims: Vec3;
+  affine: Mat4;
+  path: string;
+}
+
 /**
- * Decoded files kept between the fingerprint pass and the preprocessing pass (and across the frames
- * of one 4-D file), up to a byte budget; once full, further files are simply not kept.
+ * Decoded, reoriented images and labels kept between the fingerprint pass and the preprocessing
+ * pass, up to a byte budget (once full, further entries are simply not kept). The last raw 4-D file
+ * is kept too, so the frames of one multi-channel file are decompressed once.
  */
 export class ImageCache {
-  private readonly map = new Map<string, NiftiImage>();
+  private readonly map = new Map<string, RasImage | RasLabels>();
   private bytes = 0;
+  private lastRaw: NiftiImage | null = null;
   constructor(readonly budgetBytes = 2 ** 31) {}
-  async read(p: string): Promise<NiftiImage> {
-    const hit = this.map.get(p);
-    if (hit) return hit;
-    const img = await readNifti(p);
-    if (this.bytes + img.data.byteLength <= this.budgetBytes) {
-      this.map.set(p, img);
-      this.bytes += img.data.byteLength;
+  get<T extends RasImage | RasLabels>(key: string): T | undefined {
+    return this.map.get(key) as T | undefined;
+  }
+  put(key: string, value: RasImage | RasLabels, bytes: number): void {
+    if (this.bytes + bytes <= this.budgetBytes) {
+      this.map.set(key, value);
+      this.bytes += bytes;
     }
+  }
+  async raw(p: string): Promise<NiftiImage> {
+    if (this.lastRaw?.path === p) return this.lastRaw;
+    const img = await readNifti(p);
+    this.lastRaw = img.frames > 1 ? img : null;
     return img;
   }
 }
@@ -101,7 +133,7 @@ export async function readImageRef(
   opts: { id: string; what: string; nonFinite?: "error" | "zero"; cache?: ImageCache },
 ): Promise<NiftiImage> {
   const p = refPath(ref), frame = refFrame(ref);
-  let img = opts.cache ? await opts.cache.read(p) : await readNifti(p);
+  let img = opts.cache ? await opts.cache.raw(p) : await readNifti(p);
   if (frame === undefined && img.frames > 1) {
     throw new Error(
       `Cannot read ${p}: header says 4 dimensions (${
@@ -143,6 +175,70 @@ export async function readImageRef(
   return img;
 }
 
+/** Reads an image reference and reorients it to RAS (cached). */
+export async function readRasImage(
+  ref: ImageRef,
+  opts: { id: string; what: string; nonFinite?: "error" | "zero"; cache?: ImageCache },
+): Promise<RasImage> {
+  const key = `img:${refPath(ref)}#${refFrame(ref) ?? ""}`;
+  const hit = opts.cache?.get<RasImage>(key);
+  if (hit) return hit;
+  const src = await readImageRef(ref, opts);
+  const out: RasImage = {
+    ras: reorientToRAS(src),
+    sourceDims: [...src.dims] as Vec3,
+    sourceAffine: src.affine.slice(),
+    path: refPath(ref),
+  };
+  opts.cache?.put(key, out, out.ras.data.byteLength);
+  return out;
+}
+
+/**
+ * Reads a label map, checks it against its image's file geometry, reorients it to RAS and maps its
+ * values to class indices (cached).
+ */
+export async function readRasLabels(
+  ref: ImageRef,
+  image: RasImage,
+  opts: { id: string; what: string; map: Map<number, number>; cache?: ImageCache },
+): Promise<RasLabels> {
+  const key = `lab:${refPath(ref)}#${refFrame(ref) ?? ""}`;
+  const hit = opts.cache?.get<RasLabels>(key);
+  if (hit) return hit;
+  const lab = await readImageRef(ref, { id: opts.id, what: opts.what });
+  checkLabelGeometry(
+    { dims: image.sourceDims, affine: image.sourceAffine, path: image.path },
+    { dims: lab.dims, affine: lab.affine, path: refPath(ref) },
+    opts.id,
+  );
+  const ras = reorientToRAS(lab);
+  ras.path = refPath(ref);
+  const out: RasLabels = {
+    labels: mapLabels(ras, opts.map, opts.id),
+    dims: ras.dims,
+    affine: ras.affine,
+    path: refPath(ref),
+  };
+  opts.cache?.put(key, out, out.labels.byteLength);
+  return out;
+}
+
+/** Nearest-neighbour resampling of class indices to a spacing (same field of view as `resample`). */
+export function resampleLabels(
+  labels: Uint8Array | Int16Array,
+  dims: Vec3,
+  affine: Mat4,
+  spacing: readonly number[],
+): { labels: Uint8Array | Int16Array; dims: Vec3; affine: Mat4 } {
+  const g = resampledGrid(dims, affine, spacing);
+  if (g.dims.every((d, i) => d === dims[i])) return { labels, dims, affine };
+  const n = g.dims[0] * g.dims[1] * g.dims[2];
+  const out = labels instanceof Uint8Array ? new Uint8Array(n) : new Int16Array(n);
+  sampleGrid(labels, dims, g.dims, indexMapOf(g.newToOld), { order: "nearest", out });
+  return { labels: out, dims: g.dims, affine: g.affine };
+}
+
 /**
  * Maps label file values to class indices. Values within 1e-3 of an integer are rounded (labels
  * stored as float); anything else, or a value not in the task's map, is an error naming the file.
@@ -169,7 +265,7 @@ export function mapLabels(
         id,
         `label ${file} has value ${
           Number(v.toPrecision(7))
-        } at voxel ${i}, which is not an integer (labels may differ from integers by at most 1e-3)`,
+        }, which is not an integer (labels may differ from integers by at most 1e-3)`,
       );
     }
     const c = map.get(r);
@@ -188,7 +284,13 @@ export function mapLabels(
   return out;
 }
 
-function checkLabelGeometry(img: NiftiImage, lab: NiftiImage, id: string): void {
+interface Geometry {
+  dims: readonly number[];
+  affine: readonly number[];
+  path?: string;
+}
+
+function checkLabelGeometry(img: Geometry, lab: Geometry, id: string): void {
   if (img.dims.some((d, i) => d !== lab.dims[i])) {
     fail(
       id,
@@ -261,28 +363,28 @@ export async function fingerprint(
   let done = 0;
   for (const c of cases) {
     for (const [m, ref] of Object.entries(c.images)) {
-      const src = await readImageRef(ref, {
+      const prepared = await readRasImage(ref, {
         id: c.id,
         what: `images.${m}`,
         nonFinite: opts.nonFinite,
         cache: opts.cache,
       });
-      const img = reorientToRAS(src);
+      const img = prepared.ras;
       const st = perModality[m];
       st.spacings.push(img.spacing);
       st.sizes.push(img.dims);
       const lref = c.labeled ? labelRefFor(c, m) : undefined;
-      let mask: Float32Array | null = null;
+      let mask: Uint8Array | Int16Array | null = null;
       if (lref) {
-        const lab = await readImageRef(lref, { id: c.id, what: `labels.${m}`, cache: opts.cache });
-        checkLabelGeometry(src, lab, c.id);
-        const mapped = mapLabels(lab, map, c.id);
-        mask = reorientToRAS(labelImage(lab, mapped)).data;
+        mask = (await readRasLabels(lref, prepared, {
+          id: c.id,
+          what: `labels.${m}`,
+          map,
+          cache: opts.cache,
+        })).labels;
         // Count each label map once (a shared map would otherwise count per modality).
         if (c.labels?.[m] || m === Object.keys(c.images)[0]) {
-          for (let i = 0; i < mask.length; i++) {
-            classVoxels[mask[i]]++;
-          }
+          for (let i = 0; i < mask.length; i++) classVoxels[mask[i]]++;
         }
       }
       // Foreground voxels for intensity statistics: labelled > 0, else the body (non-zero; for CT
@@ -516,15 +618,11 @@ function cropAffine(affine: Mat4, lo: Vec3): Mat4 {
   return mul4(affine, [1, 0, 0, lo[0], 0, 1, 0, lo[1], 0, 0, 1, lo[2], 0, 0, 0, 1]);
 }
 
-function labelImage(img: NiftiImage, data: Uint8Array | Int16Array): NiftiImage {
-  return { ...img, data: Float32Array.from(data) };
-}
-
 interface ResampledModality {
   modality: string;
   ref: ImageRef;
   labelRef: ImageRef | undefined;
-  source: NiftiImage;
+  source: RasImage;
   image: NiftiImage;
   label: Uint8Array | Int16Array | null;
 }
@@ -687,25 +785,25 @@ interface CaseSettings {
 async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<PreprocessedCase> {
   const mods: ResampledModality[] = [];
   for (const [m, ref] of Object.entries(c.images)) {
-    const source = await readImageRef(ref, {
+    const prepared = await readRasImage(ref, {
       id: c.id,
       what: `images.${m}`,
       nonFinite: s.nonFinite,
       cache: s.cache,
     });
-    source.path = refPath(ref);
     const labelRef = c.labeled ? labelRefFor(c, m) : undefined;
     let label: Uint8Array | Int16Array | null = null;
-    let image = reorientToRAS(source);
     if (labelRef) {
-      const lab = await readImageRef(labelRef, { id: c.id, what: `labels.${m}`, cache: s.cache });
-      checkLabelGeometry(source, lab, c.id);
-      const mapped = mapLabels(lab, s.map, c.id);
-      const labRas = reorientToRAS(labelImage(lab, mapped));
-      const labRes = resample(labRas, { spacing: s.target, order: "nearest" });
-      label = s.k <= 255 ? Uint8Array.from(labRes.data) : Int16Array.from(labRes.data);
+      const lab = await readRasLabels(labelRef, prepared, {
+        id: c.id,
+        what: `labels.${m}`,
+        map: s.map,
+        cache: s.cache,
+      });
+      label = resampleLabels(lab.labels, lab.dims, lab.affine, s.target).labels;
     }
-    image = resample(image, { spacing: s.target, order: "linear" });
+    const image = resample(prepared.ras, { spacing: s.target, order: "linear" });
+    const source = prepared;
     mods.push({ modality: m, ref, labelRef, source, image, label });
   }
   // Aligned cases on one common grid keep one common crop.
@@ -802,8 +900,8 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
         path: refPath(r.ref),
         frame: refFrame(r.ref) ?? null,
         labelPath: r.labelRef ? refPath(r.labelRef) : null,
-        dims: r.source.dims,
-        affine: r.source.affine,
+        dims: r.source.sourceDims,
+        affine: r.source.sourceAffine,
         cropLo: lo,
         cropHi: hi,
       },
