@@ -5,7 +5,10 @@
  * beside PyTorch's numbers from bench/gpu_torch.py when its JSON is given.
  *
  *   deno run -A bench/gpu_train_step.ts [--size 128] [--levels 4] [--steps 5] [--warmup 3]
- *       [--models unet,cmc] [--torch-json out/bench_torch.json] [--json out.json]
+ *       [--models unet,cmc] [--torch-json out/bench_torch.json] [--json out.json] [--profile]
+ *
+ * --profile prints the ops of the timed steps by total time; run it with COMODAL_CUDA_SYNC_OPS=1 so
+ * that every op waits for its GPU work (the step times are then not representative).
  *
  * The U-Net is the "supervised" method (one modality, batch 2 labeled); the CMC model is the "cmc"
  * method (two modalities, 1 labeled + 1 unlabeled case each, MIA and fusion on). SGD, Nesterov.
@@ -13,7 +16,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeFileSync, readFileSync } from "node:fs";
-import { backward, getBackend, initBackend, noGrad, tensor, tidy, zeroGrad } from "../src/engine.ts";
+import { backward, getBackend, initBackend, noGrad, setOpProfiler, tensor, tidy, zeroGrad } from "../src/engine.ts";
 import { planUNet } from "../src/nn/plan.ts";
 import { parseTrainConfig } from "../src/train/config.ts";
 import { buildMethod, type TrainBatch } from "../src/train/methods.ts";
@@ -36,7 +39,15 @@ function lcg(seed: number): () => number {
   };
 }
 
-function benchModel(kind: "unet" | "cmc", o: { size: number; levels: number; steps: number; warmup: number }): StepResult {
+interface Opts {
+  size: number;
+  levels: number;
+  steps: number;
+  warmup: number;
+  profile: boolean;
+}
+
+function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
   const be = getBackend();
   const method = kind === "unet" ? "supervised" : "cmc";
   const modalities = kind === "unet" ? 1 : 2;
@@ -73,8 +84,20 @@ function benchModel(kind: "unet" | "cmc", o: { size: number; levels: number; ste
   };
   const shape = (n: number) => [n, 1, o.size, o.size, o.size];
   const times: number[] = [];
+  const prof = new Map<string, { ms: number; n: number }>();
   for (let it = 0; it < o.warmup + o.steps; it++) {
-    if (it === o.warmup) be.resetPeak();
+    if (it === o.warmup) {
+      be.resetPeak();
+      if (o.profile) {
+        setOpProfiler((op, fn, ms) => {
+          const k = `${op} (${fn})`;
+          const e = prof.get(k) ?? { ms: 0, n: 0 };
+          e.ms += ms;
+          e.n++;
+          prof.set(k, e);
+        });
+      }
+    }
     be.synchronize();
     const t0 = performance.now();
     tidy(() => {
@@ -93,6 +116,15 @@ function benchModel(kind: "unet" | "cmc", o: { size: number; levels: number; ste
     zeroGrad(model.student.parameters());
     be.synchronize();
     if (it >= o.warmup) times.push(performance.now() - t0);
+  }
+  setOpProfiler(null);
+  if (o.profile) {
+    const rows = [...prof.entries()].sort((a, b) => b[1].ms - a[1].ms);
+    const total = rows.reduce((s, [, e]) => s + e.ms, 0);
+    console.log(`  ${kind}: ops over ${o.steps} step(s), ${total.toFixed(1)} ms in ops:`);
+    for (const [k, e] of rows.slice(0, 25)) {
+      console.log(`    ${(e.ms / o.steps).toFixed(2).padStart(9)} ms/step ${String(e.n / o.steps).padStart(5)} calls  ${k}`);
+    }
   }
   const st = be.memoryStats();
   opt.dispose();
@@ -119,11 +151,18 @@ export function main(args: string[]): number {
       models: { type: "string", default: "unet,cmc" },
       "torch-json": { type: "string" },
       json: { type: "string" },
+      profile: { type: "boolean", default: false },
     },
   });
   const be = initBackend();
   console.log(`backend: ${be.device} ${be.version}, TF32 ${Deno.env.get("COMODAL_CUDA_TF32") === "1" ? "allowed" : "off"}`);
-  const o = { size: Number(values.size), levels: Number(values.levels), steps: Number(values.steps), warmup: Number(values.warmup) };
+  const o: Opts = {
+    size: Number(values.size),
+    levels: Number(values.levels),
+    steps: Number(values.steps),
+    warmup: Number(values.warmup),
+    profile: values.profile === true,
+  };
   let torch: Record<string, { unet_step_ms?: number; peak_alloc_mib?: number; peak_reserved_mib?: number }> = {};
   if (values["torch-json"]) {
     try {

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "conv_wgrad.cuh"
 #include "cudnn_api.hpp"
 #include "internal.cuh"
 #include "plane_sums.cuh"
@@ -340,7 +341,13 @@ void conv_backward_weights(const KernelArgs& a) {
            " does not give dy's shape " + dy->shape.str());
   bool dw_new = false;
   Buffer* dw = a.output(0, ws, CMO_DTYPE_F32, op, &dw_new);
-  if (ws.numel() > 0 && x->numel() > 0) {
+  // Strict FP32: our own kernel where cuDNN's legacy FP32 algorithms are slow (COMODAL_CUDA_WGRAD=cudnn
+  // keeps cuDNN everywhere).
+  const bool own = ws.numel() > 0 && !env_flag("COMODAL_CUDA_TF32", false) && wgrad_fp32_supported(x->shape, ws, p) &&
+                   std::string(std::getenv("COMODAL_CUDA_WGRAD") ? std::getenv("COMODAL_CUDA_WGRAD") : "") != "cudnn";
+  if (own) {
+    wgrad_fp32(a.backend, x, dy, dw, p, !dw_new);
+  } else if (ws.numel() > 0 && x->numel() > 0) {
     auto plan = get_plan(a.backend, Prim::BwdFilter, x->shape, ws, dy->shape, p, x->data, dy->data, op);
     run_bwd_filter(a.backend, *plan, x->data, dy->data, dw->data, dw_new ? 0.0f : 1.0f);
   } else if (dw_new && ws.numel() > 0) {

@@ -8,19 +8,24 @@ namespace {
 
 constexpr int TM = 64, TN = 64, TK = 16;
 
+// blockIdx.z = batch * splits + split; split s covers k in [s * k_chunk, (s + 1) * k_chunk) and writes
+// its partial product to C + split * batches * M * N (summed afterwards in a fixed order).
 __global__ void __launch_bounds__(256) matmul_kernel(const float* __restrict__ A, const float* __restrict__ B,
                                                      float* __restrict__ C, int64_t M, int64_t N, int64_t K,
-                                                     bool ta, bool tb, int64_t a_bs, int64_t b_bs) {
+                                                     bool ta, bool tb, int64_t a_bs, int64_t b_bs, int splits,
+                                                     int64_t k_chunk, int64_t batches) {
   __shared__ float As[TK][TM + 4];
   __shared__ float Bs[TK][TN + 4];
-  const int64_t batch = blockIdx.z;
+  const int64_t batch = blockIdx.z / splits, split = blockIdx.z % splits;
   const float* a = A + batch * a_bs;
   const float* b = B + batch * b_bs;
-  float* c = C + batch * M * N;
+  float* c = C + (split * batches + batch) * M * N;
   const int64_t m0 = (int64_t)blockIdx.y * TM, n0 = (int64_t)blockIdx.x * TN;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += TK) {
+  const int64_t k_begin = split * k_chunk;
+  const int64_t k_end = k_begin + k_chunk < K ? k_begin + k_chunk : K;
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += TK) {
     for (int l = threadIdx.x; l < TM * TK; l += 256) {
       int mm, kk;
       if (ta) {  // A stored [K,M]: consecutive threads walk m
@@ -32,7 +37,7 @@ __global__ void __launch_bounds__(256) matmul_kernel(const float* __restrict__ A
       }
       int64_t gm = m0 + mm, gk = k0 + kk;
       float v = 0.f;
-      if (gm < M && gk < K) v = ta ? a[gk * M + gm] : a[gm * K + gk];
+      if (gm < M && gk < k_end) v = ta ? a[gk * M + gm] : a[gm * K + gk];
       As[kk][mm] = v;
     }
     for (int l = threadIdx.x; l < TN * TK; l += 256) {
@@ -46,7 +51,7 @@ __global__ void __launch_bounds__(256) matmul_kernel(const float* __restrict__ A
       }
       int64_t gn = n0 + nn, gk = k0 + kk;
       float v = 0.f;
-      if (gn < N && gk < K) v = tb ? b[gn * K + gk] : b[gk * N + gn];
+      if (gn < N && gk < k_end) v = tb ? b[gn * K + gk] : b[gk * N + gn];
       Bs[kk][nn] = v;
     }
     __syncthreads();
@@ -125,11 +130,36 @@ void matmul(const KernelArgs& a) {
     return;
   }
   if (batch > 65535) unsupported(std::string(op) + ": batch " + std::to_string(batch) + " exceeds 65535");
-  dim3 grid((unsigned)((N + TN - 1) / TN), (unsigned)((M + TM - 1) / TM), (unsigned)batch);
+  Backend* be = a.backend;
+  const int64_t tiles = ((N + TN - 1) / TN) * ((M + TM - 1) / TM) * batch;
+  // Split K when the output tiles alone cannot fill the GPU (e.g. C x C products over all voxels).
+  int64_t splits = 1;
+  const int64_t want = 2LL * sm_count(be);
+  if (tiles < want && Ka >= 4096) splits = std::min<int64_t>((want + tiles - 1) / tiles, Ka / 1024);
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535 / batch));
+  int64_t k_chunk = (Ka + splits - 1) / splits;
+  k_chunk = (k_chunk + TK - 1) / TK * TK;
+  splits = (Ka + k_chunk - 1) / k_chunk;
+  dim3 grid((unsigned)((N + TN - 1) / TN), (unsigned)((M + TM - 1) / TM), (unsigned)(batch * splits));
   if (grid.y > 65535) unsupported(std::string(op) + ": M = " + std::to_string(M) + " is too large");
-  matmul_kernel<<<grid, 256, 0, stream(a.backend)>>>(A->f32(), B->f32(), y->f32(), M, N, Ka, ta, tb,
-                                                     ba == 1 ? 0 : M * Ka, bb == 1 ? 0 : Ka * N);
+  const int64_t a_bs = ba == 1 ? 0 : M * Ka, b_bs = bb == 1 ? 0 : Ka * N;
+  if (splits == 1) {
+    matmul_kernel<<<grid, 256, 0, stream(be)>>>(A->f32(), B->f32(), y->f32(), M, N, Ka, ta, tb, a_bs, b_bs, 1, Ka, batch);
+    check_launch(op);
+    return;
+  }
+  const int64_t out_n = batch * M * N;
+  Scratch part(be, (size_t)(splits * out_n) * sizeof(float));
+  matmul_kernel<<<grid, 256, 0, stream(be)>>>(A->f32(), B->f32(), part.as<float>(), M, N, Ka, ta, tb, a_bs, b_bs,
+                                              (int)splits, k_chunk, batch);
   check_launch(op);
+  const float* pp = part.as<float>();
+  float* yp = y->f32();
+  launch_elementwise(be, out_n, [=] __device__(int64_t i) {
+    float s = 0.f;
+    for (int64_t k = 0; k < splits; k++) s += pp[k * out_n + i];
+    yp[i] = s;
+  }, op);
 }
 
 }  // namespace

@@ -689,6 +689,13 @@ cmo_status cmo_op_execute(cmo_backend* backend, int32_t op, cmo_buffer* const* i
     if (fn == nullptr) cmocu::unsupported("not implemented by the CUDA backend");
     cmocu::KernelArgs args{backend, ins.data(), n_inputs, outs.data(), n_outputs, params, params_bytes};
     fn(args);
+    // COMODAL_CUDA_SYNC_OPS=1: wait for every op (profiling: the caller's clock then times the GPU work,
+    // and an asynchronous kernel fault is reported by the op that caused it).
+    static const bool sync_ops = [] {
+      const char* e = std::getenv("COMODAL_CUDA_SYNC_OPS");
+      return e && *e && std::string(e) != "0";
+    }();
+    if (sync_ops) cmocu::sync(backend);
     for (int i = 0; i < n_outputs; i++) outputs[i] = static_cast<cmo_buffer*>(outs[(size_t)i]);
   });
   if (st != CMO_OK) {
