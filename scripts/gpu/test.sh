@@ -69,6 +69,11 @@ if [ -f "$carried/deno.xz" ]; then
       NO_COLOR=1 COMODAL_CUDA_TF32=$tf COMODAL_DEVICE=cuda /tmp/deno run -A --no-check bench/gpu_train_step.ts \
         --torch-json "$OUT/bench_torch.json" ${STEP_ARGS:-} 2>&1 | grep -v '^    at ' | tee -a "$OUT/train_step.log"
     done
+    if [ "${PROFILE:-1}" = 1 ]; then
+      step "per-op profile of one training step (every op synchronised, TF32 allowed)"
+      NO_COLOR=1 COMODAL_CUDA_SYNC_OPS=1 COMODAL_CUDA_TF32=1 COMODAL_DEVICE=cuda /tmp/deno run -A --no-check \
+        bench/gpu_train_step.ts --profile --steps 1 --warmup 2 ${STEP_ARGS:-} 2>&1 | grep -v '^    at ' | tee -a "$OUT/train_step.log"
+    fi
   fi
 fi
 
