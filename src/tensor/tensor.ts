@@ -350,8 +350,9 @@ export function recordNode(
 }
 
 /**
- * A tensor with the same data that is not part of any graph (shares the buffer; requiresGrad
- * false).
+ * A tensor with the same data that is not part of any graph (requiresGrad false). It shares the
+ * buffer, as PyTorch's detach does: in-place updates (sgdUpdate, adamwUpdate, emaUpdate) of one
+ * show in the other. Use clone() under noGrad for an independent copy.
  */
 export function detach(x: Tensor): Tensor {
   x._ptr("detach");
