@@ -390,23 +390,31 @@ export async function fingerprint(
       // Foreground voxels for intensity statistics: labelled > 0, else the body (non-zero; for CT
       // in Hounsfield units, denser than air).
       const d = img.data;
-      const fg: number[] = [];
-      let airCut = -Infinity;
-      if (!mask && st.kind === "ct") {
-        let mn = Infinity;
-        for (let i = 0; i < d.length; i++) if (d[i] < mn) mn = d[i];
-        if (mn < -500) airCut = -500;
-      }
+      let mn = Infinity, mx = -Infinity;
       for (let i = 0; i < d.length; i++) {
-        if (mask ? mask[i] > 0 : d[i] !== 0 && d[i] > airCut) fg.push(i);
+        const v = d[i];
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
       }
-      const take = Math.min(fg.length, 10000);
-      for (let t = 0; t < take; t++) {
-        samples[m].push(d[fg[take === fg.length ? t : rng.int(fg.length)]]);
-      }
-      for (let i = 0; i < d.length; i++) {
-        if (d[i] < st.min) st.min = d[i];
-        if (d[i] > st.max) st.max = d[i];
+      if (mn < st.min) st.min = mn;
+      if (mx > st.max) st.max = mx;
+      const airCut = !mask && st.kind === "ct" && mn < -500 ? -500 : -Infinity;
+      const isFg = mask ? (i: number) => mask![i] > 0 : (i: number) => d[i] !== 0 && d[i] > airCut;
+      let nFg = 0;
+      for (let i = 0; i < d.length; i++) if (isFg(i)) nFg++;
+      // Up to 10000 foreground values per volume: a systematic sample with a random start.
+      const take = Math.min(nFg, 10000);
+      if (take > 0) {
+        const step = nFg / take;
+        let next = rng.uniform(0, step), k = 0;
+        for (let i = 0; i < d.length; i++) {
+          if (!isFg(i)) continue;
+          if (k >= next) {
+            samples[m].push(d[i]);
+            next += step;
+          }
+          k++;
+        }
       }
       opts.onProgress?.(++done, total, `fingerprint ${c.id} ${m}`);
     }
