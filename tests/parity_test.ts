@@ -118,29 +118,53 @@ function goldenToTensor(t: GoldenTensor, opts: { requiresGrad?: boolean } = {}):
   });
 }
 
+/**
+ * How a case runs: as stored; with its activation inputs routed through the conv output layout; or
+ * with forward and backward run twice without clearing gradients (every gradient must then be
+ * twice PyTorch's: `.grad` accumulates, and conv/norm kernels accumulate into the existing slot).
+ */
+type Variant = "plain" | "convLayout" | "accumulate";
+
+const VARIANT_LABEL: Record<Variant, string> = {
+  plain: "",
+  convLayout: " [input through conv layout]",
+  accumulate: " [backward twice: gradients accumulate]",
+};
+
+/** Ops whose parameter gradients use the native accumulate-into-slot convention. */
+const ACCUMULATING_OPS = new Set(["conv3d", "convTranspose3d", "groupNorm", "instanceNorm"]);
+
+function scaled(t: GoldenTensor, k: number): GoldenTensor {
+  return { ...t, data: Float32Array.from(t.data, (v) => v * k) };
+}
+
 /** Runs a differentiable golden case; returns the list of mismatches. */
-function runOpCase(c: GoldenCase, viaConv: boolean): string[] {
+function runOpCase(c: GoldenCase, variant: Variant): string[] {
   const spec = OP_SPECS[c.op];
   const tol = TOLERANCES[c.op] ?? DEFAULT_TOL;
   const problems: string[] = [];
+  const passes = variant === "accumulate" ? 2 : 1;
   E.tidy(() => {
     const xs = caseInputs(c);
     const route = layoutVariantInputs(c);
-    const ins = viaConv ? xs.map((x, k) => route[k] ? throughConvLayout(x) : x) : xs;
-    const outs = spec.run(ins, c.attrs);
-    for (const o of c.outputs) {
-      const t = outs[o];
-      if (!t) {
-        problems.push(
-          `output ${o}: the engine op returned no such output (has ${Object.keys(outs)})`,
-        );
-        continue;
+    const needGrad = c.inputs.some((i) => i.requiresGrad) && c.gradOutputs.length > 0;
+    for (let pass = 0; pass < passes; pass++) {
+      const ins = variant === "convLayout"
+        ? xs.map((x, k) => route[k] ? throughConvLayout(x) : x)
+        : xs;
+      const outs = spec.run(ins, c.attrs);
+      for (const o of pass === 0 ? c.outputs : []) {
+        const t = outs[o];
+        if (!t) {
+          problems.push(
+            `output ${o}: the engine op returned no such output (has ${Object.keys(outs)})`,
+          );
+          continue;
+        }
+        const msg = closeness(`forward ${o}`, toGot(t), goldenTensor(c, `out.${o}`), tol);
+        if (msg) problems.push(msg);
       }
-      const msg = closeness(`forward ${o}`, toGot(t), goldenTensor(c, `out.${o}`), tol);
-      if (msg) problems.push(msg);
-    }
-    const needGrad = c.inputs.some((i) => i.requiresGrad);
-    if (c.gradOutputs.length > 0 && needGrad) {
+      if (!needGrad) continue;
       if (c.gradOutputs.length === 1) {
         const o = c.gradOutputs[0];
         E.backward(outs[o], goldenToTensor(goldenTensor(c, `dout.${o}`)));
@@ -150,35 +174,36 @@ function runOpCase(c: GoldenCase, viaConv: boolean): string[] {
         );
         E.backward(terms.reduce((a, b) => E.add(a, b)));
       }
-      c.inputs.forEach((inp, k) => {
-        const x = xs[k];
-        if (!inp.requiresGrad) {
-          if (x.grad !== null) {
-            problems.push(`input ${inp.name} does not require grad but received one`);
-          }
-          return;
-        }
-        if (!x.grad) {
-          problems.push(`grad ${inp.name}: no gradient reached the input`);
-          return;
-        }
-        const msg = closeness(
-          `grad ${inp.name}`,
-          toGot(x.grad),
-          goldenTensor(c, `grad.${inp.name}`),
-          tol,
-        );
-        if (msg) problems.push(msg);
-        E.dispose(x.grad);
-        x.grad = null;
-      });
     }
+    if (!needGrad) return;
+    c.inputs.forEach((inp, k) => {
+      const x = xs[k];
+      if (!inp.requiresGrad) {
+        if (x.grad !== null) {
+          problems.push(`input ${inp.name} does not require grad but received one`);
+        }
+        return;
+      }
+      if (!x.grad) {
+        problems.push(`grad ${inp.name}: no gradient reached the input`);
+        return;
+      }
+      const ref = scaled(goldenTensor(c, `grad.${inp.name}`), passes);
+      const label = passes > 1
+        ? `grad ${inp.name} after ${passes} backward passes`
+        : `grad ${inp.name}`;
+      const msg = closeness(label, toGot(x.grad), ref, tol);
+      if (msg) problems.push(msg);
+      E.dispose(x.grad);
+      x.grad = null;
+    });
   });
   return problems;
 }
 
 /** Runs a two-step optimizer case; returns the list of mismatches. */
-function runOptimizerCase(c: GoldenCase, viaConv: boolean): string[] {
+function runOptimizerCase(c: GoldenCase, variant: Variant): string[] {
+  const viaConv = variant === "convLayout";
   const tol = TOLERANCES[c.op] ?? DEFAULT_TOL;
   const problems: string[] = [];
   E.tidy(() => {
@@ -236,13 +261,11 @@ function runOptimizerCase(c: GoldenCase, viaConv: boolean): string[] {
   return problems;
 }
 
-function runCase(c: GoldenCase, viaConv: boolean): void {
-  const problems = OP_SPECS[c.op] ? runOpCase(c, viaConv) : runOptimizerCase(c, viaConv);
+function runCase(c: GoldenCase, variant: Variant): void {
+  const problems = OP_SPECS[c.op] ? runOpCase(c, variant) : runOptimizerCase(c, variant);
   if (problems.length > 0) {
     throw new Error(
-      `Parity with PyTorch failed for ${c.op} case ${c.name}${
-        viaConv ? " (input through conv layout)" : ""
-      }:\n  ` +
+      `Parity with PyTorch failed for ${c.op} case ${c.name}${VARIANT_LABEL[variant]}:\n  ` +
         problems.join("\n  "),
     );
   }
@@ -278,20 +301,21 @@ for (const device of DEVICES) {
   for (const f of FILES) {
     for (const c of f.cases) {
       const kernels = caseKernels(c);
-      const variants = hasLayoutVariant(c) ? [false, true] : [false];
-      for (const viaConv of variants) {
-        const need = viaConv
+      const variants: Variant[] = ["plain"];
+      if (hasLayoutVariant(c)) variants.push("convLayout");
+      if (ACCUMULATING_OPS.has(c.op)) variants.push("accumulate");
+      for (const variant of variants) {
+        const need = variant === "convLayout"
           ? [...kernels, "CONV3D_FORWARD", "CONV3D_BACKWARD_DATA"] as typeof kernels
           : kernels;
         const missing = backend ? missingKernels(backend, need) : [];
-        const suffix = viaConv ? " [input through conv layout]" : "";
         const why = !backend ? "" : missing.length ? ` (backend lacks ${missing.join(", ")})` : "";
         Deno.test({
-          name: `parity[${device}] ${f.family}/${c.name}${suffix}${why}`,
+          name: `parity[${device}] ${f.family}/${c.name}${VARIANT_LABEL[variant]}${why}`,
           ignore: backend === null || missing.length > 0,
           fn() {
             useBackend(device);
-            runCase(c, viaConv);
+            runCase(c, variant);
           },
         });
       }
@@ -313,7 +337,7 @@ for (const device of DEVICES) {
       const runAll = () => {
         for (const c of sample) {
           try {
-            runCase(c, false);
+            runCase(c, "plain");
           } catch {
             // accuracy is the other tests' business; this one counts buffers
           }
