@@ -119,20 +119,6 @@ void blocked_with_small(Backend* be, const float* full, const float* small, int6
   });
 }
 
-// True when `s` broadcasts to the 5-D output `ys` varying only over N and C; gives the strides of
-// the plain [n',c'] table.
-bool small_nc(const Shape& s, const Shape& ys, int64_t* sn, int64_t* sc) {
-  if (s.ndim > 5) return false;
-  int64_t d5[5] = {1, 1, 1, 1, 1};
-  for (int i = 0; i < s.ndim; i++) d5[i + 5 - s.ndim] = s.d[i];
-  if (d5[2] != 1 || d5[3] != 1 || d5[4] != 1) return false;
-  if (d5[0] != 1 && d5[0] != ys.d[0]) return false;
-  if (d5[1] != 1 && d5[1] != ys.d[1]) return false;
-  *sc = d5[1] == 1 ? 0 : 1;
-  *sn = d5[0] == 1 ? 0 : d5[1];
-  return true;
-}
-
 template <typename T, template <typename> class OpT>
 void run_binary(const KernelArgs& a, const Buffer* x0, const Buffer* x1, const Shape& ys, Buffer* y) {
   using Op = OpT<T>;
@@ -151,14 +137,14 @@ void run_binary(const KernelArgs& a, const Buffer* x0, const Buffer* x1, const S
       return;
     }
     int64_t sn, sc;
-    if (full0 && small_nc(x1->shape, ys, &sn, &sc)) {
+    if (full0 && ku::varies_only_nc(x1->shape, ys, &sn, &sc)) {
       TempBuffer t0, t1;
       const float* p0 = as_layout(x0, CMO_LAYOUT_BLOCKED16, t0)->f32();
       const float* p1 = ku::plain(x1, t1)->f32();
       blocked_with_small<OpT<float>>(be, p0, p1, sn, sc, true, y->f32(), ys);
       return;
     }
-    if (full1 && small_nc(x0->shape, ys, &sn, &sc)) {
+    if (full1 && ku::varies_only_nc(x0->shape, ys, &sn, &sc)) {
       TempBuffer t0, t1;
       const float* p0 = ku::plain(x0, t0)->f32();
       const float* p1 = as_layout(x1, CMO_LAYOUT_BLOCKED16, t1)->f32();

@@ -117,6 +117,20 @@ inline bool broadcastable_to(const Shape& in, const Shape& out) {
   return true;
 }
 
+// True when `s` broadcasts to the 5-D shape `ys` varying only over N and C (shapes like [1,C,1,1,1],
+// [N,C,1,1,1], [C,1,1,1] or one element); gives the strides of the plain [n', c'] table.
+inline bool varies_only_nc(const Shape& s, const Shape& ys, int64_t* sn, int64_t* sc) {
+  if (s.ndim > 5 || ys.ndim != 5) return false;
+  int64_t d5[5] = {1, 1, 1, 1, 1};
+  for (int i = 0; i < s.ndim; i++) d5[i + 5 - s.ndim] = s.d[i];
+  if (d5[2] != 1 || d5[3] != 1 || d5[4] != 1) return false;
+  if (d5[0] != 1 && d5[0] != ys.d[0]) return false;
+  if (d5[1] != 1 && d5[1] != ys.d[1]) return false;
+  *sc = d5[1] == 1 ? 0 : 1;
+  *sn = d5[0] == 1 ? 0 : d5[1];
+  return true;
+}
+
 // Fixed-size chunking of a flat range so results never depend on the thread count.
 constexpr int64_t kChunk = 1 << 15;
 inline int64_t n_chunks(int64_t n, int64_t chunk = kChunk) { return (n + chunk - 1) / chunk; }

@@ -181,9 +181,27 @@ void expand(const KernelArgs& a) {
   if (!ku::broadcastable_to(x->shape, ys))
     fail("x " + x->shape.str() + " cannot be broadcast to " + ys.str() +
          " (NumPy rules: right-aligned, each dim equal or 1)");
-  Buffer* y = a.output(0, ys, x->dtype, CMO_LAYOUT_PLAIN, "EXPAND");
+  // A per-(n, c) table expanded over a blockable 5-D shape (gradients of spatial sums and means)
+  // is written straight into the backend's preferred BLOCKED16 layout.
+  int64_t sn = 0, sc = 0;
+  const bool nc_only = ku::blockable(ys, x->dtype) && ku::varies_only_nc(x->shape, ys, &sn, &sc);
+  Buffer* y = a.output(0, ys, x->dtype, nc_only ? CMO_LAYOUT_BLOCKED16 : CMO_LAYOUT_PLAIN, "EXPAND");
   TempBuffer t;
   const Buffer* px = ku::plain(x, t);
+  if (y->blocked() && nc_only) {
+    const int64_t N = ys.d[0], CB = ys.d[1] / 16, S = ys.d[2] * ys.d[3] * ys.d[4];
+    const float* tab = px->f32();
+    float* py = y->f32();
+    ku::parallel_tasks(a.backend, N * CB, N * CB * S * 16, [&](int64_t t2) {
+      const int64_t n = t2 / CB, cb = t2 % CB;
+      float v[16];
+      for (int l = 0; l < 16; l++) v[l] = tab[n * sn + (cb * 16 + l) * sc];
+      float* q = py + t2 * S * 16;
+      for (int64_t s2 = 0; s2 < S; s2++)
+        for (int l = 0; l < 16; l++) q[s2 * 16 + l] = v[l];
+    });
+    return;
+  }
   ku::write_plain_into(a.backend, y, [&](Buffer* out) {
     if (x->dtype == CMO_DTYPE_U8)
       expand_plain<uint8_t>(a.backend, static_cast<const uint8_t*>(px->data), x->shape,

@@ -409,6 +409,22 @@ void test_shape() {
     cmo_shape_params bad{2, {2, 3, 0, 0, 0, 0}};
     Buf z;
     CHECK(run(CMO_OP_EXPAND, {&x}, {&z}, bad) == CMO_ERR_INVALID_ARGUMENT, "bad expand rejected");
+    // Per-channel table expanded over a blockable 5-D shape: written blocked, same values.
+    V cv = rnd(2 * 32);
+    Buf xc = F({2, 32, 1, 1, 1}, cv), yc;
+    cmo_shape_params sp5{5, {2, 32, 2, 3, 1, 0}};
+    if (ok(CMO_OP_EXPAND, {&xc}, {&yc}, sp5)) {
+      CHECK(describe(yc).layout == CMO_LAYOUT_BLOCKED16, "per-channel expand to 5-D C%16 is blocked");
+      V ref(2 * 32 * 6);
+      for (size_t i = 0; i < ref.size(); i++) ref[i] = cv[i / 6];
+      close(readf(yc), ref, 0, 0, "expand [2,32,1,1,1] -> [2,32,2,3,1]");
+    }
+    Buf xw = F({1, 1, 1, 3, 1}, rnd(3)), yw;
+    if (ok(CMO_OP_EXPAND, {&xw}, {&yw}, sp5)) {
+      V wv = readf(xw), ref(2 * 32 * 6);
+      for (size_t i = 0; i < ref.size(); i++) ref[i] = wv[i % 3];
+      close(readf(yw), ref, 0, 0, "expand over H of a 5-D shape");
+    }
     Buf xi = I({2, 1}, {7, -3}), yi;
     cmo_shape_params sp2{2, {2, 3, 0, 0, 0, 0}};
     if (ok(CMO_OP_EXPAND, {&xi}, {&yi}, sp2)) CHECK((readi(yi) == VI{7, 7, 7, -3, -3, -3}), "expand i32");
