@@ -4,7 +4,7 @@
  */
 import { Command } from "commander";
 
-const COMMANDS: string[] = [];
+const COMMANDS: string[] = ["train", "evaluate", "workflow"];
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("comodal")

@@ -10,7 +10,7 @@ import { importDataset } from "../data/importers.ts";
 import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
 import { preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
 import { type LabeledCase, loadPreprocessedCases, type UnlabeledCase } from "../data/cases.ts";
-import { synthesize, SYNTHETIC_TASKS } from "../data/phantom.ts";
+import { SYNTH_TASKS, type SynthTask, synthesize } from "../data/synth.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
 
@@ -53,19 +53,19 @@ async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manife
     if (!existsSync(c.task)) throw new Error(`Cannot train: manifest ${c.task} does not exist`);
     return { manifest: await loadManifest(c.task), source: path.resolve(c.task) };
   }
-  if (!(SYNTHETIC_TASKS as readonly string[]).includes(c.task)) {
-    throw new Error(`Unknown task '${c.task}': expected one of ${SYNTHETIC_TASKS.join(", ")} or a manifest file (.yaml/.json)`);
+  if (!(SYNTH_TASKS as readonly string[]).includes(c.task)) {
+    throw new Error(`Unknown task '${c.task}': expected one of ${SYNTH_TASKS.join(", ")} or a manifest file (.yaml/.json)`);
   }
   let dir = c.data ? path.resolve(c.data) : "";
   if (!dir) {
     dir = path.join(cacheRoot(), "synthetic", `${c.task}-n${c.syntheticCases}-s0`);
     if (!existsSync(path.join(dir, ".complete"))) {
       if (!quiet) console.error(`Generating the built-in synthetic ${c.task} dataset (${c.syntheticCases} cases) in ${dir}`);
-      await synthesize(c.task as typeof SYNTHETIC_TASKS[number], {
+      await synthesize(c.task as SynthTask, {
         outDir: dir,
         cases: c.syntheticCases,
         seed: 0,
-        onProgress: quiet ? undefined : (done, total) => {
+        onProgress: quiet ? undefined : (done: number, total: number) => {
           if (done === total || done % 5 === 0) console.error(`  synthesised ${done}/${total}`);
         },
       });
@@ -74,7 +74,10 @@ async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manife
   } else if (!existsSync(dir)) {
     throw new Error(`Cannot train ${c.task}: data folder ${dir} does not exist`);
   }
-  const manifest = await importDataset(dir);
+  // A folder with its own manifest.yaml (the synthetic tasks write one) uses it; otherwise the
+  // layout is detected (MS-CMRSeg, AMOS, Decathlon, nnU-Net raw).
+  const own = path.join(dir, "manifest.yaml");
+  const manifest = existsSync(own) ? await loadManifest(own) : await importDataset(dir);
   if (manifest.task !== c.task && !c.data) {
     throw new Error(`Synthetic data in ${dir} is for task ${manifest.task}, not ${c.task}`);
   }
