@@ -26,6 +26,7 @@ struct Backend {
   std::atomic<int64_t> live_buffers{0};
   std::atomic<int64_t> live_bytes{0};
   std::atomic<int64_t> peak_bytes{0};
+  std::mutex exec_mu;  // ops of one backend run one at a time (calls may come from several threads)
   std::mutex cache_mu;
   std::unordered_map<std::string, std::shared_ptr<void>> cache;
   int64_t misses = 0;
@@ -598,6 +599,7 @@ cmo_status cmo_op_execute(cmo_backend* backend, int32_t op, cmo_buffer* const* i
     }
     cmo::KernelFn fn = op < cmo::kMaxOps ? cmo::kernel_table()[op] : nullptr;
     if (fn == nullptr) cmo::unsupported("not implemented by the CPU backend");
+    std::lock_guard<std::mutex> lock(backend->exec_mu);
     cmo::apply_threads(backend);
     cmo::KernelArgs args{backend, ins.data(), n_inputs, outs.data(), n_outputs, params, params_bytes};
     fn(args);
