@@ -26,11 +26,18 @@ void softmax_plain(Backend* be, const float* x, float* y, const ku::AxisSplit& s
       for (int64_t o = o0; o < o1; o++) {
         const float* px = x + o * K;
         float* py = y + o * K;
-        float m = px[0];
-        for (int64_t k = 1; k < K; k++) m = px[k] > m ? px[k] : m;
+        // Eight independent lanes for the max and the sum (vectorised, fixed order).
+        float mx[8];
+        for (int u = 0; u < 8; u++) mx[u] = px[0];
+        int64_t k8 = 0;
+        for (; k8 + 8 <= K; k8 += 8)
+          for (int u = 0; u < 8; u++) mx[u] = px[k8 + u] > mx[u] ? px[k8 + u] : mx[u];
+        float m = mx[0];
+        for (int u = 1; u < 8; u++) m = mx[u] > m ? mx[u] : m;
+        for (; k8 < K; k8++) m = px[k8] > m ? px[k8] : m;
         for (int64_t k = 0; k < K; k++) py[k] = ku::fast_exp(px[k] - m);
         double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t k8 = 0;
+        k8 = 0;
         for (; k8 + 8 <= K; k8 += 8)
           for (int u = 0; u < 8; u++) acc[u] += py[k8 + u];
         double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
