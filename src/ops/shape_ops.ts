@@ -7,7 +7,6 @@ import {
   checkShape,
   formatShape,
   normAxis,
-  sameShape,
   sizeOf,
 } from "../tensor/shape.ts";
 import { allocTensor, recordNode, SliceGrad, type Tensor } from "../tensor/tensor.ts";
@@ -220,9 +219,4 @@ export function clone(x: Tensor): Tensor {
   const y = exec1("COPY", fn, [x], { layout: 2 }, x.shape, x.dtype, ["x"]);
   if (needsGrad(x)) recordNode(fn, [x], [y], [], (g) => [g[0]!]);
   return y;
-}
-
-/** @internal true when shapes match (re-exported for op files) */
-export function isSameShape(a: Tensor, b: readonly number[]): boolean {
-  return sameShape(a.shape, b);
 }
