@@ -137,7 +137,7 @@ export function padAxis(dy: Tensor, full: readonly number[], axis: number, start
   return out;
 }
 
-/** @internal an uninitialised-free zero tensor (no autograd) */
+/** @internal a zero-filled tensor (no autograd) */
 export function zerosLike(shape: readonly number[], dtype: "f32" | "i32"): Tensor {
   const t = allocTensor(shape, dtype, "zeros");
   execOp("FILL", "zeros", [], [t], { value: 0 });
