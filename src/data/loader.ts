@@ -169,7 +169,8 @@ interface Pending {
 }
 
 export class PatchLoader {
-  readonly plan: PreprocessPlan;
+  /** The preprocessing plan (null for a loader built with fromCases). */
+  readonly plan: PreprocessPlan | null;
   readonly modalities: string[];
   readonly labeledCases: readonly string[];
   readonly unlabeledCases: readonly string[];
@@ -184,7 +185,11 @@ export class PatchLoader {
   private readonly prefetch: number;
   private closed = false;
 
-  private constructor(plan: PreprocessPlan, ctx: LoaderContext, opts: PatchLoaderOptions) {
+  private constructor(
+    plan: PreprocessPlan | null,
+    ctx: LoaderContext,
+    opts: { startBatch?: number; workers?: number; prefetch?: number },
+  ) {
     this.plan = plan;
     this.ctx = ctx;
     this.modalities = ctx.modalities;
@@ -259,6 +264,39 @@ export class PatchLoader {
       misalign: opts.misalign,
     });
     return new PatchLoader(data.plan, ctx, opts);
+  }
+
+  /**
+   * A loader over cases already in memory (e.g. from loadPreprocessedCases). With workers, arrays on
+   * SharedArrayBuffers (`shared: true` when loading) are shared; other arrays are copied into each
+   * worker once.
+   */
+  static fromCases(
+    cases: { labeled: LabeledCase[]; unlabeled: UnlabeledCase[] },
+    opts: Omit<PatchLoaderOptions, "dir" | "labeledIds" | "splits"> & { modalities: string[] },
+  ): PatchLoader {
+    if (opts.labeledBatch > 0 && cases.labeled.length === 0) {
+      throw new Error("PatchLoader: labeledBatch > 0 but there are no labeled cases");
+    }
+    new PatchSampler({
+      patchSize: opts.patchSize,
+      modalities: opts.modalities,
+      augment: opts.augment,
+      misalign: opts.misalign,
+    });
+    const ctx: LoaderContext = {
+      modalities: opts.modalities,
+      patchSize: opts.patchSize,
+      labeledBatch: opts.labeledBatch,
+      unlabeledBatch: opts.unlabeledBatch,
+      seed: opts.seed,
+      augment: opts.augment,
+      misalign: opts.misalign,
+      foregroundFraction: opts.foregroundFraction,
+      labeled: cases.labeled,
+      unlabeled: cases.unlabeled,
+    };
+    return new PatchLoader(null, ctx, opts);
   }
 
   /** Index of the batch the next call to next() returns (store it in checkpoints). */

@@ -173,3 +173,26 @@ Deno.test("loader: foreground forcing reaches about one third of labeled patches
     await loader.close();
   }
 });
+
+Deno.test("loader: fromCases over in-memory cases gives the same stream as create", async () => {
+  const { loadPreprocessedCases } = await import("./cases.ts");
+  const data = await loadPreprocessedCases(PRE, { shared: true });
+  const opts = {
+    patchSize: PATCH,
+    labeledBatch: 1,
+    unlabeledBatch: 1,
+    seed: 21,
+    modalities: ["C0", "LGE", "T2"],
+  };
+  const a = PatchLoader.fromCases(data, { ...opts, workers: 1 });
+  const b = await PatchLoader.create({ ...opts, dir: PRE, workers: 0 });
+  try {
+    for (let i = 0; i < 3; i++) {
+      assertEquals(digestBatch(await a.next()), digestBatch(await b.next()));
+    }
+    assertEquals(a.plan, null);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
