@@ -236,7 +236,7 @@ export const convBench: BenchModule = {
         : `PyTorch ${torch.version}`,
     ];
     return {
-      name: opts.quick ? "conv3d_quick" : "conv3d",
+      name: `conv3d${opts.threads === 2 ? "" : `_t${opts.threads}`}${opts.quick ? "_quick" : ""}`,
       title: "conv3d 3x3x3, padding 1 (ms per call, GFLOP/s)",
       columns: [
         "case",
