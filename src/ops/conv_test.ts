@@ -301,3 +301,17 @@ Deno.test("groupNorm: gradients for x, gamma and beta match finite differences",
     { data: randData([4], rng), shape: [4] },
   ], { samples: 16, h: 1e-3, atol: 5e-3 });
 });
+
+Deno.test("instanceNorm on a blocked (C = 16) conv output: gradients match finite differences", () => {
+  const rng = seededRng(17);
+  gradCheck(
+    (xs) => instanceNorm(conv3d(xs[0], xs[1], null, { padding: 1 }), xs[2], xs[3]),
+    [
+      { data: randData([1, 2, 2, 2, 2], rng), shape: [1, 2, 2, 2, 2] },
+      { data: randData([16, 2, 3, 3, 3], rng, -0.5, 0.5), shape: [16, 2, 3, 3, 3] },
+      { data: randData([16], rng, 0.5, 1.5), shape: [16] },
+      { data: randData([16], rng), shape: [16] },
+    ],
+    { samples: 8, h: 1e-3, atol: 5e-3 },
+  );
+});
