@@ -111,9 +111,12 @@ export async function prepareData(c: TrainConfig, opts: { quiet?: boolean } = {}
 
   const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
   if (trainLabeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
-  const labeledIds = c.labeled === undefined
+  // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
+  // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
+  const labeled = c.labeled ?? (!c.data && !isManifestPath(c.task) ? 0.5 : undefined);
+  const labeledIds = labeled === undefined
     ? trainLabeled.map((x) => x.id)
-    : selectLabeled(manifest.cases, { labeled: c.labeled, seed: c.seed });
+    : selectLabeled(manifest.cases, { labeled, seed: c.seed });
   const train = await loadPreprocessedCases(ppDir, { splits: ["train"], labeledIds, modalities });
   const val = await loadPreprocessedCases(ppDir, { splits: ["val"], modalities });
   if (train.labeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training case has a label map`);
