@@ -2,8 +2,8 @@
 //
 // Data movement works on bytes, so f32, i32 and u8 tensors are all supported (ARGMAX: f32 input).
 // BLOCKED16 fast paths: in nCdhw16c every sample n holds its channel blocks contiguously, so CONCAT
-// along channels and SLICE along N or along channels at multiples of 16 are plain chunk copies and
-// keep the blocked layout. Other cases run on plain data.
+// along N or channels and SLICE along N or along channels at multiples of 16 are plain chunk copies
+// and keep the blocked layout. Other cases run on plain data.
 #include <cmath>
 
 #include "kernel_util.hpp"
@@ -55,7 +55,8 @@ void concat(const KernelArgs& a) {
     all_blockable = all_blockable && ku::blockable(xi->shape, xi->dtype);
     any_blocked = any_blocked || xi->blocked();
   }
-  const bool chan_blocked = axis == 1 && all_blockable;
+  // Along N or C, blocked inputs concatenate as whole chunks (per sample, channel blocks are contiguous).
+  const bool chan_blocked = (axis == 0 || axis == 1) && all_blockable;
   cmo_layout natural = chan_blocked && any_blocked ? CMO_LAYOUT_BLOCKED16 : CMO_LAYOUT_PLAIN;
   Buffer* y = a.output(0, ys, x0->dtype, natural, "CONCAT");
   const int64_t es = ku::elem_size(x0->dtype);

@@ -356,6 +356,13 @@ void test_shape() {
       }
       close(readf(y), ref, 0, 0, "concat axis 1 blocked");
     }
+    Buf y0;
+    if (ok(CMO_OP_CONCAT, {&x, &x}, {&y0}, cmo_axis_params{0})) {
+      CHECK(describe(y0).layout == CMO_LAYOUT_BLOCKED16, "batch concat of blocked stays blocked");
+      V ref(a);
+      ref.insert(ref.end(), a.begin(), a.end());
+      close(readf(y0), ref, 0, 0, "concat axis 0 blocked");
+    }
     Buf y3;
     if (ok(CMO_OP_CONCAT, {&x, &x}, {&y3}, cmo_axis_params{2})) {
       V ref;
