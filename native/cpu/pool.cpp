@@ -77,10 +77,11 @@ void pool_backward(Backend* be, const float* dy, float* dx, int64_t P, const int
   coverage(D, oD, dlo, dhi);
   coverage(H, oH, hlo, hhi);
   coverage(W, oW, wlo, whi);
-  std::vector<double> dsz((size_t)oD), hsz((size_t)oH), wsz((size_t)oW);
-  for (int64_t o = 0; o < oD; o++) dsz[(size_t)o] = (double)(bin_end(o, D, oD) - bin_start(o, D, oD));
-  for (int64_t o = 0; o < oH; o++) hsz[(size_t)o] = (double)(bin_end(o, H, oH) - bin_start(o, H, oH));
-  for (int64_t o = 0; o < oW; o++) wsz[(size_t)o] = (double)(bin_end(o, W, oW) - bin_start(o, W, oW));
+  // Inverse bin sizes per axis; a bin's weight is their product.
+  std::vector<double> dinv((size_t)oD), hinv((size_t)oH), winv((size_t)oW);
+  for (int64_t o = 0; o < oD; o++) dinv[(size_t)o] = 1.0 / (double)(bin_end(o, D, oD) - bin_start(o, D, oD));
+  for (int64_t o = 0; o < oH; o++) hinv[(size_t)o] = 1.0 / (double)(bin_end(o, H, oH) - bin_start(o, H, oH));
+  for (int64_t o = 0; o < oW; o++) winv[(size_t)o] = 1.0 / (double)(bin_end(o, W, oW) - bin_start(o, W, oW));
   ku::parallel_tasks(be, P * D, P * D * H * W * LANES, [&](int64_t t) {
     const int64_t p = t / D, d = t % D;
     const float* gp = dy + p * oD * oH * oW * LANES;
@@ -90,12 +91,15 @@ void pool_backward(Backend* be, const float* dy, float* dx, int64_t P, const int
         double acc[LANES];
         for (int l = 0; l < LANES; l++) acc[l] = 0;
         for (int64_t od = dlo[(size_t)d]; od < dhi[(size_t)d]; od++)
-          for (int64_t oh = hlo[(size_t)h]; oh < hhi[(size_t)h]; oh++)
+          for (int64_t oh = hlo[(size_t)h]; oh < hhi[(size_t)h]; oh++) {
+            const double wdh = dinv[(size_t)od] * hinv[(size_t)oh];
+            const float* grow = gp + (od * oH + oh) * oW * LANES;
             for (int64_t ow = wlo[(size_t)w]; ow < whi[(size_t)w]; ow++) {
-              const double inv = 1.0 / (dsz[(size_t)od] * hsz[(size_t)oh] * wsz[(size_t)ow]);
-              const float* g = gp + ((od * oH + oh) * oW + ow) * LANES;
-              for (int l = 0; l < LANES; l++) acc[l] += g[l] * inv;
+              const double c = wdh * winv[(size_t)ow];
+              const float* g = grow + ow * LANES;
+              for (int l = 0; l < LANES; l++) acc[l] += g[l] * c;
             }
+          }
         for (int l = 0; l < LANES; l++) xp[(h * W + w) * LANES + l] = (float)acc[l];
       }
   });
