@@ -628,6 +628,12 @@ void determinism_check(Lib& L) {
   bool same = a.st == CMO_OK && b.st == CMO_OK && a.outs.size() == b.outs.size();
   for (size_t o = 0; same && o < a.outs.size(); o++) same = a.outs[o].f == b.outs[o].f;
   check(same, "deterministic mode: conv bwd weights bit-identical", a.st ? a.err : "results differ between runs");
+  setenv("COMODAL_CUDA_WGRAD", "own", 1);
+  Result oa = run_case(L, c), ob = run_case(L, c);
+  unsetenv("COMODAL_CUDA_WGRAD");
+  same = oa.st == CMO_OK && ob.st == CMO_OK && oa.outs.size() == ob.outs.size();
+  for (size_t o = 0; same && o < oa.outs.size(); o++) same = oa.outs[o].f == ob.outs[o].f;
+  check(same, "own wgrad kernel: bit-identical run to run", oa.st ? oa.err : "results differ between runs");
   cmo_group_norm_params gp{4, 1e-5};
   HT g = randf({16}), be = randf({16});
   Case f = mk("deterministic group norm fwd", CMO_OP_GROUP_NORM_FORWARD, {x, g, be}, 3, pbytes(gp));
@@ -778,7 +784,10 @@ int main(int argc, char** argv) {
   check(unsupported == 0, "supports_op: all 35 ops", std::to_string(unsupported) + " unsupported");
   if (do_bench) {
     setenv("COMODAL_CUDA_TF32", "0", 1);
-    bench(cuda, "strict FP32 (weight gradient: own kernel where it applies)");
+    bench(cuda, "strict FP32");
+    setenv("COMODAL_CUDA_WGRAD", "own", 1);
+    bench(cuda, "strict FP32, own weight-gradient kernel (COMODAL_CUDA_WGRAD=own)");
+    unsetenv("COMODAL_CUDA_WGRAD");
     setenv("COMODAL_CUDA_TF32", "1", 1);
     bench(cuda, "TF32 allowed");
     setenv("COMODAL_CUDA_TF32", "0", 1);
@@ -813,6 +822,28 @@ int main(int argc, char** argv) {
     if (ok) op_seen[(size_t)c.op] = true;
   }
   std::printf("ops compared: %.0f ms for %zu cases\n", now_ms() - t0, cases.size());
+  if (have_cpu) {
+    // the opt-in FP32 weight-gradient kernel (COMODAL_CUDA_WGRAD=own) on every conv weight-gradient case
+    setenv("COMODAL_CUDA_WGRAD", "own", 1);
+    for (const Case& c : cases) {
+      if (c.op != CMO_OP_CONV3D_BACKWARD_WEIGHTS || (!filter.empty() && c.name.find(filter) == std::string::npos)) continue;
+      Result got = run_case(cuda, c), ref = run_case(cpu, c);
+      std::string why;
+      double worst = 0;
+      check(compare(c, ref, got, &why, &worst), c.name + " [own wgrad kernel]", why);
+    }
+    unsetenv("COMODAL_CUDA_WGRAD");
+    // the opt-in split-K matmul (COMODAL_CUDA_SPLITK=1) on every matmul case
+    setenv("COMODAL_CUDA_SPLITK", "1", 1);
+    for (const Case& c : cases) {
+      if (c.op != CMO_OP_MATMUL || (!filter.empty() && c.name.find(filter) == std::string::npos)) continue;
+      Result got = run_case(cuda, c), ref = run_case(cpu, c);
+      std::string why;
+      double worst = 0;
+      check(compare(c, ref, got, &why, &worst), c.name + " [split-K]", why);
+    }
+    unsetenv("COMODAL_CUDA_SPLITK");
+  }
   if (have_cpu && filter.empty()) {
     int missing = 0;
     for (int op = 1; op <= 35; op++)
