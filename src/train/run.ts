@@ -22,7 +22,7 @@ import { type Triple } from "../nn/layers.ts";
 import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
-import { loadCheckpoint, saveCheckpoint, writeFileAtomic } from "./checkpoint.ts";
+import { type CheckpointMeta, loadCheckpoint, saveCheckpoint, writeFileAtomic } from "./checkpoint.ts";
 import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
@@ -54,7 +54,7 @@ export interface TrainResult {
 }
 
 /** Model-defining config keys: a checkpoint must agree on these to be loaded. */
-function modelSignature(c: TrainConfig, modalities: string[], numClasses: number, plan: UNetPlan): string {
+export function modelSignature(c: TrainConfig, modalities: string[], numClasses: number, plan: UNetPlan): string {
   return JSON.stringify({ method: c.method, network: c.network, modalities, numClasses, plan: plan.levels, meanTeacher: c.meanTeacher });
 }
 
@@ -77,6 +77,60 @@ function checkpointTensors(model: MethodModel, opt: Optimizer): Record<string, T
   if (model.teacher) for (const [n, p] of model.teacher.namedParameters()) out[`ema/${n}`] = p;
   for (const [n, t] of Object.entries(opt.state().slots)) out[`optim/${n}`] = t;
   return out;
+}
+
+/**
+ * What inference on new data needs from a run (<out>/plan.json): the model signature and network
+ * plan, and how the training data was preprocessed (target spacing, modality kinds, the training
+ * dataset's fingerprint whose statistics normalise CT).
+ */
+export interface RunPlan {
+  version: 1;
+  signature: string;
+  method: TrainConfig["method"];
+  /** Modalities in model input order. */
+  modalities: string[];
+  primary: number;
+  /** Class names, background first. */
+  classes: string[];
+  /** Target spacing (x, y, z) in mm. */
+  targetSpacing: [number, number, number];
+  /** Patch size (D, H, W) the network was trained with. */
+  patch: Triple;
+  network: UNetPlan;
+  /** The training data's preprocessed folder (cache). */
+  preprocessedDir: string;
+  /** The training manifest's task, modalities, kinds and label definitions. */
+  dataset: {
+    task: string;
+    modalities: string[];
+    modalityKinds: Record<string, "ct" | "mr">;
+    classes: Record<string, number>;
+    labelMap: Record<string, string> | null;
+  };
+  /** Per-modality intensity statistics of the training data (CT is normalised with these). */
+  normalization: Record<string, { kind: "ct" | "mr"; mean: number; std: number; p005: number; p995: number }>;
+  fingerprint: PreparedData["plan"]["fingerprint"];
+}
+
+/** Copies the model weights of a checkpoint into `model` after checking its signature. */
+export function loadModelWeights(file: string, signature: string, model: MethodModel): CheckpointMeta {
+  const ck = loadCheckpoint(file);
+  if (ck.meta.signature !== signature) {
+    throw new Error(
+      `Cannot load ${file}: it was written for a different model config ` +
+        `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
+    );
+  }
+  for (const [n, p] of model.student.namedParameters()) {
+    const src = ck.tensors.get(`model/${n}`);
+    if (!src) throw new Error(`Cannot load ${file}: tensor model/${n} is missing`);
+    if (src.shape.join() !== p.shape.join()) {
+      throw new Error(`Cannot load ${file}: tensor model/${n} has shape [${src.shape}], the model has [${p.shape}]`);
+    }
+    copyInto(p, src.data, `model/${n}`);
+  }
+  return ck.meta;
 }
 
 interface RunState {
@@ -193,6 +247,31 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   const optimizer = makeOptimizer(c, model);
   const signature = modelSignature(c, data.modalities, numClasses, plan);
   const st: RunState = { dataRng: new Rng(c.seed, "data"), bestDice: -1, validations: [] };
+  const runPlan: RunPlan = {
+    version: 1,
+    signature,
+    method: c.method,
+    modalities: data.modalities,
+    primary: data.primary,
+    classes: data.classes,
+    targetSpacing: [...data.targetSpacing],
+    patch,
+    network: plan,
+    preprocessedDir: data.preprocessedDir,
+    dataset: {
+      task: data.manifest.task,
+      modalities: data.manifest.modalities,
+      modalityKinds: data.plan.modalityKinds,
+      classes: data.manifest.classes,
+      labelMap: data.manifest.labelMap ?? null,
+    },
+    normalization: Object.fromEntries(data.modalities.map((m) => {
+      const s = data.plan.fingerprint.perModality[m];
+      return [m, { kind: s.kind, mean: s.mean, std: s.std, p005: s.p005, p995: s.p995 }];
+    })),
+    fingerprint: data.plan.fingerprint,
+  };
+  writeFileAtomic(path.join(outDir, "plan.json"), new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"));
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
 
