@@ -158,7 +158,11 @@ function entryPath(v: unknown, key: string, file: string): string {
   throw new Error(`Cannot import: ${file}: ${key} must be a path or an object with "image"`);
 }
 
-function labelsFromJson(labels: unknown, file: string): Record<string, number> {
+function labelsFromJson(
+  labels: unknown,
+  file: string,
+  ignore: number[] = [],
+): Record<string, number> {
   if (!labels || typeof labels !== "object") {
     throw new Error(`Cannot import: ${file}: "labels" is missing or not an object`);
   }
@@ -176,6 +180,10 @@ function labelsFromJson(labels: unknown, file: string): Record<string, number> {
         `Cannot import: ${file}: labels.${k} has unexpected value ${JSON.stringify(v)}`,
       );}
     if (value === 0) continue;
+    if (name.toLowerCase() === "ignore") {
+      ignore.push(value);
+      continue;
+    }
     let n = className(name);
     while (n in out) n += "_";
     out[n] = value;
@@ -323,7 +331,8 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
   const mods = "channel_names" in ds
     ? modalityNames(ds, "channel_names", jsonPath)
     : modalityNames(ds, "modality", jsonPath);
-  const classes = labelsFromJson(ds.labels, jsonPath);
+  const ignore: number[] = [];
+  const classes = labelsFromJson(ds.labels, jsonPath, ignore);
   const ending = typeof ds.file_ending === "string" ? ds.file_ending : ".nii.gz";
   if (!/^\.nii(\.gz)?$/.test(ending)) {
     throw new Error(
@@ -397,6 +406,9 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
     modalities: mods,
     modalityKinds: kinds(mods),
     classes,
+    ...(ignore.length
+      ? { labelMap: Object.fromEntries(ignore.map((v) => [String(v), "ignore"])) }
+      : {}),
     cases: splitCases(cases, fixed, opts),
   };
 }

@@ -43,7 +43,10 @@ export const ManifestSchema = z.strictObject({
   modalityKinds: z.record(z.string(), ModalityKindSchema).optional(),
   /** Foreground class name -> label value in the files. Background is value 0 unless listed as "background". */
   classes: z.record(z.string(), z.number().int()),
-  /** Further file values -> class name (or "background"), e.g. classes a task merges or ignores. */
+  /**
+   * Further file values -> class name, "background", or "ignore" (voxels that carry no supervision,
+   * like nnU-Net's ignore label), e.g. classes a task merges or leaves out.
+   */
   labelMap: z.record(z.string(), z.string()).optional(),
   /** Base folder for relative paths (default: the manifest's own folder). */
   root: z.string().optional(),
@@ -87,7 +90,10 @@ export function classNames(m: Manifest): string[] {
   return ["background", ...fg.map(([n]) => n)];
 }
 
-/** File label value -> class index 0..K-1. */
+/** Class index of voxels marked "ignore" in labelMap (no supervision). */
+export const IGNORE_CLASS = -1;
+
+/** File label value -> class index 0..K-1 (IGNORE_CLASS for values mapped to "ignore"). */
 export function labelValueMap(m: Manifest): Map<number, number> {
   const names = classNames(m);
   const map = new Map<number, number>();
@@ -95,7 +101,9 @@ export function labelValueMap(m: Manifest): Map<number, number> {
   for (const [n, v] of Object.entries(m.classes)) {
     if (n !== "background") map.set(v, names.indexOf(n));
   }
-  for (const [v, n] of Object.entries(m.labelMap ?? {})) map.set(Number(v), names.indexOf(n));
+  for (const [v, n] of Object.entries(m.labelMap ?? {})) {
+    map.set(Number(v), n === "ignore" ? IGNORE_CLASS : names.indexOf(n));
+  }
   return map;
 }
 
@@ -146,7 +154,9 @@ export async function validateManifest(
   }
   for (const [v, n] of Object.entries(m.labelMap ?? {})) {
     if (!Number.isFinite(Number(v))) errs.push(`labelMap.${v}: file value must be a number`);
-    if (!names.has(n)) errs.push(`labelMap.${v}: "${n}" is not a class (${[...names].join(", ")})`);
+    if (!names.has(n) && n !== "ignore") {
+      errs.push(`labelMap.${v}: "${n}" is not a class (${[...names].join(", ")}) or "ignore"`);
+    }
   }
   const root = m.root ? path.resolve(opts.baseDir, m.root) : opts.baseDir;
   const ids = new Set<string>();

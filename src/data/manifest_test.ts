@@ -285,6 +285,18 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
   await assertRejects(() => importNnUnetRaw(nn), Error, "imagesTr/pro_01 lacks channel 0001 (ADC)");
   await Deno.writeTextFile(
     `${nn}/dataset.json`,
+    JSON.stringify({
+      channel_names: { "0": "T2", "1": "ADC" },
+      labels: { background: 0, PZ: 1, TZ: 2, ignore: 3 },
+    }),
+  );
+  await touch(`${nn}/imagesTr/pro_01_0001.nii.gz`);
+  const withIgnore = await importNnUnetRaw(nn);
+  assertEquals(withIgnore.classes, { pz: 1, tz: 2 });
+  assertEquals(withIgnore.labelMap, { "3": "ignore" });
+  assertEquals(labelValueMap(withIgnore).get(3), -1);
+  await Deno.writeTextFile(
+    `${nn}/dataset.json`,
     JSON.stringify({ channel_names: { "0": "T2" }, labels: { background: 0, whole: [1, 2] } }),
   );
   await assertRejects(() => importNnUnetRaw(nn), Error, "labels.whole is a region");

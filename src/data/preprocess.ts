@@ -242,6 +242,7 @@ export function resampleLabels(
 /**
  * Maps label file values to class indices. Values within 1e-3 of an integer are rounded (labels
  * stored as float); anything else, or a value not in the task's map, is an error naming the file.
+ * Values mapped to "ignore" are stored as 255 (Uint8) or -1 (Int16).
  */
 export function mapLabels(
   img: NiftiImage,
@@ -384,7 +385,10 @@ export async function fingerprint(
         })).labels;
         // Count each label map once (a shared map would otherwise count per modality).
         if (c.labels?.[m] || m === Object.keys(c.images)[0]) {
-          for (let i = 0; i < mask.length; i++) classVoxels[mask[i]]++;
+          const k = classVoxels.length;
+          for (let i = 0; i < mask.length; i++) {
+            if (mask[i] >= 0 && mask[i] < k) classVoxels[mask[i]]++;
+          }
         }
       }
       // Foreground voxels for intensity statistics: labelled > 0, else the body (non-zero; for CT
@@ -399,7 +403,10 @@ export async function fingerprint(
       if (mn < st.min) st.min = mn;
       if (mx > st.max) st.max = mx;
       const airCut = !mask && st.kind === "ct" && mn < -500 ? -500 : -Infinity;
-      const isFg = mask ? (i: number) => mask![i] > 0 : (i: number) => d[i] !== 0 && d[i] > airCut;
+      const nk = names.length;
+      const isFg = mask
+        ? (i: number) => mask![i] > 0 && mask![i] < nk
+        : (i: number) => d[i] !== 0 && d[i] > airCut;
       let nFg = 0;
       for (let i = 0; i < d.length; i++) if (isFg(i)) nFg++;
       // Up to 10000 foreground values per volume: a systematic sample with a random start.
@@ -892,7 +899,9 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
         new Uint8Array(label.buffer, label.byteOffset, label.byteLength),
       );
       classVoxels = new Array(s.k).fill(0);
-      for (let j = 0; j < label.length; j++) classVoxels[label[j]]++;
+      for (let j = 0; j < label.length; j++) {
+        if (label[j] >= 0 && label[j] < s.k) classVoxels[label[j]]++;
+      }
     }
     out.modalities[r.modality] = {
       file,

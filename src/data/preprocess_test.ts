@@ -252,3 +252,27 @@ Deno.test("preprocess + cases: a case labelled only in a modality the run does n
   const none = await loadPreprocessedCases(`${tmp}/partial_out`, { modalities: ["PET"] });
   assertEquals([none.labeled.length, none.unlabeled.length], [0, 0]);
 });
+
+Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_LABEL in patches", async () => {
+  const { loadPreprocessedCases } = await import("./cases.ts");
+  const { PatchSampler, IGNORE_LABEL } = await import("./sampler.ts");
+  const { Rng } = await import("./rng.ts");
+  const dir = `${tmp}/ignore`;
+  await makeCase(dir, "g");
+  const m = manifestFor(dir, ["g"]);
+  m.classes = { left: 10 };
+  m.labelMap = { "20": "ignore" };
+  const plan = await preprocessDataset(m, { outDir: `${tmp}/ignore_out` });
+  assertEquals(plan.classes, ["background", "left"]);
+  assertEquals(plan.fingerprint.classVoxels.length, 2);
+  const data = await loadPreprocessedCases(`${tmp}/ignore_out`);
+  const c = data.labeled[0];
+  assertEquals(new Set(c.labels.MR), new Set([0, 1, 255]));
+  const s = new PatchSampler({ patchSize: [4, 12, 14], modalities: ["MR", "CT"], augment: false });
+  const p = s.sampleLabeled(c, new Rng(1), { forceForeground: false }); // the whole volume
+  const values = new Set(p.labels.MR);
+  assert(
+    values.has(IGNORE_LABEL) && values.has(1) && !values.has(255),
+    `patch labels ${[...values]}`,
+  );
+});

@@ -258,8 +258,12 @@ export class PatchSampler {
         if (withLabels) {
           const lab = new Int32Array(this.patchVoxels);
           const src = g.labels?.[m];
-          if (src) extract(src, v.dims, size, map, "nearest", 0, lab);
-          else lab.fill(IGNORE_LABEL);
+          if (src) {
+            extract(src, v.dims, size, map, "nearest", 0, lab);
+            // Voxels marked "ignore" in the task's label map (stored as 255 or -1).
+            const stored = src instanceof Uint8Array ? 255 : -1;
+            for (let i = 0; i < lab.length; i++) if (lab[i] === stored) lab[i] = IGNORE_LABEL;
+          } else lab.fill(IGNORE_LABEL);
           out.labels[m] = lab;
         }
       }
