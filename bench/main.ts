@@ -18,9 +18,10 @@ import { convBench } from "./conv_bench.ts";
 import { dataBench } from "./data_bench.ts";
 import { ffiBench } from "./ffi_bench.ts";
 import { type BenchModule, type BenchOptions, formatTable, writeResult } from "./report.ts";
+import { trainStepBench } from "./train_step.ts";
 
 /** Every benchmark module, in run order. */
-export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench];
+export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench, trainStepBench];
 
 function positiveInt(flag: string, v: string | undefined, dflt: number, min: number): number {
   if (v === undefined) return dflt;
