@@ -63,6 +63,9 @@ export async function synthesize(task: SynthTask, opts: SynthOptions): Promise<S
   let manifest: Manifest;
   if (task === "cardiac") {
     manifest = await importMsCmrSeg(outDir, { seed });
+    // Only the cases written now (a reused folder may hold more from an earlier run).
+    const ids = new Set(Array.from({ length: opts.cases }, (_, i) => `patient${i + 1}`));
+    manifest.cases = manifest.cases.filter((c) => ids.has(c.id));
     manifest.description = `Synthetic cardiac phantoms (seed ${seed}) in the MS-CMRSeg 2019 layout`;
   } else if (task === "abdomen") {
     const entries = Array.from({ length: opts.cases }, (_, i) => {
