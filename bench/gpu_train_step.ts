@@ -15,8 +15,17 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { writeFileSync, readFileSync } from "node:fs";
-import { backward, getBackend, initBackend, noGrad, setOpProfiler, tensor, tidy, zeroGrad } from "../src/engine.ts";
+import { readFileSync, writeFileSync } from "node:fs";
+import {
+  backward,
+  getBackend,
+  initBackend,
+  noGrad,
+  setOpProfiler,
+  tensor,
+  tidy,
+  zeroGrad,
+} from "../src/engine.ts";
 import { planUNet } from "../src/nn/plan.ts";
 import { parseTrainConfig } from "../src/train/config.ts";
 import { buildMethod, type TrainBatch } from "../src/train/methods.ts";
@@ -59,7 +68,11 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     network: { maxLevels: o.levels },
     optimizer: { kind: "sgd", lr: 0.01 },
   });
-  const plan = planUNet({ patchSize: [o.size, o.size, o.size], spacing: [1, 1, 1], maxLevels: o.levels });
+  const plan = planUNet({
+    patchSize: [o.size, o.size, o.size],
+    spacing: [1, 1, 1],
+    maxLevels: o.levels,
+  });
   const rnd = lcg(7);
   const model = buildMethod({
     config: cfg,
@@ -107,7 +120,9 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
           labels: host.labels.map((a) => tensor(a, shape(labeled), { dtype: "i32" })),
           hasLabels: host.images.map(() => [...Array(labeled)].map(() => true)),
         },
-        unlabeled: unlabeled > 0 ? { images: host.unl.map((a) => tensor(a, shape(unlabeled))) } : null,
+        unlabeled: unlabeled > 0
+          ? { images: host.unl.map((a) => tensor(a, shape(unlabeled))) }
+          : null,
       };
       const r = model.loss(batch, it, 1000);
       backward(r.loss);
@@ -123,7 +138,11 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     const total = rows.reduce((s, [, e]) => s + e.ms, 0);
     console.log(`  ${kind}: ops over ${o.steps} step(s), ${total.toFixed(1)} ms in ops:`);
     for (const [k, e] of rows.slice(0, 25)) {
-      console.log(`    ${(e.ms / o.steps).toFixed(2).padStart(9)} ms/step ${String(e.n / o.steps).padStart(5)} calls  ${k}`);
+      console.log(
+        `    ${(e.ms / o.steps).toFixed(2).padStart(9)} ms/step ${
+          String(e.n / o.steps).padStart(5)
+        } calls  ${k}`,
+      );
     }
   }
   const st = be.memoryStats();
@@ -155,7 +174,11 @@ export function main(args: string[]): number {
     },
   });
   const be = initBackend();
-  console.log(`backend: ${be.device} ${be.version}, TF32 ${Deno.env.get("COMODAL_CUDA_TF32") === "1" ? "allowed" : "off"}`);
+  console.log(
+    `backend: ${be.device} ${be.version}, TF32 ${
+      Deno.env.get("COMODAL_CUDA_TF32") === "1" ? "allowed" : "off"
+    }`,
+  );
   const o: Opts = {
     size: Number(values.size),
     levels: Number(values.levels),
@@ -163,12 +186,17 @@ export function main(args: string[]): number {
     warmup: Number(values.warmup),
     profile: values.profile === true,
   };
-  let torch: Record<string, { unet_step_ms?: number; peak_alloc_mib?: number; peak_reserved_mib?: number }> = {};
+  let torch: Record<
+    string,
+    { unet_step_ms?: number; peak_alloc_mib?: number; peak_reserved_mib?: number }
+  > = {};
   if (values["torch-json"]) {
     try {
       torch = JSON.parse(readFileSync(values["torch-json"], "utf8"));
     } catch (e) {
-      console.log(`(no PyTorch numbers: cannot read ${values["torch-json"]}: ${(e as Error).message})`);
+      console.log(
+        `(no PyTorch numbers: cannot read ${values["torch-json"]}: ${(e as Error).message})`,
+      );
     }
   }
   const results: StepResult[] = [];
@@ -177,16 +205,24 @@ export function main(args: string[]): number {
     const r = benchModel(m, o);
     results.push(r);
     console.log(
-      `${m.padEnd(5)} ${String(r.params).padStart(9)} params, batch 2 x ${o.size}^3: step ${r.medianMs.toFixed(1)} ms ` +
-        `(runs ${r.stepMs.map((t) => t.toFixed(0)).join(" ")}), peak live ${r.peakMiB.toFixed(0)} MiB, pool ${r.poolMiB.toFixed(0)} MiB`,
+      `${m.padEnd(5)} ${String(r.params).padStart(9)} params, batch 2 x ${o.size}^3: step ${
+        r.medianMs.toFixed(1)
+      } ms ` +
+        `(runs ${r.stepMs.map((t) => t.toFixed(0)).join(" ")}), peak live ${
+          r.peakMiB.toFixed(0)
+        } MiB, pool ${r.poolMiB.toFixed(0)} MiB`,
     );
     if (m === "unet") {
       for (const label of ["strict FP32 unet", "TF32 allowed unet"]) {
         const t = torch[label];
         if (t?.unet_step_ms) {
           console.log(
-            `      PyTorch (${label.replace(" unet", "")}): step ${t.unet_step_ms.toFixed(1)} ms, peak allocated ` +
-              `${t.peak_alloc_mib?.toFixed(0)} MiB, reserved ${t.peak_reserved_mib?.toFixed(0)} MiB; ratio ours/torch ` +
+            `      PyTorch (${label.replace(" unet", "")}): step ${
+              t.unet_step_ms.toFixed(1)
+            } ms, peak allocated ` +
+              `${t.peak_alloc_mib?.toFixed(0)} MiB, reserved ${
+                t.peak_reserved_mib?.toFixed(0)
+              } MiB; ratio ours/torch ` +
               `${(r.medianMs / t.unet_step_ms).toFixed(2)}`,
           );
         }
