@@ -124,7 +124,7 @@ export class Trainer {
           const batch = toEngineBatch(host);
           const r = model.loss(batch, it, this.opts.total);
           if (!Number.isFinite(r.terms.loss)) throw new NonFiniteLossError(it + 1, r.terms, this.#lastFinite);
-          backward(r.loss);
+          backward(r.loss, undefined, { releaseActivations: true });
           return r.terms;
         });
         const lr = learningRate(it, {

@@ -56,7 +56,22 @@ function gridKey(v: Volume): string {
   return JSON.stringify([v.dims, v.affine.map((x) => Math.round(x * 1e4) / 1e4)]);
 }
 
-/** Probabilities [K, z, y, x] on each predicted modality's preprocessed grid. */
+/**
+ * A stand-in volume for a modality the case lacks (unpaired data): the first training case that
+ * has it, shifted so its centre lies on the reference grid's centre — the same kind of partner the
+ * model saw in training, where unpaired modalities come from other patients.
+ */
+function partnerVolume(data: PreparedData, m: string, ref: Volume): Volume {
+  const src = [...data.labeled, ...data.unlabeled].find((c) => c.volumes[m] !== undefined)?.volumes[m];
+  if (!src) throw new Error(`Cannot predict: no training case has modality ${m} to pair with`);
+  const centre = (v: Volume) => [0, 1, 2].map((r) => v.affine[r * 4 + 3] + [0, 1, 2].reduce((a, c) => a + v.affine[r * 4 + c] * (v.dims[c] - 1) / 2, 0));
+  const a = centre(src), b = centre(ref);
+  const affine = [...src.affine];
+  for (let r = 0; r < 3; r++) affine[r * 4 + 3] += b[r] - a[r];
+  return { ...src, affine };
+}
+
+/** Probabilities [K, z, y, x] on the preprocessed grid of each predicted modality the case has. */
 export async function predictCase(
   model: MethodModel,
   data: PreparedData,
@@ -67,13 +82,17 @@ export async function predictCase(
   const K = data.classes.length;
   const groups = new Map<string, number[]>();
   for (const o of model.outputs) {
+    if (!cs.volumes[mods[o]]) continue;
     const key = gridKey(cs.volumes[mods[o]]);
     groups.set(key, [...(groups.get(key) ?? []), o]);
   }
   const result = new Map<number, Float32Array>();
   for (const outs of groups.values()) {
     const ref = cs.volumes[mods[outs[0]]];
-    const inputs = mods.map((m) => (gridKey(cs.volumes[m]) === gridKey(ref) ? cs.volumes[m].data : resampleOnto(cs.volumes[m], ref)));
+    const inputs = mods.map((m) => {
+      const v = cs.volumes[m] ?? partnerVolume(data, m, ref);
+      return gridKey(v) === gridKey(ref) ? v.data : resampleOnto(v, ref);
+    });
     const dims: [number, number, number] = [ref.dims[2], ref.dims[1], ref.dims[0]];
     const predictor = (batch: PatchBatch) =>
       Promise.resolve(tidy(() =>
