@@ -58,3 +58,9 @@ export { assd, dice, evaluateCase, hd95, summarise } from "./src/metrics/metrics
 export { montagePng, overlayPng } from "./src/viz/overlay.ts";
 export { lineChartSvg } from "./src/viz/chart.ts";
 export { encodePng } from "./src/viz/png.ts";
+
+export { loadWorkflow } from "./src/workflow/schema.ts";
+export { buildPlan } from "./src/workflow/plan.ts";
+export { describePlan, formatSummary, runLocal } from "./src/workflow/engine.ts";
+export { runSlurm } from "./src/workflow/slurm.ts";
+export { writeReport } from "./src/report/html_report.ts";
