@@ -1,0 +1,83 @@
+/**
+ * `predict --run DIR (--input DIR | --manifest FILE | --data DIR) --out DIR`: segments new images
+ * with a trained run (see src/infer/predict_run.ts) and writes <out>/<caseId>_<modality>.nii.gz on
+ * each modality's original grid.
+ */
+import type { Command } from "commander";
+import {
+  casesFromDataset,
+  casesFromFolder,
+  casesFromManifest,
+  loadRun,
+  type PredictCase,
+  predictCases,
+} from "../src/infer/predict_run.ts";
+
+interface PredictFlags {
+  run: string;
+  input?: string;
+  manifest?: string;
+  data?: string;
+  split?: string;
+  out: string;
+  checkpoint: string;
+  mirror?: boolean;
+  overlap?: string;
+  device?: "cpu" | "cuda";
+  threads?: string;
+  quiet?: boolean;
+}
+
+export function register(program: Command): void {
+  program
+    .command("predict")
+    .description("segment new images with a trained run; writes <caseId>_<modality>.nii.gz on each original grid")
+    .requiredOption("--run <dir>", "run folder written by train (config.json, plan.json, *.ckpt)")
+    .option("--input <dir>", "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel)")
+    .option("--manifest <file>", "manifest (.yaml/.json) listing the cases")
+    .option("--data <dir>", "dataset folder (its manifest.yaml or a known layout)")
+    .option("--split <name>", "with --manifest/--data: only cases of this split (train, val, test)")
+    .requiredOption("--out <dir>", "output folder")
+    .option("--checkpoint <best|last|file>", "weights to use", "best")
+    .option("--mirror", "average over axis flips (slower, slightly better)")
+    .option("--overlap <f>", "sliding-window overlap in [0, 0.95] (default: the run's)")
+    .option("--device <cpu|cuda>", "compute backend (default: the run's)")
+    .option("--threads <n>", "CPU threads (0 = all cores)")
+    .option("--quiet", "no progress lines")
+    .action(async (o: PredictFlags) => {
+      const sources = [o.input, o.manifest, o.data].filter((x) => x !== undefined);
+      if (sources.length !== 1) throw new Error("predict: give exactly one of --input, --manifest or --data");
+      if (o.split !== undefined && o.input !== undefined) throw new Error("predict: --split applies to --manifest or --data, not --input");
+      const overlap = o.overlap === undefined ? undefined : Number(o.overlap);
+      if (overlap !== undefined && !(overlap >= 0 && overlap <= 0.95)) {
+        throw new Error(`--overlap: expected a number in [0, 0.95], got '${o.overlap}'`);
+      }
+      const threads = o.threads === undefined ? undefined : Number(o.threads);
+      if (threads !== undefined && !(Number.isInteger(threads) && threads >= 0)) {
+        throw new Error(`--threads: expected a non-negative integer, got '${o.threads}'`);
+      }
+      if (o.device !== undefined && o.device !== "cpu" && o.device !== "cuda") {
+        throw new Error(`--device: expected cpu or cuda, got '${o.device}'`);
+      }
+      const run = await loadRun(o.run, { checkpoint: o.checkpoint, device: o.device, threads });
+      try {
+        let cases: PredictCase[];
+        if (o.input !== undefined) cases = await casesFromFolder(o.input, run);
+        else if (o.manifest !== undefined) cases = await casesFromManifest(o.manifest, run, { split: o.split });
+        else cases = await casesFromDataset(o.data!, run, { split: o.split });
+        if (!o.quiet) {
+          console.error(`predict: ${cases.length} case(s) with ${run.checkpoint} (iteration ${run.iteration}), modalities ${run.plan.modalities.join(", ")}`);
+        }
+        const r = await predictCases(run, cases, {
+          outDir: o.out,
+          overlap,
+          mirror: o.mirror ? true : undefined,
+          onProgress: o.quiet ? undefined : (done, total, id) => console.error(`[predict] ${done}/${total} ${id}`),
+        });
+        const files = r.cases.reduce((n, c) => n + Object.keys(c.files).length, 0);
+        console.log(`wrote ${files} prediction(s) for ${r.cases.length} case(s) to ${o.out} in ${r.seconds.toFixed(1)} s`);
+      } finally {
+        run.dispose();
+      }
+    });
+}

@@ -1,0 +1,346 @@
+/**
+ * Inference with a trained run on new data.
+ *
+ * `loadRun(runDir)` rebuilds a run's model from its config.json and plan.json (both written by
+ * `trainTask`) and restores the weights of best.ckpt, last.ckpt or a given checkpoint, after checking
+ * that the checkpoint was written for the same model.
+ *
+ * `predictCases(run, cases, { outDir })` preprocesses the new images exactly like the training data
+ * (RAS reorientation, resampling to the run's target spacing, body crop; MR: per-volume z-score; CT:
+ * clipped and z-scored with the TRAINING dataset's statistics), runs sliding-window inference and
+ * writes one label map per predicted modality on that modality's original grid, as
+ * <outDir>/<caseId>_<modality>.nii.gz (class indices, background 0; written atomically).
+ *
+ * Cases come from a folder of <caseId>_<modality>.nii(.gz) files (`casesFromFolder`), a manifest
+ * (`casesFromManifest`) or a dataset folder in a known layout (`casesFromDataset`).
+ *
+ * @module
+ */
+import { existsSync, statSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import * as os from "node:os";
+import * as path from "node:path";
+import { initBackend } from "../engine.ts";
+import { type ImageRef, labelValueMap, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
+import { importDataset } from "../data/importers.ts";
+import {
+  type Fingerprint,
+  loadCaseRecord,
+  PREPROCESS_VERSION,
+  preprocessDataset,
+  probabilitiesToOriginal,
+} from "../data/preprocess.ts";
+import { loadUnlabeledCase } from "../data/cases.ts";
+import { writeNifti } from "../data/nifti.ts";
+import { Rng } from "../data/rng.ts";
+import { argmaxLabels } from "./labels.ts";
+import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
+import { buildMethod, type MethodModel } from "../train/methods.ts";
+import { loadModelWeights, modelSignature, type RunPlan } from "../train/run.ts";
+import type { PreparedData } from "../train/data.ts";
+import { predictCase } from "../train/validate.ts";
+
+export interface LoadRunOptions {
+  /** "best" (default; last.ckpt when the run has no best.ckpt), "last", or a checkpoint file. */
+  checkpoint?: string;
+  /** Compute backend (default: the run's). */
+  device?: "cpu" | "cuda";
+  /** CPU threads (default: the run's; 0 = all cores). */
+  threads?: number;
+}
+
+/** A trained run ready for inference. */
+export interface LoadedRun {
+  dir: string;
+  config: TrainConfig;
+  plan: RunPlan;
+  model: MethodModel;
+  /** The checkpoint file the weights came from, and its iteration. */
+  checkpoint: string;
+  iteration: number;
+  dispose(): void;
+}
+
+/** One case to predict: an image per modality (a file or one frame of a 4-D file). */
+export interface PredictCase {
+  id: string;
+  images: Record<string, ImageRef>;
+  /** The modalities share one grid and anatomy (they then get one common crop). */
+  aligned?: boolean;
+}
+
+export interface PredictOptions {
+  outDir: string;
+  /** Sliding-window overlap in [0, 0.95] (default: the run's validation overlap). */
+  overlap?: number;
+  /** Average over axis flips (default: the run's validation setting). */
+  mirror?: boolean;
+  /** Called after each case with the files written for it. */
+  onProgress?: (done: number, total: number, caseId: string) => void;
+  /** Folder for the preprocessed inputs (default: a temporary folder, removed afterwards). */
+  workDir?: string;
+}
+
+export interface PredictResult {
+  cases: { id: string; files: Record<string, string> }[];
+  seconds: number;
+}
+
+function fail(what: string, why: string): never {
+  throw new Error(`${what}: ${why}`);
+}
+
+async function readJson<T>(file: string, what: string): Promise<T> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch {
+    fail(what, `${file} does not exist`);
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    fail(what, `${file} is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** The checkpoint file `choice` names in `runDir`. */
+export function resolveCheckpoint(runDir: string, choice = "best"): string {
+  const what = `Cannot load run ${runDir}`;
+  if (choice === "best" || choice === "last") {
+    const best = path.join(runDir, "best.ckpt"), last = path.join(runDir, "last.ckpt");
+    if (choice === "best" && existsSync(best)) return best;
+    if (existsSync(last)) return last;
+    fail(what, choice === "best" ? `it has neither best.ckpt nor last.ckpt` : `${last} does not exist`);
+  }
+  for (const p of [path.resolve(choice), path.resolve(runDir, choice)]) if (existsSync(p)) return p;
+  fail(what, `checkpoint ${choice} does not exist (expected best, last or a .ckpt file)`);
+}
+
+/** Rebuilds a run's model and restores its weights (see module doc). */
+export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promise<LoadedRun> {
+  const dir = path.resolve(runDir);
+  const what = `Cannot load run ${dir}`;
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) fail(what, "the folder does not exist");
+  const rawConfig = await readJson<Record<string, unknown>>(path.join(dir, "config.json"), what);
+  let config: TrainConfig;
+  try {
+    config = parseTrainConfig(rawConfig);
+  } catch (e) {
+    fail(what, `config.json is not a valid training config (${(e as Error).message})`);
+  }
+  const planFile = path.join(dir, "plan.json");
+  if (!existsSync(planFile)) {
+    fail(what, `${planFile} does not exist (the run was trained before runs recorded their plan; train it again)`);
+  }
+  const plan = await readJson<RunPlan>(planFile, what);
+  if (plan.version !== 1) fail(what, `${planFile} has format version ${plan.version}, expected 1`);
+  const signature = modelSignature(config, plan.modalities, plan.classes.length, plan.network);
+  if (signature !== plan.signature) {
+    fail(what, `config.json and plan.json describe different models (config: ${signature}; plan: ${plan.signature})`);
+  }
+  const file = resolveCheckpoint(dir, opts.checkpoint);
+  initBackend({
+    device: opts.device ?? config.device,
+    threads: (opts.threads ?? config.threads) || undefined,
+    deterministic: config.deterministic,
+  });
+  const init = new Rng(config.seed, "predict");
+  const model = buildMethod({
+    config,
+    plan: plan.network,
+    numClasses: plan.classes.length,
+    modalities: plan.modalities.length,
+    primary: plan.primary,
+    rng: () => {
+      const r = init.derive("init", init.nextU32());
+      return () => r.next();
+    },
+  });
+  let iteration: number;
+  try {
+    iteration = loadModelWeights(file, signature, model).iteration;
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  model.student.setTraining(false);
+  return { dir, config, plan, model, checkpoint: file, iteration, dispose: () => model.dispose() };
+}
+
+const NIFTI_RE = /\.nii(\.gz)?$/i;
+
+/**
+ * Cases from a folder of <caseId>_<modality>.nii(.gz) files (modality as the run names it, or its
+ * nnU-Net channel index in the training dataset's modality order: <caseId>_0000.nii.gz).
+ */
+export async function casesFromFolder(dir: string, run: LoadedRun): Promise<PredictCase[]> {
+  const root = path.resolve(dir);
+  if (!existsSync(root) || !statSync(root).isDirectory()) fail(`Cannot read input ${root}`, "the folder does not exist");
+  const mods = run.plan.dataset.modalities;
+  const byLower = new Map(mods.map((m) => [m.toLowerCase(), m]));
+  const cases = new Map<string, Record<string, string>>();
+  const names = (await readdir(root)).filter((n) => NIFTI_RE.test(n)).sort();
+  for (const name of names) {
+    const stem = name.replace(NIFTI_RE, "");
+    const at = stem.lastIndexOf("_");
+    if (at <= 0) continue;
+    const id = stem.slice(0, at), tag = stem.slice(at + 1);
+    const mod = byLower.get(tag.toLowerCase()) ?? (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
+    if (!mod) continue;
+    const imgs = cases.get(id) ?? {};
+    if (imgs[mod]) fail(`Cannot read input ${root}`, `case ${id} has two ${mod} images (${path.basename(imgs[mod])}, ${name})`);
+    imgs[mod] = path.join(root, name);
+    cases.set(id, imgs);
+  }
+  if (cases.size === 0) {
+    fail(
+      `Cannot read input ${root}`,
+      `no <caseId>_<modality>.nii.gz files for the run's modalities (${run.plan.modalities.join(", ")})` +
+        (names.length ? `; found ${names.slice(0, 5).join(", ")}${names.length > 5 ? ", ..." : ""}` : "; the folder has no NIfTI files"),
+    );
+  }
+  // Modalities on one grid are treated like the training data's aligned cases (one common crop);
+  // preprocessing keeps separate crops when the grids differ.
+  return [...cases].map(([id, images]) => ({ id, images, aligned: true }));
+}
+
+function fromManifest(m: Manifest, run: LoadedRun, split: string | undefined, source: string): PredictCase[] {
+  const missing = run.plan.modalities.filter((x) => !m.modalities.includes(x));
+  if (missing.length) {
+    fail(`Cannot predict ${source}`, `it has no ${missing.join(", ")} modality (the model reads ${run.plan.modalities.join(", ")}; the data has ${m.modalities.join(", ")})`);
+  }
+  const cases = m.cases.filter((c) => split === undefined || c.split === split);
+  if (cases.length === 0) fail(`Cannot predict ${source}`, split ? `no cases in split ${split}` : "no cases");
+  return cases.map((c) => ({ id: c.id, images: c.images, aligned: c.aligned }));
+}
+
+/** Cases of a manifest file (all splits unless `split` is given; labels are ignored). */
+export async function casesFromManifest(file: string, run: LoadedRun, opts: { split?: string } = {}): Promise<PredictCase[]> {
+  if (!existsSync(file)) fail(`Cannot read manifest ${file}`, "file not found");
+  return fromManifest(await loadManifest(file), run, opts.split, file);
+}
+
+/** Cases of a dataset folder: its manifest.yaml, else the detected layout (MS-CMRSeg, AMOS, ...). */
+export async function casesFromDataset(dir: string, run: LoadedRun, opts: { split?: string } = {}): Promise<PredictCase[]> {
+  const root = path.resolve(dir);
+  if (!existsSync(root) || !statSync(root).isDirectory()) fail(`Cannot read dataset ${root}`, "the folder does not exist");
+  const own = path.join(root, "manifest.yaml");
+  const m = existsSync(own) ? await loadManifest(own) : await importDataset(root);
+  return fromManifest(m, run, opts.split, root);
+}
+
+/**
+ * Writes the training fingerprint where `preprocessDataset` looks for a cached one, under the key it
+ * computes for a manifest without training cases, so new data is normalised with the training
+ * statistics. `predictCases` checks afterwards that they were used.
+ */
+async function seedFingerprint(dir: string, manifest: Manifest, fp: Fingerprint): Promise<void> {
+  const key = createHash("sha256").update(JSON.stringify({
+    v: PREPROCESS_VERSION,
+    fpInputs: [],
+    classes: manifest.classes,
+    labelMap: manifest.labelMap,
+    kinds: manifest.modalityKinds,
+    mods: manifest.modalities,
+    nf: undefined,
+  })).digest("hex").slice(0, 24);
+  await writeFile(path.join(dir, "fingerprint.json"), JSON.stringify({ key, fingerprint: fp }, null, 1));
+}
+
+function checkCase(c: PredictCase, run: LoadedRun): void {
+  if (!/^[A-Za-z0-9._-]+$/.test(c.id)) fail(`Cannot predict case '${c.id}'`, "case ids may use letters, digits, '.', '_' and '-' only");
+  const have = Object.keys(c.images);
+  for (const m of run.plan.modalities) {
+    if (!(m in c.images)) {
+      fail(`Cannot predict case ${c.id}`, `it has no ${m} image (the model reads ${run.plan.modalities.join(", ")}; the case has ${have.join(", ") || "none"})`);
+    }
+    const p = refPath(c.images[m]);
+    if (!existsSync(p)) fail(`Cannot predict case ${c.id}`, `${m} image ${p} does not exist`);
+  }
+}
+
+/** Predicts every case and writes <outDir>/<caseId>_<modality>.nii.gz (see module doc). */
+export async function predictCases(run: LoadedRun, cases: PredictCase[], opts: PredictOptions): Promise<PredictResult> {
+  const t0 = performance.now();
+  const plan = run.plan;
+  if (cases.length === 0) throw new Error("Cannot predict: no cases given");
+  const ids = new Set<string>();
+  for (const c of cases) {
+    checkCase(c, run);
+    if (ids.has(c.id)) fail(`Cannot predict case ${c.id}`, "the id appears twice");
+    ids.add(c.id);
+  }
+  const overlap = opts.overlap ?? run.config.validation.overlap;
+  if (!(overlap >= 0 && overlap <= 0.95)) throw new Error(`Cannot predict: overlap must be in [0, 0.95], got ${overlap}`);
+  const config: TrainConfig = {
+    ...run.config,
+    validation: { ...run.config.validation, overlap, mirror: opts.mirror ?? run.config.validation.mirror },
+  };
+  const outDir = path.resolve(opts.outDir);
+  await mkdir(outDir, { recursive: true });
+
+  const manifest: Manifest = {
+    task: plan.dataset.task,
+    modalities: plan.dataset.modalities,
+    modalityKinds: plan.dataset.modalityKinds,
+    classes: plan.dataset.classes,
+    ...(plan.dataset.labelMap ? { labelMap: plan.dataset.labelMap } : {}),
+    cases: cases.map((c) => ({
+      id: c.id,
+      images: Object.fromEntries(plan.modalities.map((m) => [m, c.images[m]])),
+      labeled: false,
+      split: "test" as const,
+      ...(c.aligned !== undefined ? { aligned: c.aligned } : {}),
+    })),
+  };
+  const work = opts.workDir ? path.resolve(opts.workDir) : await mkdtemp(path.join(os.tmpdir(), "comodal-predict-"));
+  await mkdir(work, { recursive: true });
+  const result: PredictResult = { cases: [], seconds: 0 };
+  try {
+    await seedFingerprint(work, manifest, plan.fingerprint);
+    const pp = await preprocessDataset(manifest, { outDir: work, targetSpacing: plan.targetSpacing, splits: ["test"] });
+    for (const m of plan.modalities) {
+      const want = plan.normalization[m], got = pp.fingerprint.perModality[m];
+      if (want.kind === "ct" && (got.mean !== want.mean || got.std !== want.std || got.p005 !== want.p005 || got.p995 !== want.p995)) {
+        throw new Error(`Cannot predict: preprocessing did not use the training statistics for ${m} (CT); this is a bug in predict`);
+      }
+    }
+    const data: PreparedData = {
+      manifest,
+      plan: pp,
+      preprocessedDir: work,
+      modalities: plan.modalities,
+      primary: plan.primary,
+      classes: plan.classes,
+      labelMap: labelValueMap(manifest),
+      targetSpacing: pp.targetSpacing,
+      labeled: [],
+      unlabeled: [],
+      validation: [],
+      describe: {},
+    };
+    const K = plan.classes.length;
+    for (const c of cases) {
+      const rec = await loadCaseRecord(work, c.id);
+      const cs = await loadUnlabeledCase(work, rec, { modalities: plan.modalities });
+      const probs = await predictCase(run.model, data, cs, { patch: plan.patch, config });
+      const files: Record<string, string> = {};
+      for (const [o, p] of probs) {
+        const m = plan.modalities[o];
+        const pm = rec.modalities[m];
+        const labels = argmaxLabels(probabilitiesToOriginal(p, K, pm), { numClasses: K });
+        const file = path.join(outDir, `${c.id}_${m}.nii.gz`);
+        await writeNifti(file, { data: Uint8Array.from(labels), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
+        files[m] = file;
+      }
+      result.cases.push({ id: c.id, files });
+      opts.onProgress?.(result.cases.length, cases.length, c.id);
+    }
+  } finally {
+    if (!opts.workDir) await rm(work, { recursive: true, force: true });
+  }
+  result.seconds = (performance.now() - t0) / 1000;
+  return result;
+}
