@@ -4,7 +4,7 @@
  */
 import { Command } from "commander";
 
-const COMMANDS: string[] = ["train", "evaluate", "synth", "import", "preprocess", "workflow"];
+const COMMANDS: string[] = ["train", "predict", "evaluate", "synth", "import", "preprocess", "workflow"];
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("comodal")
