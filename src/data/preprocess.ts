@@ -329,6 +329,35 @@ function labelRefFor(c: ManifestCase, modality: string): ImageRef | undefined {
   return c.labels?.[modality] ?? c.labels?.shared;
 }
 
+/** 1 where a voxel counts as foreground: labelled > 0 (and not ignored), else body voxels. */
+function foregroundFlags(
+  d: Float32Array,
+  mask: Uint8Array | Int16Array | null,
+  k: number,
+  airCut: number,
+): { flags: Uint8Array; count: number } {
+  const flags = new Uint8Array(d.length);
+  let count = 0;
+  if (mask) {
+    for (let i = 0; i < d.length; i++) {
+      const v = mask[i];
+      if (v > 0 && v < k) {
+        flags[i] = 1;
+        count++;
+      }
+    }
+  } else {
+    for (let i = 0; i < d.length; i++) {
+      const v = d[i];
+      if (v !== 0 && v > airCut) {
+        flags[i] = 1;
+        count++;
+      }
+    }
+  }
+  return { flags, count };
+}
+
 /**
  * Dataset statistics: spacings and sizes per modality, foreground intensity statistics, class
  * voxel counts, and the default target spacing.
@@ -403,21 +432,18 @@ export async function fingerprint(
       if (mn < st.min) st.min = mn;
       if (mx > st.max) st.max = mx;
       const airCut = !mask && st.kind === "ct" && mn < -500 ? -500 : -Infinity;
-      const nk = names.length;
-      const isFg = mask
-        ? (i: number) => mask![i] > 0 && mask![i] < nk
-        : (i: number) => d[i] !== 0 && d[i] > airCut;
-      let nFg = 0;
-      for (let i = 0; i < d.length; i++) if (isFg(i)) nFg++;
-      // Up to 10000 foreground values per volume: a systematic sample with a random start.
+      // Foreground flags once (one byte per voxel), then a systematic sample of up to 10000 values
+      // with a random start.
+      const { flags: fg, count: nFg } = foregroundFlags(d, mask, names.length, airCut);
       const take = Math.min(nFg, 10000);
       if (take > 0) {
         const step = nFg / take;
         let next = rng.uniform(0, step), k = 0;
+        const out = samples[m];
         for (let i = 0; i < d.length; i++) {
-          if (!isFg(i)) continue;
+          if (fg[i] === 0) continue;
           if (k >= next) {
-            samples[m].push(d[i]);
+            out.push(d[i]);
             next += step;
           }
           k++;
