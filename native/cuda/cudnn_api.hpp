@@ -49,9 +49,8 @@ struct CudnnApi {
 };
 
 // Loads cuDNN once (thread-safe). Throws CMO_ERR_BACKEND "cuDNN not found: ..." when it cannot.
-// Search order: $COMODAL_CUDNN_PATH (file or folder), "libcudnn.so.9" through the loader's usual
-// paths (LD_LIBRARY_PATH, an already loaded copy, e.g. PyTorch's), then .tools/cudnn/lib beside the
-// build folder of this library.
+// Search order: $COMODAL_CUDNN_PATH (file or folder), then "libcudnn.so.9" through the loader's
+// usual paths (LD_LIBRARY_PATH, ldconfig, an already loaded copy, e.g. PyTorch's).
 const CudnnApi& cudnn_api();
 
 // The backend's cuDNN handle, bound to its stream (created with the backend).

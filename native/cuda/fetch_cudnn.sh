@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # fetch_cudnn.sh DEST — unpacks the cuDNN 9 headers and the small libcudnn.so.9 front library from
 # NVIDIA's nvidia_cudnn_cu13 wheel on disk into DEST/include and DEST/lib. The CUDA backend needs
-# only the headers to compile (it loads libcudnn.so.9 at run time with dlopen); the library is kept
-# beside them so a local run can find it with COMODAL_CUDNN_PATH. No network is used.
+# only the headers to compile: it loads the full cuDNN (libcudnn.so.9 and its sub-libraries, e.g.
+# PyTorch's copy) at run time with dlopen; the front library kept here is for inspection only.
+# No network is used.
 # The wheel is taken from $CUDNN_WHEEL if set, else searched in the usual wheel folders, else on /.
 set -euo pipefail
 dest="${1:?usage: fetch_cudnn.sh DEST}"

@@ -248,16 +248,6 @@ Shape shape_from_desc(const cmo_tensor_desc& d, const char* fn) {
   return s;
 }
 
-std::string self_dir() {
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&self_dir), &info) && info.dli_fname) {
-    std::string p = info.dli_fname;
-    size_t slash = p.rfind('/');
-    if (slash != std::string::npos) return p.substr(0, slash);
-  }
-  return ".";
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------ internal.cuh
@@ -386,7 +376,6 @@ const CudnnApi& cudnn_api() {
     tries.push_back(p);
   }
   tries.push_back("libcudnn.so.9");
-  tries.push_back(self_dir() + "/../.tools/cudnn/lib/libcudnn.so.9");
   std::string errors;
   void* h = nullptr;
   std::string used;
@@ -497,7 +486,12 @@ cmo_status cmo_backend_create(int32_t device_index, cmo_backend** out) {
       be->sms = prop.multiProcessorCount;
       be->device_name = std::string(prop.name) + " (device " + std::to_string(device_index) + ")";
       cmocu::check_cuda(cudaStreamCreateWithFlags(&be->stream, cudaStreamNonBlocking), "cudaStreamCreate");
-      cmocu::check_cudnn(api.cudnnCreate(&be->cudnn), "cudnnCreate");
+      cudnnStatus_t cst = api.cudnnCreate(&be->cudnn);
+      if (cst != CUDNN_STATUS_SUCCESS)
+        throw cmocu::Error(CMO_ERR_BACKEND, std::string("cuDNN not usable: cudnnCreate failed with status ") +
+                                                std::to_string((int)cst) + " (" + api.cudnnGetErrorString(cst) +
+                                                ") using " + api.path +
+                                                "; its sub-libraries (libcudnn_cnn.so.9, ...) must be beside it");
       cmocu::check_cudnn(api.cudnnSetStream(be->cudnn, be->stream), "cudnnSetStream");
     } catch (...) {
       if (be->cudnn) api.cudnnDestroy(be->cudnn);

@@ -47,6 +47,13 @@ g++ -std=c++17 -O2 -I native/include native/cuda/tests/test_cuda_parity.cpp -ldl
 ./build/test_cuda_parity --cpu build/libcomodal_cpu.so --cuda build/libcomodal_cuda.so 2>&1 | tee "$OUT/parity.log"
 summary+=("C++ parity: $(tail -1 "$OUT/parity.log")")
 
+step "bad input: cuDNN missing at run time (expects a clear 'cuDNN not found')"
+miss=$(env -u COMODAL_CUDNN_PATH LD_LIBRARY_PATH=/tmp/comodal-libs ./build/test_cuda_parity --cuda build/libcomodal_cuda.so \
+  --cpu /nonexistent 2>&1 | grep -m1 "backend_create" || true)
+echo "$miss"
+if echo "$miss" | grep -q "cuDNN not found"; then summary+=("cuDNN missing: clear error (ok)");
+else summary+=("cuDNN missing: NO clear error (or cuDNN found through ldconfig): $miss"); fi
+
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   step "conv3d benchmark: comodal CUDA backend"
   # cuDNN's algorithm lists go to cudnn_find.log (stderr), the table to stdout
