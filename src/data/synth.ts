@@ -342,8 +342,18 @@ function cardiacScene(rng: Rng, frame: Mat3, heartC: Vec3): { scene: Scene; scar
     centre: base,
     radii: [R + t + 6, R * e + t + 5, L + t + 5],
     rot,
-    clip: { ...clip, offset: 8 },
+    clip: { ...clip, offset: 3 },
     wobble: wobble(rng, 0.12),
+  });
+  // Above the valve plane: atrium and outflow tract, blood like the ventricles but not labelled
+  // (as in MS-CMRSeg, where labels stop at the base), so basal slices are ambiguous.
+  shapes.push({
+    kind: "ellipsoid",
+    tissue: "atrium",
+    centre: add(base, w, rng.uniform(18, 26)),
+    radii: [R * rng.uniform(0.9, 1.2), R * rng.uniform(1.1, 1.4), rng.uniform(18, 24)],
+    rot,
+    wobble: wobble(rng, 0.1),
   });
   const alpha = rng.uniform(0.5, 1.3) + Math.PI; // RV direction in the short-axis plane
   const dir = add([0, 0, 0], add(add([0, 0, 0], u, Math.cos(alpha)), v, Math.sin(alpha)));
@@ -517,7 +527,7 @@ async function cardiacCase(dir: string, n: number, rng: Rng, scale: number): Pro
 }
 
 function contrastWithBlood(c: Record<string, number>): Record<string, number> {
-  return { ...c, lvblood: c.blood };
+  return { ...c, lvblood: c.blood, atrium: c.blood };
 }
 
 function mul3v(m: Mat3, v: readonly number[]): Vec3 {
