@@ -425,7 +425,7 @@ export async function detectLayout(dir: string): Promise<DatasetLayout> {
     const files = await walk(dir);
     if (files.some((f) => /patient\d+_(c0|lge|t2)\.nii(\.gz)?$/i.test(f))) return "mscmrseg";
     throw new Error(
-      `Cannot import ${dir}: no dataset.json and no MS-CMRSeg files; name the layout with --layout`,
+      `Cannot import ${dir}: no dataset.json and no MS-CMRSeg files (patientN_C0.nii.gz ...); name the layout with --layout, or use the folder's manifest.yaml directly if it has one`,
     );
   }
   if ("channel_names" in ds) return "nnunet";
