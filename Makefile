@@ -106,4 +106,4 @@ $(BUILD)/bench_conv: native/tests/bench_conv.cpp $(CPU_LIB) $(CPU_HDRS)
 
 ## native-bench: conv forward+backward timings of the CPU library (not a test)
 native-bench: $(BUILD)/bench_conv
-	@$(BUILD)/bench_conv
+	@OMP_WAIT_POLICY=passive $(BUILD)/bench_conv

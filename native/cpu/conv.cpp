@@ -1,11 +1,16 @@
 // conv.cpp — 3D convolution and transposed convolution on oneDNN: forward, backward-data,
 // backward-weights (CONV3D_* and CONV_TRANSPOSE3D_* ops of comodal.h).
 //
-// Activations with C % 16 == 0 run in BLOCKED16 (oneDNN nCdhw16c); the others (image channels,
-// class logits) stay PLAIN. Weights are PLAIN in the API (PyTorch layout) and reordered to the
+// Activations with C % 16 == 0 run in BLOCKED16 (oneDNN nCdhw16c). The others stay PLAIN in the API:
+// a forward input with few channels (the image) is given to oneDNN as plain ncdhw (its jit kernels
+// take that directly), while an output-side tensor with few channels (class logits and their
+// gradient) uses the format oneDNN picks (a zero-padded blocked one) and is reordered at the edge —
+// a plain diff_dst made oneDNN fall back to its reference kernels, 100x slower. Weights are PLAIN in the API (PyTorch layout) and reordered to the
 // primitive's format on each call (a few hundred KiB at most). Primitive descriptors use
 // format_tag::any for weights (and for outputs whose layout oneDNN may pick) and are cached per
 // backend by a key of everything that shapes them, so a training step creates none after the first.
+#include <omp.h>
+
 #include <array>
 #include <cstdio>
 #include <string>
@@ -173,6 +178,54 @@ dnnl::reorder make_reorder(const memory::desc& from, const memory::desc& to, dnn
   return dnnl::reorder(dnnl::reorder::primitive_desc(eng, from, eng, to, attr));
 }
 
+// Runs a small oneDNN primitive (a weights reorder) on the calling thread only: waking the OpenMP team
+// for a few KiB costs more than the work, and much more on a busy machine.
+template <typename F>
+void serially(F&& f) {
+  int saved = omp_get_max_threads();
+  if (saved > 1) omp_set_num_threads(1);
+  try {
+    f();
+  } catch (...) {
+    if (saved > 1) omp_set_num_threads(saved);
+    throw;
+  }
+  if (saved > 1) omp_set_num_threads(saved);
+}
+
+// An API buffer as a oneDNN memory in the primitive's format: the buffer itself when formats agree,
+// else a reordered copy.
+memory input_mem(const Buffer* b, const memory::desc& want, dnnl::engine& eng, dnnl::stream& strm) {
+  memory um(act_md(b->shape, b->layout), eng, b->data);
+  if (um.get_desc() == want) return um;
+  memory m(want, eng);
+  dnnl::reorder(um, m).execute(strm, um, m);
+  return m;
+}
+
+// Adds bias[c] to every element of channel c of a 5-D tensor (plain or blocked).
+void add_bias(Backend* be, Buffer* y, const float* bias) {
+  const Shape& s = y->shape;
+  const int64_t N = s.d[0], C = s.d[1], S = s.d[2] * s.d[3] * s.d[4];
+  float* d = y->f32();
+  if (y->blocked()) {
+    parallel_for(be, N * (C / 16), [&](int64_t u) {
+      const float* bp = bias + (u % (C / 16)) * 16;
+      float* p = d + u * S * 16;
+      for (int64_t i = 0; i < S; i++)
+#pragma omp simd
+        for (int l = 0; l < 16; l++) p[i * 16 + l] += bp[l];
+    });
+  } else {
+    parallel_for(be, N * C, [&](int64_t u) {
+      const float bv = bias[u % C];
+      float* p = d + u * S;
+#pragma omp simd
+      for (int64_t i = 0; i < S; i++) p[i] += bv;
+    });
+  }
+}
+
 struct FwdEntry {
   dnnl::primitive prim;
   memory::desc src, wei, dst, user_wei;
@@ -201,7 +254,7 @@ memory weights_mem(const memory::desc& user, const memory::desc& want, bool same
   memory um(user, eng, w->data);
   if (same) return um;
   memory m(want, eng);
-  r.execute(strm, um, m);
+  serially([&] { r.execute(strm, um, m); });
   return m;
 }
 
@@ -269,10 +322,12 @@ void forward_kernel(const KernelArgs& a) {
   const Buffer* xu = as_layout(x, xl, xt);
   Shape ys = g.y_shape();
   Buffer* y = a.output(0, ys, CMO_DTYPE_F32, preferred_layout(ys, CMO_DTYPE_F32), op);
+  // oneDNN 2.6 applies a transposed conv's bias in a slow separate pass: we add it ourselves.
+  bool dnnl_bias = has_bias && !T;
 
-  auto e = cached<FwdEntry>(be, key_of("fwd", g, xl, CMO_LAYOUT_ANY, has_bias, threads(be)), [&] {
+  auto e = cached<FwdEntry>(be, key_of("fwd", g, xl, CMO_LAYOUT_ANY, dnnl_bias, threads(be)), [&] {
     FwdEntry en;
-    auto pd = fwd_pd<T>(g, act_md(g.x_shape(), xl), bias_md(g, has_bias), act_md_choice(ys),
+    auto pd = fwd_pd<T>(g, act_md(g.x_shape(), xl), bias_md(g, dnnl_bias), act_md_choice(ys),
                         dnnl::prop_kind::forward_training, eng);
     en.prim = typename Fam<T>::Fwd(pd);
     en.src = pd.src_desc();
@@ -288,10 +343,11 @@ void forward_kernel(const KernelArgs& a) {
   memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
   OutMem dst(e->dst, y, eng);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst.mem}};
-  if (has_bias) args[DNNL_ARG_BIAS] = memory(bias_md(g, true), eng, b->data);
+  if (dnnl_bias) args[DNNL_ARG_BIAS] = memory(bias_md(g, true), eng, b->data);
   e->prim.execute(strm, args);
   dst.finish(strm);
   strm.wait();
+  if (has_bias && !dnnl_bias) add_bias(be, y, b->f32());
 }
 
 // ------------------------------------------------------------------------------ backward data
@@ -329,16 +385,13 @@ void backward_data_kernel(const KernelArgs& a) {
   Backend* be = a.backend;
   dnnl::engine& eng = dnnl_engine(be);
   dnnl::stream& strm = dnnl_stream(be);
-  cmo_layout yl = act_layout(g.Co);
-  TempBuffer dyt;
-  const Buffer* dyu = as_layout(dy, yl, dyt);
   Shape xs = g.x_shape();
   Buffer* dx = a.output(0, xs, CMO_DTYPE_F32, preferred_layout(xs, CMO_DTYPE_F32), op);
 
-  auto e = cached<BwdDataEntry>(be, key_of("bwd_data", g, CMO_LAYOUT_ANY, yl, false, threads(be)), [&] {
+  auto e = cached<BwdDataEntry>(be, key_of("bwd_data", g, CMO_LAYOUT_ANY, CMO_LAYOUT_ANY, false, threads(be)), [&] {
     BwdDataEntry en;
     memory::desc dsrc = act_md_choice(xs);
-    memory::desc ddst = act_md(g.y_shape(), yl);
+    memory::desc ddst = act_md_choice(g.y_shape());
     auto hint = fwd_pd<T>(g, dsrc, memory::desc(), ddst, dnnl::prop_kind::forward_training, eng);
     OpDims o = op_dims(g);
     typename Fam<T>::BwdD::desc d(Fam<T>::alg, dsrc, any_w_md(g), ddst, o.strides, o.dilates, o.pad, o.pad);
@@ -353,7 +406,7 @@ void backward_data_kernel(const KernelArgs& a) {
     return en;
   });
 
-  memory ddst(e->diff_dst, eng, dyu->data);
+  memory ddst = input_mem(dy, e->diff_dst, eng, strm);
   memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
   OutMem dsrc(e->diff_src, dx, eng);
   e->prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dsrc.mem}});
@@ -432,15 +485,14 @@ void backward_weights_kernel(const KernelArgs& a) {
   Backend* be = a.backend;
   dnnl::engine& eng = dnnl_engine(be);
   dnnl::stream& strm = dnnl_stream(be);
-  cmo_layout xl = act_layout(g.Ci), yl = act_layout(g.Co);
-  TempBuffer xt, dyt;
+  cmo_layout xl = act_layout(g.Ci);
+  TempBuffer xt;
   const Buffer* xu = as_layout(x, xl, xt);
-  const Buffer* dyu = as_layout(dy, yl, dyt);
 
-  auto e = cached<BwdWeightsEntry>(be, key_of("bwd_w", g, xl, yl, with_bias, threads(be)), [&] {
+  auto e = cached<BwdWeightsEntry>(be, key_of("bwd_w", g, xl, CMO_LAYOUT_ANY, with_bias, threads(be)), [&] {
     BwdWeightsEntry en;
     memory::desc src = act_md(g.x_shape(), xl);
-    memory::desc ddst = act_md(g.y_shape(), yl);
+    memory::desc ddst = act_md_choice(g.y_shape());
     memory::desc bmd = bias_md(g, with_bias);
     auto hint = fwd_pd<T>(g, src, bmd, ddst, dnnl::prop_kind::forward_training, eng);
     OpDims o = op_dims(g);
@@ -458,7 +510,7 @@ void backward_weights_kernel(const KernelArgs& a) {
   });
 
   memory src(e->src, eng, xu->data);
-  memory ddst(e->diff_dst, eng, dyu->data);
+  memory ddst = input_mem(dy, e->diff_dst, eng, strm);
   memory udw(e->user_wei, eng, dw->data);
   bool direct_w = dw_alloc && e->wei_same;
   memory dwm = direct_w ? udw : memory(e->diff_wei, eng);
@@ -473,7 +525,7 @@ void backward_weights_kernel(const KernelArgs& a) {
     args[DNNL_ARG_DIFF_BIAS] = memory(bias_md(g, true), eng, dbp);
   }
   e->prim.execute(strm, args);
-  if (!direct_w) (dw_alloc ? e->to_user : e->to_user_acc).execute(strm, dwm, udw);
+  if (!direct_w) serially([&] { (dw_alloc ? e->to_user : e->to_user_acc).execute(strm, dwm, udw); });
   strm.wait();
   if (with_bias && !db_alloc) {
     float* d = db->f32();

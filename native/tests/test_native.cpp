@@ -643,6 +643,14 @@ void test_cache_and_stats(cmo_backend* be) {
   cmo_buffer_release(big);
   CHECK_OK(cmo_backend_memory_stats(be, &s));
   check(s.live_bytes == 0 && s.peak_bytes == 4000000, "peak stays after release");
+  check(s.pool_bytes >= 4000000, "a released large block is kept for reuse: pool " + std::to_string(s.pool_bytes));
+  cmo_buffer* again = make(be, {1000, 1000});
+  CHECK_OK(cmo_backend_memory_stats(be, &s));
+  check(s.pool_bytes == 0 && s.live_bytes == 4000000, "the pooled block is reused for the same size");
+  cmo_buffer_release(again);
+  CHECK_OK(cmo_backend_trim(be));
+  CHECK_OK(cmo_backend_memory_stats(be, &s));
+  check(s.pool_bytes == 0, "trim empties the pool");
 }
 
 }  // namespace
