@@ -21,6 +21,7 @@ parameters, gradients, optimiser state, activations and allocator slack.
 """
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -37,6 +38,16 @@ def proc_status_kib(key):
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     return -1
+
+
+def cpu_ticks():
+    """(busy ticks of the whole machine, ticks of this process) from /proc/stat and /proc/self/stat."""
+    with open("/proc/stat") as f:
+        v = [int(t) for t in f.readline().split()[1:]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+    with open("/proc/self/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return busy, int(rest[11]) + int(rest[12])
 
 
 def reset_hwm():
@@ -270,11 +281,16 @@ def main():
     hwm_reset = reset_hwm()
     rss_at_reset = proc_status_kib("VmRSS")
     times = []
+    busy0, own0 = cpu_ticks()
+    w0 = time.perf_counter()
     for _ in range(runs):
         t0 = time.perf_counter()
         losses.append(step())
         times.append((time.perf_counter() - t0) * 1000)
     peak = proc_status_kib("VmHWM")
+    busy1, own1 = cpu_ticks()
+    wall = time.perf_counter() - w0
+    hz = os.sysconf("SC_CLK_TCK")
     out = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -288,6 +304,8 @@ def main():
         "peak_rss_mib": peak / 1024,
         "hwm_reset": hwm_reset,
         "peak_rss_increase_mib": (peak - rss_before_model) / 1024,
+        "own_cores": (own1 - own0) / hz / wall,
+        "other_cores": ((busy1 - busy0) - (own1 - own0)) / hz / wall,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(out))

@@ -96,6 +96,10 @@ export interface OursResult {
   rssAtHwmResetMiB: number;
   peakRssMiB: number;
   peakRssIncreaseMiB: number;
+  /** CPU used by this process during the timed steps, in cores (2 = both cores busy). */
+  ownCores: number;
+  /** CPU used by every other process during the timed steps, in cores: the load the run saw. */
+  otherCores: number;
   profile: {
     steps: number;
     stepMs: number;
@@ -120,6 +124,8 @@ export interface TorchResult {
   hwm_reset: boolean;
   peak_rss_increase_mib: number;
   ru_maxrss_mib: number;
+  own_cores: number;
+  other_cores: number;
 }
 
 /** The step-time target of issue 4: ours at most this fraction of PyTorch's. */
@@ -131,6 +137,18 @@ function statusKiB(key: string): number {
   const m = readFileSync("/proc/self/status", "utf8").match(new RegExp(`^${key}:\\s+(\\d+)`, "m"));
   return m ? Number(m[1]) : -1;
 }
+
+/** Busy clock ticks of the whole machine (/proc/stat) and of this process (/proc/self/stat). */
+function cpuTicks(): { busy: number; own: number } {
+  const v = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] ?? 0);
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  const rest = stat.slice(stat.lastIndexOf(")") + 1).trim().split(/\s+/);
+  return { busy, own: Number(rest[11]) + Number(rest[12]) };
+}
+
+/** Clock ticks per second of /proc/stat (USER_HZ: 100 on Linux). */
+const USER_HZ = 100;
 
 function resetHwm(): void {
   try {
@@ -289,12 +307,16 @@ export function runOurs(cfg: StepConfig): OursResult {
   resetHwm();
   const rssAtReset = statusKiB("VmRSS") / 1024;
   const times: number[] = [];
+  const c0 = cpuTicks();
+  const w0 = performance.now();
   for (let i = 0; i < cfg.runs; i++) {
     const t0 = performance.now();
     losses.push(s.step());
     times.push(performance.now() - t0);
   }
   const peakRss = statusKiB("VmHWM") / 1024;
+  const c1 = cpuTicks();
+  const wallS = (performance.now() - w0) / 1000;
   const stats = be.memoryStats();
   let profile: OursResult["profile"] = null;
   if (cfg.profileSteps > 0) {
@@ -350,6 +372,8 @@ export function runOurs(cfg: StepConfig): OursResult {
     rssAtHwmResetMiB: rssAtReset,
     peakRssMiB: peakRss,
     peakRssIncreaseMiB: peakRss - rssBeforeModel,
+    ownCores: (c1.own - c0.own) / USER_HZ / wallS,
+    otherCores: ((c1.busy - c0.busy) - (c1.own - c0.own)) / USER_HZ / wallS,
     profile,
   };
 }
@@ -425,10 +449,9 @@ function fmtProfile(p: NonNullable<OursResult["profile"]>, top: number): string[
   return lines;
 }
 
-const MODEL_TITLES: Record<StepModel, string> = {
-  unet: "U-Net 2x2x64^3",
-  cmc: "CMC 2x(2x1x64^3)",
-};
+function modelTitle(m: StepModel, size: number): string {
+  return m === "unet" ? `U-Net 2x2x${size}^3` : `CMC 2x(2x1x${size}^3)`;
+}
 
 /** The training-step benchmark module. */
 export const trainStepBench: BenchModule = {
@@ -470,7 +493,7 @@ export const trainStepBench: BenchModule = {
       const t = torch[i];
       const tm = "error" in t ? null : t.median_ms;
       return [
-        MODEL_TITLES[m],
+        modelTitle(m, size),
         o.params,
         o.medianMs,
         tm,
@@ -497,6 +520,21 @@ export const trainStepBench: BenchModule = {
       `1-min load average: ${
         Object.entries(load).map(([k, v]) => `${k} ${v[0].toFixed(1)}`).join(", ")
       } (${navigator.hardwareConcurrency} cores)`,
+      `CPU used by other processes during the timed steps (cores of ${navigator.hardwareConcurrency}): ${
+        models.map((m, i) => {
+          const t = torch[i];
+          return `${m} ours ${ours[i].otherCores.toFixed(2)}, torch ${
+            "error" in t ? "-" : t.other_cores.toFixed(2)
+          }`;
+        }).join("; ")
+      }; own use: ${
+        models.map((m, i) => {
+          const t = torch[i];
+          return `${m} ours ${ours[i].ownCores.toFixed(2)}, torch ${
+            "error" in t ? "-" : t.own_cores.toFixed(2)
+          }`;
+        }).join("; ")
+      }`,
       `engine: ${ours[0].engine}; ` +
       (torchErr ? `PyTorch baseline unavailable: ${torchErr.error}` : `PyTorch ${torchOk?.torch}`),
       ...(paramMismatch.length
