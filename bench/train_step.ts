@@ -140,7 +140,9 @@ function statusKiB(key: string): number {
 
 /** Busy clock ticks of the whole machine (/proc/stat) and of this process (/proc/self/stat). */
 function cpuTicks(): { busy: number; own: number } {
-  const v = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const v = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(
+    Number,
+  );
   const busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] ?? 0);
   const stat = readFileSync("/proc/self/stat", "utf8");
   const rest = stat.slice(stat.lastIndexOf(")") + 1).trim().split(/\s+/);
@@ -321,7 +323,10 @@ export function runOurs(cfg: StepConfig): OursResult {
   let profile: OursResult["profile"] = null;
   if (cfg.profileSteps > 0) {
     const byOp = new Map<string, { op: string; fn: string; ms: number; n: number }>();
-    const byShape = new Map<string, { op: string; fn: string; shapes: string; ms: number; n: number }>();
+    const byShape = new Map<
+      string,
+      { op: string; fn: string; shapes: string; ms: number; n: number }
+    >();
     let opMs = 0;
     setOpProfiler((op, fn, ms, inputs) => {
       opMs += ms;
@@ -543,7 +548,9 @@ export const trainStepBench: BenchModule = {
     ];
     if (prof.profile) console.log(fmtProfile(prof.profile, 20).join("\n") + "\n");
     return {
-      name: `train_step${opts.threads === 2 ? "" : `_t${opts.threads}`}${opts.quick ? "_quick" : ""}`,
+      name: `train_step${opts.threads === 2 ? "" : `_t${opts.threads}`}${
+        opts.quick ? "_quick" : ""
+      }`,
       title: `training step, batch 2 at ${size}^3, 4 classes, AdamW (ms per step, MiB)`,
       columns: [
         "model",
