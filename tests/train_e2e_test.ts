@@ -53,7 +53,8 @@ Deno.test({
     const p = await readNifti(path.join(out, "predictions", preds[0]));
     const caseId = preds[0].replace(/_(C0|LGE)\.nii\.gz$/, "");
     const mod = preds[0].includes("_LGE") ? "LGE" : "C0";
-    const src = await readNifti(path.join(cache, "synthetic", "cardiac-n6-s0", `${caseId}_${mod}.nii.gz`));
+    const synthDir = [...Deno.readDirSync(path.join(cache, "synthetic"))].find((e) => e.name.startsWith("cardiac-n6-s0"))!.name;
+    const src = await readNifti(path.join(cache, "synthetic", synthDir, `${caseId}_${mod}.nii.gz`));
     assert.deepEqual([...p.dims], [...src.dims]);
     assert.ok(p.affine.every((v, i) => Math.abs(v - src.affine[i]) < 1e-3));
     assert.ok([...Deno.readDirSync(path.join(out, "images"))].some((e) => e.name.endsWith(".png")));

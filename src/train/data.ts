@@ -40,6 +40,19 @@ export interface PreparedData {
   describe: Record<string, unknown>;
 }
 
+/** A short hash of the phantom generator's source, so a changed generator is not served stale data. */
+function generatorVersion(): string {
+  const dir = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../data");
+  const text = ["synth.ts", "phantom.ts"].map((f) => {
+    try {
+      return Deno.readTextFileSync(path.join(dir, f));
+    } catch {
+      return f;
+    }
+  }).join("\n");
+  return shortHash(text).slice(0, 8);
+}
+
 function isManifestPath(task: string): boolean {
   return /\.(ya?ml|json)$/i.test(task);
 }
@@ -58,7 +71,7 @@ async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manife
   }
   let dir = c.data ? path.resolve(c.data) : "";
   if (!dir) {
-    dir = path.join(cacheRoot(), "synthetic", `${c.task}-n${c.syntheticCases}-s0`);
+    dir = path.join(cacheRoot(), "synthetic", `${c.task}-n${c.syntheticCases}-s0-${generatorVersion()}`);
     if (!existsSync(path.join(dir, ".complete"))) {
       if (!quiet) console.error(`Generating the built-in synthetic ${c.task} dataset (${c.syntheticCases} cases) in ${dir}`);
       await synthesize(c.task as SynthTask, {
