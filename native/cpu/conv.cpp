@@ -84,7 +84,6 @@ void check_weights(const Buffer* w, const char* op) {
   if (w->dtype != CMO_DTYPE_F32) fail(std::string(op) + ": w must be f32");
   if (w->shape.ndim != 5)
     fail(std::string(op) + ": w " + w->shape.str() + " must have 5 dimensions");
-  if (w->layout != CMO_LAYOUT_PLAIN) fail(std::string(op) + ": w must be in the plain layout");
   for (int i = 0; i < 5; i++)
     if (w->shape.d[i] < 1) fail(std::string(op) + ": w " + w->shape.str() + " has an empty dimension");
 }
@@ -340,7 +339,9 @@ void forward_kernel(const KernelArgs& a) {
   });
 
   memory src(e->src, eng, xu->data);
-  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
+  TempBuffer wt;  // weights made by an op may be blocked (5-D, dims[1] % 16 == 0): use them plain
+  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, as_layout(w, CMO_LAYOUT_PLAIN, wt), eng,
+                          strm);
   OutMem dst(e->dst, y, eng);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst.mem}};
   if (dnnl_bias) args[DNNL_ARG_BIAS] = memory(bias_md(g, true), eng, b->data);
@@ -407,7 +408,9 @@ void backward_data_kernel(const KernelArgs& a) {
   });
 
   memory ddst = input_mem(dy, e->diff_dst, eng, strm);
-  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, w, eng, strm);
+  TempBuffer wt;  // weights made by an op may be blocked (5-D, dims[1] % 16 == 0): use them plain
+  memory wm = weights_mem(e->user_wei, e->wei, e->wei_same, e->wei_reorder, as_layout(w, CMO_LAYOUT_PLAIN, wt), eng,
+                          strm);
   OutMem dsrc(e->diff_src, dx, eng);
   e->prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dsrc.mem}});
   dsrc.finish(strm);
@@ -466,7 +469,6 @@ void backward_weights_kernel(const KernelArgs& a) {
     const Shape& ws = dw_given->shape;
     if (ws.ndim != 5) fail(std::string(op) + ": dw " + ws.str() + " must have 5 dimensions");
     for (int i = 0; i < 3; i++) g.k[i] = ws.d[2 + i];
-    if (dw_given->layout != CMO_LAYOUT_PLAIN) fail(std::string(op) + ": dw must be in the plain layout");
   } else {
     infer_kernel(g, op);
   }
@@ -511,7 +513,15 @@ void backward_weights_kernel(const KernelArgs& a) {
 
   memory src(e->src, eng, xu->data);
   memory ddst = input_mem(dy, e->diff_dst, eng, strm);
-  memory udw(e->user_wei, eng, dw->data);
+  // A blocked dw slot (possible for 5-D weights with dims[1] % 16 == 0) accumulates through a plain copy.
+  TempBuffer dwt;
+  Buffer* dwp = dw;
+  if (dw->layout != CMO_LAYOUT_PLAIN) {
+    dwt.buf = alloc_buffer(be, dw->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN);
+    reorder(dw, dwt.buf);
+    dwp = dwt.buf;
+  }
+  memory udw(e->user_wei, eng, dwp->data);
   bool direct_w = dw_alloc && e->wei_same;
   memory dwm = direct_w ? udw : memory(e->diff_wei, eng);
   std::vector<float> db_tmp;
@@ -527,6 +537,7 @@ void backward_weights_kernel(const KernelArgs& a) {
   e->prim.execute(strm, args);
   if (!direct_w) serially([&] { (dw_alloc ? e->to_user : e->to_user_acc).execute(strm, dwm, udw); });
   strm.wait();
+  if (dwp != dw) reorder(dwp, dw);
   if (with_bias && !db_alloc) {
     float* d = db->f32();
     for (int64_t c = 0; c < g.Co; c++) d[c] += db_tmp[(size_t)c];

@@ -369,6 +369,54 @@ void test_conv_finite_differences(cmo_backend* be) {
     if (o) cmo_buffer_release(o);
 }
 
+// Plain activations where blocked would be preferred, blocked weights and a blocked dw slot: the
+// kernels convert at the edges and give the same numbers. Also: determinism and thread counts.
+void test_conv_layout_variants(cmo_backend* be) {
+  g_case = "conv layout variants";
+  ConvCfg c = conv_cases()[5];  // 32->32, w [32,32,3,3,3] is blockable
+  auto xv = rand_vec((size_t)prod(c.xdims()));
+  auto wv = rand_vec((size_t)prod(c.wdims()), 0.5f);
+  auto bv = rand_vec((size_t)c.Co);
+  auto gv = rand_vec((size_t)prod(c.ydims()));
+  cmo_buffer* x = make_with(be, c.xdims(), xv, CMO_LAYOUT_PLAIN);
+  cmo_buffer* w = make_with(be, c.wdims(), wv, CMO_LAYOUT_BLOCKED16);
+  cmo_buffer* b = make_with(be, {c.Co}, bv);
+  cmo_buffer* g = make_with(be, c.ydims(), gv, CMO_LAYOUT_PLAIN);
+  auto q = c.params();
+  const double tol = 1e-3;
+  std::vector<cmo_buffer*> y{nullptr}, dx{nullptr};
+  std::vector<cmo_buffer*> dw{make_with(be, c.wdims(), std::vector<float>(wv.size(), 1.0f), CMO_LAYOUT_BLOCKED16),
+                              nullptr};
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_FORWARD, {x, w, b}, y, q));
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_BACKWARD_DATA, {g, w}, dx, q));
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_BACKWARD_WEIGHTS, {x, g}, dw, q));
+  std::vector<double> dxref((size_t)prod(c.xdims()), 0.0), dwref((size_t)prod(c.wdims()), 1.0);
+  for_each_tap(c, [&](int64_t xi, int64_t yi, int64_t wi, int64_t) {
+    dxref[xi] += (double)gv[yi] * wv[wi];
+    dwref[wi] += (double)xv[xi] * gv[yi];
+  });
+  if (y[0]) expect_close(read(y[0]), ref_forward(c, xv, wv, bv), tol, tol, "forward from plain x, blocked w");
+  if (dx[0]) expect_close(read(dx[0]), dxref, tol, tol, "backward data from plain dy, blocked w");
+  check(layout_of(dw[0]) == CMO_LAYOUT_BLOCKED16, "blocked dw slot keeps its layout");
+  expect_close(read(dw[0]), dwref, tol, tol, "blocked dw slot accumulates (+=)");
+
+  g_case = "conv determinism and threads";
+  std::vector<cmo_buffer*> w1{make_with(be, c.wdims(), std::vector<float>(wv.size(), 0.0f), CMO_LAYOUT_PLAIN), nullptr};
+  std::vector<cmo_buffer*> w2{make_with(be, c.wdims(), std::vector<float>(wv.size(), 0.0f), CMO_LAYOUT_PLAIN), nullptr};
+  CHECK_OK(cmo_backend_set_deterministic(be, 1));
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_BACKWARD_WEIGHTS, {x, g}, w1, q));
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_BACKWARD_WEIGHTS, {x, g}, w2, q));
+  check(read(w1[0]) == read(w2[0]) && read(w1[1]) == read(w2[1]), "two runs give bit-identical dw and db");
+  CHECK_OK(cmo_backend_set_threads(be, 1));
+  std::vector<cmo_buffer*> y1{nullptr};
+  CHECK_OK(conv_op(be, CMO_OP_CONV3D_FORWARD, {x, w, b}, y1, q));
+  CHECK_OK(cmo_backend_set_threads(be, 2));
+  if (y1[0]) expect_close(read(y1[0]), ref_forward(c, xv, wv, bv), tol, tol, "forward with 1 thread");
+  CHECK_OK(cmo_backend_set_deterministic(be, 0));
+  for (auto* o : {x, w, b, g, y[0], dx[0], dw[0], dw[1], w1[0], w1[1], w2[0], w2[1], y1[0]})
+    if (o) cmo_buffer_release(o);
+}
+
 // ------------------------------------------------------------------ group norm
 struct GnRef {
   std::vector<double> y, mean, rstd;
@@ -665,6 +713,7 @@ int main() {
   test_library_and_errors(be, other);
   for (const ConvCfg& c : conv_cases()) test_conv_case(be, c);
   test_conv_finite_differences(be);
+  test_conv_layout_variants(be);
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_BLOCKED16, 0);
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_PLAIN, 0);
   test_group_norm(be, {2, 48, 2, 3, 3}, 16, CMO_LAYOUT_BLOCKED16, 3);  // groups of 3 straddle blocks
