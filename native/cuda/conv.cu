@@ -341,11 +341,14 @@ void conv_backward_weights(const KernelArgs& a) {
            " does not give dy's shape " + dy->shape.str());
   bool dw_new = false;
   Buffer* dw = a.output(0, ws, CMO_DTYPE_F32, op, &dw_new);
-  // Strict FP32 with COMODAL_CUDA_WGRAD=own: our own kernel where cuDNN's legacy FP32 algorithms are
-  // slow. Opt-in until it has run on hardware (scripts/gpu/test.sh checks it against the CPU backend).
+  // Strict FP32: our own kernel for thin layers (<= 32 channels in and out), where cuDNN's legacy
+  // FP32 algorithms measured 3-12x slower than PyTorch's (bench/gpu_notes.md).
+  // COMODAL_CUDA_WGRAD=cudnn keeps cuDNN everywhere; =own uses ours wherever it applies.
   const char* wg = std::getenv("COMODAL_CUDA_WGRAD");
-  const bool own = ws.numel() > 0 && wg && std::string(wg) == "own" && !env_flag("COMODAL_CUDA_TF32", false) &&
-                   wgrad_fp32_supported(x->shape, ws, p);
+  const std::string wmode = wg && *wg ? wg : "auto";
+  const bool own = ws.numel() > 0 && wmode != "cudnn" && !env_flag("COMODAL_CUDA_TF32", false) &&
+                   wgrad_fp32_supported(x->shape, ws, p) &&
+                   (wmode == "own" || (x->shape.d[1] <= 32 && dy->shape.d[1] <= 32));
   if (own) {
     wgrad_fp32(a.backend, x, dy, dw, p, !dw_new);
   } else if (ws.numel() > 0 && x->numel() > 0) {

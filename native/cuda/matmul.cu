@@ -4,84 +4,12 @@
 #include <cstdlib>
 
 #include "internal.cuh"
+#include "matmul_kernel.cuh"
 
 namespace cmocu {
 namespace {
 
-constexpr int TM = 64, TN = 64, TK = 16;
-
-// blockIdx.z = batch * splits + split; split s covers k in [s * k_chunk, (s + 1) * k_chunk) and writes
-// its partial product to C + split * batches * M * N (summed afterwards in a fixed order).
-__global__ void __launch_bounds__(256) matmul_kernel(const float* __restrict__ A, const float* __restrict__ B,
-                                                     float* __restrict__ C, int64_t M, int64_t N, int64_t K,
-                                                     bool ta, bool tb, int64_t a_bs, int64_t b_bs, int splits,
-                                                     int64_t k_chunk, int64_t batches) {
-  __shared__ float As[TK][TM + 4];
-  __shared__ float Bs[TK][TN + 4];
-  const int64_t batch = blockIdx.z / splits, split = blockIdx.z % splits;
-  const float* a = A + batch * a_bs;
-  const float* b = B + batch * b_bs;
-  float* c = C + (split * batches + batch) * M * N;
-  const int64_t m0 = (int64_t)blockIdx.y * TM, n0 = (int64_t)blockIdx.x * TN;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  float acc[4][4] = {};
-  const int64_t k_begin = split * k_chunk;
-  const int64_t k_end = k_begin + k_chunk < K ? k_begin + k_chunk : K;
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += TK) {
-    for (int l = threadIdx.x; l < TM * TK; l += 256) {
-      int mm, kk;
-      if (ta) {  // A stored [K,M]: consecutive threads walk m
-        mm = l % TM;
-        kk = l / TM;
-      } else {  // A stored [M,K]: consecutive threads walk k
-        kk = l % TK;
-        mm = l / TK;
-      }
-      int64_t gm = m0 + mm, gk = k0 + kk;
-      float v = 0.f;
-      if (gm < M && gk < k_end) v = ta ? a[gk * M + gm] : a[gm * K + gk];
-      As[kk][mm] = v;
-    }
-    for (int l = threadIdx.x; l < TN * TK; l += 256) {
-      int nn, kk;
-      if (tb) {  // B stored [N,K]
-        kk = l % TK;
-        nn = l / TK;
-      } else {  // B stored [K,N]
-        nn = l % TN;
-        kk = l / TN;
-      }
-      int64_t gn = n0 + nn, gk = k0 + kk;
-      float v = 0.f;
-      if (gn < N && gk < k_end) v = tb ? b[gn * K + gk] : b[gk * N + gn];
-      Bs[kk][nn] = v;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < TK; kk++) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; i++) av[i] = As[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; j++) bv[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    int64_t gm = m0 + ty + 16 * i;
-    if (gm >= M) continue;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      int64_t gn = n0 + tx + 16 * j;
-      if (gn < N) c[gm * N + gn] = acc[i][j];
-    }
-  }
-}
+using namespace mm;
 
 void matmul(const KernelArgs& a) {
   const char* op = "MATMUL";
@@ -134,17 +62,12 @@ void matmul(const KernelArgs& a) {
   if (batch > 65535) unsupported(std::string(op) + ": batch " + std::to_string(batch) + " exceeds 65535");
   Backend* be = a.backend;
   const int64_t tiles = ((N + TN - 1) / TN) * ((M + TM - 1) / TM) * batch;
-  // Split K when the output tiles alone cannot fill the GPU (e.g. C x C products over all voxels).
-  // Opt-in (COMODAL_CUDA_SPLITK=1) until it has run on hardware: the parity driver checks it.
-  int64_t splits = 1;
-  const int64_t want = 2LL * sm_count(be);
+  // Split K when the output tiles alone cannot fill the GPU (e.g. the CMC class prototypes, products
+  // over all voxels). COMODAL_CUDA_SPLITK=0 turns it off.
   const char* sk = std::getenv("COMODAL_CUDA_SPLITK");
-  const bool split_ok = sk && *sk && std::string(sk) != "0";
-  if (split_ok && tiles < want && Ka >= 4096) splits = std::min<int64_t>((want + tiles - 1) / tiles, Ka / 1024);
-  splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535 / batch));
-  int64_t k_chunk = (Ka + splits - 1) / splits;
-  k_chunk = (k_chunk + TK - 1) / TK * TK;
-  splits = (Ka + k_chunk - 1) / k_chunk;
+  const bool split_ok = !(sk && std::string(sk) == "0");
+  const SplitPlan sp = plan_splits(tiles, Ka, batch, sm_count(be), split_ok);
+  const int64_t splits = sp.splits, k_chunk = sp.k_chunk;
   dim3 grid((unsigned)((N + TN - 1) / TN), (unsigned)((M + TM - 1) / TM), (unsigned)(batch * splits));
   if (grid.y > 65535) unsupported(std::string(op) + ": M = " + std::to_string(M) + " is too large");
   const int64_t a_bs = ba == 1 ? 0 : M * Ka, b_bs = bb == 1 ? 0 : Ka * N;

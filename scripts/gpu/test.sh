@@ -71,7 +71,7 @@ if [ -f "$carried/deno.xz" ]; then
     | tee "$OUT/deno_parity.log"
   summary+=("Deno parity: $(grep -E '^(ok|FAILED) \|' "$OUT/deno_parity.log" | tail -1)")
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    # EXTRA_ENV, e.g. "COMODAL_CUDA_SPLITK=1 COMODAL_CUDA_WGRAD=own", tries the opt-in kernels in the step
+    # EXTRA_ENV, e.g. "COMODAL_CUDA_SPLITK=0 COMODAL_CUDA_WGRAD=cudnn", sets backend knobs for the step
     [ -n "${EXTRA_ENV:-}" ] && export ${EXTRA_ENV} && echo "step benchmark with ${EXTRA_ENV}"
     step "training step: U-Net and CMC on the TypeScript engine, CUDA backend (batch 2, 128^3)"
     for tf in 0 1; do

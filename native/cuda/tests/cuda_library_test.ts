@@ -3,7 +3,9 @@
  * cuDNN, exports exactly the functions of comodal.h (as the CPU library does), reports itself as the CUDA device, and
  * answers cmo_backend_create with CMO_ERR_NO_DEVICE and "no CUDA device" where no GPU exists. The C++
  * parity driver (test_cuda_parity.cpp) is built and run too: where a GPU exists it compares every op
- * with the CPU library, elsewhere it must say that no device exists. Ignored, with a message, only
+ * with the CPU library, elsewhere it must say that no device exists. The source of two kernels
+ * (weight gradient, matrix product) runs on the CPU through host emulation against naive references
+ * (test_kernels_host.cpp), on every machine with g++. Ignored, with a message, only
  * where the library was not built (no nvcc) or no C++ compiler exists.
  */
 import assert from "node:assert/strict";
@@ -148,5 +150,30 @@ Deno.test({
       assert.equal(Number(summary[2]), 0, `parity failures:\n${r.out}`);
       assert.ok(Number(summary[1]) > 150, `too few parity checks ran:\n${r.out}`);
     }
+  },
+});
+
+Deno.test({
+  name:
+    "CUDA kernels' source, emulated on the CPU, matches naive references (weight gradient, matmul)",
+  ignore: !haveGxx,
+  fn() {
+    const exe = `${ROOT}build/test_kernels_host`;
+    const b = run("g++", [
+      "-std=c++20",
+      "-O2",
+      "-pthread",
+      "-Wno-unknown-pragmas",
+      "native/cuda/tests/test_kernels_host.cpp",
+      "-o",
+      exe,
+    ]);
+    assert.ok(b.ok, `building test_kernels_host failed:\n${b.out}`);
+    const r = run(exe, []);
+    const summary = r.out.match(/(\d+) passed, (\d+) failed/);
+    assert.ok(summary, `no summary line:\n${r.out}`);
+    assert.equal(Number(summary[2]), 0, r.out);
+    assert.ok(Number(summary[1]) >= 15, `too few kernel checks ran:\n${r.out}`);
+    assert.ok(r.ok, r.out);
   },
 });

@@ -624,10 +624,12 @@ void determinism_check(Lib& L) {
   dw.dims = {16, 16, 3, 3, 3};
   dw.alloc();
   c = with_given(c, {dw, randf({16})});
+  setenv("COMODAL_CUDA_WGRAD", "cudnn", 1);  // cuDNN's deterministic algorithms first, then ours
   Result a = run_case(L, c), b = run_case(L, c);
+  unsetenv("COMODAL_CUDA_WGRAD");
   bool same = a.st == CMO_OK && b.st == CMO_OK && a.outs.size() == b.outs.size();
   for (size_t o = 0; same && o < a.outs.size(); o++) same = a.outs[o].f == b.outs[o].f;
-  check(same, "deterministic mode: conv bwd weights bit-identical", a.st ? a.err : "results differ between runs");
+  check(same, "deterministic mode: conv bwd weights (cuDNN) bit-identical", a.st ? a.err : "results differ between runs");
   setenv("COMODAL_CUDA_WGRAD", "own", 1);
   Result oa = run_case(L, c), ob = run_case(L, c);
   unsetenv("COMODAL_CUDA_WGRAD");
@@ -784,9 +786,11 @@ int main(int argc, char** argv) {
   check(unsupported == 0, "supports_op: all 35 ops", std::to_string(unsupported) + " unsupported");
   if (do_bench) {
     setenv("COMODAL_CUDA_TF32", "0", 1);
-    bench(cuda, "strict FP32");
+    bench(cuda, "strict FP32 (own weight-gradient kernel for <= 32 channels)");
     setenv("COMODAL_CUDA_WGRAD", "own", 1);
-    bench(cuda, "strict FP32, own weight-gradient kernel (COMODAL_CUDA_WGRAD=own)");
+    bench(cuda, "strict FP32, own weight-gradient kernel everywhere it applies (COMODAL_CUDA_WGRAD=own)");
+    setenv("COMODAL_CUDA_WGRAD", "cudnn", 1);
+    bench(cuda, "strict FP32, cuDNN weight gradient (COMODAL_CUDA_WGRAD=cudnn)");
     unsetenv("COMODAL_CUDA_WGRAD");
     setenv("COMODAL_CUDA_TF32", "1", 1);
     bench(cuda, "TF32 allowed");
@@ -823,7 +827,8 @@ int main(int argc, char** argv) {
   }
   std::printf("ops compared: %.0f ms for %zu cases\n", now_ms() - t0, cases.size());
   if (have_cpu) {
-    // the opt-in FP32 weight-gradient kernel (COMODAL_CUDA_WGRAD=own) on every conv weight-gradient case
+    // our FP32 weight-gradient kernel wherever it applies (COMODAL_CUDA_WGRAD=own), then cuDNN only
+    // (=cudnn), on every conv weight-gradient case
     setenv("COMODAL_CUDA_WGRAD", "own", 1);
     for (const Case& c : cases) {
       if (c.op != CMO_OP_CONV3D_BACKWARD_WEIGHTS || (!filter.empty() && c.name.find(filter) == std::string::npos)) continue;
@@ -832,15 +837,23 @@ int main(int argc, char** argv) {
       double worst = 0;
       check(compare(c, ref, got, &why, &worst), c.name + " [own wgrad kernel]", why);
     }
+    setenv("COMODAL_CUDA_WGRAD", "cudnn", 1);
+    for (const Case& c : cases) {
+      if (c.op != CMO_OP_CONV3D_BACKWARD_WEIGHTS || (!filter.empty() && c.name.find(filter) == std::string::npos)) continue;
+      Result got = run_case(cuda, c), ref = run_case(cpu, c);
+      std::string why;
+      double worst = 0;
+      check(compare(c, ref, got, &why, &worst), c.name + " [cuDNN wgrad]", why);
+    }
     unsetenv("COMODAL_CUDA_WGRAD");
-    // the opt-in split-K matmul (COMODAL_CUDA_SPLITK=1) on every matmul case
-    setenv("COMODAL_CUDA_SPLITK", "1", 1);
+    // every matmul case again without split-K (COMODAL_CUDA_SPLITK=0)
+    setenv("COMODAL_CUDA_SPLITK", "0", 1);
     for (const Case& c : cases) {
       if (c.op != CMO_OP_MATMUL || (!filter.empty() && c.name.find(filter) == std::string::npos)) continue;
       Result got = run_case(cuda, c), ref = run_case(cpu, c);
       std::string why;
       double worst = 0;
-      check(compare(c, ref, got, &why, &worst), c.name + " [split-K]", why);
+      check(compare(c, ref, got, &why, &worst), c.name + " [no split-K]", why);
     }
     unsetenv("COMODAL_CUDA_SPLITK");
   }
