@@ -78,6 +78,15 @@ if [ -f "$carried/deno.xz" ]; then
       NO_COLOR=1 COMODAL_CUDA_TF32=$tf COMODAL_DEVICE=cuda /tmp/deno run -A --no-check bench/gpu_train_step.ts \
         --torch-json "$OUT/bench_torch.json" ${STEP_ARGS:-} 2>&1 | grep -v '^    at ' | tee -a "$OUT/train_step.log"
     done
+    step "short training run: CMC on the synthetic cardiac task, CUDA backend"
+    NO_COLOR=1 /tmp/deno run -A --no-check cli/main.ts train cardiac --device cuda --iterations "${TRAIN_ITERS:-200}" \
+      --out /tmp/comodal-run --set syntheticCases=8 --set validation.every=100 --set validation.maxCases=2 \
+      --set images=false 2>&1 | tr '\r' '\n' > "$OUT/train_run.log"
+    grep -m2 "loss" "$OUT/train_run.log"
+    grep "loss" "$OUT/train_run.log" | tail -2
+    sed -n '/^Trained/,$p' "$OUT/train_run.log"
+    grep -qi "^Trained" "$OUT/train_run.log" && summary+=("short CUDA training run: completed") \
+      || { tail -20 "$OUT/train_run.log"; summary+=("short CUDA training run: FAILED"); }
     if [ "${PROFILE:-1}" = 1 ]; then
       step "per-op profile of one training step (every op synchronised, TF32 allowed)"
       NO_COLOR=1 COMODAL_CUDA_SYNC_OPS=1 COMODAL_CUDA_TF32=1 COMODAL_DEVICE=cuda /tmp/deno run -A --no-check \
