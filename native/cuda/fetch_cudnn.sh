@@ -19,6 +19,10 @@ fi
 if [ -z "$wheel" ]; then
   wheel="$(find / -xdev -name 'nvidia_cudnn_cu13-*.whl' 2>/dev/null | sort | tail -1 || true)"
 fi
+if [ -n "${CUDNN_WHEEL:-}" ] && [ ! -f "$CUDNN_WHEEL" ]; then
+  echo "[cuda] ERROR: cannot build the CUDA backend: CUDNN_WHEEL=$CUDNN_WHEEL does not exist" >&2
+  exit 1
+fi
 if [ -z "$wheel" ] || [ ! -f "$wheel" ]; then
   echo "[cuda] ERROR: cannot build the CUDA backend: no cuDNN wheel (nvidia_cudnn_cu13-*.whl) found on" >&2
   echo "[cuda]        this machine; set CUDNN_WHEEL=/path/to/nvidia_cudnn_cu13-<version>.whl" >&2
