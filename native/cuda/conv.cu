@@ -343,9 +343,11 @@ void conv_backward_weights(const KernelArgs& a) {
   Buffer* dw = a.output(0, ws, CMO_DTYPE_F32, op, &dw_new);
   // Strict FP32: our own kernel for thin layers (<= 32 channels in and out), where cuDNN's legacy
   // FP32 algorithms measured 3-12x slower than PyTorch's (bench/gpu_notes.md).
-  // COMODAL_CUDA_WGRAD=cudnn keeps cuDNN everywhere; =own uses ours wherever it applies.
+  // Opt-in until it has been validated on GPU hardware (it is checked only by a host emulation so
+  // far): COMODAL_CUDA_WGRAD=auto uses ours for thin layers, =own wherever it applies; the default
+  // (unset or =cudnn) keeps cuDNN everywhere.
   const char* wg = std::getenv("COMODAL_CUDA_WGRAD");
-  const std::string wmode = wg && *wg ? wg : "auto";
+  const std::string wmode = wg && *wg ? wg : "cudnn";
   const bool own = ws.numel() > 0 && wmode != "cudnn" && !env_flag("COMODAL_CUDA_TF32", false) &&
                    wgrad_fp32_supported(x->shape, ws, p) &&
                    (wmode == "own" || (x->shape.d[1] <= 32 && dy->shape.d[1] <= 32));

@@ -63,9 +63,9 @@ void matmul(const KernelArgs& a) {
   Backend* be = a.backend;
   const int64_t tiles = ((N + TN - 1) / TN) * ((M + TM - 1) / TM) * batch;
   // Split K when the output tiles alone cannot fill the GPU (e.g. the CMC class prototypes, products
-  // over all voxels). COMODAL_CUDA_SPLITK=0 turns it off.
+  // over all voxels). Opt-in with COMODAL_CUDA_SPLITK=1 until validated on GPU hardware.
   const char* sk = std::getenv("COMODAL_CUDA_SPLITK");
-  const bool split_ok = !(sk && std::string(sk) == "0");
+  const bool split_ok = sk && std::string(sk) == "1";
   const SplitPlan sp = plan_splits(tiles, Ka, batch, sm_count(be), split_ok);
   const int64_t splits = sp.splits, k_chunk = sp.k_chunk;
   dim3 grid((unsigned)((N + TN - 1) / TN), (unsigned)((M + TM - 1) / TM), (unsigned)(batch * splits));
