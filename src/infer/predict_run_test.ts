@@ -14,9 +14,9 @@ import { casesFromDataset, casesFromFolder, loadRun, predictCases } from "./pred
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-predict-cache-" });
 Deno.env.set("COMODAL_CACHE", cache);
-const synthDir = path.join(cache, "synthetic", "cardiac-n6-s0");
-
 let runDir: string | null = null;
+/** The synthetic data folder the run used (from the config event at the top of its log). */
+let synthDir = "";
 /** One tiny cardiac run shared by the tests (validation case: patient5). */
 async function tinyRun(): Promise<string> {
   if (runDir) return runDir;
@@ -36,6 +36,7 @@ async function tinyRun(): Promise<string> {
     threads: 1,
   }, { quiet: true });
   r.model.dispose();
+  synthDir = JSON.parse(readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")[0]).data.source;
   runDir = out;
   return out;
 }
