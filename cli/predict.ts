@@ -31,9 +31,14 @@ interface PredictFlags {
 export function register(program: Command): void {
   program
     .command("predict")
-    .description("segment new images with a trained run; writes <caseId>_<modality>.nii.gz on each original grid")
+    .description(
+      "segment new images with a trained run; writes <caseId>_<modality>.nii.gz on each original grid",
+    )
     .requiredOption("--run <dir>", "run folder written by train (config.json, plan.json, *.ckpt)")
-    .option("--input <dir>", "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel)")
+    .option(
+      "--input <dir>",
+      "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel)",
+    )
     .option("--manifest <file>", "manifest (.yaml/.json) listing the cases")
     .option("--data <dir>", "dataset folder (its manifest.yaml or a known layout)")
     .option("--split <name>", "with --manifest/--data: only cases of this split (train, val, test)")
@@ -46,8 +51,12 @@ export function register(program: Command): void {
     .option("--quiet", "no progress lines")
     .action(async (o: PredictFlags) => {
       const sources = [o.input, o.manifest, o.data].filter((x) => x !== undefined);
-      if (sources.length !== 1) throw new Error("predict: give exactly one of --input, --manifest or --data");
-      if (o.split !== undefined && o.input !== undefined) throw new Error("predict: --split applies to --manifest or --data, not --input");
+      if (sources.length !== 1) {
+        throw new Error("predict: give exactly one of --input, --manifest or --data");
+      }
+      if (o.split !== undefined && o.input !== undefined) {
+        throw new Error("predict: --split applies to --manifest or --data, not --input");
+      }
       const overlap = o.overlap === undefined ? undefined : Number(o.overlap);
       if (overlap !== undefined && !(overlap >= 0 && overlap <= 0.95)) {
         throw new Error(`--overlap: expected a number in [0, 0.95], got '${o.overlap}'`);
@@ -63,19 +72,30 @@ export function register(program: Command): void {
       try {
         let cases: PredictCase[];
         if (o.input !== undefined) cases = await casesFromFolder(o.input, run);
-        else if (o.manifest !== undefined) cases = await casesFromManifest(o.manifest, run, { split: o.split });
-        else cases = await casesFromDataset(o.data!, run, { split: o.split });
+        else if (o.manifest !== undefined) {
+          cases = await casesFromManifest(o.manifest, run, { split: o.split });
+        } else cases = await casesFromDataset(o.data!, run, { split: o.split });
         if (!o.quiet) {
-          console.error(`predict: ${cases.length} case(s) with ${run.checkpoint} (iteration ${run.iteration}), modalities ${run.plan.modalities.join(", ")}`);
+          console.error(
+            `predict: ${cases.length} case(s) with ${run.checkpoint} (iteration ${run.iteration}), modalities ${
+              run.plan.modalities.join(", ")
+            }`,
+          );
         }
         const r = await predictCases(run, cases, {
           outDir: o.out,
           overlap,
           mirror: o.mirror ? true : undefined,
-          onProgress: o.quiet ? undefined : (done, total, id) => console.error(`[predict] ${done}/${total} ${id}`),
+          onProgress: o.quiet
+            ? undefined
+            : (done, total, id) => console.error(`[predict] ${done}/${total} ${id}`),
         });
         const files = r.cases.reduce((n, c) => n + Object.keys(c.files).length, 0);
-        console.log(`wrote ${files} prediction(s) for ${r.cases.length} case(s) to ${o.out} in ${r.seconds.toFixed(1)} s`);
+        console.log(
+          `wrote ${files} prediction(s) for ${r.cases.length} case(s) to ${o.out} in ${
+            r.seconds.toFixed(1)
+          } s`,
+        );
       } finally {
         run.dispose();
       }

@@ -17,7 +17,9 @@ function venvAvailable(): boolean {
 
 const canRun = venvAvailable();
 if (!canRun) {
-  console.warn("notebook_test: skipped: `python3 -m venv` is not available (install python3 with the venv module)");
+  console.warn(
+    "notebook_test: skipped: `python3 -m venv` is not available (install python3 with the venv module)",
+  );
 }
 
 interface Output {
@@ -37,10 +39,17 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
-    const out = path.join(Deno.makeTempDirSync({ prefix: "comodal-notebook-" }), "quickstart.executed.ipynb");
+    const out = path.join(
+      Deno.makeTempDirSync({ prefix: "comodal-notebook-" }),
+      "quickstart.executed.ipynb",
+    );
     const t0 = performance.now();
     const cmd = new Deno.Command("bash", {
-      args: [path.join(root, "scripts", "run_notebook.sh"), path.join(root, "notebooks", "quickstart.ipynb"), out],
+      args: [
+        path.join(root, "scripts", "run_notebook.sh"),
+        path.join(root, "notebooks", "quickstart.ipynb"),
+        out,
+      ],
       stdout: "piped",
       stderr: "piped",
     });
@@ -51,13 +60,21 @@ Deno.test({
     console.log(`notebook executed in ${seconds.toFixed(1)} s`);
 
     const nb = JSON.parse(readFileSync(out, "utf8"));
-    const code = (nb.cells as { cell_type: string; outputs?: Output[] }[]).filter((c) => c.cell_type === "code");
+    const code = (nb.cells as { cell_type: string; outputs?: Output[] }[]).filter((c) =>
+      c.cell_type === "code"
+    );
     assert.ok(code.length >= 4, `expected at least 4 code cells, got ${code.length}`);
     const outputs = code.flatMap((c) => c.outputs ?? []);
     const errors = outputs.filter((o) => o.output_type === "error");
     assert.deepEqual(errors.map((e) => `${e.ename}: ${e.evalue}`), []);
-    assert.ok(!outputs.some((o) => o.output_type === "stream" && o.name === "stderr" && /error/i.test(join(o.text))));
-    const stdout = outputs.filter((o) => o.output_type === "stream" && o.name === "stdout").map((o) => join(o.text)).join("");
+    assert.ok(
+      !outputs.some((o) =>
+        o.output_type === "stream" && o.name === "stderr" && /error/i.test(join(o.text))
+      ),
+    );
+    const stdout = outputs.filter((o) => o.output_type === "stream" && o.name === "stdout").map((
+      o,
+    ) => join(o.text)).join("");
     assert.match(stdout, /Trained cmc on cardiac for \d+ iterations/);
     assert.match(stdout, /lv_myocardium/);
 
@@ -70,10 +87,17 @@ Deno.test({
     const png = data.map((d) => join(d["image/png"]).replace(/\s/g, "")).find((s) => s.length > 0);
     assert.ok(png, "no image/png output (slice overlay)");
     const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
-    assert.deepEqual([...bytes.subarray(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], "image/png is not a PNG");
+    assert.deepEqual(
+      [...bytes.subarray(0, 8)],
+      [137, 80, 78, 71, 13, 10, 26, 10],
+      "image/png is not a PNG",
+    );
     const view = new DataView(bytes.buffer);
     // IHDR: one row (one modality) of three 128 x 128 slices at scale 3, with gaps between tiles.
     const w = view.getUint32(16), h = view.getUint32(20);
-    assert.ok(w >= 3 * 384 && h >= 384 && h < 2 * 384, `PNG is ${w}x${h}, expected one row of three 384-pixel tiles`);
+    assert.ok(
+      w >= 3 * 384 && h >= 384 && h < 2 * 384,
+      `PNG is ${w}x${h}, expected one row of three 384-pixel tiles`,
+    );
   },
 });

@@ -22,7 +22,13 @@ import { createHash } from "node:crypto";
 import * as os from "node:os";
 import * as path from "node:path";
 import { initBackend } from "../engine.ts";
-import { type ImageRef, labelValueMap, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
+import {
+  type ImageRef,
+  labelValueMap,
+  loadManifest,
+  type Manifest,
+  refPath,
+} from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
 import {
   type Fingerprint,
@@ -112,7 +118,10 @@ export function resolveCheckpoint(runDir: string, choice = "best"): string {
     const best = path.join(runDir, "best.ckpt"), last = path.join(runDir, "last.ckpt");
     if (choice === "best" && existsSync(best)) return best;
     if (existsSync(last)) return last;
-    fail(what, choice === "best" ? `it has neither best.ckpt nor last.ckpt` : `${last} does not exist`);
+    fail(
+      what,
+      choice === "best" ? `it has neither best.ckpt nor last.ckpt` : `${last} does not exist`,
+    );
   }
   for (const p of [path.resolve(choice), path.resolve(runDir, choice)]) if (existsSync(p)) return p;
   fail(what, `checkpoint ${choice} does not exist (expected best, last or a .ckpt file)`);
@@ -132,13 +141,19 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   }
   const planFile = path.join(dir, "plan.json");
   if (!existsSync(planFile)) {
-    fail(what, `${planFile} does not exist (the run was trained before runs recorded their plan; train it again)`);
+    fail(
+      what,
+      `${planFile} does not exist (the run was trained before runs recorded their plan; train it again)`,
+    );
   }
   const plan = await readJson<RunPlan>(planFile, what);
   if (plan.version !== 1) fail(what, `${planFile} has format version ${plan.version}, expected 1`);
   const signature = modelSignature(config, plan.modalities, plan.classes.length, plan.network);
   if (signature !== plan.signature) {
-    fail(what, `config.json and plan.json describe different models (config: ${signature}; plan: ${plan.signature})`);
+    fail(
+      what,
+      `config.json and plan.json describe different models (config: ${signature}; plan: ${plan.signature})`,
+    );
   }
   const file = resolveCheckpoint(dir, opts.checkpoint);
   initBackend({
@@ -177,7 +192,9 @@ const NIFTI_RE = /\.nii(\.gz)?$/i;
  */
 export async function casesFromFolder(dir: string, run: LoadedRun): Promise<PredictCase[]> {
   const root = path.resolve(dir);
-  if (!existsSync(root) || !statSync(root).isDirectory()) fail(`Cannot read input ${root}`, "the folder does not exist");
+  if (!existsSync(root) || !statSync(root).isDirectory()) {
+    fail(`Cannot read input ${root}`, "the folder does not exist");
+  }
   const mods = run.plan.dataset.modalities;
   const byLower = new Map(mods.map((m) => [m.toLowerCase(), m]));
   const cases = new Map<string, Record<string, string>>();
@@ -187,18 +204,28 @@ export async function casesFromFolder(dir: string, run: LoadedRun): Promise<Pred
     const at = stem.lastIndexOf("_");
     if (at <= 0) continue;
     const id = stem.slice(0, at), tag = stem.slice(at + 1);
-    const mod = byLower.get(tag.toLowerCase()) ?? (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
+    const mod = byLower.get(tag.toLowerCase()) ??
+      (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
     if (!mod) continue;
     const imgs = cases.get(id) ?? {};
-    if (imgs[mod]) fail(`Cannot read input ${root}`, `case ${id} has two ${mod} images (${path.basename(imgs[mod])}, ${name})`);
+    if (imgs[mod]) {
+      fail(
+        `Cannot read input ${root}`,
+        `case ${id} has two ${mod} images (${path.basename(imgs[mod])}, ${name})`,
+      );
+    }
     imgs[mod] = path.join(root, name);
     cases.set(id, imgs);
   }
   if (cases.size === 0) {
     fail(
       `Cannot read input ${root}`,
-      `no <caseId>_<modality>.nii.gz files for the run's modalities (${run.plan.modalities.join(", ")})` +
-        (names.length ? `; found ${names.slice(0, 5).join(", ")}${names.length > 5 ? ", ..." : ""}` : "; the folder has no NIfTI files"),
+      `no <caseId>_<modality>.nii.gz files for the run's modalities (${
+        run.plan.modalities.join(", ")
+      })` +
+        (names.length
+          ? `; found ${names.slice(0, 5).join(", ")}${names.length > 5 ? ", ..." : ""}`
+          : "; the folder has no NIfTI files"),
     );
   }
   // Modalities on one grid are treated like the training data's aligned cases (one common crop);
@@ -206,26 +233,48 @@ export async function casesFromFolder(dir: string, run: LoadedRun): Promise<Pred
   return [...cases].map(([id, images]) => ({ id, images, aligned: true }));
 }
 
-function fromManifest(m: Manifest, run: LoadedRun, split: string | undefined, source: string): PredictCase[] {
+function fromManifest(
+  m: Manifest,
+  run: LoadedRun,
+  split: string | undefined,
+  source: string,
+): PredictCase[] {
   const missing = run.plan.modalities.filter((x) => !m.modalities.includes(x));
   if (missing.length) {
-    fail(`Cannot predict ${source}`, `it has no ${missing.join(", ")} modality (the model reads ${run.plan.modalities.join(", ")}; the data has ${m.modalities.join(", ")})`);
+    fail(
+      `Cannot predict ${source}`,
+      `it has no ${missing.join(", ")} modality (the model reads ${
+        run.plan.modalities.join(", ")
+      }; the data has ${m.modalities.join(", ")})`,
+    );
   }
   const cases = m.cases.filter((c) => split === undefined || c.split === split);
-  if (cases.length === 0) fail(`Cannot predict ${source}`, split ? `no cases in split ${split}` : "no cases");
+  if (cases.length === 0) {
+    fail(`Cannot predict ${source}`, split ? `no cases in split ${split}` : "no cases");
+  }
   return cases.map((c) => ({ id: c.id, images: c.images, aligned: c.aligned }));
 }
 
 /** Cases of a manifest file (all splits unless `split` is given; labels are ignored). */
-export async function casesFromManifest(file: string, run: LoadedRun, opts: { split?: string } = {}): Promise<PredictCase[]> {
+export async function casesFromManifest(
+  file: string,
+  run: LoadedRun,
+  opts: { split?: string } = {},
+): Promise<PredictCase[]> {
   if (!existsSync(file)) fail(`Cannot read manifest ${file}`, "file not found");
   return fromManifest(await loadManifest(file), run, opts.split, file);
 }
 
 /** Cases of a dataset folder: its manifest.yaml, else the detected layout (MS-CMRSeg, AMOS, ...). */
-export async function casesFromDataset(dir: string, run: LoadedRun, opts: { split?: string } = {}): Promise<PredictCase[]> {
+export async function casesFromDataset(
+  dir: string,
+  run: LoadedRun,
+  opts: { split?: string } = {},
+): Promise<PredictCase[]> {
   const root = path.resolve(dir);
-  if (!existsSync(root) || !statSync(root).isDirectory()) fail(`Cannot read dataset ${root}`, "the folder does not exist");
+  if (!existsSync(root) || !statSync(root).isDirectory()) {
+    fail(`Cannot read dataset ${root}`, "the folder does not exist");
+  }
   const own = path.join(root, "manifest.yaml");
   const m = existsSync(own) ? await loadManifest(own) : await importDataset(root);
   return fromManifest(m, run, opts.split, root);
@@ -246,15 +295,28 @@ async function seedFingerprint(dir: string, manifest: Manifest, fp: Fingerprint)
     mods: manifest.modalities,
     nf: undefined,
   })).digest("hex").slice(0, 24);
-  await writeFile(path.join(dir, "fingerprint.json"), JSON.stringify({ key, fingerprint: fp }, null, 1));
+  await writeFile(
+    path.join(dir, "fingerprint.json"),
+    JSON.stringify({ key, fingerprint: fp }, null, 1),
+  );
 }
 
 function checkCase(c: PredictCase, run: LoadedRun): void {
-  if (!/^[A-Za-z0-9._-]+$/.test(c.id)) fail(`Cannot predict case '${c.id}'`, "case ids may use letters, digits, '.', '_' and '-' only");
+  if (!/^[A-Za-z0-9._-]+$/.test(c.id)) {
+    fail(
+      `Cannot predict case '${c.id}'`,
+      "case ids may use letters, digits, '.', '_' and '-' only",
+    );
+  }
   const have = Object.keys(c.images);
   for (const m of run.plan.modalities) {
     if (!(m in c.images)) {
-      fail(`Cannot predict case ${c.id}`, `it has no ${m} image (the model reads ${run.plan.modalities.join(", ")}; the case has ${have.join(", ") || "none"})`);
+      fail(
+        `Cannot predict case ${c.id}`,
+        `it has no ${m} image (the model reads ${run.plan.modalities.join(", ")}; the case has ${
+          have.join(", ") || "none"
+        })`,
+      );
     }
     const p = refPath(c.images[m]);
     if (!existsSync(p)) fail(`Cannot predict case ${c.id}`, `${m} image ${p} does not exist`);
@@ -262,7 +324,11 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
 }
 
 /** Predicts every case and writes <outDir>/<caseId>_<modality>.nii.gz (see module doc). */
-export async function predictCases(run: LoadedRun, cases: PredictCase[], opts: PredictOptions): Promise<PredictResult> {
+export async function predictCases(
+  run: LoadedRun,
+  cases: PredictCase[],
+  opts: PredictOptions,
+): Promise<PredictResult> {
   const t0 = performance.now();
   const plan = run.plan;
   if (cases.length === 0) throw new Error("Cannot predict: no cases given");
@@ -273,10 +339,16 @@ export async function predictCases(run: LoadedRun, cases: PredictCase[], opts: P
     ids.add(c.id);
   }
   const overlap = opts.overlap ?? run.config.validation.overlap;
-  if (!(overlap >= 0 && overlap <= 0.95)) throw new Error(`Cannot predict: overlap must be in [0, 0.95], got ${overlap}`);
+  if (!(overlap >= 0 && overlap <= 0.95)) {
+    throw new Error(`Cannot predict: overlap must be in [0, 0.95], got ${overlap}`);
+  }
   const config: TrainConfig = {
     ...run.config,
-    validation: { ...run.config.validation, overlap, mirror: opts.mirror ?? run.config.validation.mirror },
+    validation: {
+      ...run.config.validation,
+      overlap,
+      mirror: opts.mirror ?? run.config.validation.mirror,
+    },
   };
   const outDir = path.resolve(opts.outDir);
   await mkdir(outDir, { recursive: true });
@@ -295,16 +367,28 @@ export async function predictCases(run: LoadedRun, cases: PredictCase[], opts: P
       ...(c.aligned !== undefined ? { aligned: c.aligned } : {}),
     })),
   };
-  const work = opts.workDir ? path.resolve(opts.workDir) : await mkdtemp(path.join(os.tmpdir(), "comodal-predict-"));
+  const work = opts.workDir
+    ? path.resolve(opts.workDir)
+    : await mkdtemp(path.join(os.tmpdir(), "comodal-predict-"));
   await mkdir(work, { recursive: true });
   const result: PredictResult = { cases: [], seconds: 0 };
   try {
     await seedFingerprint(work, manifest, plan.fingerprint);
-    const pp = await preprocessDataset(manifest, { outDir: work, targetSpacing: plan.targetSpacing, splits: ["test"] });
+    const pp = await preprocessDataset(manifest, {
+      outDir: work,
+      targetSpacing: plan.targetSpacing,
+      splits: ["test"],
+    });
     for (const m of plan.modalities) {
       const want = plan.normalization[m], got = pp.fingerprint.perModality[m];
-      if (want.kind === "ct" && (got.mean !== want.mean || got.std !== want.std || got.p005 !== want.p005 || got.p995 !== want.p995)) {
-        throw new Error(`Cannot predict: preprocessing did not use the training statistics for ${m} (CT); this is a bug in predict`);
+      if (
+        want.kind === "ct" &&
+        (got.mean !== want.mean || got.std !== want.std || got.p005 !== want.p005 ||
+          got.p995 !== want.p995)
+      ) {
+        throw new Error(
+          `Cannot predict: preprocessing did not use the training statistics for ${m} (CT); this is a bug in predict`,
+        );
       }
     }
     const data: PreparedData = {
@@ -332,7 +416,11 @@ export async function predictCases(run: LoadedRun, cases: PredictCase[], opts: P
         const pm = rec.modalities[m];
         const labels = argmaxLabels(probabilitiesToOriginal(p, K, pm), { numClasses: K });
         const file = path.join(outDir, `${c.id}_${m}.nii.gz`);
-        await writeNifti(file, { data: Uint8Array.from(labels), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
+        await writeNifti(file, {
+          data: Uint8Array.from(labels),
+          dims: pm.source.dims,
+          affine: pm.source.affine,
+        }, { datatype: "uint8" });
         files[m] = file;
       }
       result.cases.push({ id: c.id, files });

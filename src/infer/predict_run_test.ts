@@ -36,13 +36,17 @@ async function tinyRun(): Promise<string> {
     threads: 1,
   }, { quiet: true });
   r.model.dispose();
-  synthDir = JSON.parse(readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")[0]).data.source;
+  synthDir =
+    JSON.parse(readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")[0]).data.source;
   runDir = out;
   return out;
 }
 
 /** A copy of the run (config, plan, last checkpoint) with `edit` applied to config and plan. */
-function editedRun(src: string, edit: (config: Record<string, any>, plan: RunPlan) => void): string {
+function editedRun(
+  src: string,
+  edit: (config: Record<string, any>, plan: RunPlan) => void,
+): string {
   const dir = Deno.makeTempDirSync({ prefix: "comodal-predict-edited-" });
   const config = JSON.parse(readFileSync(path.join(src, "config.json"), "utf8"));
   const plan = JSON.parse(readFileSync(path.join(src, "plan.json"), "utf8")) as RunPlan;
@@ -77,7 +81,11 @@ Deno.test({
         assert.deepEqual([...mine.dims], [...src.dims]);
         assert.ok(mine.affine.every((v, i) => Math.abs(v - src.affine[i]) < 1e-3));
         assert.equal(mine.header.datatype, "uint8");
-        assert.deepEqual(mine.data, ref.data, `${m}: labels differ from the run's final prediction`);
+        assert.deepEqual(
+          mine.data,
+          ref.data,
+          `${m}: labels differ from the run's final prediction`,
+        );
         assert.ok(mine.data.some((v) => v > 0), `${m}: no foreground predicted`);
       }
     } finally {
@@ -99,10 +107,26 @@ Deno.test({
     copyFileSync(path.join(synthDir, "patient5_LGE.nii.gz"), path.join(input, "new2_0001.nii.gz"));
     writeFileSync(path.join(input, "notes.txt"), "not an image");
     const out = path.join(Deno.makeTempDirSync({ prefix: "comodal-predict-cli-" }), "pred");
-    const code = await main(["predict", "--run", dir, "--input", input, "--out", out, "--checkpoint", "last", "--quiet"]);
+    const code = await main([
+      "predict",
+      "--run",
+      dir,
+      "--input",
+      input,
+      "--out",
+      out,
+      "--checkpoint",
+      "last",
+      "--quiet",
+    ]);
     assert.equal(code, 0);
     const names = [...Deno.readDirSync(out)].map((e) => e.name).sort();
-    assert.deepEqual(names, ["new1_C0.nii.gz", "new1_LGE.nii.gz", "new2_C0.nii.gz", "new2_LGE.nii.gz"]);
+    assert.deepEqual(names, [
+      "new1_C0.nii.gz",
+      "new1_LGE.nii.gz",
+      "new2_C0.nii.gz",
+      "new2_LGE.nii.gz",
+    ]);
     const p = await readNifti(path.join(out, "new1_LGE.nii.gz"));
     const src = await readNifti(path.join(synthDir, "patient6_LGE.nii.gz"));
     assert.deepEqual([...p.dims], [...src.dims]);
@@ -129,12 +153,22 @@ Deno.test({
     const run = await loadRun(dir);
     try {
       const input = Deno.makeTempDirSync({ prefix: "comodal-predict-ct-" });
-      for (const m of ["C0", "LGE"]) copyFileSync(path.join(synthDir, `patient4_${m}.nii.gz`), path.join(input, `ct1_${m}.nii.gz`));
+      for (const m of ["C0", "LGE"]) {
+        copyFileSync(
+          path.join(synthDir, `patient4_${m}.nii.gz`),
+          path.join(input, `ct1_${m}.nii.gz`),
+        );
+      }
       const work = Deno.makeTempDirSync({ prefix: "comodal-predict-work-" });
       const out = Deno.makeTempDirSync({ prefix: "comodal-predict-ctout-" });
       await predictCases(run, await casesFromFolder(input, run), { outDir: out, workDir: work });
       const rec = await loadCaseRecord(work, "ct1");
-      assert.deepEqual(rec.modalities.C0.norm, { kind: "ct", mean: 321.5, std: 77.25, clip: [40, 1100] });
+      assert.deepEqual(rec.modalities.C0.norm, {
+        kind: "ct",
+        mean: 321.5,
+        std: 77.25,
+        clip: [40, 1100],
+      });
       // MR keeps its per-volume z-score (statistics of this image, not the training set's).
       assert.equal(rec.modalities.LGE.norm.kind, "mr");
       assert.notEqual(rec.modalities.LGE.norm.mean, run.plan.normalization.LGE.mean);
@@ -150,8 +184,14 @@ Deno.test({
   ...opts,
   fn: async () => {
     const dir = await tinyRun();
-    await assert.rejects(() => loadRun("/nonexistent/run"), /Cannot load run \/nonexistent\/run: the folder does not exist/);
-    await assert.rejects(() => loadRun(dir, { checkpoint: "nope.ckpt" }), /checkpoint nope\.ckpt does not exist/);
+    await assert.rejects(
+      () => loadRun("/nonexistent/run"),
+      /Cannot load run \/nonexistent\/run: the folder does not exist/,
+    );
+    await assert.rejects(
+      () => loadRun(dir, { checkpoint: "nope.ckpt" }),
+      /checkpoint nope\.ckpt does not exist/,
+    );
     const noCkpt = editedRun(dir, () => {});
     Deno.removeSync(path.join(noCkpt, "last.ckpt"));
     await assert.rejects(() => loadRun(noCkpt), /neither best\.ckpt nor last\.ckpt/);
@@ -161,9 +201,17 @@ Deno.test({
     // A checkpoint written for another model config.
     const other = editedRun(dir, (c, plan) => {
       c.network.baseWidth = 16;
-      plan.signature = modelSignature(parseTrainConfig(c), plan.modalities, plan.classes.length, plan.network);
+      plan.signature = modelSignature(
+        parseTrainConfig(c),
+        plan.modalities,
+        plan.classes.length,
+        plan.network,
+      );
     });
-    await assert.rejects(() => loadRun(other), /last\.ckpt: it was written for a different model config/);
+    await assert.rejects(
+      () => loadRun(other),
+      /last\.ckpt: it was written for a different model config/,
+    );
 
     const run = await loadRun(dir);
     try {
@@ -180,7 +228,10 @@ Deno.test({
         async () => predictCases(run, await casesFromFolder(input, run), { outDir: out }),
         (e: Error) => e.message.includes(bad) && /Cannot read/.test(e.message),
       );
-      await assert.rejects(() => casesFromFolder(out, run), /no <caseId>_<modality>\.nii\.gz files/);
+      await assert.rejects(
+        () => casesFromFolder(out, run),
+        /no <caseId>_<modality>\.nii\.gz files/,
+      );
       assert.deepEqual([...Deno.readDirSync(out)], []);
     } finally {
       run.dispose();
