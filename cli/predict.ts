@@ -26,6 +26,7 @@ interface PredictFlags {
   device?: "cpu" | "cuda";
   threads?: string;
   quiet?: boolean;
+  labelValues: string;
 }
 
 export function register(program: Command): void {
@@ -48,6 +49,11 @@ export function register(program: Command): void {
     .option("--overlap <f>", "sliding-window overlap in [0, 0.95] (default: the run's)")
     .option("--device <cpu|cuda>", "compute backend (default: the run's)")
     .option("--threads <n>", "CPU threads (0 = all cores)")
+    .option(
+      "--label-values <index|file>",
+      "voxel values written: class indices 0..K-1, or the dataset's label values (as in its label files)",
+      "index",
+    )
     .option("--quiet", "no progress lines")
     .action(async (o: PredictFlags) => {
       const sources = [o.input, o.manifest, o.data].filter((x) => x !== undefined);
@@ -68,6 +74,9 @@ export function register(program: Command): void {
       if (o.device !== undefined && o.device !== "cpu" && o.device !== "cuda") {
         throw new Error(`--device: expected cpu or cuda, got '${o.device}'`);
       }
+      if (o.labelValues !== "index" && o.labelValues !== "file") {
+        throw new Error(`--label-values: expected index or file, got '${o.labelValues}'`);
+      }
       const run = await loadRun(o.run, { checkpoint: o.checkpoint, device: o.device, threads });
       try {
         let cases: PredictCase[];
@@ -86,6 +95,7 @@ export function register(program: Command): void {
           outDir: o.out,
           overlap,
           mirror: o.mirror ? true : undefined,
+          labelValues: o.labelValues,
           onProgress: o.quiet
             ? undefined
             : (done, total, id) => console.error(`[predict] ${done}/${total} ${id}`),

@@ -84,6 +84,12 @@ export interface PredictOptions {
   mirror?: boolean;
   /** Called after each case with the files written for it. */
   onProgress?: (done: number, total: number, caseId: string) => void;
+  /**
+   * Voxel values of the written label maps: "index" (default; class indices 0..K-1, as in the run's
+   * predictions/ folder) or "file" (the dataset's label values, e.g. 200/500/600 for MS-CMRSeg, so
+   * predictions compare directly with the reference files).
+   */
+  labelValues?: "index" | "file";
   /** Folder for the preprocessed inputs (default: a temporary folder, removed afterwards). */
   workDir?: string;
 }
@@ -323,6 +329,16 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
   }
 }
 
+/** Voxel value written for each class index. */
+function labelValuesOf(plan: RunPlan, mode: "index" | "file"): number[] {
+  if (mode === "index") return plan.classes.map((_, k) => k);
+  if (mode !== "file") {
+    throw new Error(`Cannot predict: labelValues must be "index" or "file", got '${mode}'`);
+  }
+  const classes = plan.dataset.classes;
+  return plan.classes.map((name, k) => (k === 0 ? classes.background ?? 0 : classes[name]));
+}
+
 /** Predicts every case and writes <outDir>/<caseId>_<modality>.nii.gz (see module doc). */
 export async function predictCases(
   run: LoadedRun,
@@ -406,6 +422,8 @@ export async function predictCases(
       describe: {},
     };
     const K = plan.classes.length;
+    const values = labelValuesOf(plan, opts.labelValues ?? "index");
+    const datatype = Math.max(...values) <= 255 && Math.min(...values) >= 0 ? "uint8" : "int16";
     for (const c of cases) {
       const rec = await loadCaseRecord(work, c.id);
       const cs = await loadUnlabeledCase(work, rec, { modalities: plan.modalities });
@@ -416,11 +434,13 @@ export async function predictCases(
         const pm = rec.modalities[m];
         const labels = argmaxLabels(probabilitiesToOriginal(p, K, pm), { numClasses: K });
         const file = path.join(outDir, `${c.id}_${m}.nii.gz`);
-        await writeNifti(file, {
-          data: Uint8Array.from(labels),
-          dims: pm.source.dims,
-          affine: pm.source.affine,
-        }, { datatype: "uint8" });
+        const data = datatype === "uint8"
+          ? new Uint8Array(labels.length)
+          : new Int16Array(labels.length);
+        for (let i = 0; i < labels.length; i++) data[i] = values[labels[i]];
+        await writeNifti(file, { data, dims: pm.source.dims, affine: pm.source.affine }, {
+          datatype,
+        });
         files[m] = file;
       }
       result.cases.push({ id: c.id, files });

@@ -134,6 +134,16 @@ Deno.test({
     const a = await readNifti(path.join(out, "new2_C0.nii.gz"));
     const b = await readNifti(path.join(dir, "predictions", "patient5_C0.nii.gz"));
     assert.deepEqual(a.data, b.data);
+    // The dataset's own label values (MS-CMRSeg: 200, 500, 600), same labels otherwise.
+    const out2 = path.join(path.dirname(out), "pred-values");
+    const args = ["predict", "--run", dir, "--input", input, "--out", out2, "--checkpoint", "last"];
+    assert.equal(await main([...args, "--label-values", "file", "--quiet"]), 0);
+    const v = await readNifti(path.join(out2, "new2_C0.nii.gz"));
+    const values = [0, 200, 500, 600];
+    assert.deepEqual(v.data, a.data.map((k) => values[k]));
+    assert.equal(v.header.datatype, "int16");
+    assert.ok(v.data.some((x) => x === 500 || x === 600 || x === 200));
+    assert.equal(await main([...args, "--label-values", "raw", "--quiet"]), 1);
     // Exactly one input source.
     assert.equal(await main(["predict", "--run", dir, "--out", out, "--quiet"]), 1);
   },
