@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include <array>
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <unordered_map>
@@ -278,6 +279,108 @@ struct OutMem {
   }
 };
 
+// ------------------------------------------------------------------------------ 1x1x1 heads
+// A 1x1x1 convolution from C % 16 == 0 channels to a few (class logits: Co % 16 != 0) is a small
+// matrix product per voxel. oneDNN runs it with a zero-padded 16-channel output plus reorders, which
+// is 5-7x slower than these sgemm calls over chunks of voxels (x blocked: a chunk of one 16-channel
+// block is a row-major [len,16] matrix; y and dy are plain: [Co,len] with row stride S).
+bool is_head(const Geo& g) {
+  if (g.transposed || g.Ci % 16 != 0 || g.Co % 16 == 0) return false;
+  for (int a = 0; a < 3; a++)
+    if (g.k[a] != 1 || g.s[a] != 1 || g.p[a] != 0 || g.dil[a] != 1) return false;
+  return true;
+}
+
+constexpr int64_t kHeadChunk = 8192;  // voxels per task
+
+struct HeadDims {
+  int64_t N, Ci, CB, Co, S, chunks;
+};
+HeadDims head_dims(const Geo& g) {
+  int64_t S = g.in[0] * g.in[1] * g.in[2];
+  return {g.N, g.Ci, g.Ci / 16, g.Co, S, (S + kHeadChunk - 1) / kHeadChunk};
+}
+
+void sgemm_or_throw(char ta, char tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float beta, float* C, int64_t ldc) {
+  dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+  if (st != dnnl_success) throw dnnl::error(st, "dnnl_sgemm failed in a 1x1x1 convolution");
+}
+
+// Runs f(n, s0, len) over all (sample, voxel chunk) pairs; sgemm inside a parallel region is serial.
+template <typename F>
+void head_parallel(Backend* be, const HeadDims& h, F&& f) {
+  parallel_for(be, h.N * h.chunks, [&](int64_t t) {
+    int64_t n = t / h.chunks, s0 = (t % h.chunks) * kHeadChunk;
+    f(n, s0, std::min(kHeadChunk, h.S - s0));
+  });
+}
+
+void head_forward(Backend* be, const Geo& g, const Buffer* xb, const float* w, const float* bias, Buffer* y) {
+  HeadDims h = head_dims(g);
+  const float* x = xb->f32();
+  float* yd = y->f32();
+  head_parallel(be, h, [&](int64_t n, int64_t s0, int64_t len) {
+    float* yn = yd + n * h.Co * h.S + s0;
+    for (int64_t cb = 0; cb < h.CB; cb++)
+      sgemm_or_throw('N', 'T', h.Co, len, 16, w + cb * 16, h.Ci, x + ((n * h.CB + cb) * h.S + s0) * 16, 16,
+                     cb == 0 ? 0.0f : 1.0f, yn, h.S);
+    if (bias)
+      for (int64_t co = 0; co < h.Co; co++) {
+        float* row = yn + co * h.S;
+        const float bv = bias[co];
+        for (int64_t i = 0; i < len; i++) row[i] += bv;
+      }
+  });
+}
+
+void head_backward_data(Backend* be, const Geo& g, const Buffer* dyb, const float* w, Buffer* dx) {
+  HeadDims h = head_dims(g);
+  const float* dy = dyb->f32();
+  float* dxd = dx->f32();
+  head_parallel(be, h, [&](int64_t n, int64_t s0, int64_t len) {
+    for (int64_t cb = 0; cb < h.CB; cb++)
+      sgemm_or_throw('T', 'N', len, 16, h.Co, dy + n * h.Co * h.S + s0, h.S, w + cb * 16, h.Ci, 0.0f,
+                     dxd + ((n * h.CB + cb) * h.S + s0) * 16, 16);
+  });
+}
+
+// Partial sums per task in fixed chunks, reduced in task order: the result does not depend on the
+// thread count. dw (and db) get += when `accumulate`, = otherwise.
+void head_backward_weights(Backend* be, const Geo& g, const Buffer* xb, const Buffer* dyb, float* dw, bool accumulate,
+                           float* db, bool db_accumulate) {
+  HeadDims h = head_dims(g);
+  const float* x = xb->f32();
+  const float* dy = dyb->f32();
+  const int64_t T = h.N * h.chunks, WB = h.Co * h.Ci;
+  std::vector<float> part((size_t)(T * WB));
+  std::vector<double> bpart(db ? (size_t)(T * h.Co) : 0);
+  head_parallel(be, h, [&](int64_t n, int64_t s0, int64_t len) {
+    int64_t t = n * h.chunks + s0 / kHeadChunk;
+    const float* dyn = dy + n * h.Co * h.S + s0;
+    for (int64_t cb = 0; cb < h.CB; cb++)
+      sgemm_or_throw('N', 'N', h.Co, 16, len, dyn, h.S, x + ((n * h.CB + cb) * h.S + s0) * 16, 16, 0.0f,
+                     &part[(size_t)(t * WB + cb * 16)], h.Ci);
+    if (db)
+      for (int64_t co = 0; co < h.Co; co++) {
+        const float* row = dyn + co * h.S;
+        double acc = 0;
+        for (int64_t i = 0; i < len; i++) acc += row[i];
+        bpart[(size_t)(t * h.Co + co)] = acc;
+      }
+  });
+  std::vector<double> sum((size_t)WB, 0.0), bsum((size_t)h.Co, 0.0);
+  for (int64_t t = 0; t < T; t++) {
+    for (int64_t i = 0; i < WB; i++) sum[(size_t)i] += part[(size_t)(t * WB + i)];
+    if (db)
+      for (int64_t co = 0; co < h.Co; co++) bsum[(size_t)co] += bpart[(size_t)(t * h.Co + co)];
+  }
+  for (int64_t i = 0; i < WB; i++) dw[i] = (float)((accumulate ? (double)dw[i] : 0.0) + sum[(size_t)i]);
+  if (db)
+    for (int64_t co = 0; co < h.Co; co++)
+      db[co] = (float)((db_accumulate ? (double)db[co] : 0.0) + bsum[(size_t)co]);
+}
+
 // ------------------------------------------------------------------------------ forward
 template <bool T>
 void forward_kernel(const KernelArgs& a) {
@@ -321,6 +424,11 @@ void forward_kernel(const KernelArgs& a) {
   const Buffer* xu = as_layout(x, xl, xt);
   Shape ys = g.y_shape();
   Buffer* y = a.output(0, ys, CMO_DTYPE_F32, preferred_layout(ys, CMO_DTYPE_F32), op);
+  if (is_head(g)) {  // y is plain (Co % 16 != 0), x blocked
+    TempBuffer wt;
+    head_forward(be, g, xu, as_layout(w, CMO_LAYOUT_PLAIN, wt)->f32(), has_bias ? b->f32() : nullptr, y);
+    return;
+  }
   // oneDNN 2.6 applies a transposed conv's bias in a slow separate pass: we add it ourselves.
   bool dnnl_bias = has_bias && !T;
 
@@ -388,6 +496,14 @@ void backward_data_kernel(const KernelArgs& a) {
   dnnl::stream& strm = dnnl_stream(be);
   Shape xs = g.x_shape();
   Buffer* dx = a.output(0, xs, CMO_DTYPE_F32, preferred_layout(xs, CMO_DTYPE_F32), op);
+  if (is_head(g)) {  // dy is plain (Co % 16 != 0); dx is computed blocked
+    TempBuffer wt, dxt;
+    Buffer* dxb = dx;
+    if (!dx->blocked()) dxb = dxt.buf = alloc_buffer(be, xs, CMO_DTYPE_F32, CMO_LAYOUT_BLOCKED16);
+    head_backward_data(be, g, dy, as_layout(w, CMO_LAYOUT_PLAIN, wt)->f32(), dxb);
+    if (dxb != dx) reorder(dxb, dx);
+    return;
+  }
 
   auto e = cached<BwdDataEntry>(be, key_of("bwd_data", g, CMO_LAYOUT_ANY, CMO_LAYOUT_ANY, false, threads(be)), [&] {
     BwdDataEntry en;
@@ -490,6 +606,19 @@ void backward_weights_kernel(const KernelArgs& a) {
   cmo_layout xl = act_layout(g.Ci);
   TempBuffer xt;
   const Buffer* xu = as_layout(x, xl, xt);
+  if (is_head(g)) {
+    TempBuffer dwt, dyt;
+    Buffer* dwp = dw;
+    if (dw->layout != CMO_LAYOUT_PLAIN) {
+      dwt.buf = alloc_buffer(be, dw->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN);
+      reorder(dw, dwt.buf);
+      dwp = dwt.buf;
+    }
+    head_backward_weights(be, g, xu, as_layout(dy, CMO_LAYOUT_PLAIN, dyt), dwp->f32(), !dw_alloc,
+                          with_bias ? db->f32() : nullptr, !db_alloc);
+    if (dwp != dw) reorder(dwp, dw);
+    return;
+  }
 
   auto e = cached<BwdWeightsEntry>(be, key_of("bwd_w", g, xl, CMO_LAYOUT_ANY, with_bias, threads(be)), [&] {
     BwdWeightsEntry en;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -304,6 +305,7 @@ std::vector<ConvCfg> conv_cases() {
   mk("conv plain->blocked 2->16 k[1,3,3] s[1,2,2] p[0,1,1]", false, 2, 2, 16, {5, 8, 8}, {1, 3, 3}, {1, 2, 2},
      {0, 1, 1}, false);
   mk("conv head blocked->plain 16->3 k1", false, 1, 16, 3, {4, 5, 6}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, true);
+  mk("conv head 32->5 k1, two voxel chunks", false, 2, 32, 5, {20, 21, 22}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, true);
   mk("conv dilated 4->16 k3 p2 d2", false, 1, 4, 16, {7, 7, 7}, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, false, {2, 2, 2});
   mk("conv blocked 32->32 k3 p1", false, 2, 32, 32, {4, 4, 4}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, true);
   mk("conv 16->32 k[3,3,1] s[2,2,1] p[1,1,0]", false, 1, 16, 32, {6, 6, 5}, {3, 3, 1}, {2, 2, 1}, {1, 1, 0}, true);
@@ -315,10 +317,17 @@ std::vector<ConvCfg> conv_cases() {
   return v;
 }
 
+ConvCfg conv_case(const std::string& name) {
+  for (const ConvCfg& c : conv_cases())
+    if (c.name == name) return c;
+  std::printf("no conv case named %s\n", name.c_str());
+  std::abort();
+}
+
 // Finite differences of L = sum(conv(x, w) * g): exact for a linear map up to rounding.
 void test_conv_finite_differences(cmo_backend* be) {
   g_case = "conv finite differences";
-  ConvCfg c = conv_cases()[1];  // blocked 16->16 stride 2
+  ConvCfg c = conv_case("conv blocked 16->16 k3 s2 p1");
   auto xv = rand_vec((size_t)prod(c.xdims()));
   auto wv = rand_vec((size_t)prod(c.wdims()), 0.5f);
   auto gv = rand_vec((size_t)prod(c.ydims()));
@@ -373,7 +382,7 @@ void test_conv_finite_differences(cmo_backend* be) {
 // kernels convert at the edges and give the same numbers. Also: determinism and thread counts.
 void test_conv_layout_variants(cmo_backend* be) {
   g_case = "conv layout variants";
-  ConvCfg c = conv_cases()[5];  // 32->32, w [32,32,3,3,3] is blockable
+  ConvCfg c = conv_case("conv blocked 32->32 k3 p1");  // w [32,32,3,3,3] is blockable
   auto xv = rand_vec((size_t)prod(c.xdims()));
   auto wv = rand_vec((size_t)prod(c.wdims()), 0.5f);
   auto bv = rand_vec((size_t)c.Co);
@@ -653,7 +662,7 @@ void test_library_and_errors(cmo_backend* be, cmo_backend* other) {
 
 void test_cache_and_stats(cmo_backend* be) {
   g_case = "primitive cache";
-  ConvCfg c = conv_cases()[5];
+  ConvCfg c = conv_case("conv blocked 32->32 k3 p1");
   auto q = c.params();
   cmo_buffer* x = make_with(be, c.xdims(), rand_vec((size_t)prod(c.xdims())));
   cmo_buffer* w = make_with(be, c.wdims(), rand_vec((size_t)prod(c.wdims())), CMO_LAYOUT_PLAIN);
