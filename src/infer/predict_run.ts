@@ -149,7 +149,11 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   if (!existsSync(planFile)) {
     fail(
       what,
-      `${planFile} does not exist (the run was trained before runs recorded their plan; train it again)`,
+      `${planFile} does not exist (the run was trained before runs recorded their plan; ` +
+        `\`train ${config.task} --config ${
+          path.join(dir, "config.json")
+        } --out ${dir} --resume\` ` +
+        `writes it without training further)`,
     );
   }
   const plan = await readJson<RunPlan>(planFile, what);
