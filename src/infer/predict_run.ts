@@ -145,15 +145,14 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   } catch (e) {
     fail(what, `config.json is not a valid training config (${(e as Error).message})`);
   }
+  const configFile = path.join(dir, "config.json");
   const planFile = path.join(dir, "plan.json");
   if (!existsSync(planFile)) {
     fail(
       what,
-      `${planFile} does not exist (the run was trained before runs recorded their plan; ` +
-        `\`train ${config.task} --config ${
-          path.join(dir, "config.json")
-        } --out ${dir} --resume\` ` +
-        `writes it without training further)`,
+      `${planFile} does not exist (the run was trained before runs recorded their plan; resuming ` +
+        `it writes one and trains only the iterations left, if any: \`train ${config.task} ` +
+        `--config ${configFile} --out ${dir} --resume\`)`,
     );
   }
   const plan = await readJson<RunPlan>(planFile, what);
