@@ -313,6 +313,7 @@ std::vector<ConvCfg> conv_cases() {
   mk("deconv 32->16 k2 s2", true, 2, 32, 16, {3, 3, 3}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, true);
   mk("deconv 16->3 k2 s2 (plain out)", true, 1, 16, 3, {3, 4, 2}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, true);
   mk("deconv 3->5 k3 s2 p1", true, 1, 3, 5, {3, 3, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, false);
+  mk("deconv dilated 4->16 k3 s2 p1 d2", true, 1, 4, 16, {3, 4, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, true, {2, 2, 2});
   mk("deconv 16->16 k[1,2,2] s[1,2,2]", true, 1, 16, 16, {2, 3, 3}, {1, 2, 2}, {1, 2, 2}, {0, 0, 0}, true);
   return v;
 }
@@ -453,7 +454,8 @@ GnRef gn_ref(const std::vector<int64_t>& dims, int64_t G, double eps, const std:
   return r;
 }
 
-void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t G, int layout, float offset) {
+void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t G, int layout, float offset,
+                     int dy_layout = -1) {
   g_case = "group norm " + std::to_string(dims[1]) + " ch, " + std::to_string(G) + " groups, " +
            (layout == CMO_LAYOUT_BLOCKED16 ? "blocked" : "plain") + ", offset " + std::to_string((int)offset);
   int64_t C = dims[1], N = dims[0];
@@ -464,7 +466,7 @@ void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t 
   cmo_buffer* x = make_with(be, dims, xv, layout);
   cmo_buffer* gb = make_with(be, {C}, gam);
   cmo_buffer* bb = make_with(be, {C}, bet);
-  cmo_buffer* dy = make_with(be, dims, gv, layout);
+  cmo_buffer* dy = make_with(be, dims, gv, dy_layout < 0 ? layout : dy_layout);
   GnRef r = gn_ref(dims, G, 1e-5, xv, gam, bet);
   std::vector<cmo_buffer*> ins{x, gb, bb}, outs{nullptr, nullptr, nullptr};
   CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_FORWARD, ins.data(), 3, outs.data(), 3, &q, sizeof q));
@@ -725,7 +727,8 @@ int main() {
   test_conv_layout_variants(be);
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_BLOCKED16, 0);
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_PLAIN, 0);
-  test_group_norm(be, {2, 48, 2, 3, 3}, 16, CMO_LAYOUT_BLOCKED16, 3);  // groups of 3 straddle blocks
+  test_group_norm(be, {2, 48, 2, 3, 3}, 16, CMO_LAYOUT_BLOCKED16, 3, CMO_LAYOUT_PLAIN);  // groups of 3 straddle
+                                                                                        // blocks; dy plain
   test_group_norm(be, {2, 32, 2, 3, 3}, 4, CMO_LAYOUT_BLOCKED16, 0);   // groups of 8
   test_group_norm(be, {1, 64, 2, 2, 2}, 2, CMO_LAYOUT_BLOCKED16, 0);   // groups of 2 blocks
   test_group_norm(be, {2, 6, 5, 7}, 3, CMO_LAYOUT_PLAIN, 0);           // 4-D plain
