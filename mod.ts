@@ -64,3 +64,14 @@ export { buildPlan } from "./src/workflow/plan.ts";
 export { describePlan, formatSummary, runLocal } from "./src/workflow/engine.ts";
 export { runSlurm } from "./src/workflow/slurm.ts";
 export { writeReport } from "./src/report/html_report.ts";
+
+export {
+  casesFromDataset,
+  casesFromFolder,
+  casesFromManifest,
+  type LoadedRun,
+  loadRun,
+  type PredictCase,
+  predictCases,
+  type PredictOptions,
+} from "./src/infer/predict_run.ts";
