@@ -79,27 +79,31 @@ check: $(DENO)
 clean:
 	rm -rf $(BUILD)
 
-## native-test: C++ tests of the CPU library alone; native-test-asan: the same under ASan/UBSan
-NATIVE_TEST_SRC := native/tests/test_native.cpp
+## native-test: C++ tests of the CPU library alone (test_native: runtime, conv, norm; test_ops: the
+## other kernels); native-test-asan: the same under ASan/UBSan
+NATIVE_TESTS := test_native test_ops
 ASAN_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -march=x86-64-v3 -fPIC -fopenmp \
 	-fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 .PHONY: native-test native-test-asan native-bench
 
-$(BUILD)/test_native: $(NATIVE_TEST_SRC) $(CPU_LIB) $(CPU_HDRS)
-	@$(CXX) $(CXXFLAGS) -o $@ $(NATIVE_TEST_SRC) -L$(BUILD) -l:libcomodal_cpu.so -ldnnl -Wl,-rpath,'$$ORIGIN'
+$(BUILD)/test_%: native/tests/test_%.cpp $(CPU_LIB) $(CPU_HDRS)
+	@$(CXX) $(CXXFLAGS) -o $@ $< -L$(BUILD) -l:libcomodal_cpu.so -ldnnl -Wl,-rpath,'$$ORIGIN'
 
-native-test: $(BUILD)/test_native
-	@$(BUILD)/test_native
+native-test: $(addprefix $(BUILD)/,$(NATIVE_TESTS))
+	@rc=0; for t in $(NATIVE_TESTS); do $(BUILD)/$$t || rc=1; done; exit $$rc
 
-$(BUILD)/asan/test_native: $(NATIVE_TEST_SRC) $(CPU_SRCS) $(CPU_HDRS)
+$(BUILD)/asan/libcomodal_cpu.so: $(CPU_SRCS) $(CPU_HDRS)
 	@mkdir -p $(BUILD)/asan
-	@echo "[build] $(BUILD)/asan (ASan/UBSan)"
-	@$(CXX) $(ASAN_FLAGS) -shared -o $(BUILD)/asan/libcomodal_cpu.so $(CPU_SRCS) -ldnnl
-	@$(CXX) $(ASAN_FLAGS) -o $@ $(NATIVE_TEST_SRC) -L$(BUILD)/asan -l:libcomodal_cpu.so -ldnnl -Wl,-rpath,'$$ORIGIN'
+	@echo "[build] $@ (ASan/UBSan)"
+	@$(CXX) $(ASAN_FLAGS) -shared -o $@ $(CPU_SRCS) -ldnnl
 
-native-test-asan: $(BUILD)/asan/test_native
-	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/asan/test_native
+$(BUILD)/asan/test_%: native/tests/test_%.cpp $(BUILD)/asan/libcomodal_cpu.so
+	@$(CXX) $(ASAN_FLAGS) -o $@ $< -L$(BUILD)/asan -l:libcomodal_cpu.so -ldnnl -Wl,-rpath,'$$ORIGIN'
+
+native-test-asan: $(addprefix $(BUILD)/asan/,$(NATIVE_TESTS))
+	@rc=0; for t in $(NATIVE_TESTS); do \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/asan/$$t || rc=1; done; exit $$rc
 
 $(BUILD)/bench_conv: native/tests/bench_conv.cpp $(CPU_LIB) $(CPU_HDRS)
 	@$(CXX) $(CXXFLAGS) -o $@ native/tests/bench_conv.cpp -L$(BUILD) -l:libcomodal_cpu.so -ldnnl -Wl,-rpath,'$$ORIGIN'

@@ -1,6 +1,7 @@
 /**
- * Runs the C++ tests of the CPU library alone (native/tests/test_native.cpp) through
- * `make native-test`, so the suite covers them. Skipped, with a message, only where no C++ compiler
+ * Runs the C++ tests of the CPU library alone (native/tests/test_native.cpp: runtime, convolutions,
+ * group norm; native/tests/test_ops.cpp: the other kernels) through `make native-test`, so the
+ * suite covers them. Each program closes with a "N passed, N failed" line. Skipped, with a message, only where no C++ compiler
  * exists to build the test program.
  */
 import assert from "node:assert/strict";
@@ -32,10 +33,12 @@ Deno.test({
       stderr: "piped",
     }).output();
     const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-    const summary = text.match(/(\d+) passed, (\d+) failed/);
-    assert.ok(summary, `make native-test printed no summary line:\n${text}`);
-    assert.equal(Number(summary[2]), 0, `native tests failed:\n${text}`);
-    assert.ok(Number(summary[1]) > 100, `too few native checks ran:\n${text}`);
+    const summaries = [...text.matchAll(/(\d+) passed, (\d+) failed/g)];
+    assert.equal(summaries.length, 2, `expected a summary line from each test program:\n${text}`);
+    for (const m of summaries) {
+      assert.equal(Number(m[2]), 0, `native tests failed:\n${text}`);
+      assert.ok(Number(m[1]) > 100, `too few native checks ran:\n${text}`);
+    }
     assert.ok(out.success, `make native-test exited with ${out.code}:\n${text}`);
   },
 });
