@@ -1,14 +1,18 @@
 // conv.cpp — 3D convolution and transposed convolution on oneDNN: forward, backward-data,
 // backward-weights (CONV3D_* and CONV_TRANSPOSE3D_* ops of comodal.h).
 //
-// Activations with C % 16 == 0 run in BLOCKED16 (oneDNN nCdhw16c). The others stay PLAIN in the API:
-// a forward input with few channels (the image) is given to oneDNN as plain ncdhw (its jit kernels
-// take that directly), while an output-side tensor with few channels (class logits and their
-// gradient) uses the format oneDNN picks (a zero-padded blocked one) and is reordered at the edge —
-// a plain diff_dst made oneDNN fall back to its reference kernels, 100x slower. Weights are PLAIN in the API (PyTorch layout) and reordered to the
-// primitive's format on each call (a few hundred KiB at most). Primitive descriptors use
-// format_tag::any for weights (and for outputs whose layout oneDNN may pick) and are cached per
-// backend by a key of everything that shapes them, so a training step creates none after the first.
+// Activations with C % 16 == 0 run in BLOCKED16 (oneDNN nCdhw16c). The others stay PLAIN in the
+// API: a forward input with few channels (the image) is given to oneDNN as plain ncdhw (its jit
+// kernels take that directly), while an output-side tensor with few channels (class logits and
+// their gradient) uses the format oneDNN picks (a zero-padded blocked one) and is reordered at the
+// edge: a plain diff_dst made oneDNN fall back to its reference kernels, 100x slower. 1x1x1 heads to
+// a few classes skip oneDNN altogether (chunked sgemm, see is_head).
+//
+// Weights are PLAIN in the API (PyTorch layout) and reordered to the primitive's format on each call
+// (a few hundred KiB at most, on the calling thread). Primitive descriptors use format_tag::any for
+// weights (and for outputs whose layout oneDNN may pick), also in the backward passes (reusing the
+// forward's weights format there selects reference kernels), and are cached per backend by a key of
+// everything that shapes them, so a training step creates none after the first.
 #include <omp.h>
 
 #include <array>
