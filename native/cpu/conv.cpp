@@ -93,6 +93,15 @@ void check_weights(const Buffer* w, const char* op) {
     if (w->shape.d[i] < 1) fail(std::string(op) + ": w " + w->shape.str() + " has an empty dimension");
 }
 
+// Outputs are written while inputs are read: an output slot that is also an input is refused.
+void check_no_alias(const KernelArgs& a, const char* op) {
+  for (int o = 0; o < a.n_out; o++)
+    for (int i = 0; i < a.n_in; i++)
+      if (a.out[o] != nullptr && a.out[o] == a.in[i])
+        fail(std::string(op) + ": output " + std::to_string(o) + " is also input " + std::to_string(i) +
+             " (convolutions cannot run in place)");
+}
+
 void check_out_sizes(const Geo& g, const char* op) {
   for (int a = 0; a < 3; a++)
     if (g.out[a] < 1)
@@ -427,6 +436,7 @@ void forward_kernel(const KernelArgs& a) {
   TempBuffer xt;
   const Buffer* xu = as_layout(x, xl, xt);
   Shape ys = g.y_shape();
+  check_no_alias(a, op);
   Buffer* y = a.output(0, ys, CMO_DTYPE_F32, preferred_layout(ys, CMO_DTYPE_F32), op);
   if (is_head(g)) {  // y is plain (Co % 16 != 0), x blocked
     TempBuffer wt;
@@ -499,6 +509,7 @@ void backward_data_kernel(const KernelArgs& a) {
   dnnl::engine& eng = dnnl_engine(be);
   dnnl::stream& strm = dnnl_stream(be);
   Shape xs = g.x_shape();
+  check_no_alias(a, op);
   Buffer* dx = a.output(0, xs, CMO_DTYPE_F32, preferred_layout(xs, CMO_DTYPE_F32), op);
   if (is_head(g)) {  // dy is plain (Co % 16 != 0); dx is computed blocked
     TempBuffer wt, dxt;
@@ -598,6 +609,7 @@ void backward_weights_kernel(const KernelArgs& a) {
            x->shape.str() + " with kernel " + tri(g.k) + ", stride " + tri(g.s) + ", padding " + tri(g.p) +
            ", dilation " + tri(g.dil));
   bool dw_alloc = false, db_alloc = false;
+  check_no_alias(a, op);
   Buffer* dw = a.output(0, g.w_shape(), CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, op, &dw_alloc);
   Buffer* db = nullptr;
   if (a.out[1] != nullptr || prm.has_bias != 0)

@@ -615,6 +615,18 @@ void test_library_and_errors(cmo_backend* be, cmo_backend* other) {
             CMO_ERR_INVALID_ARGUMENT &&
             contains(cmo_last_error(), "several sizes fit"),
         std::string("ambiguous kernel: ") + cmo_last_error());
+  // An output slot that is also an input.
+  cmo_conv3d_params q1{};
+  for (int a = 0; a < 3; a++) q1.stride[a] = q1.padding[a] = q1.dilation[a] = 1;
+  cmo_buffer* xs = make(be, {1, 16, 4, 4, 4});
+  cmo_buffer* ws = make(be, {16, 16, 3, 3, 3}, CMO_LAYOUT_PLAIN);
+  std::vector<cmo_buffer*> same_in{xs, ws, nullptr}, same_out{xs};
+  check(cmo_op_execute(be, CMO_OP_CONV3D_FORWARD, same_in.data(), 3, same_out.data(), 1, &q1, sizeof q1) ==
+            CMO_ERR_INVALID_ARGUMENT &&
+            contains(cmo_last_error(), "CONV3D_FORWARD: output 0 is also input 0"),
+        std::string("in-place conv: ") + cmo_last_error());
+  cmo_buffer_release(xs);
+  cmo_buffer_release(ws);
   // Group norm with groups not dividing C.
   cmo_buffer* gam = make(be, {3});
   cmo_group_norm_params gq{2, 1e-5};
@@ -736,6 +748,12 @@ int main() {
   test_group_norm(be, {1, 2, 40, 40, 41}, 1, CMO_LAYOUT_PLAIN, 100);
   test_cache_and_stats(be);
   g_case = "teardown";
+  // A backend destroyed while a buffer lives is freed with that buffer (ASan checks the leak).
+  cmo_backend* tmp_be = nullptr;
+  CHECK_OK(cmo_backend_create(0, &tmp_be));
+  cmo_buffer* survivor = make(tmp_be, {1000, 300});
+  CHECK_OK(cmo_backend_destroy(tmp_be));
+  CHECK_OK(cmo_buffer_release(survivor));
   CHECK_OK(cmo_backend_destroy(other));
   CHECK_OK(cmo_backend_destroy(be));
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
