@@ -40,12 +40,11 @@ import {
 import { loadUnlabeledCase } from "../data/cases.ts";
 import { writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
-import { argmaxLabels } from "./labels.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan } from "../train/run.ts";
 import type { PreparedData } from "../train/data.ts";
-import { predictCase } from "../train/validate.ts";
+import { finalLabels, predictCase } from "../train/validate.ts";
 
 export interface LoadRunOptions {
   /** "best" (default; last.ckpt when the run has no best.ckpt), "last", or a checkpoint file. */
@@ -435,7 +434,7 @@ export async function predictCases(
       for (const [o, p] of probs) {
         const m = plan.modalities[o];
         const pm = rec.modalities[m];
-        const labels = argmaxLabels(probabilitiesToOriginal(p, K, pm), { numClasses: K });
+        const labels = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, config);
         const file = path.join(outDir, `${c.id}_${m}.nii.gz`);
         const data = datatype === "uint8"
           ? new Uint8Array(labels.length)

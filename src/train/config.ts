@@ -87,7 +87,9 @@ export const TrainConfigSchema = z.strictObject({
     mirror: z.boolean().default(false),
     /** Most validation cases evaluated during training (all at the end). */
     maxCases: z.number().int().positive().default(4),
-  }).default({ every: 200, overlap: 0.5, mirror: false, maxCases: 4 }),
+    /** Keep only the largest connected component of every foreground class in predictions. */
+    largestComponent: z.boolean().default(false),
+  }).default({ every: 200, overlap: 0.5, mirror: false, maxCases: 4, largestComponent: false }),
   checkpointEvery: z.number().int().nonnegative().default(100),
   deterministic: z.boolean().default(false),
   threads: z.number().int().nonnegative().default(0),
@@ -106,8 +108,33 @@ export function formatIssues(issues: z.core.$ZodIssue[]): string {
   return issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`).join("; ");
 }
 
+/**
+ * Defaults that depend on the task, applied under the user's values. The cardiac structures (LV
+ * blood pool, myocardium, RV) are single connected objects, so their predictions keep the largest
+ * component (removes isolated false positives, as nnU-Net's post-processing does).
+ */
+export const TASK_DEFAULTS: Record<string, Record<string, unknown>> = {
+  cardiac: { validation: { largestComponent: true } },
+};
+
+function mergeUnder(defaults: Record<string, unknown>, user: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...defaults };
+  for (const [k, v] of Object.entries(user)) {
+    const d = out[k];
+    out[k] = d && v && typeof d === "object" && typeof v === "object" && !Array.isArray(v)
+      ? mergeUnder(d as Record<string, unknown>, v as Record<string, unknown>)
+      : v;
+  }
+  return out;
+}
+
 /** Validates a config object; `source` names where it came from in the error. */
 export function parseTrainConfig(input: unknown, source = "training config"): TrainConfig {
+  if (input && typeof input === "object" && !Array.isArray(input)) {
+    const task = (input as Record<string, unknown>).task;
+    const d = typeof task === "string" ? TASK_DEFAULTS[task] : undefined;
+    if (d) input = mergeUnder(d, input as Record<string, unknown>);
+  }
   const r = TrainConfigSchema.safeParse(input);
   if (!r.success) throw new Error(`Invalid ${source}: ${formatIssues(r.error.issues)}`);
   return r.data;

@@ -18,7 +18,7 @@ import { Rng, type RngState } from "../data/rng.ts";
 import type { LabeledCase, UnlabeledCase } from "../data/cases.ts";
 import { IGNORE_LABEL, PatchSampler } from "../data/sampler.ts";
 import { planDivisor, planUNet, type UNetPlan } from "../nn/plan.ts";
-import { type Triple } from "../nn/layers.ts";
+import type { Triple } from "../nn/layers.ts";
 import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";

@@ -16,6 +16,7 @@ import { readNifti, writeNifti } from "../data/nifti.ts";
 import { loadCaseRecord, probabilitiesToOriginal } from "../data/preprocess.ts";
 import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "../infer/labels.ts";
+import { keepLargestComponent } from "../infer/postprocess.ts";
 import { type PatchBatch, slidingWindowInference } from "../infer/sliding_window.ts";
 import { type CaseMetrics, evaluateCase, metricsToJson, type MetricsSummary, summarise } from "../metrics/metrics.ts";
 import { formatSummaryTable } from "../metrics/evaluate_files.ts";
@@ -117,6 +118,18 @@ export async function predictCase(
   return result;
 }
 
+/**
+ * Labels from probabilities [K, ...dims] (dims in NIfTI order x, y, z), with the configured
+ * post-processing. Used for validation, the final predictions and `predict`.
+ */
+export function finalLabels(probs: Float32Array, K: number, dimsXYZ: readonly number[], config: TrainConfig): Int32Array {
+  const labels = argmaxLabels(probs, { numClasses: K });
+  if (config.validation.largestComponent) {
+    keepLargestComponent(labels, [dimsXYZ[2], dimsXYZ[1], dimsXYZ[0]], [...Array(K - 1).keys()].map((k) => k + 1));
+  }
+  return labels;
+}
+
 function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): number[] {
   const inter = new Float64Array(K), sp = new Float64Array(K), sr = new Float64Array(K);
   for (let i = 0; i < pred.length; i++) {
@@ -163,13 +176,13 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
     for (const [o, p] of probs) {
       const m = mods[o];
       const vol = cs.volumes[m];
-      const pred = argmaxLabels(p, { numClasses: K });
+      const pred = finalLabels(p, K, vol.dims, opts.config);
       const ref = cs.labels[m];
       if (ref) quickDice(pred, ref, K).forEach((d, k) => perClass[k].push(d));
       rows.push({ image: vol.data, dims: [vol.dims[2], vol.dims[1], vol.dims[0]] as const, pred, ref: ref ? Int32Array.from(ref) : undefined });
       if (rec && dirs) {
         const pm = rec.modalities[m];
-        const orig = argmaxLabels(probabilitiesToOriginal(p, K, pm), { numClasses: K });
+        const orig = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, opts.config);
         await writeNifti(path.join(dirs.pred, `${cs.id}_${m}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
         if (pm.source.labelPath) {
           const refOrig = await originalLabels(pm.source.labelPath, data.labelMap);
