@@ -72,10 +72,11 @@ void run(cmo_backend* be, int op, std::vector<cmo_buffer*> in, std::vector<cmo_b
   }
 }
 
-void bench_conv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S) {
+void bench_conv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S, int64_t stride = 1) {
   cmo_conv3d_params q{};
+  const int64_t So = (S - 1) / stride + 1;  // 3x3x3, pad 1
   for (int a = 0; a < 3; a++) {
-    q.stride[a] = 1;
+    q.stride[a] = stride;
     q.padding[a] = 1;
     q.dilation[a] = 1;
     q.in_dims[a] = S;
@@ -84,12 +85,12 @@ void bench_conv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S) {
   cmo_buffer* x = make(be, {N, Ci, S, S, S}, CMO_LAYOUT_ANY);
   cmo_buffer* w = make(be, {Co, Ci, 3, 3, 3}, CMO_LAYOUT_PLAIN);
   cmo_buffer* b = make(be, {Co}, CMO_LAYOUT_PLAIN);
-  cmo_buffer* y = make(be, {N, Co, S, S, S}, CMO_LAYOUT_ANY);
-  cmo_buffer* dy = make(be, {N, Co, S, S, S}, CMO_LAYOUT_ANY);
+  cmo_buffer* y = make(be, {N, Co, So, So, So}, CMO_LAYOUT_ANY);
+  cmo_buffer* dy = make(be, {N, Co, So, So, So}, CMO_LAYOUT_ANY);
   cmo_buffer* dx = make(be, {N, Ci, S, S, S}, CMO_LAYOUT_ANY);
   cmo_buffer* dw = make(be, {Co, Ci, 3, 3, 3}, CMO_LAYOUT_PLAIN);
   cmo_buffer* db = make(be, {Co}, CMO_LAYOUT_PLAIN);
-  double flop = 2.0 * N * Ci * Co * 27.0 * S * S * S;
+  double flop = 2.0 * N * Ci * Co * 27.0 * So * So * So;
   double tf = time_ms([&] { run(be, CMO_OP_CONV3D_FORWARD, {x, w, b}, {y}, &q, sizeof q); });
   double td = time_ms([&] { run(be, CMO_OP_CONV3D_BACKWARD_DATA, {dy, w}, {dx}, &q, sizeof q); });
   double tw = time_ms([&] { run(be, CMO_OP_CONV3D_BACKWARD_WEIGHTS, {x, dy}, {dw, db}, &q, sizeof q); });
@@ -100,9 +101,9 @@ void bench_conv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S) {
       cmo_buffer_release(yn);
   });
   std::printf("  fwd with the output allocated by the op: %.1f ms\n", ta);
-  std::printf("conv3d N%lld C%lld->%lld %lld^3: fwd %.1f ms (%.0f GF/s), bwd-data %.1f ms (%.0f), bwd-w %.1f ms "
+  std::printf("conv3d N%lld C%lld->%lld %lld^3 stride %lld: fwd %.1f ms (%.0f GF/s), bwd-data %.1f ms (%.0f), bwd-w %.1f ms "
               "(%.0f) | fwd+bwd %.1f ms (fwd+bwd-w only %.1f ms)\n",
-              (long long)N, (long long)Ci, (long long)Co, (long long)S, tf, flop / tf / 1e6, td, flop / td / 1e6, tw,
+              (long long)N, (long long)Ci, (long long)Co, (long long)S, (long long)stride, tf, flop / tf / 1e6, td, flop / td / 1e6, tw,
               flop / tw / 1e6, tf + td + tw, tf + tw);
   for (auto* t : {x, w, b, y, dy, dx, dw, db}) cmo_buffer_release(t);
 }
@@ -189,6 +190,9 @@ int main() {
   bench_conv(be, 2, 32, 32, 32);
   bench_conv(be, 2, 64, 64, 16);
   bench_conv(be, 2, 2, 16, 96);
+  bench_conv(be, 2, 1, 16, 96);  // one modality per encoder (CMC)
+  bench_conv(be, 2, 16, 32, 64, 2);  // downsampling
+  bench_conv(be, 2, 32, 64, 32, 2);
   bench_deconv(be, 2, 32, 16, 32);
   bench_norm(be, 2, 16, 64, CMO_LAYOUT_BLOCKED16);
   bench_norm(be, 2, 16, 64, CMO_LAYOUT_PLAIN);
