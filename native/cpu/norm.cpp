@@ -2,7 +2,8 @@
 // norm is groups == C. Own kernels for PLAIN and BLOCKED16 tensors: statistics are gathered per
 // channel over fixed-size chunks of the spatial extent (float lanes flushed into double sums, so the
 // result does not depend on the thread count), combined per group in double, then applied in a second
-// parallel pass. Variance is two-pass (sum of (x - mean)^2), biased, as PyTorch.
+// parallel pass. Variance: per chunk two passes (the second from cache), merged with Chan's formula;
+// biased, as PyTorch.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -150,31 +151,83 @@ void group_norm_forward(const KernelArgs& a) {
   View v = make_view(x);
   const float* xd = x->f32();
   const double M = (double)Cg * (double)v.S;
-  // Pass 1: per-channel sums -> group means.
-  std::vector<std::vector<double>> sums;
-  const float zeros[kLanes] = {};
-  channel_sums(be, v, 1, sums, [&](int64_t, int64_t off, int64_t len, double* out) {
-    lane_sums(xd + off, nullptr, len, zeros, out, [](float xv, float, float) { return xv; });
-  });
-  std::vector<double> gmean((size_t)(N * G), 0.0);
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) gmean[(size_t)(n * G + c / Cg)] += sums[0][(size_t)(n * C + c)];
-  for (auto& m : gmean) m = M > 0 ? m / M : 0.0;
-  // Pass 2: per-channel sums of (x - group mean)^2 -> group variance.
-  std::vector<float> mean_nc((size_t)(N * C));
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) mean_nc[(size_t)(n * C + c)] = (float)gmean[(size_t)(n * G + c / Cg)];
-  channel_sums(be, v, 1, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {
+  // Statistics in one read of x: per (unit, chunk) task the chunk's per-channel mean and sum of
+  // squared deviations (the chunk is read a second time from cache), then chunks and the channels of
+  // a group are merged in a fixed order with Chan's pairwise formula (numerically stable, and
+  // independent of the thread count).
+  const int64_t T = v.tasks();
+  std::vector<double> cmean((size_t)(T * kLanes)), cm2((size_t)(T * kLanes)), ccount((size_t)T);
+  parallel_for(be, T, [&](int64_t t) {
+    int64_t chunk = t % v.chunks, unit = t / v.chunks;
+    int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
+    int64_t off = unit * v.S * v.L + p0 * v.L, len = (p1 - p0) * v.L;
+    const float* xp = xd + off;
+    double sum[kLanes] = {}, m2[kLanes] = {};
+    const float zeros[kLanes] = {};
+    lane_sums(xp, nullptr, len, zeros, sum, [](float xv, float, float) { return xv; });
     float m[kLanes];
-    unit_lanes(v, unit, mean_nc, m);
-    lane_sums(xd + off, nullptr, len, m, out, [](float xv, float, float mv) {
+    const double npts = (double)(p1 - p0);
+    if (v.L == 1) {
+      double total = 0;
+      for (int l = 0; l < kLanes; l++) total += sum[l];
+      for (int l = 0; l < kLanes; l++) m[l] = len > 0 ? (float)(total / (double)len) : 0.0f;
+    } else {
+      for (int l = 0; l < kLanes; l++) m[l] = npts > 0 ? (float)(sum[l] / npts) : 0.0f;
+    }
+    lane_sums(xp, nullptr, len, m, m2, [](float xv, float, float mv) {
       float d = xv - mv;
       return d * d;
     });
+    // The float chunk mean is the shift; correct for its rounding: M2 = sum (x-m)^2 - n (mean-m)^2.
+    if (v.L == 1) {
+      double total = 0, dev = 0;
+      for (int l = 0; l < kLanes; l++) {
+        total += sum[l];
+        dev += m2[l];
+      }
+      double mean = len > 0 ? total / (double)len : 0.0, d = mean - (double)m[0];
+      cmean[(size_t)(t * kLanes)] = mean;
+      cm2[(size_t)(t * kLanes)] = std::max(0.0, dev - (double)len * d * d);
+    } else {
+      for (int l = 0; l < kLanes; l++) {
+        double mean = npts > 0 ? sum[l] / npts : 0.0, d = mean - (double)m[l];
+        cmean[(size_t)(t * kLanes + l)] = mean;
+        cm2[(size_t)(t * kLanes + l)] = std::max(0.0, m2[l] - npts * d * d);
+      }
+    }
+    ccount[(size_t)t] = v.L == 1 ? (double)len : npts;
   });
-  std::vector<double> gvar((size_t)(N * G), 0.0);
+  // Merge (count, mean, M2) pairs.
+  struct Acc {
+    double n = 0, mean = 0, m2 = 0;
+    void add(double nb, double mb, double m2b) {
+      if (nb <= 0) return;
+      double nn = n + nb, d = mb - mean;
+      mean += d * nb / nn;
+      m2 += m2b + d * d * n * nb / nn;
+      n = nn;
+    }
+  };
+  std::vector<Acc> chan((size_t)(N * C));
+  for (int64_t t = 0; t < T; t++) {
+    int64_t unit = t / v.chunks;
+    int64_t n = unit / v.units_per_n, u = unit % v.units_per_n;
+    for (int l = 0; l < v.L; l++) {
+      int64_t c = v.channel(u, l);
+      chan[(size_t)(n * C + c)].add(ccount[(size_t)t], cmean[(size_t)(t * kLanes + l)], cm2[(size_t)(t * kLanes + l)]);
+    }
+  }
+  std::vector<Acc> grp((size_t)(N * G));
   for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) gvar[(size_t)(n * G + c / Cg)] += sums[0][(size_t)(n * C + c)];
+    for (int64_t c = 0; c < C; c++) {
+      const Acc& a = chan[(size_t)(n * C + c)];
+      grp[(size_t)(n * G + c / Cg)].add(a.n, a.mean, a.m2);
+    }
+  std::vector<double> gmean((size_t)(N * G)), gvar((size_t)(N * G));
+  for (int64_t i = 0; i < N * G; i++) {
+    gmean[(size_t)i] = grp[(size_t)i].mean;
+    gvar[(size_t)i] = grp[(size_t)i].m2;
+  }
   float* mo = mean_b->f32();
   float* ro = rstd_b->f32();
   std::vector<float> scale_nc((size_t)(N * C)), shift_nc((size_t)(N * C));
