@@ -130,6 +130,10 @@ export interface TorchResult {
 
 /** The step-time target of issue 4: ours at most this fraction of PyTorch's. */
 export const TARGET_RATIO = 0.6;
+/** Other processes' CPU use (cores) above which a measurement counts as disturbed. */
+export const DISTURBED_CORES = 0.25;
+/** Most measurements of one model when they keep being disturbed. */
+export const MAX_ATTEMPTS = 3;
 const CLASSES = 4;
 const MiB = 2 ** 20;
 
@@ -468,6 +472,13 @@ export const trainStepBench: BenchModule = {
     const load: Record<string, number[]> = { start: loadavg() };
     const ours: OursResult[] = [];
     const torch: (TorchResult | { error: string })[] = [];
+    const attempts: {
+      model: StepModel;
+      attempt: number;
+      oursMs: number;
+      torchMs: number | null;
+      otherCores: number;
+    }[] = [];
     for (const model of models) {
       const cfg: StepConfig = {
         model,
@@ -477,10 +488,28 @@ export const trainStepBench: BenchModule = {
         runs: opts.runs,
         profileSteps: 0,
       };
-      load[`${model} ours`] = loadavg();
-      ours.push(await timeOursInWorker(cfg));
-      load[`${model} torch`] = loadavg();
-      torch.push(await timeTorch(cfg));
+      // On a shared machine another process can take a core in the middle of a side's steps: a
+      // pair where either side saw more than DISTURBED_CORES of other CPU use is measured again
+      // (up to MAX_ATTEMPTS times), and the least disturbed attempt is kept.
+      let best: { o: OursResult; t: TorchResult | { error: string }; other: number } | null = null;
+      for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+        load[`${model} ours #${attempt}`] = loadavg();
+        const o = await timeOursInWorker(cfg);
+        load[`${model} torch #${attempt}`] = loadavg();
+        const t = await timeTorch(cfg);
+        const other = Math.max(o.otherCores, "error" in t ? 0 : t.other_cores);
+        attempts.push({
+          model,
+          attempt,
+          oursMs: o.medianMs,
+          torchMs: "error" in t ? null : t.median_ms,
+          otherCores: other,
+        });
+        if (!best || other < best.other) best = { o, t, other };
+        if (other <= DISTURBED_CORES) break;
+      }
+      ours.push(best!.o);
+      torch.push(best!.t);
     }
     // The profile runs last, in its own process, so the timed steps above carry no profiler cost.
     load.profile = loadavg();
@@ -522,9 +551,9 @@ export const trainStepBench: BenchModule = {
       `ours peak = engine peakBytes over the timed steps (params, grads, AdamW state, activations); ` +
       `RSS+ = resident high-water mark of the timed steps minus resident size before the model was built ` +
       `(each model and side in its own process)`,
-      `1-min load average: ${
-        Object.entries(load).map(([k, v]) => `${k} ${v[0].toFixed(1)}`).join(", ")
-      } (${navigator.hardwareConcurrency} cores)`,
+      `1-min load average ${load.start[0].toFixed(1)} at start, ${
+        load.end[0].toFixed(1)
+      } at end (${navigator.hardwareConcurrency} cores; per measurement in details.loadAverage)`,
       `CPU used by other processes during the timed steps (cores of ${navigator.hardwareConcurrency}): ${
         models.map((m, i) => {
           const t = torch[i];
@@ -539,6 +568,15 @@ export const trainStepBench: BenchModule = {
             "error" in t ? "-" : t.own_cores.toFixed(2)
           }`;
         }).join("; ")
+      }`,
+      `measurements per model (retried while another process used > ${DISTURBED_CORES} cores): ${
+        models.map((m, i) => {
+          const t = torch[i];
+          const other = Math.max(ours[i].otherCores, "error" in t ? 0 : t.other_cores);
+          return `${m} ${attempts.filter((a) => a.model === m).length}${
+            other > DISTURBED_CORES ? " (still disturbed: figures not clean)" : ""
+          }`;
+        }).join(", ")
       }`,
       `engine: ${ours[0].engine}; ` +
       (torchErr ? `PyTorch baseline unavailable: ${torchErr.error}` : `PyTorch ${torchOk?.torch}`),
@@ -569,6 +607,7 @@ export const trainStepBench: BenchModule = {
       details: {
         size,
         loadAverage: load,
+        attempts,
         ours,
         torch,
         profile: prof.profile,
