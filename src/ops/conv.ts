@@ -9,9 +9,6 @@ import { getBackend } from "../backend/backend.ts";
 import { allocTensor, recordNode, type Tensor, wrapNative } from "../tensor/tensor.ts";
 import { checkF32, checkRank, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
-import { add } from "./binary.ts";
-import { matmul } from "./matmul.ts";
-import { reshape } from "./shape_ops.ts";
 
 /** Options of conv3d: each a number or a per-axis [d,h,w] triple. */
 export interface Conv3dOptions {
@@ -126,43 +123,11 @@ function convBackward(
   };
 }
 
-function isPointwise(w: Tensor, g: Geometry): boolean {
-  for (let i = 0; i < 3; i++) {
-    if (w.shape[2 + i] !== 1 || g.stride[i] !== 1 || g.padding[i] !== 0 || g.dilation[i] !== 1) {
-      return false;
-    }
-  }
-  return true;
-}
-
-/**
- * A 1x1x1 convolution as a matrix product, y[n] = W [Co,Ci] x[n] [Ci,S] (+ b), differentiable
- * through matmul/reshape/add. oneDNN 2.6 picked a reference kernel for the backward passes of
- * small pointwise convs (e.g. the 16 -> K logits head: ~30x slower than this).
- */
-function pointwiseConv(x: Tensor, w: Tensor, b: Tensor | null): Tensor {
-  const [n, ci, d, h, wd] = x.shape;
-  const co = w.shape[0];
-  const s = d * h * wd;
-  const tmp: Tensor[] = [];
-  const keep = <T extends Tensor>(t: T) => (tmp.push(t), t);
-  const y3 = keep(matmul(keep(reshape(w, [co, ci])), keep(reshape(x, [n, ci, s]))));
-  let y = reshape(y3, [n, co, d, h, wd]);
-  if (b !== null) {
-    const yb = add(y, keep(reshape(b, [1, co, 1, 1, 1])));
-    tmp.push(y);
-    y = yb;
-  }
-  for (const t of tmp) t.dispose(); // graph nodes keep what backward needs
-  return y;
-}
-
 /** 3D convolution: x [N,Ci,D,H,W], w [Co,Ci,kd,kh,kw], b [Co] or null -> [N,Co,...]. */
 export function conv3d(x: Tensor, w: Tensor, b: Tensor | null, opts: Conv3dOptions = {}): Tensor {
   const fn = "conv3d";
   checkConvInputs(fn, x, w, b, 1);
   const geo = geometry(fn, opts, 1);
-  if (isPointwise(w, geo)) return pointwiseConv(x, w, b);
   const out = [x.shape[0], w.shape[0], 0, 0, 0];
   for (let i = 0; i < 3; i++) {
     const eff = geo.dilation[i] * (w.shape[2 + i] - 1) + 1;
