@@ -136,10 +136,13 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
   }
   let unlabeled: UnlabeledBatch | null = null;
   if (ctx.unlabeledBatch > 0) {
-    // Without unlabeled cases, labeled cases lend their images (a view without labels).
-    const pool: UnlabeledCase[] = ctx.unlabeled.length > 0
-      ? ctx.unlabeled
-      : ctx.labeled.map((c) => ({ kind: "unlabeled", id: c.id, volumes: c.volumes }));
+    // Labeled cases lend their images (a view without labels) when there are no unlabeled cases,
+    // or for a modality no unlabeled case has (unpaired data such as AMOS CT / MRI).
+    const views: UnlabeledCase[] = ctx.labeled.map((c) => ({ kind: "unlabeled", id: c.id, volumes: c.volumes }));
+    const lacking = ctx.modalities.filter((m) => !ctx.unlabeled.some((c) => m in c.volumes));
+    const pool: UnlabeledCase[] = ctx.unlabeled.length === 0
+      ? views
+      : [...ctx.unlabeled, ...views.filter((v) => lacking.some((m) => m in v.volumes))];
     if (pool.length === 0) {
       throw new Error("PatchLoader: unlabeledBatch > 0 but there are no cases");
     }

@@ -93,6 +93,8 @@ export const TrainConfigSchema = z.strictObject({
   checkpointEvery: z.number().int().nonnegative().default(100),
   deterministic: z.boolean().default(false),
   threads: z.number().int().nonnegative().default(0),
+  /** Background threads that prepare batches (0 = on the training thread). */
+  loaderWorkers: z.number().int().nonnegative().default(1),
   device: z.enum(["cpu", "cuda"]).default("cpu"),
   /** Synthetic data: number of cases generated when the built-in data is used. */
   syntheticCases: z.number().int().positive().default(20),

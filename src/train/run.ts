@@ -14,9 +14,8 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { emaUpdate, getBackend, initBackend, noGrad, type Tensor, tensor, tidy } from "../engine.ts";
-import { Rng, type RngState } from "../data/rng.ts";
-import type { LabeledCase, UnlabeledCase } from "../data/cases.ts";
-import { IGNORE_LABEL, PatchSampler } from "../data/sampler.ts";
+import { Rng } from "../data/rng.ts";
+import { type Batch, PatchLoader } from "../data/loader.ts";
 import { planDivisor, planUNet, type UNetPlan } from "../nn/plan.ts";
 import type { Triple } from "../nn/layers.ts";
 import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
@@ -134,7 +133,6 @@ export function loadModelWeights(file: string, signature: string, model: MethodM
 }
 
 interface RunState {
-  dataRng: Rng;
   bestDice: number;
   validations: { iteration: number; dice: number }[];
 }
@@ -157,81 +155,25 @@ function restore(file: string, signature: string, model: MethodModel, opt: Optim
     copyInto(t, src.data, name);
   }
   opt.setStepCount(Number(ck.meta.optimizerStep ?? ck.meta.iteration));
-  st.dataRng = Rng.fromState(ck.meta.dataRng as RngState);
   st.bestDice = Number(ck.meta.bestDice ?? -1);
   st.validations = (ck.meta.validations as RunState["validations"]) ?? [];
   return ck.meta.iteration;
 }
 
-/**
- * Draws one host batch: B_l labeled and B_u unlabeled patches with every modality per sample.
- * Paired cases give all modalities; for unpaired data (a case without some modality, e.g. AMOS CT
- * and MRI from different patients) each missing modality comes from another case that has it,
- * labeled if one exists (its labels are used), else unlabeled (its labels count as ignored).
- */
-export function drawBatch(
-  data: PreparedData,
-  samplers: (mods: readonly string[]) => PatchSampler,
-  rng: Rng,
-  c: TrainConfig,
-): HostBatch {
-  const mods = data.modalities;
-  const full = samplers(mods);
-  const nv = full.patchVoxels;
-  const bl = c.batchLabeled;
-  const bu = data.unlabeled.length ? c.batchUnlabeled : 0;
-  const withMod = <C extends { volumes: Readonly<Record<string, unknown>> }>(pool: readonly C[], m: string) =>
-    pool.filter((x) => x.volumes[m] !== undefined);
-  const partner = <C extends { volumes: Readonly<Record<string, unknown>> }>(pool: readonly C[], first: C, m: string): C | null => {
-    if (first.volumes[m] !== undefined) return first;
-    const cands = withMod(pool, m);
-    return cands.length ? cands[rng.int(cands.length)] : null;
+/** A loader batch as the trainer's host batch (modalities in model input order). */
+function toHostBatch(b: Batch, mods: readonly string[]): HostBatch {
+  if (!b.labeled) throw new Error("Training batch has no labeled part");
+  return {
+    patch: b.patchSize,
+    labeled: {
+      images: mods.map((m) => b.labeled!.images[m]),
+      labels: mods.map((m) => b.labeled!.labels[m]),
+      count: b.labeled.ids.length,
+    },
+    unlabeled: b.unlabeled
+      ? { images: mods.map((m) => b.unlabeled!.images[m]), count: b.unlabeled.ids.length }
+      : null,
   };
-  const labImages = mods.map(() => new Float32Array(bl * nv));
-  const labLabels = mods.map(() => new Int32Array(bl * nv).fill(IGNORE_LABEL));
-  for (let s = 0; s < bl; s++) {
-    const first: LabeledCase = data.labeled[rng.int(data.labeled.length)];
-    const src: Record<string, LabeledCase> = {};
-    const rest: string[] = [];
-    for (const m of mods) {
-      const p = partner(data.labeled, first, m);
-      if (p) src[m] = p;
-      else rest.push(m);
-    }
-    const got = Object.keys(src);
-    if (got.length) {
-      const p = samplers(got).sampleLabeled(src, rng);
-      for (const m of got) {
-        labImages[mods.indexOf(m)].set(p.images[m], s * nv);
-        labLabels[mods.indexOf(m)].set(p.labels[m], s * nv);
-      }
-    }
-    for (const m of rest) {
-      const u = data.unlabeled.length ? partner(data.unlabeled, data.unlabeled[0], m) : null;
-      if (!u) throw new Error(`Cannot sample modality ${m}: no training case has it`);
-      labImages[mods.indexOf(m)].set(samplers([m]).sampleUnlabeled(u, rng).images[m], s * nv);
-    }
-  }
-  let unlabeled: HostBatch["unlabeled"] = null;
-  if (bu > 0) {
-    const imgs = mods.map(() => new Float32Array(bu * nv));
-    const pool: (LabeledCase | UnlabeledCase)[] = [...data.unlabeled, ...data.labeled];
-    for (let s = 0; s < bu; s++) {
-      const first: UnlabeledCase = data.unlabeled[rng.int(data.unlabeled.length)];
-      const src: Record<string, UnlabeledCase> = {};
-      for (const m of mods) {
-        // A labeled partner is read through the unlabeled path (images only).
-        const p = partner(pool, first, m);
-        if (!p) throw new Error(`Cannot sample modality ${m}: no training case has it`);
-        src[m] = { kind: "unlabeled", id: p.id, volumes: p.volumes };
-      }
-      const p = full.sampleUnlabeled(src, rng);
-      mods.forEach((m, i) => imgs[i].set(p.images[m], s * nv));
-    }
-    unlabeled = { images: imgs, count: bu };
-  }
-  const [d, h, w] = full.patchSize;
-  return { patch: [d, h, w], labeled: { images: labImages, labels: labLabels, count: bl }, unlabeled };
 }
 
 /** Rounds a patch size up to a multiple of the network's total stride per axis. */
@@ -282,7 +224,7 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   });
   const optimizer = makeOptimizer(c, model);
   const signature = modelSignature(c, data.modalities, numClasses, plan);
-  const st: RunState = { dataRng: new Rng(c.seed, "data"), bestDice: -1, validations: [] };
+  const st: RunState = { bestDice: -1, validations: [] };
   const runPlan: RunPlan = {
     version: 1,
     signature,
@@ -311,23 +253,20 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
 
-  const samplerCache = new Map<string, PatchSampler>();
-  const samplers = (mods: readonly string[]) => {
-    const key = mods.join("\u0000");
-    let s = samplerCache.get(key);
-    if (!s) {
-      s = new PatchSampler({
-        patchSize: patch,
-        modalities: mods,
-        augment: c.augment.enabled ? {} : false,
-        misalign: mods.length > 1 && (c.augment.misalignMm > 0 || c.augment.misalignDeg > 0)
-          ? { translationMm: c.augment.misalignMm, rotationDeg: c.augment.misalignDeg }
-          : null,
-      });
-      samplerCache.set(key, s);
-    }
-    return s;
-  };
+  // Batch i of the stream depends only on (seed, i), so a resumed run continues with batch startIt.
+  const loader = PatchLoader.fromCases({ labeled: data.labeled, unlabeled: data.unlabeled }, {
+    modalities: data.modalities,
+    patchSize: patch,
+    labeledBatch: c.batchLabeled,
+    unlabeledBatch: data.unlabeled.length ? c.batchUnlabeled : 0,
+    seed: c.seed,
+    startBatch: startIt,
+    augment: c.augment.enabled ? {} : false,
+    misalign: data.modalities.length > 1 && (c.augment.misalignMm > 0 || c.augment.misalignDeg > 0)
+      ? { translationMm: c.augment.misalignMm, rotationDeg: c.augment.misalignDeg }
+      : null,
+    workers: c.loaderWorkers,
+  });
 
   const log = new JsonlLog(path.join(outDir, "log.jsonl"));
   log.write({ event: "config", config: c, plan: plan.levels, patch, parameters: model.student.parameterCount(), backend: getBackend().version, data: data.describe });
@@ -337,7 +276,6 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
       iteration,
       signature,
       optimizerStep: optimizer.stepCount,
-      dataRng: st.dataRng.state(),
       bestDice: st.bestDice,
       validations: st.validations,
       config: c,
@@ -374,7 +312,7 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     warmup: c.optimizer.warmup,
     schedule: c.optimizer.schedule,
     emaDecay: c.emaDecay,
-    nextBatch: () => Promise.resolve(drawBatch(data, samplers, st.dataRng, c)),
+    nextBatch: async () => toHostBatch(await loader.next(), data.modalities),
     hooks,
   });
   trainer.ctx.iteration = startIt;
@@ -383,6 +321,8 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   } catch (e) {
     if (e instanceof NonFiniteLossError) log.write({ event: "error", iteration: e.iteration, message: e.message });
     throw e;
+  } finally {
+    await loader.close();
   }
   save(last, trainer.ctx.iteration);
 
