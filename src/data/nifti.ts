@@ -19,6 +19,9 @@ import {
   spacingOf,
   type Vec3,
 } from "./affine.ts";
+import { writeFileAtomic } from "../util/atomic_write.ts";
+
+export { writeFileAtomic };
 
 export type NiftiDatatype =
   | "uint8"
@@ -701,17 +704,6 @@ export function encodeNifti(
   return out;
 }
 
-/** Writes a temp file next to `path` and renames it into place. */
-export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${Math.random().toString(36).slice(2)}`;
-  try {
-    await Deno.writeFile(tmp, bytes);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw new Error(`Cannot write ${path}: ${(e as Error).message}`);
-  }
-}
 
 /** Writes .nii.gz (gzip) or .nii, atomically, with sform and qform set from the affine. */
 export async function writeNifti(

@@ -6,7 +6,8 @@
  * Format: "CMOCKPT1", u32 little-endian JSON header length, JSON header
  * { meta, tensors: [{ name, shape, offset }] }, then float32 little-endian data.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync, unlinkSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import type { Tensor } from "../engine.ts";
 
 const MAGIC = "CMOCKPT1";
@@ -14,27 +15,6 @@ const MAGIC = "CMOCKPT1";
 export interface CheckpointMeta {
   iteration: number;
   [key: string]: unknown;
-}
-
-/** Writes `bytes` to `path` atomically. */
-export function writeFileAtomic(path: string, bytes: Uint8Array): void {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const fd = openSync(tmp, "w");
-  try {
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  try {
-    renameSync(tmp, path);
-  } catch (e) {
-    try {
-      unlinkSync(tmp);
-    } catch { /* already gone */ }
-    throw new Error(`Cannot write ${path}: ${(e as Error).message}`);
-  }
 }
 
 export function saveCheckpoint(path: string, meta: CheckpointMeta, tensors: Record<string, Tensor>): void {
@@ -59,7 +39,7 @@ export function saveCheckpoint(path: string, meta: CheckpointMeta, tensors: Reco
     out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), pos);
     pos += a.byteLength;
   }
-  writeFileAtomic(path, out);
+  writeFileAtomicSync(path, out);
 }
 
 export interface LoadedCheckpoint {

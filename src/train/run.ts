@@ -21,7 +21,8 @@ import type { Triple } from "../nn/layers.ts";
 import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
-import { type CheckpointMeta, loadCheckpoint, saveCheckpoint, writeFileAtomic } from "./checkpoint.ts";
+import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
@@ -192,7 +193,7 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     throw new Error(`Run folder ${outDir} already holds a checkpoint: pass --resume to continue it, or choose another --out`);
   }
   if (opts.resume && !existsSync(last)) throw new Error(`Cannot resume: ${last} does not exist`);
-  writeFileAtomic(path.join(outDir, "config.json"), new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"));
+  writeFileAtomicSync(path.join(outDir, "config.json"), new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"));
 
   initBackend({ device: c.device, threads: c.threads || undefined, deterministic: c.deterministic });
   const data = await prepareData(c, { quiet: opts.quiet });
@@ -249,7 +250,7 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     })),
     fingerprint: data.plan.fingerprint,
   };
-  writeFileAtomic(path.join(outDir, "plan.json"), new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"));
+  writeFileAtomicSync(path.join(outDir, "plan.json"), new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"));
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
 

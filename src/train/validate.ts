@@ -24,7 +24,7 @@ import { montagePng } from "../viz/overlay.ts";
 import type { TrainConfig } from "./config.ts";
 import type { PreparedData } from "./data.ts";
 import type { MethodModel } from "./methods.ts";
-import { writeFileAtomic } from "./checkpoint.ts";
+import { writeFileAtomicSync } from "../util/atomic_write.ts";
 
 export interface ValidationOptions {
   patch: [number, number, number];
@@ -211,7 +211,7 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
   let table = `mean foreground Dice (preprocessed grid) ${meanDice.toFixed(4)}`;
   if (!opts.quick && caseMetrics.length && opts.outDir) {
     summary = summarise(caseMetrics);
-    writeFileAtomic(path.join(opts.outDir, "metrics.json"), new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"));
+    writeFileAtomicSync(path.join(opts.outDir, "metrics.json"), new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"));
     table = formatSummaryTable(summary);
   }
   return { meanDice, perClassDice, summary, table };
