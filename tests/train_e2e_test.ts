@@ -92,6 +92,23 @@ Deno.test({
 });
 
 Deno.test({
+  name: "CMC trains on three modalities (pairwise L_csc / L_cac) and predicts each of them",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const out = Deno.makeTempDirSync({ prefix: "comodal-e2e-m3-" });
+    const r = await trainTask(tiny(out, { iterations: 2, modalities: ["C0", "LGE", "T2"], validation: { every: 0, overlap: 0 } }), { quiet: true });
+    assert.equal(r.model.outputs.length, 3);
+    const log = readFileSync(path.join(out, "log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const it = log.filter((e) => e.event === "iteration");
+    assert.ok(it.every((e) => "dice_2" in e && Number.isFinite(e.csc) && Number.isFinite(e.cac)), JSON.stringify(it[0]));
+    const preds = [...Deno.readDirSync(path.join(out, "predictions"))].map((e) => e.name);
+    for (const m of ["C0", "LGE", "T2"]) assert.ok(preds.some((p) => p.endsWith(`_${m}.nii.gz`)), `no ${m} prediction`);
+    r.model.dispose();
+  },
+});
+
+Deno.test({
   name: "bad training input gives clear errors",
   sanitizeResources: false,
   sanitizeOps: false,
