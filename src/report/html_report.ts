@@ -269,6 +269,8 @@ export function trainingPlots(runs: RunInfo[]): string[] {
         if (dice !== undefined) valPts.push([it, dice]);
         continue;
       }
+      // Other events (start/end/config) carry fields such as `total` (the iteration count).
+      if (ev !== "" && ev !== "iteration") continue;
       const l = num(rec.loss) ?? num(rec.total) ?? num(rec.lossTotal) ?? num(rec.loss_total);
       if (l !== undefined) lossPts.push([it, l]);
     }
