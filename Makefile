@@ -7,11 +7,11 @@ BUILD := build
 CXX ?= g++
 CXXFLAGS := -std=c++17 -O3 -march=x86-64-v3 -fPIC -fopenmp -Wall -Wextra -Wno-unused-parameter
 CPU_SRCS := $(wildcard native/cpu/*.cpp)
-CPU_HDRS := native/include/comodal.h $(wildcard native/cpu/*.hpp)
+CPU_HDRS := native/include/comodal.h $(wildcard native/cpu/*.hpp native/common/*.hpp)
 CPU_LIB := $(BUILD)/libcomodal_cpu.so
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_SRCS := $(wildcard native/cuda/*.cu native/cuda/*.cpp)
-CUDA_HDRS := $(wildcard native/cuda/*.cuh native/cuda/*.hpp)
+CUDA_HDRS := $(wildcard native/cuda/*.cuh native/cuda/*.hpp native/common/*.hpp)
 CUDA_LIB := $(BUILD)/libcomodal_cuda.so
 CUDNN_DIR := $(TOOLS)/cudnn
 NVCC_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \

@@ -14,21 +14,15 @@
 #include <immintrin.h>
 #endif
 
+#include "../common/abi_tables.hpp"
 #include "internal.hpp"
 
 namespace cmo {
 namespace ku {
 
-inline const char* dtype_name(cmo_dtype t) {
-  switch (t) {
-    case CMO_DTYPE_F32: return "f32";
-    case CMO_DTYPE_I32: return "i32";
-    case CMO_DTYPE_U8: return "u8";
-  }
-  return "unknown dtype";
-}
+using cmo_abi::dtype_name;
 
-inline int64_t elem_size(cmo_dtype t) { return t == CMO_DTYPE_U8 ? 1 : 4; }
+inline int64_t elem_size(cmo_dtype t) { return cmo_abi::dtype_size(t); }
 
 // "x [2,16,8,8,8] f32"
 inline std::string desc(const char* name, const Buffer* b) {

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../common/abi_tables.hpp"
 #include "cudnn_api.hpp"
 #include "internal.cuh"
 
@@ -52,40 +53,17 @@ struct cmo_backend : cmocu::Backend {};
 struct cmo_buffer : cmocu::Buffer {};
 
 namespace cmocu {
+
+int64_t dtype_size(cmo_dtype dt) { return cmo_abi::dtype_size(dt); }
+const char* dtype_name(int64_t dt) { return cmo_abi::dtype_name(dt); }
+
 namespace {
 
 thread_local std::string g_last_error;
 
-const char* op_name(int op) {
-  switch (op) {
-#define CMO_OP_NAME_(id, name, nin, nout, params) \
-  case id:                                        \
-    return #name;
-    CMO_OP_LIST(CMO_OP_NAME_)
-#undef CMO_OP_NAME_
-    default:
-      return nullptr;
-  }
-}
-
-bool op_arity(int op, int* nin, int* nout) {
-  switch (op) {
-#define CMO_OP_ARITY_(id, name, ni, no, params) \
-  case id:                                      \
-    *nin = ni;                                  \
-    *nout = no;                                 \
-    return true;
-    CMO_OP_LIST(CMO_OP_ARITY_)
-#undef CMO_OP_ARITY_
-    default:
-      return false;
-  }
-}
-
-// Inputs that may be NULL, as documented in comodal.h: the bias of the forward convolutions.
-bool input_nullable(int op, int i) {
-  return (op == CMO_OP_CONV3D_FORWARD || op == CMO_OP_CONV_TRANSPOSE3D_FORWARD) && i == 2;
-}
+using cmo_abi::input_nullable;
+using cmo_abi::op_arity;
+using cmo_abi::op_name;
 
 constexpr int kMaxOps = 64;
 KernelFn* kernel_table() {
@@ -271,28 +249,7 @@ std::string Shape::str() const {
   return r + "]";
 }
 
-int64_t dtype_size(cmo_dtype dt) {
-  switch (dt) {
-    case CMO_DTYPE_F32:
-    case CMO_DTYPE_I32:
-      return 4;
-    case CMO_DTYPE_U8:
-      return 1;
-  }
-  return 0;
-}
 
-const char* dtype_name(int64_t dt) {
-  switch (dt) {
-    case CMO_DTYPE_F32:
-      return "f32";
-    case CMO_DTYPE_I32:
-      return "i32";
-    case CMO_DTYPE_U8:
-      return "u8";
-  }
-  return "unknown";
-}
 
 Buffer* alloc_buffer(Backend* be, const Shape& shape, cmo_dtype dtype) {
   int64_t es = dtype_size(dtype);
