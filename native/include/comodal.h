@@ -70,7 +70,7 @@ typedef struct {
   int64_t live_buffers;  /* buffers created and not yet released */
   int64_t live_bytes;    /* bytes held by those buffers */
   int64_t peak_bytes;    /* high-water mark of live_bytes since create / reset */
-  int64_t pool_bytes;    /* bytes cached by the allocator (CUDA pool; CPU: 0) */
+  int64_t pool_bytes;    /* bytes of released blocks the allocator keeps for reuse */
   int64_t device_total_bytes; /* device memory (CUDA) or 0 */
   int64_t device_free_bytes;  /* free device memory (CUDA) or 0 */
 } cmo_memory_stats;
@@ -213,8 +213,10 @@ typedef enum {
 } cmo_binary_kind;
 
 /* BINARY  in: a, b   out: y, NumPy broadcasting of a and b (right-aligned dims). Any shapes for
- * plain tensors; a blocked tensor combines with a same-shape tensor, a per-channel [1,C,1,1,1] or
- * [C] tensor, or a one-element tensor. */
+ * plain tensors; a blocked tensor combines directly with a same-shape tensor, a per-channel
+ * [1,C,1,1,1] (or [C,1,1,1]) tensor, or a one-element tensor (other shapes go through a plain
+ * copy). Note that under NumPy rules a [C] operand lines up with W, not with channels.
+ * The output slot may be the input a itself when the shapes are equal (in-place accumulation). */
 typedef struct {
   int64_t kind; /* cmo_binary_kind */
 } cmo_binary_params;
