@@ -18,8 +18,8 @@ export const TrainConfigSchema = z.strictObject({
   task: z.string().min(1),
   /** Folder with the task's data in its native layout; default: the built-in synthetic data. */
   data: z.string().optional(),
-  /** Output run folder. */
-  out: z.string().default("runs/default"),
+  /** Output run folder; default runs/<task>-<method>-<date>-<time>, a new folder per run. */
+  out: z.string().optional(),
   method: z.enum(METHODS).default("cmc"),
   /** Modalities to use (names from the manifest); default: the first two of the task. */
   modalities: z.array(z.string()).optional(),

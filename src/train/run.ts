@@ -186,6 +186,11 @@ function fitPatch(patch: Triple, plan: UNetPlan): Triple {
 export async function trainTask(input: TrainConfigInput | Record<string, unknown>, opts: TrainTaskOptions = {}): Promise<TrainResult> {
   const t0 = performance.now();
   const c = parseTrainConfig(input);
+  if (!c.out && opts.resume) throw new Error("Cannot resume: give the run folder to continue with --out");
+  if (!c.out) {
+    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+    c.out = path.join("runs", `${path.basename(c.task).replace(/\.(ya?ml|json)$/i, "")}-${c.method}-${stamp}`);
+  }
   const outDir = path.resolve(c.out);
   mkdirSync(outDir, { recursive: true });
   const last = path.join(outDir, "last.ckpt");
