@@ -35,6 +35,7 @@ export { detach, type DType, Tensor } from "./tensor/tensor.ts";
 export {
   full,
   ones,
+  assign,
   parameter,
   randn,
   type RandnOptions,

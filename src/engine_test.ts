@@ -22,3 +22,19 @@ Deno.test("engine exports every name of the API contract", () => {
     deepStrictEqual(typeof v === "function" || (n === "OP_DECLS" && Array.isArray(v)), true, n);
   }
 });
+
+Deno.test("assign overwrites a tensor in place and checks length and dtype", () => {
+  const t = E.zeros([2, 3]);
+  E.assign(t, Float32Array.from([1, 2, 3, 4, 5, 6]));
+  deepStrictEqual(Array.from(t.toArray()), [1, 2, 3, 4, 5, 6]);
+  for (const bad of [new Float32Array(5), new Int32Array(6)]) {
+    let msg = "";
+    try {
+      E.assign(t, bad);
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    if (!msg.includes("needs 6 f32 values")) throw new Error(`assign accepted ${bad.constructor.name}(${bad.length}): '${msg}'`);
+  }
+  t.dispose();
+});

@@ -68,6 +68,23 @@ export function tensor(
   return finish(t, opts);
 }
 
+/**
+ * Overwrites the contents of an existing tensor in place with host data (row-major, same element
+ * count and dtype), e.g. to restore parameters and optimiser state from a checkpoint. Not recorded
+ * on the tape.
+ */
+export function assign(t: Tensor, data: Float32Array | Int32Array): void {
+  const want = t.dtype === "f32" ? Float32Array : Int32Array;
+  if (!(data instanceof want) || data.length !== t.size) {
+    throw new Error(
+      `assign: ${t.describe()} needs ${t.size} ${t.dtype} values, got ${data.length} ${data.constructor.name}`,
+    );
+  }
+  if (t.size === 0) return;
+  const be = t._backend("assign");
+  be.check(be.sym.cmo_buffer_write(t._ptr("assign"), data, BigInt(data.byteLength)), `assign ${t.describe()}`);
+}
+
 /** A tensor with every element equal to value. */
 export function full(shape: readonly number[], value: number, opts: TensorOptions = {}): Tensor {
   checkShape(shape, "full");

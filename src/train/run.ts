@@ -13,7 +13,7 @@
  */
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
-import { emaUpdate, getBackend, initBackend, noGrad, type Tensor, tensor, tidy } from "../engine.ts";
+import { assign, getBackend, initBackend, type Tensor } from "../engine.ts";
 import { Rng } from "../data/rng.ts";
 import { type Batch, PatchLoader } from "../data/loader.ts";
 import { planDivisor, planUNet, type UNetPlan } from "../nn/plan.ts";
@@ -65,12 +65,6 @@ function makeOptimizer(c: TrainConfig, model: MethodModel): Optimizer {
     : new Sgd(params, { momentum: c.optimizer.momentum, weightDecay: c.optimizer.weightDecay, nesterov: true });
 }
 
-/** Copies host data into an existing tensor in place (ema = 0 * ema + 1 * src). */
-function copyInto(dst: Tensor, data: Float32Array, name: string): void {
-  if (dst.size !== data.length) throw new Error(`Checkpoint tensor ${name} has ${data.length} values, expected ${dst.size}`);
-  tidy(() => noGrad(() => emaUpdate(dst, tensor(data, [...dst.shape]), 0)));
-}
-
 function checkpointTensors(model: MethodModel, opt: Optimizer): Record<string, Tensor> {
   const out: Record<string, Tensor> = {};
   for (const [n, p] of model.student.namedParameters()) out[`model/${n}`] = p;
@@ -113,24 +107,33 @@ export interface RunPlan {
   fingerprint: PreparedData["plan"]["fingerprint"];
 }
 
-/** Copies the model weights of a checkpoint into `model` after checking its signature. */
-export function loadModelWeights(file: string, signature: string, model: MethodModel): CheckpointMeta {
+/**
+ * Loads a checkpoint into existing tensors (model, EMA, optimiser slots) after checking that it was
+ * written for the same model config; every target must be present with the same shape.
+ */
+function loadInto(file: string, signature: string, targets: Record<string, Tensor>, what: string): CheckpointMeta {
   const ck = loadCheckpoint(file);
   if (ck.meta.signature !== signature) {
     throw new Error(
-      `Cannot load ${file}: it was written for a different model config ` +
+      `Cannot ${what} ${file}: it was written for a different model config ` +
         `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
     );
   }
-  for (const [n, p] of model.student.namedParameters()) {
-    const src = ck.tensors.get(`model/${n}`);
-    if (!src) throw new Error(`Cannot load ${file}: tensor model/${n} is missing`);
-    if (src.shape.join() !== p.shape.join()) {
-      throw new Error(`Cannot load ${file}: tensor model/${n} has shape [${src.shape}], the model has [${p.shape}]`);
+  for (const [name, t] of Object.entries(targets)) {
+    const src = ck.tensors.get(name);
+    if (!src) throw new Error(`Cannot ${what} ${file}: tensor ${name} is missing`);
+    if (src.shape.join() !== t.shape.join()) {
+      throw new Error(`Cannot ${what} ${file}: tensor ${name} has shape [${src.shape}], the model has [${t.shape}]`);
     }
-    copyInto(p, src.data, `model/${n}`);
+    assign(t, src.data);
   }
   return ck.meta;
+}
+
+/** Copies the model weights of a checkpoint into `model` after checking its signature. */
+export function loadModelWeights(file: string, signature: string, model: MethodModel): CheckpointMeta {
+  const targets = Object.fromEntries(model.student.namedParameters().map(([n, p]) => [`model/${n}`, p]));
+  return loadInto(file, signature, targets, "load");
 }
 
 interface RunState {
@@ -139,26 +142,11 @@ interface RunState {
 }
 
 function restore(file: string, signature: string, model: MethodModel, opt: Optimizer, st: RunState): number {
-  const ck = loadCheckpoint(file);
-  if (ck.meta.signature !== signature) {
-    throw new Error(
-      `Cannot resume from ${file}: it was written for a different model config ` +
-        `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
-    );
-  }
-  const targets = checkpointTensors(model, opt);
-  for (const [name, t] of Object.entries(targets)) {
-    const src = ck.tensors.get(name);
-    if (!src) throw new Error(`Cannot resume from ${file}: tensor ${name} is missing`);
-    if (src.shape.join() !== t.shape.join()) {
-      throw new Error(`Cannot resume from ${file}: tensor ${name} has shape [${src.shape}], the model has [${t.shape}]`);
-    }
-    copyInto(t, src.data, name);
-  }
-  opt.setStepCount(Number(ck.meta.optimizerStep ?? ck.meta.iteration));
-  st.bestDice = Number(ck.meta.bestDice ?? -1);
-  st.validations = (ck.meta.validations as RunState["validations"]) ?? [];
-  return ck.meta.iteration;
+  const meta = loadInto(file, signature, checkpointTensors(model, opt), "resume from");
+  opt.setStepCount(Number(meta.optimizerStep ?? meta.iteration));
+  st.bestDice = Number(meta.bestDice ?? -1);
+  st.validations = (meta.validations as RunState["validations"]) ?? [];
+  return meta.iteration;
 }
 
 /** A loader batch as the trainer's host batch (modalities in model input order). */
