@@ -974,6 +974,32 @@ export async function loadCaseRecord(dir: string, id: string): Promise<Preproces
   return rec;
 }
 
+/** Volume data on a modality's preprocessed grid, as an image the resampler accepts. */
+function onPreprocessedGrid(data: Float32Array, m: PreprocessedModality, frames: number): NiftiImage {
+  return {
+    data,
+    dims: m.dims,
+    frames,
+    affine: m.affine,
+    spacing: m.spacing,
+    header: {
+      niftiVersion: 1,
+      datatype: "float32",
+      datatypeCode: 16,
+      sclSlope: 1,
+      sclInter: 0,
+      qformCode: 1,
+      sformCode: 1,
+      affineSource: "sform",
+      intentCode: 0,
+      intentName: "",
+      descrip: "",
+      unitScale: 1,
+      dim: [],
+    },
+  };
+}
+
 /**
  * Maps class probabilities [K, z, y, x] on a preprocessed grid back to the modality's original grid
  * (trilinear; outside the crop box the background has probability 1). Returns [K, ...original].
@@ -989,28 +1015,7 @@ export function probabilitiesToOriginal(
       `probabilitiesToOriginal: got ${probs.length} values, expected ${k} x ${m.dims.join("x")}`,
     );
   }
-  const src: NiftiImage = {
-    data: probs,
-    dims: m.dims,
-    frames: k,
-    affine: m.affine,
-    spacing: m.spacing,
-    header: {
-      niftiVersion: 1,
-      datatype: "float32",
-      datatypeCode: 16,
-      sclSlope: 1,
-      sclInter: 0,
-      qformCode: 1,
-      sformCode: 1,
-      affineSource: "sform",
-      intentCode: 0,
-      intentName: "",
-      descrip: "",
-      unitScale: 1,
-      dim: [],
-    },
-  };
+  const src = onPreprocessedGrid(probs, m, k);
   const outN = m.source.dims[0] * m.source.dims[1] * m.source.dims[2];
   const out = new Float32Array(k * outN);
   for (let c = 0; c < k; c++) {
@@ -1026,28 +1031,7 @@ export function probabilitiesToOriginal(
 
 /** Maps a label map on a preprocessed grid back to the original grid (nearest; background outside). */
 export function labelsToOriginal(labels: ArrayLike<number>, m: PreprocessedModality): Int32Array {
-  const src: NiftiImage = {
-    data: Float32Array.from(labels),
-    dims: m.dims,
-    frames: 1,
-    affine: m.affine,
-    spacing: m.spacing,
-    header: {
-      niftiVersion: 1,
-      datatype: "float32",
-      datatypeCode: 16,
-      sclSlope: 1,
-      sclInter: 0,
-      qformCode: 1,
-      sformCode: 1,
-      affineSource: "sform",
-      intentCode: 0,
-      intentName: "",
-      descrip: "",
-      unitScale: 1,
-      dim: [],
-    },
-  };
+  const src = onPreprocessedGrid(Float32Array.from(labels), m, 1);
   const r = resampleToReference(src, { dims: m.source.dims, affine: m.source.affine }, {
     order: "nearest",
     fill: 0,
