@@ -92,6 +92,25 @@ function supervisedOver(logits: Tensor, labels: Tensor, has: boolean[]): { loss:
   return { loss: avg((p) => p.loss), ce: avg((p) => p.ce), dice: avg((p) => p.dice) };
 }
 
+/**
+ * Mean supervised loss over the modalities that have labels in this batch (logits of the labeled
+ * samples, one per modality); records ce_m and dice_m in `terms`.
+ */
+function meanSupervised(logits: Tensor[], batch: TrainBatch, terms: Record<string, number>, who: string): Tensor {
+  let sum: Tensor | null = null;
+  let n = 0;
+  logits.forEach((l, m) => {
+    const s = supervisedOver(l, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
+    if (!s) return;
+    terms[`ce_${m}`] = num(s.ce);
+    terms[`dice_${m}`] = num(s.dice);
+    sum = sum ? add(sum, s.loss) : s.loss;
+    n++;
+  });
+  if (!sum) throw new Error(`${who} loss: no labeled sample in the batch has a label map for any modality`);
+  return mulScalar(sum, 1 / n);
+}
+
 function pick(ts: Tensor[], idx: number[]): Tensor[] {
   return idx.map((i) => ts[i]);
 }
@@ -136,19 +155,7 @@ class CmcMethod implements MethodModel {
     const xs = unl ? batch.labeled.images.map((x, m) => concat([x, unl.images[m]], 0)) : batch.labeled.images;
     const outs = this.student.forward(xs);
     const terms: Record<string, number> = {};
-    let sup: Tensor | null = null;
-    let nSup = 0;
-    outs.forEach((o, m) => {
-      const logits = unl ? slice(o.logits, 0, 0, bl) : o.logits;
-      const s = supervisedOver(logits, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
-      if (!s) return;
-      terms[`ce_${m}`] = num(s.ce);
-      terms[`dice_${m}`] = num(s.dice);
-      sup = sup ? add(sup, s.loss) : s.loss;
-      nSup++;
-    });
-    if (!sup) throw new Error("CMC loss: no labeled sample in the batch has a label map for any modality");
-    let loss = mulScalar(sup, 1 / nSup);
+    let loss = meanSupervised(outs.map((o) => (unl ? slice(o.logits, 0, 0, bl) : o.logits)), batch, terms, "CMC");
     terms.sup = num(loss);
     const w = rampUp(it, c.loss.rampFraction * total);
     terms.w = w;
@@ -278,17 +285,7 @@ class MutualMethod implements MethodModel {
     const c = this.o.config;
     const terms: Record<string, number> = {};
     const outs = this.student.forward(batch.labeled.images);
-    let sup: Tensor | null = null;
-    let nSup = 0;
-    outs.forEach((o, m) => {
-      const s = supervisedOver(o.logits, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
-      if (!s) return;
-      terms[`dice_${m}`] = num(s.dice);
-      sup = sup ? add(sup, s.loss) : s.loss;
-      nSup++;
-    });
-    if (!sup) throw new Error("mutual loss: no labeled sample in the batch has a label map for any modality");
-    let loss: Tensor = mulScalar(sup, 1 / nSup);
+    let loss = meanSupervised(outs.map((o) => o.logits), batch, terms, "mutual");
     terms.sup = num(loss);
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
     if (unl) {
