@@ -1,13 +1,13 @@
 /**
  * `import <dir> [--layout L] [--out manifest.yaml]`: builds a manifest from a dataset folder in the
- * MS-CMRSeg, AMOS, Medical Segmentation Decathlon or nnU-Net raw layout (detected when not given).
+ * MS-CMRSeg, AMOS, Medical Segmentation Decathlon, nnU-Net raw or BraTS layout (detected when not given).
  */
 import type { Command } from "commander";
 import * as path from "node:path";
 import { type DatasetLayout, importDataset } from "../src/data/importers.ts";
 import { saveManifest } from "../src/data/manifest.ts";
 
-const LAYOUTS: DatasetLayout[] = ["mscmrseg", "amos", "decathlon", "nnunet"];
+const LAYOUTS: DatasetLayout[] = ["mscmrseg", "amos", "decathlon", "nnunet", "brats"];
 
 function fraction(name: string, v: string): number {
   const n = Number(v);
@@ -19,7 +19,7 @@ export function register(program: Command): void {
   program
     .command("import")
     .description(
-      "build a dataset manifest from a folder (MS-CMRSeg, AMOS, Decathlon or nnU-Net raw layout)",
+      "build a dataset manifest from a folder (MS-CMRSeg, AMOS, Decathlon, nnU-Net raw or BraTS layout)",
     )
     .argument("<dir>", "dataset folder")
     .option("--layout <layout>", LAYOUTS.join(" | ") + " (default: detected)")

@@ -9,6 +9,9 @@
  * - Medical Segmentation Decathlon: dataset.json with "modality" and 4-D multi-channel images.
  * - nnU-Net raw (v2 "channel_names" and v1 "modality"): imagesTr/<case>_0000.nii.gz ... one file
  *   per channel, labelsTr/<case>.nii.gz.
+ * - BraTS (brain tumour, 2018-2021 and 2023 naming): one folder per case,
+ *   BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz (labels 1, 2, 4) or
+ *   BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz (labels 1, 2, 3).
  */
 import * as path from "node:path";
 import {
@@ -413,7 +416,107 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
   };
 }
 
-export type DatasetLayout = "mscmrseg" | "amos" | "decathlon" | "nnunet";
+/** BraTS file tags per naming era: modality tags in the usual order and the label values. */
+const BRATS_ERAS = [
+  {
+    // BraTS 2018-2021 (and the 2021 RSNA-ASNR-MICCAI release): BraTS2021_00000_t1ce.nii.gz.
+    sep: "_",
+    tags: ["t1", "t1ce", "t2", "flair"],
+    classes: { necrotic_core: 1, edema: 2, enhancing_tumour: 4 },
+  },
+  {
+    // BraTS 2023+: BraTS-GLI-00000-000-t1c.nii.gz.
+    sep: "-",
+    tags: ["t1n", "t1c", "t2w", "t2f"],
+    classes: { necrotic_core: 1, edema: 2, enhancing_tumour: 3 },
+  },
+] as const;
+
+function bratsMatch(file: string): { era: number; id: string; tag: string } | null {
+  const stem = stripNii(path.basename(file));
+  for (let era = 0; era < BRATS_ERAS.length; era++) {
+    const e = BRATS_ERAS[era];
+    const at = stem.lastIndexOf(e.sep);
+    if (at <= 0) continue;
+    const tag = stem.slice(at + 1).toLowerCase();
+    if (tag === "seg" || (e.tags as readonly string[]).includes(tag)) {
+      return { era, id: stem.slice(0, at), tag };
+    }
+  }
+  return null;
+}
+
+/**
+ * BraTS (multi-parametric brain MRI, one folder per case, four co-registered modalities on one
+ * grid). Cases with a `seg` file are labeled; cases without one (the validation release) become
+ * unlabeled training cases. Label values map to necrotic_core, edema and enhancing_tumour (value 4
+ * before 2023, 3 from 2023), so class indices are 1, 2, 3 either way.
+ */
+export async function importBrats(dir: string, opts: ImportOptions = {}): Promise<Manifest> {
+  const files = (await walk(dir)).filter((f) => NII.test(f));
+  const byCase = new Map<string, { era: number; files: Record<string, string> }>();
+  for (const f of files) {
+    const m = bratsMatch(f);
+    if (!m || !/brats/i.test(m.id)) continue;
+    const entry = byCase.get(m.id) ?? { era: m.era, files: {} };
+    if (entry.era !== m.era) {
+      throw new Error(
+        `Cannot import ${dir}: case ${m.id} mixes BraTS naming schemes (${f})`,
+      );
+    }
+    if (entry.files[m.tag]) {
+      throw new Error(
+        `Cannot import ${dir}: two ${m.tag} files for case ${m.id}: ${entry.files[m.tag]} and ${f}`,
+      );
+    }
+    entry.files[m.tag] = f;
+    byCase.set(m.id, entry);
+  }
+  if (byCase.size === 0) {
+    throw new Error(
+      `Cannot import ${dir}: no BraTS files (BraTS2021_00000_t1.nii.gz ... _seg.nii.gz, or BraTS-GLI-00000-000-t1n.nii.gz ...) found`,
+    );
+  }
+  const eras = new Set([...byCase.values()].map((e) => e.era));
+  if (eras.size > 1) {
+    throw new Error(
+      `Cannot import ${dir}: it mixes BraTS 2021 (_t1ce, labels 1/2/4) and BraTS 2023 (-t1c, labels 1/2/3) names; import them separately`,
+    );
+  }
+  const era = BRATS_ERAS[[...eras][0]];
+  const cases: Omit<ManifestCase, "split">[] = [];
+  const fixed = new Map<string, ManifestCase["split"]>();
+  for (const [id, e] of [...byCase].sort((a, b) => a[0].localeCompare(b[0]))) {
+    const missing = era.tags.filter((t) => !e.files[t]);
+    if (missing.length) {
+      throw new Error(
+        `Cannot import ${dir}: case ${id} lacks its ${missing.join(", ")} image(s) (has ${
+          Object.keys(e.files).join(", ")
+        })`,
+      );
+    }
+    const labeled = "seg" in e.files;
+    cases.push({
+      id,
+      images: Object.fromEntries(era.tags.map((t) => [t, e.files[t]])),
+      ...(labeled ? { labels: { shared: e.files.seg } } : {}),
+      labeled,
+      aligned: true,
+    });
+    // Unlabeled cases (a validation release) serve as unlabeled training data.
+    if (!labeled) fixed.set(id, "train");
+  }
+  return {
+    task: "brats",
+    description: `BraTS layout imported from ${dir}`,
+    modalities: [...era.tags],
+    modalityKinds: Object.fromEntries(era.tags.map((t) => [t, "mr" as const])),
+    classes: { ...era.classes },
+    cases: splitCases(cases, fixed, opts),
+  };
+}
+
+export type DatasetLayout = "mscmrseg" | "amos" | "decathlon" | "nnunet" | "brats";
 
 /** Guesses the layout of a folder. */
 export async function detectLayout(dir: string): Promise<DatasetLayout> {
@@ -424,8 +527,13 @@ export async function detectLayout(dir: string): Promise<DatasetLayout> {
   if (!ds) {
     const files = await walk(dir);
     if (files.some((f) => /patient\d+_(c0|lge|t2)\.nii(\.gz)?$/i.test(f))) return "mscmrseg";
+    if (
+      files.some((f) => NII.test(f) && bratsMatch(f) !== null && /^brats/i.test(path.basename(f)))
+    ) {
+      return "brats";
+    }
     throw new Error(
-      `Cannot import ${dir}: no dataset.json and no MS-CMRSeg files (patientN_C0.nii.gz ...); name the layout with --layout, or use the folder's manifest.yaml directly if it has one`,
+      `Cannot import ${dir}: no dataset.json, no MS-CMRSeg files (patientN_C0.nii.gz ...) and no BraTS files (BraTS2021_00000_t1.nii.gz ...); name the layout with --layout, or use the folder's manifest.yaml directly if it has one`,
     );
   }
   if ("channel_names" in ds) return "nnunet";
@@ -459,5 +567,7 @@ export async function importDataset(
       return await importDecathlon(dir, opts);
     case "nnunet":
       return await importNnUnetRaw(dir, opts);
+    case "brats":
+      return await importBrats(dir, opts);
   }
 }

@@ -1,0 +1,217 @@
+/**
+ * The user path on files shaped exactly like public datasets, through the command line:
+ * import -> train -> predict -> evaluate.
+ *
+ * - BraTS 2021: a folder per case, int16 images, uint8 seg with labels {0, 1, 2, 4}, LPS-like sform;
+ *   CMC on all four modalities; metrics per class under the class names.
+ * - Decathlon Task05_Prostate: 4-D (T2, ADC) images with fewer slices than the patch is deep,
+ *   0.625 x 0.625 x 3.6 mm, float64 labels; the network plan pools in-plane only at first.
+ */
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import * as path from "node:path";
+import { readNifti } from "../src/data/nifti.ts";
+import { loadManifest } from "../src/data/manifest.ts";
+import { runCli, writeBrats2021, writeProstate } from "./real_layouts.ts";
+
+Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
+
+const TINY = [
+  "--iterations",
+  "2",
+  "--threads",
+  "2",
+  "--set",
+  "network.baseWidth=4",
+  "--set",
+  "network.maxLevels=3",
+  "--set",
+  "optimizer.warmup=1",
+  "--set",
+  "validation.every=0",
+  "--set",
+  "validation.overlap=0",
+  "--set",
+  "loaderWorkers=0",
+  "--set",
+  "images=false",
+];
+
+function ok(r: { code: number; out: string; err: string }, what: string): void {
+  assert.equal(r.code, 0, `${what} failed:\n${r.err}\n${r.out}`);
+}
+
+Deno.test({
+  name: "BraTS 2021 layout: import, CMC on 4 modalities, predict, evaluate with labels 1/2/4",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const root = Deno.makeTempDirSync({ prefix: "comodal-brats-" });
+    const data = path.join(root, "BraTS2021_Training_Data");
+    const ids = await writeBrats2021(data, { cases: 5 });
+    const manifestFile = path.join(root, "brats.yaml");
+    ok(await runCli(["import", data, "--out", manifestFile, "--val", "0.2"]), "import");
+    const m = await loadManifest(manifestFile);
+    assert.deepEqual(m.modalities, ["t1", "t1ce", "t2", "flair"]);
+    assert.deepEqual(m.classes, { necrotic_core: 1, edema: 2, enhancing_tumour: 4 });
+    assert.ok(m.cases.every((c) => c.labeled && c.aligned && c.labels?.shared));
+    assert.equal(m.cases.filter((c) => c.split === "val").length, 1);
+
+    const out = path.join(root, "run");
+    ok(
+      await runCli([
+        "train",
+        manifestFile,
+        "--out",
+        out,
+        ...TINY,
+        "--set",
+        "modalities=[t1,t1ce,t2,flair]",
+        "--set",
+        "patchSize=[8,16,16]",
+      ]),
+      "train",
+    );
+    const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
+    assert.deepEqual(plan.modalities, ["t1", "t1ce", "t2", "flair"]);
+    assert.deepEqual(plan.classes, ["background", "necrotic_core", "edema", "enhancing_tumour"]);
+    const metrics = JSON.parse(readFileSync(path.join(out, "metrics.json"), "utf8"));
+    assert.deepEqual(
+      Object.keys(metrics.summary.perClass).sort(),
+      ["edema", "enhancing_tumour", "necrotic_core"],
+    );
+    // One prediction per modality of the validation case, on the file's (LPS) grid.
+    const val = m.cases.find((c) => c.split === "val")!;
+    const seg = await readNifti(path.join(data, val.id, `${val.id}_seg.nii.gz`));
+    for (const mod of m.modalities) {
+      const p = await readNifti(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`));
+      assert.deepEqual(p.dims, seg.dims);
+      assert.ok(p.affine.every((v, i) => Math.abs(v - seg.affine[i]) < 1e-4), `${mod} affine`);
+    }
+
+    // predict on one case folder as users get it (seg file beside the images is skipped) and on
+    // the whole dataset folder; file label values give 4 back for enhancing tumour.
+    const caseDir = path.join(data, ids[0]);
+    const preds = path.join(root, "preds");
+    ok(
+      await runCli([
+        "predict",
+        "--run",
+        out,
+        "--input",
+        caseDir,
+        "--out",
+        preds,
+        "--label-values",
+        "file",
+        "--quiet",
+      ]),
+      "predict --input",
+    );
+    const names = [...Deno.readDirSync(preds)].map((e) => e.name).sort();
+    assert.deepEqual(
+      names,
+      ["t1", "t1ce", "t2", "flair"].map((x) => `${ids[0]}_${x}.nii.gz`).sort(),
+    );
+    const p0 = await readNifti(path.join(preds, `${ids[0]}_t1ce.nii.gz`));
+    assert.ok(p0.data.every((v) => v === 0 || v === 1 || v === 2 || v === 4), "file label values");
+    const predsAll = path.join(root, "preds_all");
+    ok(
+      await runCli([
+        "predict",
+        "--run",
+        out,
+        "--data",
+        data,
+        "--split",
+        "val",
+        "--out",
+        predsAll,
+        "--quiet",
+      ]),
+      "predict --data",
+    );
+    assert.ok(existsSync(path.join(predsAll, `${val.id}_flair.nii.gz`)));
+
+    // evaluate the file-valued prediction against the BraTS seg with named classes and regions.
+    const mjson = path.join(root, "m.json");
+    ok(
+      await runCli([
+        "evaluate",
+        "--pred",
+        path.join(preds, `${ids[0]}_t1ce.nii.gz`),
+        "--ref",
+        path.join(caseDir, `${ids[0]}_seg.nii.gz`),
+        "--labels",
+        "NCR=1,ED=2,ET=4,TC=1+4,WT=1+2+4",
+        "--out",
+        mjson,
+        "--quiet",
+      ]),
+      "evaluate",
+    );
+    const ev = JSON.parse(readFileSync(mjson, "utf8"));
+    assert.deepEqual(Object.keys(ev.summary.perClass), ["NCR", "ED", "ET", "TC", "WT"]);
+    assert.ok(Number.isFinite(ev.summary.perClass.WT.dice.mean));
+    assert.ok(!JSON.stringify(ev).includes("NaN"));
+  },
+});
+
+Deno.test({
+  name: "Decathlon Task05_Prostate layout: 4-D T2/ADC, 5 slices < patch depth, float64 labels",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const root = Deno.makeTempDirSync({ prefix: "comodal-prostate-" });
+    const data = path.join(root, "Task05_Prostate");
+    await writeProstate(data, { cases: 5, slices: [5, 4, 6] });
+    ok(await runCli(["import", data, "--val", "0.2"]), "import");
+    const manifestFile = path.join(data, "manifest.yaml");
+    const m = await loadManifest(manifestFile);
+    assert.deepEqual(m.modalities, ["T2", "ADC"]);
+    assert.deepEqual(m.classes, { pz: 1, tz: 2 });
+    const out = path.join(root, "run");
+    // Patch depth 8 > 4..6 slices: the volume is padded; anisotropic spacing pools in-plane first.
+    ok(
+      await runCli(["train", manifestFile, "--out", out, ...TINY, "--set", "patchSize=[8,32,32]"]),
+      "train",
+    );
+    const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
+    assert.ok(plan.targetSpacing[2] > 3.5 && plan.targetSpacing[0] < 0.7, `${plan.targetSpacing}`);
+    const levels = plan.network.levels as { kernel: number[]; stride: number[] }[];
+    assert.deepEqual(levels[0].kernel, [1, 3, 3], JSON.stringify(levels));
+    assert.deepEqual(levels[1].stride, [1, 2, 2], JSON.stringify(levels));
+    const metrics = JSON.parse(readFileSync(path.join(out, "metrics.json"), "utf8"));
+    assert.deepEqual(Object.keys(metrics.summary.perClass).sort(), ["pz", "tz"]);
+
+    // predict the whole dataset folder (4-D files, frames by modality) and evaluate one case.
+    const preds = path.join(root, "preds");
+    ok(
+      await runCli(["predict", "--run", out, "--data", data, "--out", preds, "--quiet"]),
+      "predict",
+    );
+    const first = m.cases[0].id;
+    const label = await readNifti(path.join(data, "labelsTr", `${first}.nii.gz`));
+    const pred = await readNifti(path.join(preds, `${first}_ADC.nii.gz`));
+    assert.deepEqual(pred.dims, label.dims);
+    assert.equal(pred.frames, 1);
+    const mjson = path.join(root, "m.json");
+    ok(
+      await runCli([
+        "evaluate",
+        "--pred",
+        path.join(preds, `${first}_T2.nii.gz`),
+        "--ref",
+        path.join(data, "labelsTr", `${first}.nii.gz`),
+        "--labels",
+        "PZ=1,TZ=2,prostate=1+2",
+        "--out",
+        mjson,
+        "--quiet",
+      ]),
+      "evaluate",
+    );
+    const ev = JSON.parse(readFileSync(mjson, "utf8"));
+    assert.deepEqual(Object.keys(ev.summary.perClass), ["PZ", "TZ", "prostate"]);
+  },
+});
