@@ -2,10 +2,22 @@
  * Training-step benchmark of the two models of issue 6 on the current backend (COMODAL_DEVICE=cuda
  * on a GPU machine): one step = upload the batch, forward, loss, backward, optimiser update, as
  * src/train/trainer.ts runs it. Prints the median step time and the backend's memory statistics,
- * beside PyTorch's numbers from bench/gpu_torch.py when its JSON is given.
+ * beside PyTorch's numbers from bench/gpu_torch.py when its JSON is given. The PyTorch twins
+ * (bench/torch_train_step.py) have the same parameter count, batch, loss terms and optimiser.
  *
  *   deno run -A bench/gpu_train_step.ts [--size 128] [--levels 4] [--steps 5] [--warmup 3]
- *       [--models unet,cmc] [--torch-json out/bench_torch.json] [--json out.json] [--profile]
+ *       [--models unet,cmc] [--torch-json torch.json] [--json out.json] [--profile]
+ *
+ * Memory (backend memoryStats, after the warm-up steps the peak is reset):
+ *   peak live    peakBytes: high-water mark of live tensor bytes over the timed steps (compare with
+ *                PyTorch's max_memory_allocated)
+ *   reserved     poolBytes: on the CUDA backend the caching pool's reserved bytes (in use + cached,
+ *                native/cuda/runtime.cu), read after the timed steps; the pool frees nothing except
+ *                on an out-of-memory retry, so this is also its peak (compare with PyTorch's
+ *                max_memory_reserved)
+ *   device used  deviceTotalBytes - deviceFreeBytes: the whole process (CUDA context, cuDNN, pool)
+ *
+ * The step runs at ramp weight w = 1 (iteration = total), so every CMC loss term counts fully.
  *
  * --profile prints the ops of the timed steps by total time; run it with COMODAL_CUDA_SYNC_OPS=1 so
  * that every op waits for its GPU work (the step times are then not representative).
@@ -31,13 +43,31 @@ import { parseTrainConfig } from "../src/train/config.ts";
 import { buildMethod, type TrainBatch } from "../src/train/methods.ts";
 import { Sgd } from "../src/train/optim.ts";
 
-interface StepResult {
+/** One model's figures (the --json file holds { ..., results: StepResult[] }). */
+export interface StepResult {
   model: string;
   params: number;
   stepMs: number[];
   medianMs: number;
+  /** Loss of every step, warm-up included. */
+  losses: number[];
+  /** Peak live tensor bytes over the timed steps, MiB. */
   peakMiB: number;
+  /** The pool's bytes after the timed steps (CUDA: reserved = in use + cached), MiB. */
   poolMiB: number;
+  /** Live tensor bytes after the timed steps (parameters, optimiser state), MiB. */
+  liveMiB: number;
+  /** Device memory in use by the whole process (CUDA), MiB; 0 on the CPU. */
+  deviceUsedMiB: number;
+}
+
+/** What bench/gpu_torch.py writes for one model and precision under step[model][precision]. */
+export interface TorchStep {
+  params: number;
+  median_ms: number;
+  peak_alloc_mib?: number;
+  peak_reserved_mib?: number;
+  device_used_mib?: number;
 }
 
 function lcg(seed: number): () => number {
@@ -97,6 +127,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
   };
   const shape = (n: number) => [n, 1, o.size, o.size, o.size];
   const times: number[] = [];
+  const losses: number[] = [];
   const prof = new Map<string, { ms: number; n: number }>();
   for (let it = 0; it < o.warmup + o.steps; it++) {
     if (it === o.warmup) {
@@ -124,8 +155,10 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
           ? { images: host.unl.map((a) => tensor(a, shape(unlabeled))) }
           : null,
       };
-      const r = model.loss(batch, it, 1000);
+      // iteration = total: ramp weight w(t) = 1, as the PyTorch twin's loss (w = 1)
+      const r = model.loss(batch, 1000, 1000);
       backward(r.loss);
+      losses.push(r.terms.loss);
     });
     noGrad(() => opt.step(0.01));
     zeroGrad(model.student.parameters());
@@ -146,6 +179,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     }
   }
   const st = be.memoryStats();
+  const deviceUsed = st.deviceTotalBytes > 0 ? st.deviceTotalBytes - st.deviceFreeBytes : 0;
   opt.dispose();
   model.dispose();
   const sorted = [...times].sort((a, b) => a - b);
@@ -154,8 +188,11 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     params,
     stepMs: times,
     medianMs: sorted[Math.floor(sorted.length / 2)],
+    losses,
     peakMiB: st.peakBytes / 2 ** 20,
     poolMiB: st.poolBytes / 2 ** 20,
+    liveMiB: st.liveBytes / 2 ** 20,
+    deviceUsedMiB: deviceUsed / 2 ** 20,
   };
 }
 
@@ -174,11 +211,9 @@ export function main(args: string[]): number {
     },
   });
   const be = initBackend();
-  console.log(
-    `backend: ${be.device} ${be.version}, TF32 ${
-      Deno.env.get("COMODAL_CUDA_TF32") === "1" ? "allowed" : "off"
-    }`,
-  );
+  const tf32 = Deno.env.get("COMODAL_CUDA_TF32") === "1";
+  const precision = tf32 ? "tf32" : "fp32";
+  console.log(`backend: ${be.device} ${be.version}, TF32 ${tf32 ? "allowed" : "off"}`);
   const o: Opts = {
     size: Number(values.size),
     levels: Number(values.levels),
@@ -186,13 +221,10 @@ export function main(args: string[]): number {
     warmup: Number(values.warmup),
     profile: values.profile === true,
   };
-  let torch: Record<
-    string,
-    { unet_step_ms?: number; peak_alloc_mib?: number; peak_reserved_mib?: number }
-  > = {};
+  let torch: Record<string, Record<string, TorchStep>> = {};
   if (values["torch-json"]) {
     try {
-      torch = JSON.parse(readFileSync(values["torch-json"], "utf8"));
+      torch = JSON.parse(readFileSync(values["torch-json"], "utf8")).step ?? {};
     } catch (e) {
       console.log(
         `(no PyTorch numbers: cannot read ${values["torch-json"]}: ${(e as Error).message})`,
@@ -210,26 +242,46 @@ export function main(args: string[]): number {
       } ms ` +
         `(runs ${r.stepMs.map((t) => t.toFixed(0)).join(" ")}), peak live ${
           r.peakMiB.toFixed(0)
-        } MiB, pool ${r.poolMiB.toFixed(0)} MiB`,
+        } MiB, reserved ${r.poolMiB.toFixed(0)} MiB, device used ${
+          r.deviceUsedMiB.toFixed(0)
+        } MiB; loss ${r.losses[0]?.toFixed(4)} -> ${r.losses[r.losses.length - 1]?.toFixed(4)}`,
     );
-    if (m === "unet") {
-      for (const label of ["strict FP32 unet", "TF32 allowed unet"]) {
-        const t = torch[label];
-        if (t?.unet_step_ms) {
-          console.log(
-            `      PyTorch (${label.replace(" unet", "")}): step ${
-              t.unet_step_ms.toFixed(1)
-            } ms, peak allocated ` +
-              `${t.peak_alloc_mib?.toFixed(0)} MiB, reserved ${
-                t.peak_reserved_mib?.toFixed(0)
-              } MiB; ratio ours/torch ` +
-              `${(r.medianMs / t.unet_step_ms).toFixed(2)}`,
-          );
-        }
-      }
+    const t = torch[m]?.[precision];
+    if (t?.median_ms) {
+      console.log(
+        `      PyTorch (${precision}): ${t.params} params, step ${t.median_ms.toFixed(1)} ms` +
+          (t.peak_alloc_mib !== undefined
+            ? `, peak allocated ${t.peak_alloc_mib.toFixed(0)} MiB, reserved ${
+              t.peak_reserved_mib?.toFixed(0)
+            } MiB`
+            : "") +
+          `; ratio ours/torch ${(r.medianMs / t.median_ms).toFixed(2)}` +
+          (t.params !== r.params ? ` (WARNING: parameter counts differ: ours ${r.params})` : ""),
+      );
     }
   }
-  if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 1));
+  if (values.json) {
+    writeFileSync(
+      values.json,
+      JSON.stringify(
+        {
+          device: be.device,
+          engine: be.version,
+          precision,
+          size: o.size,
+          levels: o.levels,
+          steps: o.steps,
+          warmup: o.warmup,
+          env: Object.fromEntries(
+            Object.entries(Deno.env.toObject()).filter(([k]) => k.startsWith("COMODAL_")),
+          ),
+          results,
+        },
+        null,
+        1,
+      ),
+    );
+  }
   return 0;
 }
 

@@ -14,6 +14,10 @@ engine's, built layer for layer, and one training step each (forward, loss, back
 Usage: python bench/torch_train_step.py '<json config>'   (config keys: see main()). Prints one JSON
 object on stdout: torch version, per-step times in ms, parameter count and memory figures.
 
+The networks, batches and losses here are the one definition of the PyTorch twins: bench/gpu_torch.py
+(the CUDA benchmark) imports build_twin, host_batch and twin_loss from this file. Everything below
+works on any device (tensors made inside the losses follow their inputs' device).
+
 Memory: "rss_before_model" is the resident set after importing torch and creating the inputs; the
 peak is the resident high-water mark (VmHWM) of the timed steps only (reset through
 /proc/self/clear_refs after the warm-up steps); "peak_rss_increase" = peak - rss_before_model, i.e.
@@ -189,8 +193,8 @@ def nt_xent_joint(u, v, tau):
     b, n = u.shape[:2]
     z = torch.cat([u, v], 1)
     sim = torch.bmm(z, z.transpose(1, 2)) / tau
-    sim = sim + torch.diag(torch.full((2 * n,), -1e9))
-    idx = torch.arange(2 * n)
+    sim = sim + torch.diag(torch.full((2 * n,), -1e9, device=sim.device, dtype=sim.dtype))
+    idx = torch.arange(2 * n, device=sim.device)
     labels = torch.where(idx < n, idx + n, idx - n).repeat(b)
     return F.cross_entropy(sim.reshape(b * 2 * n, 2 * n), labels)
 
@@ -209,7 +213,8 @@ def nt_xent_cross(u, v, tau, valid):
     b, n = u.shape[:2]
     logits = torch.bmm(u, v.transpose(1, 2)) / tau
     logits_t = torch.bmm(v, u.transpose(1, 2)) / tau
-    labels = torch.where(valid, torch.arange(n).expand(b, n), torch.full((b, n), -100)).reshape(-1)
+    labels = torch.where(valid, torch.arange(n, device=u.device).expand(b, n),
+                         torch.full((b, n), -100, device=u.device)).reshape(-1)
     mask = torch.where(valid, 0.0, -1e9)[:, None, :].expand(b, n, n)
     l1 = F.cross_entropy((logits + mask).reshape(b * n, n), labels)
     l2 = F.cross_entropy((logits_t + mask).reshape(b * n, n), labels)
@@ -231,6 +236,54 @@ def cmc_loss(outs, labels, bl, w, lam_csc=0.1, lam_cac=0.1):
     return sup + csc * (w * lam_csc) + cac * (w * lam_cac)
 
 
+def build_twin(model_kind, classes=4, widths=(16, 32, 64, 128), unet_in_channels=2):
+    """The PyTorch twin of one benchmark model: "unet" (src/nn/unet.ts UNet with unet_in_channels
+    input channels: 2 in the CPU benchmark, 1 for the "supervised" method of the GPU benchmark) or
+    "cmc" (src/nn/cmc.ts CmcNet, 2 modalities, MIA and additive fusion on)."""
+    if model_kind == "unet":
+        return UNet(unet_in_channels, classes, list(widths))
+    if model_kind == "cmc":
+        return CmcNet(2, classes, list(widths))
+    raise SystemExit(f"unknown model {model_kind!r} (unet, cmc)")
+
+
+def host_batch(model_kind, size, classes=4, unet_in_channels=2, generator=None):
+    """One batch as the benchmarks build it, on the CPU: "unet" x [2,C,s^3] in [-1,1) and int32 labels
+    y [2,1,s^3]; "cmc" per modality one labeled case (lab, ys) and one unlabeled case (unl)."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(7)
+    sp = (size, size, size)
+    if model_kind == "unet":
+        x = torch.rand((2, unet_in_channels) + sp, generator=gen) * 2 - 1
+        y = torch.randint(0, classes, (2, 1) + sp, generator=gen, dtype=torch.int32)
+        return {"x": x, "y": y}
+    if model_kind == "cmc":
+        lab = [torch.rand((1, 1) + sp, generator=gen) * 2 - 1 for _ in range(2)]
+        unl = [torch.rand((1, 1) + sp, generator=gen) * 2 - 1 for _ in range(2)]
+        ys = [torch.randint(0, classes, (1, 1) + sp, generator=gen, dtype=torch.int32) for _ in range(2)]
+        return {"lab": lab, "unl": unl, "ys": ys}
+    raise SystemExit(f"unknown model {model_kind!r} (unet, cmc)")
+
+
+def batch_to(batch, device, non_blocking=False):
+    """The batch on `device` (an upload, as our engine uploads each step's batch)."""
+    return {k: ([t.to(device, non_blocking=non_blocking) for t in v] if isinstance(v, list)
+                else v.to(device, non_blocking=non_blocking)) for k, v in batch.items()}
+
+
+def twin_loss(model_kind, model, batch):
+    """The loss of one step, as src/train/methods.ts computes it: "unet" CE + (1 - foreground soft
+    Dice) over the batch; "cmc" L_sup (mean over the modalities, labeled half) + w (0.1 L_csc + 0.1
+    L_cac) at w = 1, with the labeled and unlabeled cases of a modality in one forward pass."""
+    if model_kind == "unet":
+        return supervised_loss(model(batch["x"]), batch["y"])
+    xs = [torch.cat([batch["lab"][m], batch["unl"][m]], 0) for m in range(2)]
+    return cmc_loss(model(xs), batch["ys"], 1, 1.0)
+
+
+def param_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     threads = int(cfg.get("threads", 2))
@@ -242,32 +295,14 @@ def main():
     widths = list(cfg.get("widths", [16, 32, 64, 128]))
     warmup = int(cfg.get("warmup", 2))
     runs = int(cfg.get("runs", 5))
-    gen = torch.Generator().manual_seed(7)
-    sp = (size, size, size)
-    if model_kind == "unet":
-        x = torch.rand((2, 2) + sp, generator=gen) * 2 - 1
-        y = torch.randint(0, classes, (2, 1) + sp, generator=gen, dtype=torch.int32)
-    elif model_kind == "cmc":
-        lab = [torch.rand((1, 1) + sp, generator=gen) * 2 - 1 for _ in range(2)]
-        unl = [torch.rand((1, 1) + sp, generator=gen) * 2 - 1 for _ in range(2)]
-        ys = [torch.randint(0, classes, (1, 1) + sp, generator=gen, dtype=torch.int32) for _ in range(2)]
-    else:
-        raise SystemExit(f"torch_train_step.py: unknown model {model_kind!r} (unet, cmc)")
+    batch = host_batch(model_kind, size, classes)
     rss_before_model = proc_status_kib("VmRSS")
+    model = build_twin(model_kind, classes, widths)
 
-    if model_kind == "unet":
-        model = UNet(2, classes, widths)
+    def loss_fn():
+        return twin_loss(model_kind, model, batch)
 
-        def loss_fn():
-            return supervised_loss(model(x), y)
-    else:
-        model = CmcNet(2, classes, widths)
-
-        def loss_fn():
-            xs = [torch.cat([lab[m], unl[m]], 0) for m in range(2)]
-            return cmc_loss(model(xs), ys, 1, 1.0)
-
-    params = sum(p.numel() for p in model.parameters())
+    params = param_count(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-5)
 
     def step():
