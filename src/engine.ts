@@ -33,9 +33,9 @@ export { OP_DECLS, type OpDecl, type OpName, type ParamField } from "./ops/op_de
 export { type OpProfiler, setOpProfiler } from "./ops/exec.ts";
 export { detach, type DType, Tensor } from "./tensor/tensor.ts";
 export {
+  assign,
   full,
   ones,
-  assign,
   parameter,
   randn,
   type RandnOptions,
@@ -49,7 +49,13 @@ export { dispose } from "./tensor/dispose.ts";
 export { broadcastShapes, formatShape, sizeOf } from "./tensor/shape.ts";
 
 export { conv3d, type Conv3dOptions, convTranspose3d } from "./ops/conv.ts";
-export { groupNorm, type GroupNormOptions, instanceNorm } from "./ops/norm.ts";
+export {
+  groupNorm,
+  type GroupNormOptions,
+  instanceNorm,
+  type NormActivation,
+  type NormOptions,
+} from "./ops/norm.ts";
 export {
   abs,
   addScalar,

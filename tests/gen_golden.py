@@ -169,16 +169,23 @@ def conv_transpose_cases() -> list[Case]:
 def norm_cases() -> list[Case]:
     out = []
 
-    def gn(name, shape, groups, eps=1e-5, op="groupNorm"):
+    def gn(name, shape, groups, eps=1e-5, op="groupNorm", activation=None, slope=0.01):
         g = gen_for(name)
         c = shape[1]
         inputs = [Inp("x", randn(g, shape, 2.0, 0.5)), Inp("gamma", randn(g, (c,), 0.3, 1.0)),
                   Inp("beta", randn(g, (c,), 0.3))]
 
         def fn(x, gamma, beta):
-            return {"y": F.group_norm(x, groups, gamma, beta, eps)}
+            y = F.group_norm(x, groups, gamma, beta, eps)
+            if activation == "relu":
+                y = F.relu(y)
+            elif activation == "leaky_relu":
+                y = F.leaky_relu(y, slope)
+            return {"y": y}
 
         attrs = {"groups": groups, "eps": eps} if op == "groupNorm" else {"eps": eps}
+        if activation is not None:
+            attrs.update({"activation": activation, "slope": slope})
         out.append(Case(name, op, attrs, inputs, fn))
 
     gn("group_norm_c8_g4", (2, 8, 3, 4, 5), 4)
@@ -187,6 +194,12 @@ def norm_cases() -> list[Case]:
     gn("instance_norm_c16_blocked", (2, 16, 3, 3, 4), 16, op="instanceNorm")
     gn("instance_norm_c3", (1, 3, 4, 4, 4), 3, op="instanceNorm")
     gn("instance_norm_c4_eps1e-3", (2, 4, 2, 3, 5), 4, eps=1e-3, op="instanceNorm")
+    # Fused activations (the pre-activation is recomputed in backward).
+    gn("instance_norm_leaky_relu_c16_blocked", (2, 16, 3, 3, 4), 16, op="instanceNorm",
+       activation="leaky_relu", slope=0.01)
+    gn("instance_norm_leaky_relu_slope0.2_c3", (1, 3, 4, 4, 4), 3, op="instanceNorm",
+       activation="leaky_relu", slope=0.2)
+    gn("group_norm_relu_c8_g4", (2, 8, 3, 4, 5), 4, activation="relu")
     return out
 
 

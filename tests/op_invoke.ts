@@ -21,6 +21,22 @@ export interface OpSpec {
   run(xs: Tensor[], attrs: Attrs): Record<string, Tensor>;
 }
 
+/** eps and the optional fused activation of a norm case. */
+function normOpts(a: Attrs): E.NormOptions {
+  const act = a.activation;
+  if (act === undefined) return { eps: num(a, "eps") };
+  if (act !== "relu" && act !== "leaky_relu") {
+    throw new Error(
+      `Golden attr activation is ${JSON.stringify(act)}, expected "relu" or "leaky_relu"`,
+    );
+  }
+  return {
+    eps: num(a, "eps"),
+    activation: act,
+    slope: act === "leaky_relu" ? num(a, "slope") : undefined,
+  };
+}
+
 function num(attrs: Attrs, key: string): number {
   const v = attrs[key];
   if (typeof v !== "number") {
@@ -73,12 +89,12 @@ export const OP_SPECS: Readonly<Record<string, OpSpec>> = {
   groupNorm: {
     kernels: ["GROUP_NORM_FORWARD", "GROUP_NORM_BACKWARD"],
     run: (xs, a) => ({
-      y: E.groupNorm(xs[0], xs[1], xs[2], { groups: num(a, "groups"), eps: num(a, "eps") }),
+      y: E.groupNorm(xs[0], xs[1], xs[2], { groups: num(a, "groups"), ...normOpts(a) }),
     }),
   },
   instanceNorm: {
     kernels: ["GROUP_NORM_FORWARD", "GROUP_NORM_BACKWARD"],
-    run: (xs, a) => ({ y: E.instanceNorm(xs[0], xs[1], xs[2], { eps: num(a, "eps") }) }),
+    run: (xs, a) => ({ y: E.instanceNorm(xs[0], xs[1], xs[2], normOpts(a)) }),
   },
   relu: unary(E.relu),
   leakyRelu: { kernels: UNARY, run: (xs, a) => ({ y: E.leakyRelu(xs[0], num(a, "slope")) }) },

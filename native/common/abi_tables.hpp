@@ -35,9 +35,11 @@ inline bool op_arity(int op, int* nin, int* nout) {
   }
 }
 
-// Inputs that may be NULL, as documented in comodal.h: the bias of the forward convolutions.
+// Inputs that may be NULL, as documented in comodal.h: the bias of the forward convolutions, and
+// beta of the norm backward (required only with a fused activation; the kernel checks that).
 inline bool input_nullable(int op, int i) {
-  return (op == CMO_OP_CONV3D_FORWARD || op == CMO_OP_CONV_TRANSPOSE3D_FORWARD) && i == 2;
+  return ((op == CMO_OP_CONV3D_FORWARD || op == CMO_OP_CONV_TRANSPOSE3D_FORWARD) && i == 2) ||
+         (op == CMO_OP_GROUP_NORM_BACKWARD && i == 5);
 }
 
 inline int64_t dtype_size(int64_t dt) {

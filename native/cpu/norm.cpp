@@ -95,6 +95,24 @@ void unit_lanes(const View& v, int64_t unit, const std::vector<float>& per_nc, f
     lanes[l] = per_nc[(size_t)(n * v.C + (v.L == 1 ? u : u * 16 + l))];
 }
 
+// The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
+float act_slope(const cmo_group_norm_params& p, const char* op) {
+  switch (p.activation) {
+    case CMO_NORM_ACT_NONE:
+      return 1.0f;
+    case CMO_NORM_ACT_RELU:
+      return 0.0f;
+    case CMO_NORM_ACT_LEAKY_RELU:
+      if (!std::isfinite(p.alpha)) fail(std::string(op) + ": leaky ReLU slope alpha must be finite");
+      return (float)p.alpha;
+  }
+  fail(std::string(op) + ": unknown activation " + std::to_string(p.activation) +
+       " (0 = none, 1 = ReLU, 2 = leaky ReLU)");
+}
+
+inline float act_apply(float z, float slope) { return z > 0.0f ? z : z * slope; }
+inline float act_grad(float z, float slope) { return z > 0.0f ? 1.0f : slope; }
+
 struct GnCommon {
   int64_t G = 0, Cg = 0;
 };
@@ -132,6 +150,7 @@ void group_norm_forward(const KernelArgs& a) {
   check_vec(a.in[1], C, op, "gamma");
   check_vec(a.in[2], C, op, "beta");
   if (!(prm.eps >= 0)) fail(std::string(op) + ": eps must be >= 0");
+  const float slope = act_slope(prm, op);
   const float* gamma = a.in[1]->f32();
   const float* beta = a.in[2]->f32();
   Backend* be = a.backend;
@@ -236,16 +255,16 @@ void group_norm_forward(const KernelArgs& a) {
     double rstd = 1.0 / std::sqrt(var + prm.eps);
     mo[i] = (float)gmean[(size_t)i];
     ro[i] = (float)rstd;
-    gvar[(size_t)i] = rstd;
   }
+  // From the stored (float) mean and rstd, exactly as the backward recomputes the pre-activation.
   for (int64_t n = 0; n < N; n++)
     for (int64_t c = 0; c < C; c++) {
       size_t g = (size_t)(n * G + c / Cg);
-      double sc = gvar[g] * (double)gamma[c];
+      double sc = (double)ro[g] * (double)gamma[c];
       scale_nc[(size_t)(n * C + c)] = (float)sc;
-      shift_nc[(size_t)(n * C + c)] = (float)((double)beta[c] - gmean[g] * sc);
+      shift_nc[(size_t)(n * C + c)] = (float)((double)beta[c] - (double)mo[g] * sc);
     }
-  // Pass 3: y = x * scale + shift.
+  // Pass 3: y = act(x * scale + shift).
   float* yd = yw->f32();
   parallel_for(be, v.tasks(), [&](int64_t t) {
     int64_t chunk = t % v.chunks, unit = t / v.chunks;
@@ -259,11 +278,11 @@ void group_norm_forward(const KernelArgs& a) {
     if (v.L == 1) {
       const float s0 = sc[0], h0 = sh[0];
 #pragma omp simd
-      for (int64_t i = 0; i < len; i++) yp[i] = xp[i] * s0 + h0;
+      for (int64_t i = 0; i < len; i++) yp[i] = act_apply(xp[i] * s0 + h0, slope);
     } else {
       for (int64_t i = 0; i < len; i += kLanes)
 #pragma omp simd
-        for (int l = 0; l < kLanes; l++) yp[i + l] = xp[i + l] * sc[l] + sh[l];
+        for (int l = 0; l < kLanes; l++) yp[i + l] = act_apply(xp[i + l] * sc[l] + sh[l], slope);
     }
   });
   if (yw != y) reorder(yw, y);
@@ -272,6 +291,8 @@ void group_norm_forward(const KernelArgs& a) {
 // ------------------------------------------------------------------------------ backward
 // dx = rstd * (gamma*dy - (A + xhat*B) / M), xhat = (x - mean) * rstd, with per group
 // A = sum gamma*dy and B = sum gamma*dy*xhat; dgamma += sum dy*xhat; dbeta += sum dy.
+// With a fused activation dy is first multiplied by act'(z), z = x*scale + shift recomputed from x
+// (the same float expression as the forward, so the sign decisions agree).
 void group_norm_backward(const KernelArgs& a) {
   const char* op = "GROUP_NORM_BACKWARD";
   const auto& prm = a.p<cmo_group_norm_params>(op);
@@ -287,6 +308,10 @@ void group_norm_backward(const KernelArgs& a) {
   const float* gamma = a.in[2]->f32();
   const float* meanp = a.in[3]->f32();
   const float* rstdp = a.in[4]->f32();
+  const float slope = act_slope(prm, op);
+  const bool fused = prm.activation != CMO_NORM_ACT_NONE;
+  if (fused) check_vec(a.in[5], C, op, "beta (required with a fused activation)");
+  const float* beta = fused ? a.in[5]->f32() : nullptr;
   Backend* be = a.backend;
 
   TempBuffer dyt;
@@ -306,9 +331,43 @@ void group_norm_backward(const KernelArgs& a) {
   const float* xd = x->f32();
   const float* gd = dyu->f32();
   const double M = (double)Cg * (double)v.S;
-  std::vector<float> mean_nc((size_t)(N * C));
+  std::vector<float> mean_nc((size_t)(N * C)), scale_nc((size_t)(N * C)), shift_nc((size_t)(N * C));
   for (int64_t n = 0; n < N; n++)
-    for (int64_t c = 0; c < C; c++) mean_nc[(size_t)(n * C + c)] = meanp[n * G + c / Cg];
+    for (int64_t c = 0; c < C; c++) {
+      size_t i = (size_t)(n * C + c), g = (size_t)(n * G + c / Cg);
+      mean_nc[i] = meanp[g];
+      if (fused) {  // the forward's scale and shift, computed the same way
+        double sc = (double)rstdp[g] * (double)gamma[c];
+        scale_nc[i] = (float)sc;
+        shift_nc[i] = (float)((double)beta[c] - (double)meanp[g] * sc);
+      }
+    }
+  // With a fused activation: dy_eff = dy * act'(z), stored in dx's memory (same shape and layout,
+  // never aliasing x or dy); the last pass reads it and overwrites it element by element with dx.
+  if (fused) {
+    float* ed = dxw->f32();
+    parallel_for(be, v.tasks(), [&](int64_t t) {
+      int64_t chunk = t % v.chunks, unit = t / v.chunks;
+      int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
+      int64_t off = unit * v.S * v.L + p0 * v.L, len = (p1 - p0) * v.L;
+      float sc[kLanes], sh[kLanes];
+      unit_lanes(v, unit, scale_nc, sc);
+      unit_lanes(v, unit, shift_nc, sh);
+      const float* xp = xd + off;
+      const float* gp = gd + off;
+      float* ep = ed + off;
+      if (v.L == 1) {
+        const float s0 = sc[0], h0 = sh[0];
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) ep[i] = gp[i] * act_grad(xp[i] * s0 + h0, slope);
+      } else {
+        for (int64_t i = 0; i < len; i += kLanes)
+#pragma omp simd
+          for (int l = 0; l < kLanes; l++) ep[i + l] = gp[i + l] * act_grad(xp[i + l] * sc[l] + sh[l], slope);
+      }
+    });
+    gd = ed;
+  }
   // Per channel: s1 = sum dy, s2 = sum dy * (x - mean).
   std::vector<std::vector<double>> sums;
   channel_sums(be, v, 2, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {

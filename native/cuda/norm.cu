@@ -27,6 +27,30 @@ NormDims check_norm(const Buffer* x, const Buffer* gamma, const cmo_group_norm_p
   return d;
 }
 
+// The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
+float act_slope(const cmo_group_norm_params& p, const char* op) {
+  switch (p.activation) {
+    case CMO_NORM_ACT_NONE:
+      return 1.0f;
+    case CMO_NORM_ACT_RELU:
+      return 0.0f;
+    case CMO_NORM_ACT_LEAKY_RELU:
+      if (!isfinite(p.alpha)) fail(std::string(op) + ": leaky ReLU slope alpha must be finite");
+      return (float)p.alpha;
+  }
+  fail(std::string(op) + ": unknown activation " + std::to_string(p.activation) +
+       " (0 = none, 1 = ReLU, 2 = leaky ReLU)");
+}
+
+// Per (n, c): the affine step z = x * scale + shift from the stored float mean and rstd, computed
+// identically by forward and backward so both take the same side of the activation's kink.
+__device__ __forceinline__ void affine_coefs(const float* mp, const float* rp, const float* gp, const float* bp,
+                                             int64_t ng, int64_t c, float* sc, float* sh) {
+  double s = (double)rp[ng] * (double)gp[c];
+  *sc = (float)s;
+  *sh = (float)((double)bp[c] - (double)mp[ng] * s);
+}
+
 Shape stats_shape(const NormDims& d) {
   Shape s;
   s.ndim = 2;
@@ -69,18 +93,30 @@ void group_norm_forward(const KernelArgs& a) {
   const float *gp = gamma->f32(), *bp = beta->f32();
   float* yp = y->f32();
   const int64_t S = d.S, C = d.C;
+  const float slope = act_slope(p, op);
   launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
     int64_t g = i / L;
     int64_t c = (i / S) % C;
-    yp[i] = (xp[i] - mp[g]) * rp[g] * gp[c] + bp[c];
+    float sc, sh;
+    affine_coefs(mp, rp, gp, bp, g, c, &sc, &sh);
+    float z = xp[i] * sc + sh;
+    yp[i] = z > 0.0f ? z : z * slope;
   }, op);
 }
 
 void group_norm_backward(const KernelArgs& a) {
   const char* op = "GROUP_NORM_BACKWARD";
   const auto& p = a.p<cmo_group_norm_params>(op);
-  const Buffer *x = a.in[0], *dy = a.in[1], *gamma = a.in[2], *mean = a.in[3], *rstd = a.in[4];
+  const Buffer *x = a.in[0], *dy = a.in[1], *gamma = a.in[2], *mean = a.in[3], *rstd = a.in[4], *beta = a.in[5];
   NormDims d = check_norm(x, gamma, p, op);
+  const float slope = act_slope(p, op);
+  const bool fused = p.activation != CMO_NORM_ACT_NONE;
+  if (fused) {
+    if (beta == nullptr) fail(std::string(op) + ": beta is required with a fused activation");
+    need_f32(beta, op, "beta");
+    if (beta->numel() != d.C)
+      fail(std::string(op) + ": beta has shape " + beta->shape.str() + ", expected [" + std::to_string(d.C) + "]");
+  }
   need_f32(dy, op, "dy");
   if (dy->shape != x->shape) fail(std::string(op) + ": dy " + dy->shape.str() + " differs from x " + x->shape.str());
   for (const Buffer* s : {mean, rstd}) {
@@ -101,14 +137,32 @@ void group_norm_backward(const KernelArgs& a) {
   const int64_t NC = N * C;
   if (NC == 0) return;
   Scratch sums(be, (size_t)NC * 2 * sizeof(double));  // [n,c]: sum dy, sum dy*x
-  const float *xp = x->f32(), *dyp = dy->f32();
+  const float* xp = x->f32();
+  const float* dyp = dy->f32();
+  const float *gp = gamma->f32(), *mp = mean->f32(), *rp = rstd->f32();
+  Scratch eff_tmp(be, fused && dx == x ? (size_t)x->numel() * sizeof(float) : 0);
+  if (fused) {
+    // dy_eff = dy * act'(z) into dx's memory (a scratch buffer if dx is x; dx == dy is safe, each
+    // element is read before it is written), then everything below reads dy_eff.
+    float* ep = dx == x ? eff_tmp.as<float>() : dx->f32();
+    const float* bp = beta->f32();
+    const int64_t L = (C / G) * S;
+    launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
+      int64_t ng = i / L;
+      int64_t c = (i / S) % C;
+      float sc, sh;
+      affine_coefs(mp, rp, gp, bp, ng, c, &sc, &sh);
+      float z = xp[i] * sc + sh;
+      ep[i] = dyp[i] * (z > 0.0f ? 1.0f : slope);
+    }, op);
+    dyp = ep;
+  }
   plane_sums<2>(be, NC, S, [=] __device__(int64_t plane, int64_t s, double* acc) {
     double g = dyp[plane * S + s];
     acc[0] += g;
     acc[1] += g * (double)xp[plane * S + s];
   }, sums.as<double>(), op);
   const double* sp = sums.as<double>();
-  const float *gp = gamma->f32(), *mp = mean->f32(), *rp = rstd->f32();
   // per (n,g): coefficients of dx = c1[n,c]*dy + c2[n,g]*x + c3[n,g]
   Scratch coef(be, (size_t)N * G * 2 * sizeof(float));
   float* cf = coef.as<float>();

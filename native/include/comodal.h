@@ -124,7 +124,7 @@ cmo_status cmo_buffer_read(const cmo_buffer* buffer, void* host, int64_t bytes);
   X(5, CONV_TRANSPOSE3D_BACKWARD_DATA, 2, 1, cmo_conv3d_params)              \
   X(6, CONV_TRANSPOSE3D_BACKWARD_WEIGHTS, 2, 2, cmo_conv3d_params)           \
   X(7, GROUP_NORM_FORWARD, 3, 3, cmo_group_norm_params)                      \
-  X(8, GROUP_NORM_BACKWARD, 5, 3, cmo_group_norm_params)                     \
+  X(8, GROUP_NORM_BACKWARD, 6, 3, cmo_group_norm_params)                     \
   X(9, UNARY_FORWARD, 1, 1, cmo_unary_params)                                \
   X(10, UNARY_BACKWARD, 2, 1, cmo_unary_params)                              \
   X(11, BINARY, 2, 1, cmo_binary_params)                                     \
@@ -175,12 +175,23 @@ typedef struct {
   int64_t in_dims[3];
 } cmo_conv3d_params;
 
-/* GROUP_NORM_FORWARD   in: x[N,C,...], gamma[C], beta[C]   out: y, mean[N,G], rstd[N,G]
- * GROUP_NORM_BACKWARD  in: x, dy, gamma, mean, rstd          out: dx (=), dgamma (+=), dbeta (+=)
- * Instance norm is groups == C. Biased variance, as PyTorch. */
+/* GROUP_NORM_FORWARD   in: x[N,C,...], gamma[C], beta[C]   out: y = act(norm(x)), mean[N,G], rstd[N,G]
+ * GROUP_NORM_BACKWARD  in: x, dy, gamma, mean, rstd, beta    out: dx (=), dgamma (+=), dbeta (+=)
+ * Instance norm is groups == C. Biased variance, as PyTorch.
+ * activation fuses a ReLU or leaky ReLU after the affine step (one pass over memory, and the
+ * pre-activation tensor is never stored: backward recomputes it from x, so beta is then a required
+ * input; with CMO_NORM_ACT_NONE beta may be NULL). dy is the gradient of the activated output. */
+typedef enum {
+  CMO_NORM_ACT_NONE = 0,
+  CMO_NORM_ACT_RELU = 1,
+  CMO_NORM_ACT_LEAKY_RELU = 2 /* alpha = negative slope */
+} cmo_norm_activation;
+
 typedef struct {
   int64_t groups;
   double eps;
+  int64_t activation; /* cmo_norm_activation */
+  double alpha;
 } cmo_group_norm_params;
 
 typedef enum {

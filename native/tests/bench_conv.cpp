@@ -132,7 +132,7 @@ void bench_deconv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S)
 }
 
 void bench_norm(cmo_backend* be, int64_t N, int64_t C, int64_t S, int layout) {
-  cmo_group_norm_params q{C, 1e-5};
+  cmo_group_norm_params q{C, 1e-5, CMO_NORM_ACT_NONE, 0.0};
   cmo_buffer* x = make(be, {N, C, S, S, S}, layout);
   cmo_buffer* dy = make(be, {N, C, S, S, S}, layout);
   cmo_buffer* y = make(be, {N, C, S, S, S}, layout);
@@ -143,7 +143,7 @@ void bench_norm(cmo_backend* be, int64_t N, int64_t C, int64_t S, int layout) {
   cmo_buffer* dg = make(be, {C}, CMO_LAYOUT_PLAIN);
   cmo_buffer* dbb = make(be, {C}, CMO_LAYOUT_PLAIN);
   double tf = time_ms([&] { run(be, CMO_OP_GROUP_NORM_FORWARD, {x, g, g}, {y, m, r}, &q, sizeof q); });
-  double tb = time_ms([&] { run(be, CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, m, r}, {dx, dg, dbb}, &q, sizeof q); });
+  double tb = time_ms([&] { run(be, CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, m, r, nullptr}, {dx, dg, dbb}, &q, sizeof q); });
   double gb = (double)N * C * S * S * S * 4 / 1e9;
   std::printf("instance norm N%lld C%lld %lld^3 %s: fwd %.1f ms (x read and y written at %.1f GB/s), bwd %.1f ms\n", (long long)N,
               (long long)C, (long long)S, layout == CMO_LAYOUT_PLAIN ? "plain" : "blocked", tf, 2 * gb / tf * 1e3,

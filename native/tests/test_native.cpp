@@ -454,20 +454,30 @@ GnRef gn_ref(const std::vector<int64_t>& dims, int64_t G, double eps, const std:
   return r;
 }
 
+// act: CMO_NORM_ACT_* fused after the affine step (leaky ReLU with slope 0.1).
 void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t G, int layout, float offset,
-                     int dy_layout = -1) {
+                     int dy_layout = -1, int act = CMO_NORM_ACT_NONE) {
   g_case = "group norm " + std::to_string(dims[1]) + " ch, " + std::to_string(G) + " groups, " +
-           (layout == CMO_LAYOUT_BLOCKED16 ? "blocked" : "plain") + ", offset " + std::to_string((int)offset);
+           (layout == CMO_LAYOUT_BLOCKED16 ? "blocked" : "plain") + ", offset " + std::to_string((int)offset) +
+           ", activation " + std::to_string(act);
+  const double slope = act == CMO_NORM_ACT_RELU ? 0.0 : act == CMO_NORM_ACT_LEAKY_RELU ? 0.1 : 1.0;
+  auto actf = [&](double z) { return z > 0 ? z : z * slope; };
   int64_t C = dims[1], N = dims[0];
   auto xv = rand_vec((size_t)prod(dims));
   for (auto& v : xv) v = v * 2 + offset;
   auto gam = rand_vec((size_t)C), bet = rand_vec((size_t)C), gv = rand_vec(xv.size());
-  cmo_group_norm_params q{G, 1e-5};
+  cmo_group_norm_params q{G, 1e-5, act, act == CMO_NORM_ACT_LEAKY_RELU ? 0.1 : 0.0};
   cmo_buffer* x = make_with(be, dims, xv, layout);
   cmo_buffer* gb = make_with(be, {C}, gam);
   cmo_buffer* bb = make_with(be, {C}, bet);
   cmo_buffer* dy = make_with(be, dims, gv, dy_layout < 0 ? layout : dy_layout);
   GnRef r = gn_ref(dims, G, 1e-5, xv, gam, bet);
+  // With a fused activation: y = act(z) and the incoming gradient becomes gv * act'(z).
+  std::vector<double> gvd(gv.begin(), gv.end()), zref = r.y;
+  for (size_t i = 0; i < r.y.size(); i++) {
+    r.y[i] = actf(zref[i]);
+    if (zref[i] <= 0) gvd[i] *= slope;
+  }
   std::vector<cmo_buffer*> ins{x, gb, bb}, outs{nullptr, nullptr, nullptr};
   CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_FORWARD, ins.data(), 3, outs.data(), 3, &q, sizeof q));
   if (!outs[0]) return;
@@ -486,7 +496,7 @@ void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t 
       double A = 0, B = 0;
       for (int64_t i = 0; i < Cg * S; i++) {
         int64_t c = g * Cg + i / S;
-        double xh = (xv[(size_t)(base + i)] - m) * rs, gy = gv[(size_t)(base + i)];
+        double xh = (xv[(size_t)(base + i)] - m) * rs, gy = gvd[(size_t)(base + i)];
         A += gam[(size_t)c] * gy;
         B += gam[(size_t)c] * gy * xh;
         dgref[(size_t)c] += gy * xh;
@@ -495,17 +505,25 @@ void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t 
       for (int64_t i = 0; i < Cg * S; i++) {
         int64_t c = g * Cg + i / S;
         double xh = (xv[(size_t)(base + i)] - m) * rs;
-        dxref[(size_t)(base + i)] = rs * (gam[(size_t)c] * gv[(size_t)(base + i)] - (A + xh * B) / M);
+        dxref[(size_t)(base + i)] = rs * (gam[(size_t)c] * gvd[(size_t)(base + i)] - (A + xh * B) / M);
       }
     }
-  std::vector<cmo_buffer*> bins{x, dy, gb, outs[1], outs[2]}, bouts{nullptr, nullptr, nullptr};
-  CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_BACKWARD, bins.data(), 5, bouts.data(), 3, &q, sizeof q));
+  std::vector<cmo_buffer*> bins{x, dy, gb, outs[1], outs[2], act ? bb : nullptr}, bouts{nullptr, nullptr, nullptr};
+  if (act) {  // beta is required with a fused activation
+    std::vector<cmo_buffer*> nob = bins;
+    nob[5] = nullptr;
+    check(cmo_op_execute(be, CMO_OP_GROUP_NORM_BACKWARD, nob.data(), 6, bouts.data(), 3, &q, sizeof q) ==
+                  CMO_ERR_INVALID_ARGUMENT &&
+              contains(cmo_last_error(), "beta"),
+          std::string("fused backward without beta is rejected: ") + cmo_last_error());
+  }
+  CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_BACKWARD, bins.data(), 6, bouts.data(), 3, &q, sizeof q));
   if (bouts[0]) {
     double stol = 1e-4 * std::sqrt((double)(N * S));
     expect_close(read(bouts[0]), dxref, 1e-4, 1e-4, "dx");
     expect_close(read(bouts[1]), dgref, stol, 1e-5, "dgamma (=)");
     expect_close(read(bouts[2]), dbref, stol, 1e-5, "dbeta (=)");
-    CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_BACKWARD, bins.data(), 5, bouts.data(), 3, &q, sizeof q));
+    CHECK_OK(cmo_op_execute(be, CMO_OP_GROUP_NORM_BACKWARD, bins.data(), 6, bouts.data(), 3, &q, sizeof q));
     for (auto& v : dgref) v *= 2;
     for (auto& v : dbref) v *= 2;
     expect_close(read(bouts[1]), dgref, stol, 1e-5, "dgamma accumulates (+=)");
@@ -523,7 +541,7 @@ void test_group_norm(cmo_backend* be, const std::vector<int64_t>& dims, int64_t 
         xs[i] += (float)(sgn ? -h : h);
         GnRef rr = gn_ref(dims, G, 1e-5, xs, gam, bet);
         double acc = 0;
-        for (size_t k = 0; k < xs.size(); k++) acc += rr.y[k] * gv[k];
+        for (size_t k = 0; k < xs.size(); k++) acc += actf(rr.y[k]) * gv[k];
         l[sgn] = acc;
       }
       double fd = (l[0] - l[1]) / (2 * h);
@@ -629,13 +647,18 @@ void test_library_and_errors(cmo_backend* be, cmo_backend* other) {
   cmo_buffer_release(ws);
   // Group norm with groups not dividing C.
   cmo_buffer* gam = make(be, {3});
-  cmo_group_norm_params gq{2, 1e-5};
+  cmo_group_norm_params gq{2, 1e-5, CMO_NORM_ACT_NONE, 0.0};
   cmo_buffer* x3 = make(be, {1, 3, 4, 4, 4});
   std::vector<cmo_buffer*> gin{x3, gam, gam}, gout{nullptr, nullptr, nullptr};
   check(cmo_op_execute(be, CMO_OP_GROUP_NORM_FORWARD, gin.data(), 3, gout.data(), 3, &gq, sizeof gq) ==
             CMO_ERR_INVALID_ARGUMENT &&
             contains(cmo_last_error(), "GROUP_NORM_FORWARD: 3 channels of x [1,3,4,4,4] cannot be split into 2 groups"),
         std::string("group norm groups: ") + cmo_last_error());
+  cmo_group_norm_params gq_act{1, 1e-5, 7, 0.0};
+  check(cmo_op_execute(be, CMO_OP_GROUP_NORM_FORWARD, gin.data(), 3, gout.data(), 3, &gq_act, sizeof gq_act) ==
+                CMO_ERR_INVALID_ARGUMENT &&
+            contains(cmo_last_error(), "unknown activation 7"),
+        std::string("group norm activation: ") + cmo_last_error());
   for (auto* b : {x, w, xo, x2, ywrong, outs[0], dy2, gam, x3})
     if (b) cmo_buffer_release(b);
 
@@ -746,6 +769,11 @@ int main() {
   test_group_norm(be, {2, 6, 5, 7}, 3, CMO_LAYOUT_PLAIN, 0);           // 4-D plain
   test_group_norm(be, {1, 16, 40, 40, 40}, 16, CMO_LAYOUT_BLOCKED16, 100);  // large offset, many chunks
   test_group_norm(be, {1, 2, 40, 40, 41}, 1, CMO_LAYOUT_PLAIN, 100);
+  // Fused activations, both layouts, per-channel and grouped statistics.
+  test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_BLOCKED16, 0, -1, CMO_NORM_ACT_LEAKY_RELU);
+  test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_PLAIN, 0, -1, CMO_NORM_ACT_RELU);
+  test_group_norm(be, {2, 48, 2, 3, 3}, 16, CMO_LAYOUT_BLOCKED16, 3, CMO_LAYOUT_PLAIN, CMO_NORM_ACT_LEAKY_RELU);
+  test_group_norm(be, {2, 6, 5, 7}, 3, CMO_LAYOUT_PLAIN, 0, -1, CMO_NORM_ACT_LEAKY_RELU);
   test_cache_and_stats(be);
   g_case = "teardown";
   // A backend destroyed while a buffer lives is freed with that buffer (ASan checks the leak).

@@ -6,7 +6,6 @@
 import {
   add,
   concat,
-  leakyRelu,
   matmul,
   mul,
   neg,
@@ -15,7 +14,7 @@ import {
   softmax,
   type Tensor,
 } from "../engine.ts";
-import { ConvBlock, Conv3d, Norm3d, type NormKind } from "./layers.ts";
+import { Conv3d, ConvBlock, Norm3d, type NormKind } from "./layers.ts";
 import { Module, ModuleList, type RandomSource } from "./module.ts";
 import type { UNetPlan } from "./plan.ts";
 import { type DecoderOutput, type Encoder, UNetDecoder, UNetEncoder } from "./unet.ts";
@@ -61,8 +60,14 @@ export class FusionLayer extends Module {
   ) {
     super();
     const kernel = opts.kernel ?? [3, 3, 3];
-    this.b1 = this.child("b1", new ConvBlock(modalities * channels, channels, { kernel, norm: opts.norm, rng: opts.rng }));
-    this.b2 = this.child("b2", new ConvBlock(channels, channels, { kernel, norm: opts.norm, rng: opts.rng }));
+    this.b1 = this.child(
+      "b1",
+      new ConvBlock(modalities * channels, channels, { kernel, norm: opts.norm, rng: opts.rng }),
+    );
+    this.b2 = this.child(
+      "b2",
+      new ConvBlock(channels, channels, { kernel, norm: opts.norm, rng: opts.rng }),
+    );
     const norms: Norm3d[] = [];
     const convs: Conv3d[] = [];
     if (mode === "concat") {
@@ -82,7 +87,9 @@ export class FusionLayer extends Module {
     const g = sigmoid(this.b2.forward(this.b1.forward(concat(ys, 1))));
     if (this.mode === "add") return ys.map((y) => add(y, g));
     return ys.map((y, m) =>
-      this.mixConvs.items[m].forward(leakyRelu(this.mixNorms.items[m].forward(concat([g, y], 1)), 0.01))
+      this.mixConvs.items[m].forward(
+        this.mixNorms.items[m].forward(concat([g, y], 1), "leaky_relu"),
+      )
     );
   }
 }
@@ -117,7 +124,9 @@ export class CmcNet extends Module {
 
   constructor(opts: CmcOptions) {
     super();
-    if (opts.modalities < 2) throw new Error(`CMC needs at least 2 modalities, got ${opts.modalities}`);
+    if (opts.modalities < 2) {
+      throw new Error(`CMC needs at least 2 modalities, got ${opts.modalities}`);
+    }
     this.options = {
       modalities: opts.modalities,
       numClasses: opts.numClasses,
@@ -134,17 +143,24 @@ export class CmcNet extends Module {
     for (let m = 0; m < modalities; m++) encs.push(new UNetEncoder(1, plan, { norm, rng }));
     this.encoders = this.child("encoders", new ModuleList(encs));
     const mias: MiaBlock[] = [];
-    if (this.options.mia) for (let m = 0; m < modalities; m++) mias.push(new MiaBlock());
+    if (this.options.mia) { for (let m = 0; m < modalities; m++) mias.push(new MiaBlock()); }
     this.mias = this.child("mias", new ModuleList(mias));
     const deepC = plan.levels[plan.levels.length - 1].width;
     const deepKernel = plan.levels[plan.levels.length - 1].kernel;
-    this.fusion = this.options.fusion === "none"
-      ? null
-      : this.child("fusion", new FusionLayer(modalities, deepC, this.options.fusion, { kernel: deepKernel, norm, rng }));
+    this.fusion = this.options.fusion === "none" ? null : this.child(
+      "fusion",
+      new FusionLayer(modalities, deepC, this.options.fusion, { kernel: deepKernel, norm, rng }),
+    );
     const decs: UNetDecoder[] = [];
     const nDec = this.options.sharedDecoder ? 1 : modalities;
     for (let m = 0; m < nDec; m++) {
-      decs.push(new UNetDecoder(plan, opts.numClasses, { norm, rng, deepSupervision: this.options.deepSupervision }));
+      decs.push(
+        new UNetDecoder(plan, opts.numClasses, {
+          norm,
+          rng,
+          deepSupervision: this.options.deepSupervision,
+        }),
+      );
     }
     this.decoders = this.child("decoders", new ModuleList(decs));
   }
@@ -152,9 +168,14 @@ export class CmcNet extends Module {
   /** xs: one patch per modality, each [B, 1, D, H, W]. */
   forward(xs: Tensor[]): BranchOutput[] {
     const M = this.options.modalities;
-    if (xs.length !== M) throw new Error(`CMC network: got ${xs.length} modality inputs, expected ${M}`);
+    if (xs.length !== M) {
+      throw new Error(`CMC network: got ${xs.length} modality inputs, expected ${M}`);
+    }
     const encoded = xs.map((x, m) => this.encoders.items[m].forward(x));
-    const ys = encoded.map((e, m) => (this.options.mia ? this.mias.items[m].forward(e.deep) : e.deep));
+    const ys = encoded.map((
+      e,
+      m,
+    ) => (this.options.mia ? this.mias.items[m].forward(e.deep) : e.deep));
     const zs = this.fusion ? this.fusion.forward(ys) : ys;
     return zs.map((z, m) => {
       const dec = this.decoders.items[this.options.sharedDecoder ? 0 : m];

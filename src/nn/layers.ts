@@ -7,8 +7,7 @@ import {
   convTranspose3d,
   groupNorm,
   instanceNorm,
-  leakyRelu,
-  relu,
+  type NormActivation,
   type Tensor,
 } from "../engine.ts";
 import { kaimingNormal, Module, type RandomSource } from "./module.ts";
@@ -50,7 +49,9 @@ export class Conv3d extends Module {
       kaimingNormal(outChannels * fanIn, fanIn, opts.rng, opts.slope ?? 0.01),
       [outChannels, inChannels, ...this.kernel],
     );
-    this.bias = opts.bias === false ? null : this.param("bias", new Float32Array(outChannels), [outChannels]);
+    this.bias = opts.bias === false
+      ? null
+      : this.param("bias", new Float32Array(outChannels), [outChannels]);
   }
 
   forward(x: Tensor): Tensor {
@@ -77,7 +78,9 @@ export class ConvTranspose3d extends Module {
       kaimingNormal(inChannels * outChannels * k[0] * k[1] * k[2], fanIn, opts.rng, 1),
       [inChannels, outChannels, ...k],
     );
-    this.bias = opts.bias === false ? null : this.param("bias", new Float32Array(outChannels), [outChannels]);
+    this.bias = opts.bias === false
+      ? null
+      : this.param("bias", new Float32Array(outChannels), [outChannels]);
   }
 
   forward(x: Tensor): Tensor {
@@ -96,16 +99,20 @@ export class Norm3d extends Module {
     super();
     this.groups = kind === "instance" ? channels : Math.min(groups, channels);
     if (channels % this.groups !== 0) {
-      throw new Error(`Group norm: ${channels} channels are not divisible into ${this.groups} groups`);
+      throw new Error(
+        `Group norm: ${channels} channels are not divisible into ${this.groups} groups`,
+      );
     }
     this.gamma = this.param("weight", new Float32Array(channels).fill(1), [channels]);
     this.beta = this.param("bias", new Float32Array(channels), [channels]);
   }
 
-  forward(x: Tensor): Tensor {
+  /** Normalises x; `activation` fuses a ReLU or leaky ReLU (slope 0.01) into the same op. */
+  forward(x: Tensor, activation: NormActivation = "none"): Tensor {
+    const opts = { eps: 1e-5, activation, slope: 0.01 };
     return this.kind === "instance"
-      ? instanceNorm(x, this.gamma, this.beta, { eps: 1e-5 })
-      : groupNorm(x, this.gamma, this.beta, { groups: this.groups, eps: 1e-5 });
+      ? instanceNorm(x, this.gamma, this.beta, opts)
+      : groupNorm(x, this.gamma, this.beta, { ...opts, groups: this.groups });
   }
 }
 
@@ -142,7 +149,7 @@ export class ConvBlock extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    const y = this.norm.forward(this.conv.forward(x));
-    return this.activation === "relu" ? relu(y) : leakyRelu(y, 0.01);
+    // The activation is fused into the norm: the normalised, not yet activated tensor is never kept.
+    return this.norm.forward(this.conv.forward(x), this.activation);
   }
 }

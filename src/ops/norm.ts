@@ -8,11 +8,27 @@ import { allocTensor, recordNode, type Tensor, wrapNative } from "../tensor/tens
 import { checkF32, needsGrad } from "./check.ts";
 import { execOp } from "./exec.ts";
 
-/** Options of groupNorm. */
-export interface GroupNormOptions {
-  groups: number;
+/**
+ * An activation fused after the norm's affine step: one pass over memory, and the pre-activation
+ * tensor is never stored (backward recomputes it from x and the statistics).
+ */
+export type NormActivation = "none" | "relu" | "leaky_relu";
+
+/** Options shared by groupNorm and instanceNorm. */
+export interface NormOptions {
   eps?: number;
+  /** Fused activation (default "none"). */
+  activation?: NormActivation;
+  /** Negative slope of "leaky_relu" (default 0.01, as PyTorch). */
+  slope?: number;
 }
+
+/** Options of groupNorm. */
+export interface GroupNormOptions extends NormOptions {
+  groups: number;
+}
+
+const ACTIVATION_CODE: Record<NormActivation, number> = { none: 0, relu: 1, leaky_relu: 2 };
 
 // Per-backend cache of the constant gamma = 1 / beta = 0 vectors used when none is given.
 const constants = new WeakMap<object, Map<string, Tensor>>();
@@ -41,7 +57,7 @@ export function groupNorm(
   beta: Tensor | null,
   opts: GroupNormOptions,
 ): Tensor {
-  return groupNormImpl("groupNorm", x, gamma, beta, opts.groups, opts.eps ?? 1e-5);
+  return groupNormImpl("groupNorm", x, gamma, beta, opts.groups, opts);
 }
 
 /** Instance norm: group norm with one group per channel. */
@@ -49,10 +65,10 @@ export function instanceNorm(
   x: Tensor,
   gamma: Tensor | null,
   beta: Tensor | null,
-  opts: { eps?: number } = {},
+  opts: NormOptions = {},
 ): Tensor {
   checkF32("instanceNorm", "x", x);
-  return groupNormImpl("instanceNorm", x, gamma, beta, x.shape[1] ?? 0, opts.eps ?? 1e-5);
+  return groupNormImpl("instanceNorm", x, gamma, beta, x.shape[1] ?? 0, opts);
 }
 
 function groupNormImpl(
@@ -61,8 +77,17 @@ function groupNormImpl(
   gammaIn: Tensor | null,
   betaIn: Tensor | null,
   groups: number,
-  eps: number,
+  opts: NormOptions,
 ): Tensor {
+  const eps = opts.eps ?? 1e-5;
+  const activation = opts.activation ?? "none";
+  const slope = opts.slope ?? 0.01;
+  if (!(activation in ACTIVATION_CODE)) {
+    throw new Error(
+      `${fn}: activation must be "none", "relu" or "leaky_relu", got ${JSON.stringify(activation)}`,
+    );
+  }
+  if (!Number.isFinite(slope)) throw new Error(`${fn}: slope must be finite, got ${slope}`);
   checkF32(fn, "x", x);
   if (x.shape.length < 2) throw new Error(`${fn}: x ${x.describe()} must have shape [N,C,...]`);
   const [n, c] = x.shape;
@@ -83,7 +108,8 @@ function groupNormImpl(
   }
   const gamma = gammaIn ?? constant(c, 1);
   const beta = betaIn ?? constant(c, 0);
-  const params = { groups, eps };
+  const fused = activation !== "none";
+  const params = { groups, eps, activation: ACTIVATION_CODE[activation], alpha: fused ? slope : 0 };
   const [py, pm, pr] = execOp("GROUP_NORM_FORWARD", fn, [x, gamma, beta], [], params, [
     "x",
     "gamma",
@@ -95,15 +121,16 @@ function groupNormImpl(
   const rstd = wrapNative(pr, [n, groups], "f32", be);
   if (needsGrad(x, gammaIn, betaIn)) {
     const xShape = x.shape;
-    recordNode(fn, [x, gammaIn, betaIn], [y], [x, gamma, mean, rstd], (g, ctx) => {
+    const saved = fused ? [x, gamma, mean, rstd, beta] : [x, gamma, mean, rstd];
+    recordNode(fn, [x, gammaIn, betaIn], [y], saved, (g, ctx) => {
       const slots = [null, ctx.needs[1] ? ctx.slot(1) : null, ctx.needs[2] ? ctx.slot(2) : null];
       const [pdx, pdg, pdb] = execOp(
         "GROUP_NORM_BACKWARD",
         fn,
-        [x, g[0]!, gamma, mean, rstd],
+        [x, g[0]!, gamma, mean, rstd, fused ? beta : null],
         slots,
         params,
-        ["x", "dy", "gamma", "mean", "rstd"],
+        ["x", "dy", "gamma", "mean", "rstd", "beta"],
       );
       const b2 = getBackend();
       const dx = wrapNative(pdx, xShape, "f32", b2);

@@ -393,7 +393,7 @@ std::vector<Case> build_cases() {
   // ---- group norm
   for (int groups : {4, 16, 1}) {
     Dims xd = {2, 16, 10, 9, 8};
-    cmo_group_norm_params p{groups, 1e-5};
+    cmo_group_norm_params p{groups, 1e-5, CMO_NORM_ACT_NONE, 0.0};
     HT x = randf(xd, -2.f, 3.f), g = randf({16}, 0.5f, 1.5f), b = randf({16}), dy = randf(xd);
     cs.push_back(mk("group norm fwd G=" + std::to_string(groups), CMO_OP_GROUP_NORM_FORWARD, {x, g, b}, 3, pbytes(p), 1e-5, 1e-4));
     // mean/rstd from a CPU forward are needed as inputs: recompute them host-side in double
@@ -413,12 +413,24 @@ std::vector<Case> build_cases() {
         mean.f[(size_t)(n * groups + gi)] = (float)m;
         rstd.f[(size_t)(n * groups + gi)] = (float)(1.0 / std::sqrt(s2 / L + 1e-5));
       }
-    cs.push_back(mk("group norm bwd G=" + std::to_string(groups), CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, mean, rstd}, 3,
-                    pbytes(p), 1e-4, 1e-3));
+    cs.push_back(mk("group norm bwd G=" + std::to_string(groups), CMO_OP_GROUP_NORM_BACKWARD,
+                    {x, dy, g, mean, rstd, b}, 3, pbytes(p), 1e-4, 1e-3));
+    cs.back().in_null = {false, false, false, false, false, true};
     cs.push_back(with_given(mk("group norm bwd += G=" + std::to_string(groups), CMO_OP_GROUP_NORM_BACKWARD,
-                               {x, dy, g, mean, rstd}, 3, pbytes(p), 1e-4, 1e-3),
+                               {x, dy, g, mean, rstd, b}, 3, pbytes(p), 1e-4, 1e-3),
                             {HT{}, randf({16}), randf({16})}));
+    cs.back().in_null = {false, false, false, false, false, true};
     cs.back().out_given = {false, true, true};
+    // Fused activations: forward, and backward recomputing the pre-activation from x.
+    for (int act : {(int)CMO_NORM_ACT_RELU, (int)CMO_NORM_ACT_LEAKY_RELU}) {
+      cmo_group_norm_params pa{groups, 1e-5, act, act == CMO_NORM_ACT_LEAKY_RELU ? 0.01 : 0.0};
+      std::string tag = std::string(act == CMO_NORM_ACT_RELU ? " relu" : " leaky") + " G=" + std::to_string(groups);
+      cs.push_back(mk("group norm fwd" + tag, CMO_OP_GROUP_NORM_FORWARD, {x, g, b}, 3, pbytes(pa), 1e-5, 1e-4));
+      cs.push_back(with_given(mk("group norm bwd +=" + tag, CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, mean, rstd, b}, 3,
+                                 pbytes(pa), 1e-4, 1e-3),
+                              {HT{}, randf({16}), randf({16})}));
+      cs.back().out_given = {false, true, true};
+    }
   }
   // ---- unary
   const char* un[] = {"relu", "leaky", "sigmoid", "gelu", "exp", "log", "tanh", "sqrt", "abs", "neg"};
@@ -636,7 +648,7 @@ void determinism_check(Lib& L) {
   same = oa.st == CMO_OK && ob.st == CMO_OK && oa.outs.size() == ob.outs.size();
   for (size_t o = 0; same && o < oa.outs.size(); o++) same = oa.outs[o].f == ob.outs[o].f;
   check(same, "own wgrad kernel: bit-identical run to run", oa.st ? oa.err : "results differ between runs");
-  cmo_group_norm_params gp{4, 1e-5};
+  cmo_group_norm_params gp{4, 1e-5, CMO_NORM_ACT_NONE, 0.0};
   HT g = randf({16}), be = randf({16});
   Case f = mk("deterministic group norm fwd", CMO_OP_GROUP_NORM_FORWARD, {x, g, be}, 3, pbytes(gp));
   Result fa = run_case(L, f), fb = run_case(L, f);
@@ -652,7 +664,7 @@ void pool_steady_check(Lib& L) {
   auto step = [&]() {
     Case c = mk("conv", CMO_OP_CONV3D_FORWARD, {x, w, b}, 1, pbytes(conv_p(1, 1, 1, 1, {32, 32, 32})));
     run_case(L, c);
-    Case n = mk("norm", CMO_OP_GROUP_NORM_FORWARD, {x, g, b}, 3, pbytes(cmo_group_norm_params{8, 1e-5}));
+    Case n = mk("norm", CMO_OP_GROUP_NORM_FORWARD, {x, g, b}, 3, pbytes(cmo_group_norm_params{8, 1e-5, CMO_NORM_ACT_NONE, 0.0}));
     run_case(L, n);
   };
   step();
