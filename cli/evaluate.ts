@@ -1,6 +1,7 @@
 /**
- * `evaluate --pred DIR|file --ref DIR|file [--labels map] [--out metrics.json]`: Dice, HD95 and ASSD
- * (mm) of predicted against reference NIfTI label images; writes metrics.json and prints a table.
+ * `evaluate --pred DIR|file --ref DIR|file [--labels map] [--ignore values] [--modality name]
+ * [--out metrics.json]`: Dice, HD95 and ASSD (mm) of predicted against reference NIfTI label
+ * images; writes metrics.json and prints a table.
  */
 import type { Command } from "commander";
 import {
@@ -8,6 +9,7 @@ import {
   formatSummaryTable,
   loadLabelMap,
   pairCases,
+  splitIgnore,
 } from "../src/metrics/evaluate_files.ts";
 import { metricsToJson } from "../src/metrics/metrics.ts";
 import { writeFileAtomic } from "../src/data/nifti.ts";
@@ -24,6 +26,14 @@ export function register(program: Command): void {
       "--labels <map>",
       'classes: "LV=1,MYO=2,RV=3,heart=1+2+3" or a .json/.yaml file (default: the labels found in the references)',
     )
+    .option(
+      "--ignore <values>",
+      'reference label values without annotation, e.g. "255" or "-1,255": left out of both images (a label map entry named "ignore" does the same)',
+    )
+    .option(
+      "--modality <name>",
+      "with folders: use the predictions named <case>_<name> (as predict writes them) against <case> references",
+    )
     .option("--out <file>", "where to write the metrics JSON", "metrics.json")
     .option("--percentile <q>", "Hausdorff percentile", "95")
     .option(
@@ -38,6 +48,8 @@ export function register(program: Command): void {
           pred: string;
           ref: string;
           labels?: string;
+          ignore?: string;
+          modality?: string;
           out: string;
           percentile: string;
           hdMode: string;
@@ -51,10 +63,27 @@ export function register(program: Command): void {
         if (o.hdMode !== "max" && o.hdMode !== "pooled") {
           throw new Error(`--hd-mode: expected max or pooled, got '${o.hdMode}'`);
         }
-        const classes = o.labels === undefined ? undefined : await loadLabelMap(o.labels);
-        const { pairs, unmatched } = await pairCases(o.pred, o.ref);
+        const map = o.labels === undefined ? undefined : splitIgnore(await loadLabelMap(o.labels));
+        const ignore = [...(map?.ignore ?? [])];
+        if (o.ignore !== undefined) {
+          for (const part of o.ignore.split(",")) {
+            const v = Number(part.trim());
+            if (part.trim() === "" || !Number.isInteger(v)) {
+              throw new Error(
+                `--ignore: expected integer label values like 255 or -1,255, got '${o.ignore}'`,
+              );
+            }
+            ignore.push(v);
+          }
+        }
+        const classes = map?.classes;
+        if (classes !== undefined && classes.length === 0) {
+          throw new Error(`--labels: no classes besides "ignore" in '${o.labels}'`);
+        }
+        const { pairs, unmatched } = await pairCases(o.pred, o.ref, { modality: o.modality });
         const report = await evaluateNiftiCases(pairs, {
           classes,
+          ignore,
           percentile: q,
           mode: o.hdMode,
           onProgress: o.quiet

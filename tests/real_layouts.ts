@@ -227,3 +227,78 @@ export async function runCli(args: string[]): Promise<{ code: number; out: strin
     console.warn = warn;
   }
 }
+
+/**
+ * Writes an nnU-Net v2 raw dataset with the header quirks of real scanner exports, one file per
+ * channel on one grid (z axis stored inferior-to-superior reversed, so det < 0 and qfac = -1):
+ * - CT (_0000): int16 stored as HU + 1024 with scl_slope 1, scl_inter -1024, air at -1024 HU;
+ * - T1 (_0001): float32 with scl_slope 0 ("no scaling" per the standard) and scl_inter 7, and only
+ *   a qform (sform_code 0, srow zeroed), pixdim[0] = -1;
+ * - T2 (_0002): uint16 with values above the int16 range.
+ * Labels are uint8 with 1 organ, 2 lesion (a few voxels) and 3 = "ignore" (an unannotated slab).
+ */
+export async function writeNnUnetCtMr(
+  root: string,
+  opts: { cases: number; dims?: [number, number, number]; seed?: number },
+): Promise<{ ids: string[]; ignoreValue: number }> {
+  const dims = opts.dims ?? [24, 20, 10];
+  const [X, Y, Z] = dims;
+  await Deno.mkdir(path.join(root, "imagesTr"), { recursive: true });
+  await Deno.mkdir(path.join(root, "labelsTr"), { recursive: true });
+  const affine = [0.8, 0, 0, -9, 0, 0.8, 0, 4, 0, 0, -2.5, 30, 0, 0, 0, 1];
+  const ids: string[] = [];
+  for (let c = 0; c < opts.cases; c++) {
+    const id = `ctmr_${String(c).padStart(3, "0")}`;
+    ids.push(id);
+    const r = new Rng(opts.seed ?? 0, id);
+    const n = X * Y * Z;
+    const ct = new Int16Array(n), t1 = new Float32Array(n), t2 = new Uint16Array(n);
+    const lab = new Uint8Array(n);
+    const cx = X / 2 + r.uniform(-2, 2), cy = Y / 2 + r.uniform(-2, 2);
+    for (let z = 0, i = 0; z < Z; z++) {
+      for (let y = 0; y < Y; y++) {
+        for (let x = 0; x < X; x++, i++) {
+          const body = Math.hypot(x - X / 2, y - Y / 2) < X * 0.45;
+          const organ = body && Math.hypot(x - cx, y - cy, (z - Z / 2) * 2) < 5;
+          const lesion = organ && x === Math.round(cx) && y === Math.round(cy) &&
+            Math.abs(z - Z / 2) < 1.5;
+          const k = lesion ? 2 : organ ? 1 : 0;
+          // The top two slices were not annotated: "ignore", whatever the anatomy.
+          lab[i] = z >= Z - 2 ? 3 : k;
+          const hu = body ? [40, 70, 120][k] + 10 * r.normal() : -1024;
+          ct[i] = Math.round(hu) + 1024;
+          t1[i] = body ? [400, 700, 250][k] + 20 * r.normal() : 0;
+          t2[i] = body ? Math.round([30000, 52000, 61000][k] + 500 * r.normal()) : 0;
+        }
+      }
+    }
+    const dir = path.join(root, "imagesTr");
+    await writeNiftiWithHeader(path.join(dir, `${id}_0000.nii.gz`), { data: ct, dims, affine }, {
+      datatype: "int16",
+    }, { sclSlope: 1, sclInter: -1024 });
+    await writeNiftiWithHeader(path.join(dir, `${id}_0001.nii.gz`), { data: t1, dims, affine }, {
+      datatype: "float32",
+    }, { sclSlope: 0, sclInter: 7, sformCode: 0, clearSrow: true, qfac: -1 });
+    await writeNifti(path.join(dir, `${id}_0002.nii.gz`), { data: t2, dims, affine }, {
+      datatype: "uint16",
+    });
+    await writeNifti(path.join(root, "labelsTr", `${id}.nii.gz`), { data: lab, dims, affine }, {
+      datatype: "uint8",
+    });
+  }
+  await Deno.writeTextFile(
+    path.join(root, "dataset.json"),
+    JSON.stringify(
+      {
+        channel_names: { "0": "CT", "1": "T1", "2": "T2" },
+        labels: { background: 0, organ: 1, lesion: 2, ignore: 3 },
+        numTraining: opts.cases,
+        file_ending: ".nii.gz",
+        name: "Dataset999_CtMr",
+      },
+      null,
+      2,
+    ),
+  );
+  return { ids, ignoreValue: 3 };
+}

@@ -202,7 +202,8 @@ function resolveIn(dir: string, p: string): string {
 export async function importAmos(dir: string, opts: ImportOptions = {}): Promise<Manifest> {
   const jsonPath = path.join(dir, "dataset.json");
   const ds = await readJson(jsonPath);
-  const classes = labelsFromJson(ds.labels, jsonPath);
+  const ignore: number[] = [];
+  const classes = labelsFromJson(ds.labels, jsonPath, ignore);
   const cases: Omit<ManifestCase, "split">[] = [];
   const fixed = new Map<string, ManifestCase["split"]>();
   const modOf = (id: string) => {
@@ -256,8 +257,16 @@ export async function importAmos(dir: string, opts: ImportOptions = {}): Promise
       mods.map((m) => [m, m === "CT" ? "ct" as const : "mr" as const]),
     ),
     classes,
+    ...ignoreMap(ignore),
     cases: splitCases(cases, fixed, opts),
   };
+}
+
+/** A labelMap entry for each label value the dataset names "ignore" (none: no labelMap). */
+function ignoreMap(ignore: number[]): { labelMap?: Record<string, string> } {
+  return ignore.length
+    ? { labelMap: Object.fromEntries(ignore.map((v) => [String(v), "ignore"])) }
+    : {};
 }
 
 function modalityNames(
@@ -289,7 +298,8 @@ export async function importDecathlon(dir: string, opts: ImportOptions = {}): Pr
   const jsonPath = path.join(dir, "dataset.json");
   const ds = await readJson(jsonPath);
   const mods = modalityNames(ds, "modality", jsonPath);
-  const classes = labelsFromJson(ds.labels, jsonPath);
+  const ignore: number[] = [];
+  const classes = labelsFromJson(ds.labels, jsonPath, ignore);
   const cases: Omit<ManifestCase, "split">[] = [];
   const fixed = new Map<string, ManifestCase["split"]>();
   const images = (p: string): Record<string, ImageRef> =>
@@ -323,6 +333,7 @@ export async function importDecathlon(dir: string, opts: ImportOptions = {}): Pr
     modalities: mods,
     modalityKinds: kinds(mods),
     classes,
+    ...ignoreMap(ignore),
     cases: splitCases(cases, fixed, opts),
   };
 }
@@ -409,9 +420,7 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
     modalities: mods,
     modalityKinds: kinds(mods),
     classes,
-    ...(ignore.length
-      ? { labelMap: Object.fromEntries(ignore.map((v) => [String(v), "ignore"])) }
-      : {}),
+    ...ignoreMap(ignore),
     cases: splitCases(cases, fixed, opts),
   };
 }

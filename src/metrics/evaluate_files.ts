@@ -42,7 +42,14 @@ export interface FileCaseMetrics extends CaseMetrics {
 
 /** What evaluateNiftiCases returns (and the CLI writes as metrics.json). */
 export interface EvaluationReport {
-  settings: { percentile: number; hdMode: HdMode; classes: NamedClass[]; units: "mm" };
+  settings: {
+    percentile: number;
+    hdMode: HdMode;
+    classes: NamedClass[];
+    /** Reference values whose voxels were left out of both images. */
+    ignore: number[];
+    units: "mm";
+  };
   cases: FileCaseMetrics[];
   summary: MetricsSummary;
   /** Geometry differences that were tolerated, one line each. */
@@ -101,6 +108,18 @@ export function parseLabelMap(text: string, source = "--labels"): NamedClass[] {
   });
 }
 
+/**
+ * Splits the entries named "ignore" (any case) off a parsed label map: their values mark reference
+ * voxels without annotation, as in nnU-Net's dataset.json or a manifest's labelMap.
+ */
+export function splitIgnore(map: NamedClass[]): { classes: NamedClass[]; ignore: number[] } {
+  const isIgnore = (c: NamedClass) => c.name.toLowerCase() === "ignore";
+  return {
+    classes: map.filter((c) => !isIgnore(c)),
+    ignore: map.filter(isIgnore).flatMap((c) => c.labels),
+  };
+}
+
 /** Reads a label map from a file (.json/.yaml/.yml) or parses it inline. */
 export async function loadLabelMap(arg: string): Promise<NamedClass[]> {
   if (/\.(json|ya?ml)$/i.test(arg)) {
@@ -144,12 +163,15 @@ async function niftiFiles(dir: string): Promise<string[]> {
 /**
  * Pairs predictions with references. Two files give one case. Two folders pair files by case id:
  * the file name without .nii/.nii.gz, matched exactly first, then with suffixes such as _manual,
- * _gt, _seg or _pred removed. Every reference needs a prediction; extra predictions are returned
- * in `unmatched`.
+ * _gt, _seg or _pred removed. With `modality`, only predictions named <case>_<modality> are used
+ * and matched by <case> (the per-modality files `predict` writes, against one shared label per
+ * case as in the Decathlon, nnU-Net and BraTS layouts). Every reference needs a prediction; extra
+ * predictions are returned in `unmatched`.
  */
 export async function pairCases(
   pred: string,
   ref: string,
+  opts: { modality?: string } = {},
 ): Promise<{ pairs: CasePair[]; unmatched: string[] }> {
   const pd = await isDir(pred, "prediction"), rd = await isDir(ref, "reference");
   if (!pd && !rd) return { pairs: [{ id: caseId(ref), pred, ref }], unmatched: [] };
@@ -158,14 +180,22 @@ export async function pairCases(
       `Cannot evaluate: --pred and --ref must both be files or both folders (${pred}, ${ref})`,
     );
   }
-  const refs = await niftiFiles(ref), preds = await niftiFiles(pred);
+  const refs = await niftiFiles(ref), allPreds = await niftiFiles(pred);
   if (refs.length === 0) {
     throw new Error(`Cannot evaluate: reference folder ${ref} holds no .nii or .nii.gz file`);
   }
-  const byExact = new Map(preds.map((p) => [caseId(p), p]));
+  const tag = opts.modality ? `_${opts.modality}`.toLowerCase() : "";
+  const preds = tag ? allPreds.filter((p) => caseId(p).toLowerCase().endsWith(tag)) : allPreds;
+  if (tag && preds.length === 0) {
+    throw new Error(
+      `Cannot evaluate: no prediction in ${pred} is named <case>_${opts.modality}.nii.gz`,
+    );
+  }
+  const keyOf = (p: string) => (tag ? caseId(p).slice(0, -tag.length) : caseId(p));
+  const byExact = new Map(preds.map((p) => [keyOf(p), p]));
   const byStripped = new Map<string, string[]>();
   for (const p of preds) {
-    const k = caseId(p).replace(LABEL_SUFFIXES, "");
+    const k = keyOf(p).replace(LABEL_SUFFIXES, "");
     byStripped.set(k, [...(byStripped.get(k) ?? []), p]);
   }
   const used = new Set<string>();
@@ -194,9 +224,19 @@ export async function pairCases(
     pairs.push({ id: id.replace(LABEL_SUFFIXES, ""), pred: join(pred, p), ref: join(ref, r) });
   }
   if (missing.length > 0) {
+    // Per-modality predictions (<case>_<modality>) of references without a modality in the name.
+    const stem = caseId(missing[0]).replace(LABEL_SUFFIXES, "");
+    const perModality = tag ? [] : preds.filter((p) => caseId(p).startsWith(stem + "_"));
+    const hint = perModality.length
+      ? ` (predictions such as ${
+        perModality.join(", ")
+      } are per modality: choose one with --modality ${
+        caseId(perModality[0]).slice(stem.length + 1)
+      })`
+      : "";
     throw new Error(
       `Cannot evaluate: no prediction in ${pred} for ${missing.length} reference file(s): ` +
-        missing.slice(0, 5).join(", ") + (missing.length > 5 ? ", ..." : ""),
+        missing.slice(0, 5).join(", ") + (missing.length > 5 ? ", ..." : "") + hint,
     );
   }
   return { pairs, unmatched: preds.filter((p) => !used.has(p)) };
@@ -253,6 +293,11 @@ function geometryCheck(p: NiftiImage, r: NiftiImage, pair: CasePair, warnings: s
 export interface EvaluateNiftiOptions {
   /** Classes to evaluate; default every non-zero label found in the references. */
   classes?: NamedClass[];
+  /**
+   * Reference values that mark voxels without annotation (e.g. 255): those voxels are left out of
+   * both the reference and the prediction.
+   */
+  ignore?: number[];
   percentile?: number;
   mode?: HdMode;
   onProgress?: (done: number, total: number, id: string) => void;
@@ -266,6 +311,12 @@ export async function evaluateNiftiCases(
   const percentile = opts.percentile ?? 95;
   const mode = opts.mode ?? "max";
   const warnings: string[] = [];
+  const ignore = [...new Set(opts.ignore ?? [])];
+  for (const v of ignore) {
+    if (!Number.isInteger(v)) {
+      throw new Error(`Cannot evaluate: ignore value ${v} is not an integer`);
+    }
+  }
   let classes = opts.classes;
   if (classes === undefined) {
     // Classes default to the non-zero labels of the references (a first pass over them).
@@ -274,9 +325,18 @@ export async function evaluateNiftiCases(
       const ref = toLabels(await readNifti(pair.ref, { expectDims: 3 }), pair.ref);
       for (let i = 0; i < ref.length; i++) if (ref[i] !== 0) found.add(ref[i]);
     }
+    for (const v of ignore) found.delete(v);
     classes = [...found].sort((a, b) => a - b).map((l) => ({ name: String(l), labels: [l] }));
   }
-  const known = new Set(classes.flatMap((c) => c.labels));
+  const both = classes.find((c) => c.labels.some((l) => ignore.includes(l)));
+  if (both) {
+    throw new Error(
+      `Cannot evaluate: class "${both.name}" uses label value ${
+        both.labels.find((l) => ignore.includes(l))
+      }, which is also ignored`,
+    );
+  }
+  const known = new Set([...classes.flatMap((c) => c.labels), ...ignore]);
   const specs: ClassSpec[] = classes.map((c) => ({ name: c.name, labels: c.labels }));
   const cases: FileCaseMetrics[] = [];
   let done = 0;
@@ -309,12 +369,13 @@ export async function evaluateNiftiCases(
       id: pair.id,
       percentile,
       mode,
+      ignore,
     });
     cases.push({ id: pair.id, pred: pair.pred, ref: pair.ref, classes: m.classes });
     opts.onProgress?.(++done, pairs.length, pair.id);
   }
   return {
-    settings: { percentile, hdMode: mode, classes, units: "mm" },
+    settings: { percentile, hdMode: mode, classes, ignore, units: "mm" },
     cases,
     summary: summarise(cases),
     warnings,

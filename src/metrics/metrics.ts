@@ -13,6 +13,9 @@
  * - ASSD = mean of the union of both directed sets: (Σ d(p, R) + Σ d(r, P)) / (|∂P| + |∂R|).
  * - Empty masks: both empty -> Dice 1, HD95 0, ASSD 0. Exactly one empty -> Dice 0, HD95 and ASSD
  *   Infinity (not finite; summaries count them apart instead of averaging them).
+ * - Ignored voxels (`ignore`: reference values such as 255 that carry no annotation) are left out
+ *   of both the reference and the prediction: they count as background in both masks, so they add
+ *   neither true nor false positives.
  *
  * Layout: label volumes are row-major with `dims = [n0, n1, n2]`, last axis fastest, and `spacing`
  * in the same axis order (for a NIfTI image with x fastest, pass dims [z, y, x] and spacing
@@ -296,6 +299,50 @@ export interface EvaluateCaseOptions {
   id?: string;
   percentile?: number;
   mode?: HdMode;
+  /**
+   * Reference values whose voxels carry no annotation (e.g. 255, or -1 for a task's "ignore"
+   * label): those voxels are excluded from both the reference and the prediction.
+   */
+  ignore?: readonly number[];
+}
+
+/**
+ * Copies of pred and ref in which every voxel whose reference value is in `ignore` holds a value
+ * that belongs to no class (so it is background in every mask). Returns the inputs unchanged when
+ * nothing is ignored.
+ */
+export function excludeIgnored(
+  pred: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  ignore: readonly number[] | undefined,
+  classes: readonly ClassSpec[],
+): { pred: ArrayLike<number>; ref: ArrayLike<number>; ignored: number } {
+  if (!ignore || ignore.length === 0) return { pred, ref, ignored: 0 };
+  const used = new Set<number>();
+  for (const spec of classes) {
+    for (const l of typeof spec === "number" ? [spec] : spec.labels) used.add(l);
+  }
+  for (const v of ignore) {
+    if (used.has(v)) {
+      throw new Error(`Cannot evaluate: label value ${v} is both ignored and part of a class`);
+    }
+  }
+  let fill = 0;
+  while (used.has(fill)) fill--;
+  const skip = new Set(ignore);
+  let p: Int32Array | null = null, r: Int32Array | null = null;
+  let ignored = 0;
+  for (let i = 0; i < ref.length; i++) {
+    if (!skip.has(ref[i])) continue;
+    if (p === null || r === null) {
+      p = Int32Array.from(pred);
+      r = Int32Array.from(ref);
+    }
+    p[i] = fill;
+    r[i] = fill;
+    ignored++;
+  }
+  return p && r ? { pred: p, ref: r, ignored } : { pred, ref, ignored: 0 };
 }
 
 /** Dice, HD95 and ASSD for every class of one case (one surface pass per class). */
@@ -324,6 +371,7 @@ export function evaluateCase(
       throw new Error(`Cannot evaluate case: class name "${n}" appears twice`);
     }
   });
+  ({ pred, ref } = excludeIgnored(pred, ref, opts.ignore, opts.classes));
   const stats = classStats(pred, ref, opts.classes, dims);
   const classes: Record<string, ClassMetrics> = {};
   opts.classes.forEach((spec, c) => {

@@ -13,6 +13,7 @@ import { concat, noGrad, softmax, tensor, tidy } from "../engine.ts";
 import { inv4, mul4 } from "../data/affine.ts";
 import type { LabeledCase, Volume } from "../data/cases.ts";
 import { readNifti, writeNifti } from "../data/nifti.ts";
+import { IGNORE_CLASS } from "../data/manifest.ts";
 import { loadCaseRecord, probabilitiesToOriginal } from "../data/preprocess.ts";
 import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "../infer/labels.ts";
@@ -130,10 +131,15 @@ export function finalLabels(probs: Float32Array, K: number, dimsXYZ: readonly nu
   return labels;
 }
 
-function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): number[] {
+/**
+ * Foreground Dice per class on the preprocessed grid. Reference voxels outside 0..K-1 (the "ignore"
+ * label, stored as 255 or -1) count in neither the reference nor the prediction.
+ */
+export function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): number[] {
   const inter = new Float64Array(K), sp = new Float64Array(K), sr = new Float64Array(K);
   for (let i = 0; i < pred.length; i++) {
     const p = pred[i], r = ref[i];
+    if (!(r >= 0 && r < K)) continue;
     sp[p]++;
     sr[r]++;
     if (p === r) inter[p]++;
@@ -143,16 +149,42 @@ function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): number[
   return out;
 }
 
-async function originalLabels(file: string, map: Map<number, number>): Promise<Int32Array> {
-  const img = await readNifti(file);
+/**
+ * A label file on its own grid as class indices (IGNORE_CLASS where the task's label map says
+ * "ignore"), with the file's voxel spacing.
+ */
+export async function originalLabels(file: string, map: Map<number, number>): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
+  const img = await readNifti(file, { expectDims: 3 });
   const out = new Int32Array(img.data.length);
   for (let i = 0; i < img.data.length; i++) {
     const v = Math.round(img.data[i]);
     const k = map.get(v);
-    if (k === undefined) throw new Error(`Cannot evaluate against ${file}: label value ${img.data[i]} is not in the task's label map`);
+    if (k === undefined) throw new Error(`Cannot evaluate against ${file}: label value ${img.data[i]} is not in the task's label map (${[...map.keys()].join(", ")})`);
     out[i] = k;
   }
-  return out;
+  return { labels: out, spacing: img.spacing };
+}
+
+/**
+ * Metrics of a prediction (class indices on a label file's grid) against that file: Dice, HD95 and
+ * ASSD in mm per foreground class, named by `classes`; voxels the task ignores count in neither.
+ */
+export function evaluateOriginal(
+  pred: ArrayLike<number>,
+  ref: { labels: Int32Array; spacing: readonly number[] },
+  dimsXYZ: readonly number[],
+  classes: readonly string[],
+  id: string,
+): CaseMetrics {
+  const K = classes.length;
+  return evaluateCase(pred, ref.labels, {
+    dims: [dimsXYZ[2], dimsXYZ[1], dimsXYZ[0]],
+    spacing: [ref.spacing[2], ref.spacing[1], ref.spacing[0]],
+    classes: [...Array(K - 1).keys()].map((k) => k + 1),
+    names: Object.fromEntries(classes.map((n, k) => [k, n])),
+    id,
+    ignore: [IGNORE_CLASS],
+  });
 }
 
 export async function evaluateValidation(model: MethodModel, data: PreparedData, opts: ValidationOptions): Promise<ValidationResult> {
@@ -186,14 +218,7 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
         await writeNifti(path.join(dirs.pred, `${cs.id}_${m}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
         if (pm.source.labelPath) {
           const refOrig = await originalLabels(pm.source.labelPath, data.labelMap);
-          const sp = (await readNifti(pm.source.labelPath)).spacing;
-          caseMetrics.push(evaluateCase(orig, refOrig, {
-            dims: [pm.source.dims[2], pm.source.dims[1], pm.source.dims[0]],
-            spacing: [sp[2], sp[1], sp[0]],
-            classes: [...Array(K - 1).keys()].map((k) => k + 1),
-            names: Object.fromEntries(data.classes.map((n, k) => [k, n])),
-            id: `${cs.id}/${m}`,
-          }));
+          caseMetrics.push(evaluateOriginal(orig, refOrig, pm.source.dims, data.classes, `${cs.id}/${m}`));
         }
       }
     }
