@@ -114,14 +114,18 @@ def step_bench(model_kind, prec, device, size, steps, warmup, inputs):
     host = host_batch(model_kind, size, CLASSES, unet_in_channels=1)
     resident = batch_to(host, device) if inputs == "device" else None
     losses = []
+    first_terms = {}
 
     def step():
         batch = resident if resident is not None else batch_to(host, device)
         opt.zero_grad(set_to_none=True)
-        loss = twin_loss(model_kind, model, batch)
+        terms = {} if not losses else None
+        loss = twin_loss(model_kind, model, batch, terms)
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if terms is not None:
+            first_terms.update({k: v.item() for k, v in terms.items()}, loss=losses[0])
 
     for _ in range(warmup):
         step()
@@ -130,7 +134,8 @@ def step_bench(model_kind, prec, device, size, steps, warmup, inputs):
         torch.cuda.reset_peak_memory_stats(device)
     median, times = time_ms(step, device, reps=steps, warmup=0)
     out = {"model": model_kind, "precision": prec, "params": params, "size": size, "steps": steps,
-           "warmup": warmup, "inputs": inputs, "median_ms": median, "step_runs_ms": times, "losses": losses}
+           "warmup": warmup, "inputs": inputs, "median_ms": median, "step_runs_ms": times, "losses": losses,
+           "first_terms": first_terms}
     if device.type == "cuda":
         free_b, total_b = torch.cuda.mem_get_info(device)
         out.update(peak_alloc_mib=torch.cuda.max_memory_allocated(device) / 2**20,

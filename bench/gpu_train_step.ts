@@ -51,6 +51,8 @@ export interface StepResult {
   medianMs: number;
   /** Loss of every step, warm-up included. */
   losses: number[];
+  /** The loss terms of the first step (methods.ts: ce_m, dice_m, sup, w, csc, cac, loss). */
+  firstTerms: Record<string, number>;
   /** Peak live tensor bytes over the timed steps, MiB. */
   peakMiB: number;
   /** The pool's bytes after the timed steps (CUDA: reserved = in use + cached), MiB. */
@@ -128,6 +130,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
   const shape = (n: number) => [n, 1, o.size, o.size, o.size];
   const times: number[] = [];
   const losses: number[] = [];
+  let firstTerms: Record<string, number> = {};
   const prof = new Map<string, { ms: number; n: number }>();
   for (let it = 0; it < o.warmup + o.steps; it++) {
     if (it === o.warmup) {
@@ -158,6 +161,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
       // iteration = total: ramp weight w(t) = 1, as the PyTorch twin's loss (w = 1)
       const r = model.loss(batch, 1000, 1000);
       backward(r.loss);
+      if (losses.length === 0) firstTerms = r.terms;
       losses.push(r.terms.loss);
     });
     noGrad(() => opt.step(0.01));
@@ -189,6 +193,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     stepMs: times,
     medianMs: sorted[Math.floor(sorted.length / 2)],
     losses,
+    firstTerms,
     peakMiB: st.peakBytes / 2 ** 20,
     poolMiB: st.poolBytes / 2 ** 20,
     liveMiB: st.liveBytes / 2 ** 20,

@@ -221,7 +221,8 @@ def nt_xent_cross(u, v, tau, valid):
     return 0.5 * (l1 + l2)
 
 
-def cmc_loss(outs, labels, bl, w, lam_csc=0.1, lam_cac=0.1):
+def cmc_loss(outs, labels, bl, w, lam_csc=0.1, lam_cac=0.1, terms=None):
+    """terms: a dict that receives the loss terms (tensors) sup, csc, cac, as methods.ts logs them."""
     sup = sum(supervised_loss(logits[:bl], y) for (logits, _, _), y in zip(outs, labels)) / len(outs)
     pairs = [(a, b) for a in range(len(outs)) for b in range(a + 1, len(outs))]
     csc = sum(nt_xent_joint(channel_descriptors(outs[a][2], 4), channel_descriptors(outs[b][2], 4), 0.5)
@@ -233,6 +234,8 @@ def cmc_loss(outs, labels, bl, w, lam_csc=0.1, lam_cac=0.1):
         ub, mb = class_prototypes(*branches[b])
         cac = cac + nt_xent_cross(ua, ub, 0.1, (ma >= 1) & (mb >= 1))
     cac = cac / len(pairs)
+    if terms is not None:
+        terms.update(sup=sup.detach(), csc=csc.detach(), cac=cac.detach())
     return sup + csc * (w * lam_csc) + cac * (w * lam_cac)
 
 
@@ -270,14 +273,18 @@ def batch_to(batch, device, non_blocking=False):
                 else v.to(device, non_blocking=non_blocking)) for k, v in batch.items()}
 
 
-def twin_loss(model_kind, model, batch):
+def twin_loss(model_kind, model, batch, terms=None):
     """The loss of one step, as src/train/methods.ts computes it: "unet" CE + (1 - foreground soft
     Dice) over the batch; "cmc" L_sup (mean over the modalities, labeled half) + w (0.1 L_csc + 0.1
-    L_cac) at w = 1, with the labeled and unlabeled cases of a modality in one forward pass."""
+    L_cac) at w = 1, with the labeled and unlabeled cases of a modality in one forward pass. terms: a
+    dict that receives the loss terms (tensors)."""
     if model_kind == "unet":
-        return supervised_loss(model(batch["x"]), batch["y"])
+        loss = supervised_loss(model(batch["x"]), batch["y"])
+        if terms is not None:
+            terms.update(sup=loss.detach())
+        return loss
     xs = [torch.cat([batch["lab"][m], batch["unl"][m]], 0) for m in range(2)]
-    return cmc_loss(model(xs), batch["ys"], 1, 1.0)
+    return cmc_loss(model(xs), batch["ys"], 1, 1.0, terms=terms)
 
 
 def param_count(model):

@@ -12,6 +12,7 @@ make --no-print-directory build/libcomodal_cpu.so cuda
 out=.dev/gpu
 mkdir -p "$out"
 cp build/libcomodal_cpu.so build/libcomodal_cuda.so "$out/"
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')" > "$out/commit.txt"
 rm -rf "$out/cudnn" && mkdir -p "$out/cudnn" && cp -r .tools/cudnn/include "$out/cudnn/"
 if [ ! -f "$out/libs.tar.xz" ]; then
   libdir=/usr/lib/x86_64-linux-gnu
