@@ -115,6 +115,24 @@ Deno.test({
     );
     const p0 = await readNifti(path.join(preds, `${ids[0]}_t1ce.nii.gz`));
     assert.ok(p0.data.every((v) => v === 0 || v === 1 || v === 2 || v === 4), "file label values");
+    // BraTS 2023-style names (<case>-<modality>) are read too.
+    const dashed = path.join(root, "dashed");
+    Deno.mkdirSync(dashed);
+    for (const mod of m.modalities) {
+      Deno.copyFileSync(
+        path.join(caseDir, `${ids[0]}_${mod}.nii.gz`),
+        path.join(dashed, `X-1-${mod}.nii.gz`),
+      );
+    }
+    const predsDashed = path.join(root, "preds_dashed");
+    ok(
+      await runCli(["predict", "--run", out, "--input", dashed, "--out", predsDashed, "--quiet"]),
+      "predict dashed names",
+    );
+    assert.equal(
+      [...Deno.readDirSync(predsDashed)].filter((e) => e.name.startsWith("X-1_")).length,
+      4,
+    );
     const predsAll = path.join(root, "preds_all");
     ok(
       await runCli([
@@ -195,6 +213,50 @@ Deno.test({
     const pred = await readNifti(path.join(preds, `${first}_ADC.nii.gz`));
     assert.deepEqual(pred.dims, label.dims);
     assert.equal(pred.frames, 1);
+    // A Decathlon imagesTs-like folder: 4-D files without a modality tag, and the macOS "._" copies
+    // that the released archives carry (also in labelsTr).
+    const imagesTs = path.join(root, "imagesTs");
+    Deno.mkdirSync(imagesTs);
+    for (const c of m.cases.slice(0, 2)) {
+      Deno.copyFileSync(
+        path.join(data, "imagesTr", `${c.id}.nii.gz`),
+        path.join(imagesTs, `${c.id}.nii.gz`),
+      );
+    }
+    Deno.writeFileSync(path.join(imagesTs, `._${first}.nii.gz`), new Uint8Array(4096).fill(1));
+    Deno.writeFileSync(
+      path.join(data, "labelsTr", `._${first}.nii.gz`),
+      new Uint8Array(4096).fill(1),
+    );
+    const predsTs = path.join(root, "preds_ts");
+    ok(
+      await runCli(["predict", "--run", out, "--input", imagesTs, "--out", predsTs, "--quiet"]),
+      "predict 4-D",
+    );
+    assert.deepEqual(
+      [...Deno.readDirSync(predsTs)].map((e) => e.name).sort(),
+      m.cases.slice(0, 2).flatMap((c) => [`${c.id}_ADC.nii.gz`, `${c.id}_T2.nii.gz`]).sort(),
+    );
+    // Every case's T2 prediction against the shared label folder.
+    const mAll = path.join(root, "m_all.json");
+    ok(
+      await runCli([
+        "evaluate",
+        "--pred",
+        preds,
+        "--ref",
+        path.join(data, "labelsTr"),
+        "--modality",
+        "T2",
+        "--labels",
+        "PZ=1,TZ=2",
+        "--out",
+        mAll,
+        "--quiet",
+      ]),
+      "evaluate folders",
+    );
+    assert.equal(JSON.parse(readFileSync(mAll, "utf8")).cases.length, 5);
     const mjson = path.join(root, "m.json");
     ok(
       await runCli([

@@ -76,6 +76,13 @@ Deno.test("NIfTI headers as scanners write them: scl_inter -1024, scl_slope 0, u
   assert.equal(q.header.datatype, "uint16");
   assert.equal(q.data[23], 40023);
   assert.ok(q.affine.every((v, i) => Math.abs(v - affine[i]) < 1e-5), `qform affine ${q.affine}`);
+  // sform_code set but the matrix left at zero (as some converters write): the qform is used.
+  await writeNiftiWithHeader(`${dir}/zs.nii.gz`, { data: big, dims, affine }, {
+    datatype: "uint16",
+  }, { clearSrow: true });
+  const zs = await readNifti(`${dir}/zs.nii.gz`);
+  assert.equal(zs.header.affineSource, "qform");
+  assert.ok(zs.affine.every((v, i) => Math.abs(v - affine[i]) < 1e-5), `qform affine ${zs.affine}`);
 });
 
 Deno.test({

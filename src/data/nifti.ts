@@ -3,7 +3,8 @@
  *
  * Reading parses the header with nifti-reader-js, inflates with node:zlib, decodes every common
  * datatype (either byte order) into a Float32Array with scl_slope/scl_inter applied, and builds the
- * voxel-to-world affine (RAS+ mm) from the sform when sform_code > 0, else the qform, else pixdim.
+ * voxel-to-world affine (RAS+ mm) from the sform when sform_code > 0 (and the matrix is not singular),
+ * else the qform, else pixdim.
  * Writing is our own: a NIfTI-1 (or NIfTI-2) header with both sform and qform set from the affine,
  * gzip-compressed when the name ends in .gz, written to a temporary file and renamed into place.
  */
@@ -234,8 +235,15 @@ export function decodeNifti(
   let affine: Mat4;
   let affineSource: NiftiHeaderInfo["affineSource"];
   const srow = (h as nifti.NIFTI1).affine;
-  if (h.sform_code > 0 && srow && srow.length >= 3) {
-    affine = [...srow[0], ...srow[1], ...srow[2], 0, 0, 0, 1].map(Number);
+  const sform = h.sform_code > 0 && srow && srow.length >= 3
+    ? [...srow[0], ...srow[1], ...srow[2], 0, 0, 0, 1].map(Number)
+    : null;
+  // An sform code with an unusable matrix (all zeros, as some converters write) falls back to the
+  // qform when there is one.
+  const sformUsable = sform !== null && sform.every(Number.isFinite) &&
+    Math.abs(det3(linear3(sform))) >= 1e-12;
+  if (sform && (sformUsable || !(h.qform_code > 0))) {
+    affine = sform;
     affineSource = "sform";
   } else if (h.qform_code > 0) {
     affine = qformAffine(h);
@@ -703,7 +711,6 @@ export function encodeNifti(
   }
   return out;
 }
-
 
 /** Writes .nii.gz (gzip) or .nii, atomically, with sform and qform set from the affine. */
 export async function writeNifti(

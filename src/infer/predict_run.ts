@@ -38,7 +38,7 @@ import {
   probabilitiesToOriginal,
 } from "../data/preprocess.ts";
 import { loadUnlabeledCase } from "../data/cases.ts";
-import { writeNifti } from "../data/nifti.ts";
+import { readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
@@ -196,7 +196,11 @@ const NIFTI_RE = /\.nii(\.gz)?$/i;
 
 /**
  * Cases from a folder of <caseId>_<modality>.nii(.gz) files (modality as the run names it, or its
- * nnU-Net channel index in the training dataset's modality order: <caseId>_0000.nii.gz).
+ * nnU-Net channel index in the training dataset's modality order: <caseId>_0000.nii.gz; BraTS 2023
+ * names such as <caseId>-t1c.nii.gz work too). Files whose name has no modality tag (a label
+ * beside the images, say) are skipped; when no file has one, each file is one case: a 4-D file
+ * with one frame per modality of the training dataset (Decathlon imagesTs), or the one modality.
+ * Hidden files (macOS "._" copies) are skipped.
  */
 export async function casesFromFolder(dir: string, run: LoadedRun): Promise<PredictCase[]> {
   const root = path.resolve(dir);
@@ -205,35 +209,62 @@ export async function casesFromFolder(dir: string, run: LoadedRun): Promise<Pred
   }
   const mods = run.plan.dataset.modalities;
   const byLower = new Map(mods.map((m) => [m.toLowerCase(), m]));
-  const cases = new Map<string, Record<string, string>>();
-  const names = (await readdir(root)).filter((n) => NIFTI_RE.test(n)).sort();
+  const cases = new Map<string, Record<string, ImageRef>>();
+  const names = (await readdir(root)).filter((n) => NIFTI_RE.test(n) && !n.startsWith(".")).sort();
+  const modOf = (tag: string) =>
+    byLower.get(tag.toLowerCase()) ?? (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
   for (const name of names) {
     const stem = name.replace(NIFTI_RE, "");
-    const at = stem.lastIndexOf("_");
-    if (at <= 0) continue;
-    const id = stem.slice(0, at), tag = stem.slice(at + 1);
-    const mod = byLower.get(tag.toLowerCase()) ??
-      (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
+    let id = "", mod: string | undefined;
+    for (const sep of ["_", "-"]) {
+      const at = stem.lastIndexOf(sep);
+      if (at <= 0) continue;
+      mod = modOf(stem.slice(at + 1));
+      if (mod) {
+        id = stem.slice(0, at);
+        break;
+      }
+    }
     if (!mod) continue;
     const imgs = cases.get(id) ?? {};
     if (imgs[mod]) {
       fail(
         `Cannot read input ${root}`,
-        `case ${id} has two ${mod} images (${path.basename(imgs[mod])}, ${name})`,
+        `case ${id} has two ${mod} images (${path.basename(refPath(imgs[mod]))}, ${name})`,
       );
     }
     imgs[mod] = path.join(root, name);
     cases.set(id, imgs);
+  }
+  if (cases.size === 0 && names.length > 0) {
+    // No tagged file: 4-D files with one frame per modality (or plain files for one modality).
+    for (const name of names) {
+      const file = path.join(root, name);
+      const frames = mods.length === 1 ? 1 : (await readNifti(file)).frames;
+      if (frames !== mods.length) {
+        fail(
+          `Cannot read input ${root}`,
+          `no <caseId>_<modality>.nii.gz files for the run's modalities (${
+            run.plan.modalities.join(", ")
+          }), and ${name} is not a ${mods.length}-frame image (one frame per modality: ${
+            mods.join(", ")
+          }); found ${names.slice(0, 5).join(", ")}${names.length > 5 ? ", ..." : ""}`,
+        );
+      }
+      cases.set(
+        name.replace(NIFTI_RE, ""),
+        mods.length === 1
+          ? { [mods[0]]: file }
+          : Object.fromEntries(mods.map((m, i) => [m, { path: file, frame: i }])),
+      );
+    }
   }
   if (cases.size === 0) {
     fail(
       `Cannot read input ${root}`,
       `no <caseId>_<modality>.nii.gz files for the run's modalities (${
         run.plan.modalities.join(", ")
-      })` +
-        (names.length
-          ? `; found ${names.slice(0, 5).join(", ")}${names.length > 5 ? ", ..." : ""}`
-          : "; the folder has no NIfTI files"),
+      }); the folder has no NIfTI files`,
     );
   }
   // Modalities on one grid are treated like the training data's aligned cases (one common crop);

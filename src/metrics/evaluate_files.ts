@@ -156,7 +156,10 @@ async function isDir(path: string, what: string): Promise<boolean> {
 
 async function niftiFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) if (e.isFile && NIFTI_EXT.test(e.name)) out.push(e.name);
+  for await (const e of Deno.readDir(dir)) {
+    // Hidden files include the macOS "._" copies that dataset archives often carry.
+    if (e.isFile && NIFTI_EXT.test(e.name) && !e.name.startsWith(".")) out.push(e.name);
+  }
   return out.sort();
 }
 
