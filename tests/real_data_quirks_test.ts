@@ -436,3 +436,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test("BraTS importer: 2023 names (labels 1/2/3), validation cases without seg, a missing modality", async () => {
+  const { importDataset, detectLayout } = await import("../src/data/importers.ts");
+  const { labelValueMap } = await import("../src/data/manifest.ts");
+  const root = Deno.makeTempDirSync({ prefix: "comodal-brats23-" });
+  const src = path.join(root, "src");
+  const ids = await writeBrats2021(src, { cases: 3, dims: [8, 8, 4] });
+  // Rename to the 2023 scheme: BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.
+  const data = path.join(root, "BraTS2023");
+  const rename: Record<string, string> = {
+    t1: "t1n",
+    t1ce: "t1c",
+    t2: "t2w",
+    flair: "t2f",
+    seg: "seg",
+  };
+  ids.forEach((id, c) => {
+    const nid = `BraTS-GLI-${String(c).padStart(5, "0")}-000`;
+    Deno.mkdirSync(path.join(data, nid), { recursive: true });
+    for (const [a, b] of Object.entries(rename)) {
+      if (c === 2 && a === "seg") continue; // a validation case: no segmentation
+      Deno.copyFileSync(
+        path.join(src, id, `${id}_${a}.nii.gz`),
+        path.join(data, nid, `${nid}-${b}.nii.gz`),
+      );
+    }
+  });
+  assert.equal(await detectLayout(data), "brats");
+  const m = await importDataset(data, { valFraction: 0.5 });
+  assert.deepEqual(m.modalities, ["t1n", "t1c", "t2w", "t2f"]);
+  assert.deepEqual(m.classes, { necrotic_core: 1, edema: 2, enhancing_tumour: 3 });
+  assert.deepEqual([...labelValueMap(m)], [[0, 0], [1, 1], [2, 2], [3, 3]]);
+  const unlabeled = m.cases.find((c) => !c.labeled)!;
+  assert.equal(unlabeled.id, "BraTS-GLI-00002-000");
+  assert.equal(unlabeled.split, "train");
+  assert.equal(unlabeled.labels, undefined);
+  // The 2021 scheme maps enhancing tumour's file value 4 to class index 3.
+  const m21 = await importDataset(src);
+  assert.deepEqual([...labelValueMap(m21)], [[0, 0], [1, 1], [2, 2], [4, 3]]);
+  Deno.removeSync(path.join(src, ids[1], `${ids[1]}_flair.nii.gz`));
+  await assert.rejects(
+    () => importDataset(src),
+    new RegExp(`case ${ids[1]} lacks its flair image`),
+  );
+});
