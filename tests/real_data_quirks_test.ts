@@ -66,6 +66,12 @@ Deno.test("NIfTI headers as scanners write them: scl_inter -1024, scl_slope 0, u
   );
   const mr = await readNifti(`${dir}/mr.nii.gz`);
   assert.deepEqual([...mr.data.slice(0, 3)], [0, 100, 200]);
+  // Our writer follows the same rule.
+  await writeNifti(`${dir}/mr0.nii.gz`, { data: Float32Array.from(stored), dims, affine }, {
+    sclSlope: 0,
+    sclInter: 7,
+  });
+  assert.deepEqual([...(await readNifti(`${dir}/mr0.nii.gz`)).data.slice(0, 3)], [0, 100, 200]);
   // qform only (sform_code 0, srow zeroed), negative determinant -> pixdim[0] = -1.
   const big = Uint16Array.from({ length: 24 }, (_, i) => 40000 + i);
   await writeNiftiWithHeader(`${dir}/q.nii.gz`, { data: big, dims, affine }, {

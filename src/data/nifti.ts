@@ -531,7 +531,10 @@ export interface WriteNiftiOptions {
   datatype?: NiftiDatatype;
   /** NIfTI-1 (default) or NIfTI-2 header. */
   version?: 1 | 2;
-  /** Written as-is into the header; voxels are stored as (value - inter) / slope. */
+  /**
+   * Written as-is into the header; voxels are stored as (value - inter) / slope. A slope of 0 means
+   * "not scaled": voxels are stored as they are.
+   */
   sclSlope?: number;
   sclInter?: number;
   descrip?: string;
@@ -588,6 +591,13 @@ export function encodeNifti(
   const affine = Array.from(image.affine, Number);
   const slope = opts.sclSlope ?? 1;
   const inter = opts.sclInter ?? 0;
+  if (!Number.isFinite(slope) || !Number.isFinite(inter)) {
+    throw new Error(
+      `Cannot write ${path}: scl_slope ${slope} and scl_inter ${inter} must be finite`,
+    );
+  }
+  // scl_slope 0 means "not scaled" (NIfTI-1 standard; readers ignore scl_inter then too).
+  const storedInter = slope === 0 ? 0 : inter;
   const bpv = DATATYPE_BYTES[datatype];
   const hdrSize = version === 1 ? 348 : 540;
   const voxOffset = version === 1 ? 352 : 544;
@@ -658,10 +668,10 @@ export function encodeNifti(
   const src = image.data;
   const range = INT_RANGES[datatype];
   const isInt = range !== undefined;
-  const invSlope = 1 / slope;
+  const invSlope = slope === 0 ? 1 : 1 / slope;
   const o = voxOffset;
   for (let i = 0; i < nvox; i++) {
-    let v = (src[i] - inter) * invSlope;
+    let v = (src[i] - storedInter) * invSlope;
     if (isInt) {
       if (!Number.isFinite(v)) {
         throw new Error(`Cannot write ${path} as ${datatype}: voxel ${i} is ${src[i]}`);
