@@ -392,7 +392,8 @@ function num(v: number, digits: number): string {
 /** A plain-text table: one row per class and a mean row, Dice mean±std, HD95 and ASSD (mm). */
 export function formatSummaryTable(
   summary: MetricsSummary,
-  opts: { percentile?: number } = {},
+  /** `rows`: what the summary counts (default "case(s)"). */
+  opts: { percentile?: number; rows?: string } = {},
 ): string {
   const hdName = `HD${opts.percentile ?? 95} mm`;
   const header = ["class", "Dice", hdName, "ASSD mm", "non-finite"];
@@ -419,6 +420,8 @@ export function formatSummaryTable(
     ...rows.slice(0, -1).map(line),
     widths.map((w) => "-".repeat(w)).join("  "),
     line(rows[rows.length - 1]),
-    `${summary.cases} case(s); non-finite = cases where exactly one of prediction and reference is empty (left out of means)`,
+    `${summary.cases} ${
+      opts.rows ?? "case(s)"
+    }; non-finite = cases where exactly one of prediction and reference is empty (left out of means)`,
   ].join("\n");
 }

@@ -237,7 +237,7 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
   if (!opts.quick && caseMetrics.length && opts.outDir) {
     summary = summarise(caseMetrics);
     writeFileAtomicSync(path.join(opts.outDir, "metrics.json"), new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"));
-    table = formatSummaryTable(summary);
+    table = formatSummaryTable(summary, { rows: `prediction(s) (${cases.length} case(s) x predicted modalities)` });
   }
   return { meanDice, perClassDice, summary, table };
 }
