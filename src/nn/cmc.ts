@@ -18,6 +18,7 @@ import { Conv3d, ConvBlock, Norm3d, type NormKind } from "./layers.ts";
 import { Module, ModuleList, type RandomSource } from "./module.ts";
 import type { UNetPlan } from "./plan.ts";
 import { type DecoderOutput, type Encoder, UNetDecoder, UNetEncoder } from "./unet.ts";
+import { VitEncoder, type VitSettings } from "./vit.ts";
 
 /**
  * MIA block: channel self-attention on F flattened to X (C x N):
@@ -107,6 +108,8 @@ export interface CmcOptions {
   /** Number of extra lower-resolution heads for deep supervision (0 = off). */
   deepSupervision?: number;
   norm?: NormKind;
+  /** ViT encoders (the foundation backbone) instead of U-Net encoders; the decoders follow `plan`. */
+  vit?: VitSettings;
   rng: RandomSource;
 }
 
@@ -120,7 +123,8 @@ export class CmcNet extends Module {
   readonly mias: ModuleList<MiaBlock>;
   readonly fusion: FusionLayer | null;
   readonly decoders: ModuleList<UNetDecoder>;
-  readonly options: Required<Omit<CmcOptions, "rng">>;
+  readonly options: Required<Omit<CmcOptions, "rng" | "vit">>;
+  readonly vit: VitSettings | null;
 
   constructor(opts: CmcOptions) {
     super();
@@ -139,8 +143,15 @@ export class CmcNet extends Module {
     };
     const { modalities, plan, norm } = this.options;
     const rng = opts.rng;
+    this.vit = opts.vit ?? null;
     const encs: (Encoder & Module)[] = [];
-    for (let m = 0; m < modalities; m++) encs.push(new UNetEncoder(1, plan, { norm, rng }));
+    for (let m = 0; m < modalities; m++) {
+      encs.push(
+        this.vit
+          ? new VitEncoder({ ...this.vit, inChannels: 1, plan, norm, rng })
+          : new UNetEncoder(1, plan, { norm, rng }),
+      );
+    }
     this.encoders = this.child("encoders", new ModuleList(encs));
     const mias: MiaBlock[] = [];
     if (this.options.mia) { for (let m = 0; m < modalities; m++) mias.push(new MiaBlock()); }

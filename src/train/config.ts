@@ -10,6 +10,36 @@ import { z } from "zod";
 const triple = z.tuple([z.number().int().positive(), z.number().int().positive(), z.number().int().positive()]);
 const tripleF = z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]);
 
+/**
+ * The ViT backbone (network.backbone = "vit"): SAM-Med3D's ViT-B is patchSize 16, dim 768, depth 12,
+ * heads 12, neckChannels 384; the defaults are a small model that trains on a CPU.
+ */
+export const VitConfigSchema = z.strictObject({
+  /** Token patch size p (a power of 2, one for all axes or per axis); must divide patchSize. */
+  patchSize: z.union([z.number().int().positive(), triple]).default(8),
+  dim: z.number().int().positive().default(96),
+  depth: z.number().int().positive().default(4),
+  heads: z.number().int().positive().default(4),
+  mlpRatio: z.number().positive().default(4),
+  /** Width of the neck's output; default: the deepest level's width. */
+  neckChannels: z.number().int().positive().optional(),
+  /** Adapter bottleneck width after each block's attention (0 = no adapters). */
+  adapterDim: z.number().int().nonnegative().default(0),
+  /** Freeze the patch/position embeddings and the first k blocks (adapters stay trainable). */
+  frozenBlocks: z.number().int().nonnegative().default(0),
+  /** Pretrained weights: a safetensors file with SAM-Med3D image-encoder names. */
+  weights: z.string().optional(),
+  /** Key prefix in the weights file (e.g. "image_encoder."). */
+  prefix: z.string().default(""),
+  /** Fail when a backbone key is missing or a file key under the prefix is unused. */
+  strict: z.boolean().default(false),
+});
+
+const VIT_DEFAULTS = {
+  patchSize: 8, dim: 96, depth: 4, heads: 4, mlpRatio: 4, adapterDim: 0, frozenBlocks: 0, prefix: "",
+  strict: false,
+} as const;
+
 export const METHODS = ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"] as const;
 export type Method = typeof METHODS[number];
 
@@ -44,9 +74,12 @@ export const TrainConfigSchema = z.strictObject({
     sharedDecoder: z.boolean().default(false),
     deepSupervision: z.number().int().nonnegative().default(0),
     norm: z.enum(["instance", "group"]).default("instance"),
+    /** Encoder backbone: the 3D U-Net encoder (default) or a ViT (foundation backbone, src/nn/vit.ts). */
+    backbone: z.enum(["unet", "vit"]).default("unet"),
+    vit: VitConfigSchema.default(VIT_DEFAULTS),
   }).default({
     baseWidth: 16, maxWidth: 256, maxLevels: 5, mia: true, fusion: "add", sharedDecoder: false,
-    deepSupervision: 0, norm: "instance",
+    deepSupervision: 0, norm: "instance", backbone: "unet", vit: VIT_DEFAULTS,
   }),
   optimizer: z.strictObject({
     kind: z.enum(["adamw", "sgd"]).default("adamw"),
@@ -139,7 +172,36 @@ export function parseTrainConfig(input: unknown, source = "training config"): Tr
   }
   const r = TrainConfigSchema.safeParse(input);
   if (!r.success) throw new Error(`Invalid ${source}: ${formatIssues(r.error.issues)}`);
+  const combos = checkCombinations(r.data);
+  if (combos.length) throw new Error(`Invalid ${source}: ${combos.join("; ")}`);
   return r.data;
+}
+
+/** Checks across keys that the schema cannot express; returns "key.path: message" lines. */
+function checkCombinations(c: TrainConfig): string[] {
+  const out: string[] = [];
+  const v = c.network.vit;
+  if (c.network.backbone !== "vit") {
+    if (v.weights) {
+      out.push(`network.vit.weights: set, but network.backbone is "${c.network.backbone}" (set network.backbone=vit)`);
+    }
+    return out;
+  }
+  const p = typeof v.patchSize === "number" ? [v.patchSize, v.patchSize, v.patchSize] : v.patchSize;
+  p.forEach((q, a) => {
+    if ((q & (q - 1)) !== 0) out.push(`network.vit.patchSize: ${q} along ${"DHW"[a]} is not a power of 2`);
+    else if (c.patchSize[a] % q !== 0) {
+      out.push(
+        `network.vit.patchSize: ${q} does not divide patchSize [${c.patchSize.join(", ")}] along ` +
+          `${"DHW"[a]} (${c.patchSize[a]} voxels); choose a patchSize that is a multiple of it`,
+      );
+    }
+  });
+  if (v.dim % v.heads !== 0) out.push(`network.vit.heads: ${v.heads} does not divide network.vit.dim ${v.dim}`);
+  if (v.frozenBlocks > v.depth) {
+    out.push(`network.vit.frozenBlocks: ${v.frozenBlocks} exceeds network.vit.depth ${v.depth}`);
+  }
+  return out;
 }
 
 /** Reads a YAML or JSON config file (keys as in TrainConfig, partial). */

@@ -32,6 +32,9 @@ import { CmcNet } from "../nn/cmc.ts";
 import type { Module, RandomSource } from "../nn/module.ts";
 import type { UNetPlan } from "../nn/plan.ts";
 import { UNet } from "../nn/unet.ts";
+import { loadVitWeights, VitEncoder, type VitSettings, VitUNet } from "../nn/vit.ts";
+import { describeLoadReport, type LoadWeightsReport } from "../io/load_weights.ts";
+import { readSafetensors } from "../io/safetensors.ts";
 import type { TrainConfig } from "./config.ts";
 
 /** One training batch on the engine: per modality [B,1,D,H,W] images and [B,1,D,H,W] i32 labels. */
@@ -72,6 +75,48 @@ export interface BuildOptions {
   /** Index of the modality the single-modality methods use. */
   primary: number;
   rng: () => RandomSource;
+  /**
+   * Load the pretrained backbone weights named by network.vit.weights into the student (default
+   * true). Pass false when a checkpoint's weights replace them anyway (prediction).
+   */
+  pretrained?: boolean;
+}
+
+/** The ViT settings of a config whose backbone is "vit", else null. */
+export function vitSettings(c: TrainConfig): VitSettings | null {
+  if (c.network.backbone !== "vit") return null;
+  const v = c.network.vit;
+  return {
+    patch: v.patchSize,
+    dim: v.dim,
+    depth: v.depth,
+    heads: v.heads,
+    mlpRatio: v.mlpRatio,
+    neckChannels: v.neckChannels,
+    adapterDim: v.adapterDim,
+    frozenBlocks: v.frozenBlocks,
+  };
+}
+
+/**
+ * Loads network.vit.weights into every ViT encoder of a freshly built student (the EMA teacher is
+ * copied from the student when training starts); returns one report per encoder.
+ */
+function loadPretrained(o: BuildOptions, encoders: VitEncoder[]): LoadWeightsReport[] {
+  const v = o.config.network.vit;
+  if (o.pretrained === false || !v.weights || encoders.length === 0) return [];
+  const st = readSafetensors(v.weights);
+  const reports = encoders.map((e) => loadVitWeights(e, st, { prefix: v.prefix, strict: v.strict }));
+  const r = reports[0];
+  if (r.missing.some((n) => !VitEncoder.isExtraParameter(n)) || r.unexpected.length) {
+    console.error(`ViT weights (each of ${encoders.length} encoders): ${describeLoadReport(r).replaceAll("\n", "; ")}`);
+  }
+  return reports;
+}
+
+/** The ViT encoders of a CMC network (none with the U-Net backbone). */
+function vitEncoders(net: CmcNet): VitEncoder[] {
+  return net.encoders.items.filter((e): e is VitEncoder => e instanceof VitEncoder);
 }
 
 function num(t: Tensor): number {
@@ -125,6 +170,8 @@ class CmcMethod implements MethodModel {
   readonly method = "cmc" as const;
   readonly student: CmcNet;
   readonly teacher: CmcNet | null;
+  /** What loading network.vit.weights matched, per encoder (empty without weights). */
+  readonly pretrained: LoadWeightsReport[];
   readonly inputs: number[];
   readonly outputs: number[];
 
@@ -140,10 +187,12 @@ class CmcMethod implements MethodModel {
         sharedDecoder: c.network.sharedDecoder,
         deepSupervision: c.network.deepSupervision,
         norm: c.network.norm,
+        vit: vitSettings(c) ?? undefined,
         rng,
       });
     this.student = make(o.rng());
     this.teacher = c.meanTeacher ? make(o.rng()) : null;
+    this.pretrained = loadPretrained(o, vitEncoders(this.student));
     this.inputs = [...Array(o.modalities).keys()];
     this.outputs = this.inputs;
   }
@@ -208,8 +257,9 @@ class CmcMethod implements MethodModel {
 }
 
 class UNetMethod implements MethodModel {
-  readonly student: UNet;
-  readonly teacher: UNet | null;
+  readonly student: UNet | VitUNet;
+  readonly teacher: UNet | VitUNet | null;
+  readonly pretrained: LoadWeightsReport[];
   readonly inputs: number[];
   readonly outputs: number[];
 
@@ -217,10 +267,15 @@ class UNetMethod implements MethodModel {
     const c = o.config;
     this.inputs = method === "early-fusion" ? [...Array(o.modalities).keys()] : [o.primary];
     this.outputs = [method === "early-fusion" ? 0 : o.primary];
+    const vit = vitSettings(c);
+    const opts = { norm: c.network.norm, deepSupervision: 0 };
     const make = (rng: RandomSource) =>
-      new UNet(this.inputs.length, o.numClasses, o.plan, { norm: c.network.norm, rng, deepSupervision: 0 });
+      vit
+        ? new VitUNet(this.inputs.length, o.numClasses, o.plan, vit, { ...opts, rng })
+        : new UNet(this.inputs.length, o.numClasses, o.plan, { ...opts, rng });
     this.student = make(o.rng());
     this.teacher = method === "mean-teacher" ? make(o.rng()) : null;
+    this.pretrained = loadPretrained(o, this.student instanceof VitUNet ? [this.student.encoder] : []);
   }
 
   #input(images: Tensor[]): Tensor {
@@ -264,6 +319,7 @@ class MutualMethod implements MethodModel {
   readonly method = "mutual" as const;
   readonly student: CmcNet;
   readonly teacher = null;
+  readonly pretrained: LoadWeightsReport[];
   readonly inputs: number[];
   readonly outputs: number[];
 
@@ -275,8 +331,10 @@ class MutualMethod implements MethodModel {
       mia: false,
       fusion: "none",
       norm: o.config.network.norm,
+      vit: vitSettings(o.config) ?? undefined,
       rng: o.rng(),
     });
+    this.pretrained = loadPretrained(o, vitEncoders(this.student));
     this.inputs = [...Array(o.modalities).keys()];
     this.outputs = this.inputs;
   }

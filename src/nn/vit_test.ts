@@ -1,0 +1,410 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import {
+  add,
+  assign,
+  backward,
+  mean,
+  mul,
+  noGrad,
+  sum,
+  type Tensor,
+  tensor,
+  tidy,
+  zeroGrad,
+} from "../engine.ts";
+import { loadSafetensorsInto, saveSafetensorsFrom } from "../io/load_weights.ts";
+import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import { gradCheck } from "../ops/test_util.ts";
+import type { Module } from "./module.ts";
+import { planUNet, type UNetPlan } from "./plan.ts";
+import { UNetEncoder } from "./unet.ts";
+import {
+  channelsToTokens,
+  LayerNorm,
+  loadVitWeights,
+  VitBlock,
+  VitEncoder,
+  type VitSettings,
+} from "./vit.ts";
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randn(n: number, r: () => number, scale = 1): Float32Array {
+  return Float32Array.from(
+    { length: n },
+    () => scale * Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r()),
+  );
+}
+
+const TINY: VitSettings = { patch: 4, dim: 8, depth: 2, heads: 2, mlpRatio: 2 };
+/** Strides [1,1,1], [2,2,2], [4,4,4], [8,8,8]: the grid (stride 4) is finer than the deepest level. */
+const PLAN: UNetPlan = planUNet({
+  patchSize: [8, 16, 16],
+  spacing: [1, 1, 1],
+  maxLevels: 4,
+  baseWidth: 4,
+  minFeatureSize: 1,
+});
+
+function vit(
+  settings: Partial<VitSettings> = {},
+  seed = 1,
+  plan = PLAN,
+  inChannels = 1,
+): VitEncoder {
+  return new VitEncoder({ ...TINY, ...settings, inChannels, plan, rng: rng(seed) });
+}
+
+function input(plan: UNetPlan, seed: number, b = 2, c = 1): Tensor {
+  return tensor(randn(b * c * plan.patchSize.reduce((p, s) => p * s, 1), rng(seed)), [
+    b,
+    c,
+    ...plan.patchSize,
+  ]);
+}
+
+/** Randomises every parameter (so zero-initialised adapters and norms are exercised too). */
+function randomize(m: Module, seed: number, scale = 0.3): void {
+  const r = rng(seed);
+  for (const p of m.parameters()) assign(p, randn(p.size, r, scale));
+}
+
+Deno.test("ViT: layer norm over token channels as groupNorm(groups 1) matches a direct computation", () => {
+  const r = rng(3);
+  const [T, C] = [7, 12];
+  const x = randn(T * C, r, 3);
+  const ln = new LayerNorm(C, 1e-6);
+  assign(ln.weight, randn(C, r));
+  assign(ln.bias, randn(C, r));
+  const y = tidy(() => ln.forward(tensor(x, [1, T, C])).toArray() as Float32Array);
+  const w = ln.weight.toArray(), b = ln.bias.toArray();
+  for (let t = 0; t < T; t++) {
+    let mu = 0, v = 0;
+    for (let c = 0; c < C; c++) mu += x[t * C + c] / C;
+    for (let c = 0; c < C; c++) v += (x[t * C + c] - mu) ** 2 / C;
+    for (let c = 0; c < C; c++) {
+      const want = ((x[t * C + c] - mu) / Math.sqrt(v + 1e-6)) * w[c] + b[c];
+      assert.ok(
+        Math.abs(y[t * C + c] - want) < 1e-5,
+        `token ${t} channel ${c}: ${y[t * C + c]} vs ${want}`,
+      );
+    }
+  }
+  ln.dispose();
+});
+
+Deno.test("ViT: channelsToTokens is an exact transpose", () => {
+  const x = randn(2 * 5 * 3, rng(4), 100);
+  const y = tidy(() => channelsToTokens(tensor(x, [2, 5, 3])).toArray() as Float32Array);
+  for (let b = 0; b < 2; b++) {
+    for (let c = 0; c < 5; c++) {
+      for (let n = 0; n < 3; n++) assert.equal(y[b * 15 + n * 5 + c], x[b * 15 + c * 3 + n]);
+    }
+  }
+});
+
+Deno.test("ViT: outputs have the U-Net encoder's shapes for the same plan (grid finer and coarser than levels)", () => {
+  for (
+    const [plan, settings] of [
+      [PLAN, {}],
+      [PLAN, { patch: 8, adapterDim: 4, neckChannels: 6 }],
+      // Anisotropic plan (D pooled less than H, W) with a per-axis patch size.
+      [
+        planUNet({
+          patchSize: [4, 16, 16],
+          spacing: [3, 1, 1],
+          maxLevels: 4,
+          baseWidth: 4,
+          minFeatureSize: 1,
+        }),
+        { patch: [2, 4, 4] },
+      ],
+    ] as [UNetPlan, Partial<VitSettings>][]
+  ) {
+    const v = vit(settings, 1, plan);
+    const u = new UNetEncoder(1, plan, { rng: rng(2) });
+    tidy(() => {
+      const x = input(plan, 5);
+      const a = v.forward(x), b = u.forward(x);
+      assert.deepEqual(
+        a.skips.map((s) => s.shape),
+        b.skips.map((s) => s.shape),
+        `plan ${JSON.stringify(plan.levels)}`,
+      );
+      assert.deepEqual(a.deep.shape, b.deep.shape);
+      assert.deepEqual(v.widths, u.widths);
+      for (const t of [...a.skips, a.deep]) {
+        assert.ok((t.toArray() as Float32Array).every(Number.isFinite));
+      }
+    });
+    v.dispose();
+    u.dispose();
+  }
+});
+
+Deno.test("ViT: SAM-Med3D parameter names and shapes", () => {
+  const v = vit({ adapterDim: 4 });
+  const shapes = new Map(v.namedParameters().map(([n, p]) => [n, p.shape.join("x")]));
+  const want: Record<string, string> = {
+    "patch_embed.proj.weight": "8x1x4x4x4",
+    "patch_embed.proj.bias": "8",
+    pos_embed: "1x2x4x4x8",
+    "blocks.0.norm1.weight": "8",
+    "blocks.0.attn.qkv.weight": "24x8",
+    "blocks.0.attn.qkv.bias": "24",
+    "blocks.0.attn.proj.weight": "8x8",
+    "blocks.1.norm2.bias": "8",
+    "blocks.1.mlp.lin1.weight": "16x8",
+    "blocks.1.mlp.lin2.weight": "8x16",
+    "blocks.1.adapter.fc1.weight": "4x8",
+    "neck.0.weight": "32x8x1x1x1",
+    "neck.1.weight": "32",
+    "neck.2.weight": "32x32x3x3x3",
+    "neck.3.bias": "32",
+  };
+  for (const [n, s] of Object.entries(want)) assert.equal(shapes.get(n), s, n);
+  v.dispose();
+});
+
+Deno.test("ViT: rejects inputs of another size and patch sizes that do not divide the patch", () => {
+  const v = vit();
+  assert.throws(
+    () => tidy(() => v.forward(tensor(new Float32Array(8 * 8 * 8), [1, 1, 8, 8, 8]))),
+    /ViT encoder: input \[1,1,8,8,8\] f32 must be \[B, 1, 8, 16, 16\]: the learned position embedding covers a 2x4x4 grid/,
+  );
+  v.dispose();
+  assert.throws(
+    () => vit({ patch: 3 }),
+    /patch size 3 along D does not divide the input patch size \[8, 16, 16\]/,
+  );
+  assert.throws(() => vit({ heads: 3 }), /dim 8 is not divisible by heads 3/);
+  assert.throws(() => vit({ frozenBlocks: 3 }), /frozenBlocks 3 must be in \[0, depth = 2\]/);
+});
+
+Deno.test("ViT: gradients reach every trainable parameter and no frozen one", () => {
+  const v = vit({ adapterDim: 4, frozenBlocks: 1 });
+  randomize(v, 9, 0.2);
+  const frozen = v.namedParameters().filter(([, p]) => !p.requiresGrad).map(([n]) => n);
+  assert.deepEqual(
+    frozen.filter((n) => !n.startsWith("blocks.0.")),
+    ["pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"],
+  );
+  assert.ok(
+    frozen.includes("blocks.0.attn.qkv.weight") && !frozen.includes("blocks.0.adapter.fc1.weight"),
+  );
+  assert.ok(!frozen.some((n) => n.startsWith("blocks.1.")));
+  tidy(() => {
+    const o = v.forward(input(PLAN, 6));
+    const r = rng(10);
+    const proj = (t: Tensor) => sum(mul(t, tensor(randn(t.size, r), [...t.shape])), "all");
+    backward([...o.skips, o.deep].map(proj).reduce((a, b) => add(a, b)));
+  });
+  for (const [n, p] of v.namedParameters()) {
+    if (!p.requiresGrad) {
+      assert.equal(p.grad, null, `frozen ${n} got a gradient`);
+      continue;
+    }
+    assert.ok(p.grad, `${n} got no gradient`);
+    const g = p.grad.toArray() as Float32Array;
+    assert.ok(
+      g.some((x) => x !== 0) && g.every(Number.isFinite),
+      `${n}: gradient is zero or not finite`,
+    );
+  }
+  zeroGrad(v.parameters());
+  v.freeze(0);
+  assert.ok(v.parameters().every((p) => p.requiresGrad));
+  v.dispose();
+});
+
+Deno.test("ViT: a transformer block's gradients match finite differences (input and parameters)", () => {
+  const r = rng(11);
+  const block = new VitBlock(6, 2, {
+    mlpRatio: 2,
+    adapterDim: 3,
+    eps: 1e-6,
+    qkvBias: true,
+    rng: r,
+  });
+  randomize(block, 12, 0.4);
+  const [B, N, C] = [2, 5, 6];
+  const x = randn(B * N * C, r);
+  gradCheck(([t]) => block.forward(t), [{ data: x, shape: [B, N, C] }], {
+    msg: "ViT block dx",
+    samples: 24,
+  });
+  // Parameters: analytic gradients of a fixed projection against central differences.
+  const w = randn(B * N * C, r);
+  const loss = () => {
+    const y = block.forward(tensor(x, [B, N, C]));
+    return sum(mul(y, tensor(w, [B, N, C])), "all");
+  };
+  zeroGrad(block.parameters());
+  tidy(() => backward(loss()));
+  const h = 1e-2;
+  for (const [name, p] of block.namedParameters()) {
+    const g = p.grad!.toArray() as Float32Array;
+    const base = p.toArray() as Float32Array;
+    for (let s = 0; s < 3; s++) {
+      const i = Math.floor(r() * p.size);
+      const at = (d: number) => {
+        const v = base.slice();
+        v[i] += d;
+        assign(p, v);
+        return noGrad(() => tidy(() => loss().item()));
+      };
+      const num = (at(h) - at(-h)) / (2 * h);
+      assign(p, base);
+      assert.ok(
+        Math.abs(g[i] - num) <= 3e-3 + 3e-2 * Math.abs(num),
+        `${name}[${i}]: analytic ${g[i]}, numeric ${num}`,
+      );
+    }
+  }
+  zeroGrad(block.parameters());
+  block.dispose();
+});
+
+function tmp(): string {
+  return mkdtempSync(path.join(tmpdir(), "vit-test-"));
+}
+
+Deno.test("ViT: weights saved to safetensors load into another ViT and give identical outputs", () => {
+  const dir = tmp();
+  try {
+    const file = path.join(dir, "vit.safetensors");
+    const a = vit({ adapterDim: 4 }, 1);
+    randomize(a, 13, 0.2);
+    saveSafetensorsFrom(a, file, { prefix: "image_encoder.", metadata: { format: "pt" } });
+    const b = vit({ adapterDim: 4 }, 2);
+    const r = loadSafetensorsInto(b, file, { prefix: "image_encoder.", strict: true });
+    assert.equal(r.loaded.length, a.namedParameters().length);
+    assert.deepEqual([r.missing, r.unexpected, r.mismatched, r.ignored], [[], [], [], 0]);
+    tidy(() => {
+      const x = input(PLAN, 14);
+      const oa = a.forward(x), ob = b.forward(x);
+      for (const [s, t] of [...oa.skips.map((s, i) => [s, ob.skips[i]]), [oa.deep, ob.deep]]) {
+        assert.deepEqual(t.toArray(), s.toArray());
+      }
+    });
+    // BF16 storage round-trips through the loader within bf16 precision.
+    saveSafetensorsFrom(a, file, { dtype: "BF16" });
+    const c = vit({ adapterDim: 4 }, 3);
+    loadSafetensorsInto(c, file, { strict: true });
+    const pa = a.pos_embed.toArray() as Float32Array, pc = c.pos_embed.toArray() as Float32Array;
+    assert.ok(pa.every((v, i) => Math.abs(v - pc[i]) <= Math.abs(v) / 128 + 1e-30));
+    for (const m of [a, b, c]) m.dispose();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("ViT: strict loading lists missing, unexpected and mismatched keys; loadVitWeights allows the new layers", () => {
+  const dir = tmp();
+  try {
+    const a = vit({}, 1);
+    const file = path.join(dir, "sam.safetensors");
+    // A SAM-Med3D-like file: backbone keys only, one extra key, one missing block key.
+    const entries = a.namedParameters()
+      .filter(([n]) => !VitEncoder.isExtraParameter(n) && n !== "blocks.1.mlp.lin2.bias")
+      .map(([n, p]) =>
+        [`image_encoder.${n}`, { shape: [...p.shape], data: p.toArray() as Float32Array }] as [
+          string,
+          { shape: number[]; data: Float32Array },
+        ]
+      );
+    entries.push(["image_encoder.blocks.0.attn.rel_pos_d", {
+      shape: [3, 4],
+      data: new Float32Array(12),
+    }]);
+    entries.push(["prompt_encoder.pe", { shape: [2], data: new Float32Array(2) }]);
+    writeSafetensors(file, entries);
+    const b = vit({}, 2);
+    assert.throws(
+      () => loadSafetensorsInto(b, file, { prefix: "image_encoder.", strict: true }),
+      (e: Error) => {
+        assert.match(
+          e.message,
+          /^Cannot load .*sam\.safetensors strictly \(prefix 'image_encoder\.'\):/,
+        );
+        assert.match(
+          e.message,
+          /missing in the file \(\d+\): .*blocks\.1\.mlp\.lin2\.bias.*skips\.0\.conv1\.conv\.weight/,
+        );
+        assert.match(e.message, /unexpected in the file \(1\): blocks\.0\.attn\.rel_pos_d/);
+        assert.match(e.message, /1 keys outside the prefix ignored/);
+        return true;
+      },
+    );
+    // Non-strict: loads what matches and reports the rest.
+    const r = loadVitWeights(b, file, { prefix: "image_encoder." });
+    assert.deepEqual(r.unexpected, ["blocks.0.attn.rel_pos_d"]);
+    assert.ok(r.missing.includes("blocks.1.mlp.lin2.bias"));
+    assert.deepEqual(
+      b.blocks.items[1].attn.qkv.weight.toArray(),
+      a.blocks.items[1].attn.qkv.weight.toArray(),
+    );
+    assert.throws(
+      () => loadVitWeights(b, file, { prefix: "image_encoder.", strict: true }),
+      (e: Error) => {
+        assert.match(
+          e.message,
+          /\(strict\):\n {2}missing in the file \(1\): blocks\.1\.mlp\.lin2\.bias\n {2}unexpected in the file \(1\): blocks\.0\.attn\.rel_pos_d/,
+        );
+        assert.doesNotMatch(e.message, /skips\./);
+        return true;
+      },
+    );
+    assert.throws(
+      () => loadVitWeights(b, file, { prefix: "wrong." }),
+      /no tensor matched a ViT parameter name .*is network\.vit\.prefix right/,
+    );
+    // A position embedding for another grid is a clear error.
+    const big = vit(
+      {},
+      3,
+      planUNet({
+        patchSize: [16, 16, 16],
+        spacing: [1, 1, 1],
+        maxLevels: 4,
+        baseWidth: 4,
+        minFeatureSize: 1,
+      }),
+    );
+    const f2 = path.join(dir, "big.safetensors");
+    saveSafetensorsFrom(big, f2);
+    assert.throws(
+      () => loadVitWeights(b, f2),
+      /pos_embed: the file's token grid \[4, 4, 4\] x 8 differs from this model's \[2, 4, 4\] x 8; positions are not interpolated: choose patchSize = grid x network\.vit\.patchSize \(here \[16, 16, 16\]\)/,
+    );
+    // A one-channel patch embedding loads into a two-channel one (early fusion), split evenly.
+    const two = vit({}, 4, PLAN, 2);
+    loadVitWeights(two, file, { prefix: "image_encoder." });
+    const w1 = a.patch_embed.proj.weight.toArray() as Float32Array;
+    const w2 = two.patch_embed.proj.weight.toArray() as Float32Array;
+    assert.ok(Math.abs(w2[64] - w1[0] / 2) < 1e-7 && Math.abs(w2[0] - w1[0] / 2) < 1e-7);
+    assert.equal(readSafetensors(file).names.length, entries.length);
+    for (const m of [a, b, big, two]) m.dispose();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("ViT: mean of outputs is finite for batch 1 (no batch-size assumption)", () => {
+  const v = vit();
+  const m = tidy(() => mean(v.forward(input(PLAN, 15, 1)).deep, "all").item());
+  assert.ok(Number.isFinite(m));
+  v.dispose();
+});
