@@ -28,6 +28,27 @@ export { ConvBlock, Conv3d, ConvTranspose3d, Norm3d } from "./src/nn/layers.ts";
 export { planDivisor, planUNet, type PlanOptions, type UNetPlan } from "./src/nn/plan.ts";
 export { type Encoder, UNet, UNetDecoder, UNetEncoder } from "./src/nn/unet.ts";
 export { CmcNet, type CmcOptions, FusionLayer, MiaBlock } from "./src/nn/cmc.ts";
+export {
+  loadVitWeights,
+  VitBlock,
+  VitEncoder,
+  type VitOptions,
+  type VitSettings,
+  VitUNet,
+} from "./src/nn/vit.ts";
+export {
+  encodeSafetensors,
+  parseSafetensors,
+  readSafetensors,
+  SafetensorsFile,
+  writeSafetensors,
+} from "./src/io/safetensors.ts";
+export {
+  describeLoadReport,
+  loadSafetensorsInto,
+  type LoadWeightsReport,
+  saveSafetensorsFrom,
+} from "./src/io/load_weights.ts";
 
 export { diceFromStats, foregroundSoftDice, supervisedLoss } from "./src/losses/supervised.ts";
 export { channelDescriptors, cscLoss, cscPairLoss } from "./src/losses/csc.ts";
