@@ -5,7 +5,7 @@ TOOLS := .tools
 DENO := $(TOOLS)/node_modules/.bin/deno
 BUILD := build
 CXX ?= g++
-CXXFLAGS := -std=c++17 -O3 -march=x86-64-v3 -fPIC -fopenmp -Wall -Wextra -Wno-unused-parameter
+CXXFLAGS := -std=c++17 -O3 -march=x86-64-v3 -fno-trapping-math -fPIC -fopenmp -Wall -Wextra -Wno-unused-parameter
 CPU_SRCS := $(wildcard native/cpu/*.cpp)
 CPU_HDRS := native/include/comodal.h $(wildcard native/cpu/*.hpp native/common/*.hpp)
 CPU_LIB := $(BUILD)/libcomodal_cpu.so

@@ -88,13 +88,6 @@ void channel_sums(Backend* be, const View& v, int nsums, std::vector<std::vector
   }
 }
 
-// Per-lane values of a per-(n, channel) array for one unit.
-void unit_lanes(const View& v, int64_t unit, const std::vector<float>& per_nc, float* lanes) {
-  int64_t n = unit / v.units_per_n, u = unit % v.units_per_n;
-  for (int l = 0; l < kLanes; l++)
-    lanes[l] = per_nc[(size_t)(n * v.C + (v.L == 1 ? u : u * 16 + l))];
-}
-
 // The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
 float act_slope(const cmo_group_norm_params& p, const char* op) {
   switch (p.activation) {
@@ -110,8 +103,45 @@ float act_slope(const cmo_group_norm_params& p, const char* op) {
        " (0 = none, 1 = ReLU, 2 = leaky ReLU)");
 }
 
-inline float act_apply(float z, float slope) { return z > 0.0f ? z : z * slope; }
-inline float act_grad(float z, float slope) { return z > 0.0f ? 1.0f : slope; }
+// Branch-free so that the loops using them vectorise.
+__attribute__((always_inline)) inline float act_apply(float z, float slope) { return std::max(z, 0.0f) + slope * std::min(z, 0.0f); }
+__attribute__((always_inline)) inline float act_grad(float z, float slope) { return slope + (1.0f - slope) * (float)(z > 0.0f); }
+
+// The two backward sums with a fused activation: per lane l, s1[l] += g and s2[l] += g * (x - m[l])
+// with g = dy * act'(x * sc[l] + sh[l]). Plain tensors have the same values in every lane.
+void fused_lane_sums(const float* dy, const float* x, int64_t len, const float* m, const float* sc,
+                     const float* sh, float slope, double* s1, double* s2) {
+  int64_t i = 0;
+  while (i + kLanes <= len) {
+    float a1[kLanes] = {}, a2[kLanes] = {};
+    int64_t end = std::min(len, i + kFlush) / kLanes * kLanes;
+    if (end <= i) break;
+    for (; i < end; i += kLanes)
+#pragma omp simd
+      for (int l = 0; l < kLanes; l++) {
+        float xv = x[i + l];
+        float g = dy[i + l] * act_grad(xv * sc[l] + sh[l], slope);
+        a1[l] += g;
+        a2[l] += g * (xv - m[l]);
+      }
+    for (int l = 0; l < kLanes; l++) {
+      s1[l] += a1[l];
+      s2[l] += a2[l];
+    }
+  }
+  for (; i < len; i++) {  // plain tail
+    float g = dy[i] * act_grad(x[i] * sc[0] + sh[0], slope);
+    s1[0] += g;
+    s2[0] += g * (x[i] - m[0]);
+  }
+}
+
+// Per-lane values of a per-(n, channel) array for one unit.
+void unit_lanes(const View& v, int64_t unit, const std::vector<float>& per_nc, float* lanes) {
+  int64_t n = unit / v.units_per_n, u = unit % v.units_per_n;
+  for (int l = 0; l < kLanes; l++)
+    lanes[l] = per_nc[(size_t)(n * v.C + (v.L == 1 ? u : u * 16 + l))];
+}
 
 struct GnCommon {
   int64_t G = 0, Cg = 0;
@@ -342,37 +372,19 @@ void group_norm_backward(const KernelArgs& a) {
         shift_nc[i] = (float)((double)beta[c] - (double)meanp[g] * sc);
       }
     }
-  // With a fused activation: dy_eff = dy * act'(z), stored in dx's memory (same shape and layout,
-  // never aliasing x or dy); the last pass reads it and overwrites it element by element with dx.
-  if (fused) {
-    float* ed = dxw->f32();
-    parallel_for(be, v.tasks(), [&](int64_t t) {
-      int64_t chunk = t % v.chunks, unit = t / v.chunks;
-      int64_t p0 = chunk * v.chunk_pts, p1 = std::min(v.S, p0 + v.chunk_pts);
-      int64_t off = unit * v.S * v.L + p0 * v.L, len = (p1 - p0) * v.L;
-      float sc[kLanes], sh[kLanes];
-      unit_lanes(v, unit, scale_nc, sc);
-      unit_lanes(v, unit, shift_nc, sh);
-      const float* xp = xd + off;
-      const float* gp = gd + off;
-      float* ep = ed + off;
-      if (v.L == 1) {
-        const float s0 = sc[0], h0 = sh[0];
-#pragma omp simd
-        for (int64_t i = 0; i < len; i++) ep[i] = gp[i] * act_grad(xp[i] * s0 + h0, slope);
-      } else {
-        for (int64_t i = 0; i < len; i += kLanes)
-#pragma omp simd
-          for (int l = 0; l < kLanes; l++) ep[i + l] = gp[i + l] * act_grad(xp[i + l] * sc[l] + sh[l], slope);
-      }
-    });
-    gd = ed;
-  }
-  // Per channel: s1 = sum dy, s2 = sum dy * (x - mean).
+  // Per channel: s1 = sum dy, s2 = sum dy * (x - mean); with a fused activation dy is dy * act'(z),
+  // computed on the fly in this pass and in the last one (no extra tensor, no extra pass).
   std::vector<std::vector<double>> sums;
   channel_sums(be, v, 2, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {
     float m[kLanes];
     unit_lanes(v, unit, mean_nc, m);
+    if (fused) {
+      float sc[kLanes], sh[kLanes];
+      unit_lanes(v, unit, scale_nc, sc);
+      unit_lanes(v, unit, shift_nc, sh);
+      fused_lane_sums(gd + off, xd + off, len, m, sc, sh, slope, out, out + kLanes);
+      return;
+    }
     lane_sums(gd + off, nullptr, len, m, out, [](float g, float, float) { return g; });
     lane_sums(gd + off, xd + off, len, m, out + kLanes, [](float g, float xv, float mv) { return g * (xv - mv); });
   });
@@ -413,7 +425,22 @@ void group_norm_backward(const KernelArgs& a) {
     const float* xp = xd + off;
     const float* gp = gd + off;
     float* op_ = dxd + off;
-    if (v.L == 1) {
+    if (fused) {
+      float sc[kLanes], sh[kLanes];
+      unit_lanes(v, unit, scale_nc, sc);
+      unit_lanes(v, unit, shift_nc, sh);
+      if (v.L == 1) {
+        const float b1 = a1[0], b2 = a2[0], b3 = a3[0], s0 = sc[0], h0 = sh[0];
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+          op_[i] = gp[i] * act_grad(xp[i] * s0 + h0, slope) * b1 + xp[i] * b2 + b3;
+      } else {
+        for (int64_t i = 0; i < len; i += kLanes)
+#pragma omp simd
+          for (int l = 0; l < kLanes; l++)
+            op_[i + l] = gp[i + l] * act_grad(xp[i + l] * sc[l] + sh[l], slope) * a1[l] + xp[i + l] * a2[l] + a3[l];
+      }
+    } else if (v.L == 1) {
       const float b1 = a1[0], b2 = a2[0], b3 = a3[0];
 #pragma omp simd
       for (int64_t i = 0; i < len; i++) op_[i] = gp[i] * b1 + xp[i] * b2 + b3;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "../include/comodal.h"
@@ -131,8 +132,8 @@ void bench_deconv(cmo_backend* be, int64_t N, int64_t Ci, int64_t Co, int64_t S)
   for (auto* t : {x, w, b, y, dx, dw, db}) cmo_buffer_release(t);
 }
 
-void bench_norm(cmo_backend* be, int64_t N, int64_t C, int64_t S, int layout) {
-  cmo_group_norm_params q{C, 1e-5, CMO_NORM_ACT_NONE, 0.0};
+void bench_norm(cmo_backend* be, int64_t N, int64_t C, int64_t S, int layout, int act = CMO_NORM_ACT_NONE) {
+  cmo_group_norm_params q{C, 1e-5, act, 0.01};
   cmo_buffer* x = make(be, {N, C, S, S, S}, layout);
   cmo_buffer* dy = make(be, {N, C, S, S, S}, layout);
   cmo_buffer* y = make(be, {N, C, S, S, S}, layout);
@@ -143,11 +144,11 @@ void bench_norm(cmo_backend* be, int64_t N, int64_t C, int64_t S, int layout) {
   cmo_buffer* dg = make(be, {C}, CMO_LAYOUT_PLAIN);
   cmo_buffer* dbb = make(be, {C}, CMO_LAYOUT_PLAIN);
   double tf = time_ms([&] { run(be, CMO_OP_GROUP_NORM_FORWARD, {x, g, g}, {y, m, r}, &q, sizeof q); });
-  double tb = time_ms([&] { run(be, CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, m, r, nullptr}, {dx, dg, dbb}, &q, sizeof q); });
+  double tb = time_ms([&] { run(be, CMO_OP_GROUP_NORM_BACKWARD, {x, dy, g, m, r, act ? g : nullptr}, {dx, dg, dbb}, &q, sizeof q); });
   double gb = (double)N * C * S * S * S * 4 / 1e9;
-  std::printf("instance norm N%lld C%lld %lld^3 %s: fwd %.1f ms (x read and y written at %.1f GB/s), bwd %.1f ms\n", (long long)N,
-              (long long)C, (long long)S, layout == CMO_LAYOUT_PLAIN ? "plain" : "blocked", tf, 2 * gb / tf * 1e3,
-              tb);
+  std::printf("instance norm%s N%lld C%lld %lld^3 %s: fwd %.1f ms (x read and y written at %.1f GB/s), bwd %.1f ms\n",
+              act ? " + leaky ReLU" : "", (long long)N, (long long)C, (long long)S,
+              layout == CMO_LAYOUT_PLAIN ? "plain" : "blocked", tf, 2 * gb / tf * 1e3, tb);
   for (auto* t : {x, dy, y, dx, g, m, r, dg, dbb}) cmo_buffer_release(t);
 }
 
@@ -177,7 +178,8 @@ void bench_head(cmo_backend* be, int64_t N, int64_t Ci, int64_t K, int64_t S) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool norm_only = argc > 1 && std::string(argv[1]) == "--norm";  // only the norm timings
   cmo_backend* be = nullptr;
   if (cmo_backend_create(0, &be) != CMO_OK) return 1;
   const char* env = std::getenv("CMO_THREADS");
@@ -186,6 +188,7 @@ int main() {
   cmo_backend_set_threads(be, threads);
   std::printf("%s, %d threads; times are best-of-5 process CPU time / threads (see time_ms)\n",
               cmo_version_string(), threads);
+  if (!norm_only) {
   bench_conv(be, 2, 16, 16, 64);
   bench_conv(be, 2, 32, 32, 32);
   bench_conv(be, 2, 64, 64, 16);
@@ -194,7 +197,10 @@ int main() {
   bench_conv(be, 2, 16, 32, 64, 2);  // downsampling
   bench_conv(be, 2, 32, 64, 32, 2);
   bench_deconv(be, 2, 32, 16, 32);
+  }
   bench_norm(be, 2, 16, 64, CMO_LAYOUT_BLOCKED16);
+  bench_norm(be, 2, 16, 64, CMO_LAYOUT_BLOCKED16, CMO_NORM_ACT_LEAKY_RELU);
+  bench_norm(be, 2, 16, 64, CMO_LAYOUT_PLAIN, CMO_NORM_ACT_LEAKY_RELU);
   bench_norm(be, 2, 16, 64, CMO_LAYOUT_PLAIN);
   bench_norm(be, 2, 16, 96, CMO_LAYOUT_BLOCKED16);
   bench_head(be, 2, 16, 4, 96);
