@@ -44,12 +44,20 @@ float act_slope(const cmo_group_norm_params& p, const char* op) {
 
 // Per (n, c): the affine step z = x * scale + shift from the stored float mean and rstd, computed
 // identically by forward and backward so both take the same side of the activation's kink.
-__device__ __forceinline__ void affine_coefs(const float* mp, const float* rp, const float* gp, const float* bp,
-                                             int64_t ng, int64_t c, float* sc, float* sh) {
-  double s = (double)rp[ng] * (double)gp[c];
-  *sc = (float)s;
-  *sh = (float)((double)bp[c] - (double)mp[ng] * s);
+// coef[2*(n*C+c)] = scale, coef[2*(n*C+c)+1] = shift.
+void affine_coefs(Backend* be, const float* mp, const float* rp, const float* gp, const float* bp, int64_t N,
+                  int64_t C, int64_t G, float* coef, const char* op) {
+  const int64_t Cg = C / G;
+  launch_elementwise(be, N * C, [=] __device__(int64_t nc) {
+    int64_t n = nc / C, c = nc % C, ng = n * G + c / Cg;
+    double s = (double)rp[ng] * (double)gp[c];
+    coef[2 * nc] = (float)s;
+    coef[2 * nc + 1] = (float)((double)bp[c] - (double)mp[ng] * s);
+  }, op);
 }
+
+__device__ __forceinline__ float act_apply(float z, float slope) { return z > 0.0f ? z : z * slope; }
+__device__ __forceinline__ float act_grad(float z, float slope) { return z > 0.0f ? 1.0f : slope; }
 
 Shape stats_shape(const NormDims& d) {
   Shape s;
@@ -94,13 +102,12 @@ void group_norm_forward(const KernelArgs& a) {
   float* yp = y->f32();
   const int64_t S = d.S, C = d.C;
   const float slope = act_slope(p, op);
+  Scratch coef(be, (size_t)d.N * C * 2 * sizeof(float));
+  float* cf = coef.as<float>();
+  affine_coefs(be, mp, rp, gp, bp, d.N, C, d.G, cf, op);
   launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
-    int64_t g = i / L;
-    int64_t c = (i / S) % C;
-    float sc, sh;
-    affine_coefs(mp, rp, gp, bp, g, c, &sc, &sh);
-    float z = xp[i] * sc + sh;
-    yp[i] = z > 0.0f ? z : z * slope;
+    int64_t nc = i / S;
+    yp[i] = act_apply(xp[i] * cf[2 * nc] + cf[2 * nc + 1], slope);
   }, op);
 }
 
@@ -140,27 +147,17 @@ void group_norm_backward(const KernelArgs& a) {
   const float* xp = x->f32();
   const float* dyp = dy->f32();
   const float *gp = gamma->f32(), *mp = mean->f32(), *rp = rstd->f32();
-  Scratch eff_tmp(be, fused && dx == x ? (size_t)x->numel() * sizeof(float) : 0);
-  if (fused) {
-    // dy_eff = dy * act'(z) into dx's memory (a scratch buffer if dx is x; dx == dy is safe, each
-    // element is read before it is written), then everything below reads dy_eff.
-    float* ep = dx == x ? eff_tmp.as<float>() : dx->f32();
-    const float* bp = beta->f32();
-    const int64_t L = (C / G) * S;
-    launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
-      int64_t ng = i / L;
-      int64_t c = (i / S) % C;
-      float sc, sh;
-      affine_coefs(mp, rp, gp, bp, ng, c, &sc, &sh);
-      float z = xp[i] * sc + sh;
-      ep[i] = dyp[i] * (z > 0.0f ? 1.0f : slope);
-    }, op);
-    dyp = ep;
-  }
+  // With a fused activation dy is used as dy * act'(z), z recomputed from x on the fly.
+  Scratch zcoef(be, fused ? (size_t)NC * 2 * sizeof(float) : 0);
+  const float* zc = zcoef.as<float>();
+  if (fused) affine_coefs(be, mp, rp, gp, beta->f32(), N, C, G, zcoef.as<float>(), op);
   plane_sums<2>(be, NC, S, [=] __device__(int64_t plane, int64_t s, double* acc) {
-    double g = dyp[plane * S + s];
+    float xv = xp[plane * S + s];
+    float gf = dyp[plane * S + s];
+    if (fused) gf *= act_grad(xv * zc[2 * plane] + zc[2 * plane + 1], slope);
+    double g = gf;
     acc[0] += g;
-    acc[1] += g * (double)xp[plane * S + s];
+    acc[1] += g * (double)xv;
   }, sums.as<double>(), op);
   const double* sp = sums.as<double>();
   // per (n,g): coefficients of dx = c1[n,c]*dy + c2[n,g]*x + c3[n,g]
@@ -185,8 +182,11 @@ void group_norm_backward(const KernelArgs& a) {
   const int64_t L = Cg * S;
   launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
     int64_t ng = i / L;
-    int64_t c = (i / S) % C;
-    dxp[i] = rp[ng] * gp[c] * dyp[i] + cf[2 * ng] * xp[i] + cf[2 * ng + 1];
+    int64_t nc = i / S;
+    int64_t c = nc % C;
+    float g = dyp[i];
+    if (fused) g *= act_grad(xp[i] * zc[2 * nc] + zc[2 * nc + 1], slope);
+    dxp[i] = rp[ng] * gp[c] * g + cf[2 * ng] * xp[i] + cf[2 * ng + 1];
   }, op);
   float *dgp = dgamma->f32(), *dbp = dbeta->f32();
   const bool acc_g = !dg_new, acc_b = !db_new;
