@@ -11,7 +11,7 @@
  * Memory (backend memoryStats, after the warm-up steps the peak is reset):
  *   peak live    peakBytes: high-water mark of live tensor bytes over the timed steps (compare with
  *                PyTorch's max_memory_allocated)
- *   reserved     poolBytes: on the CUDA backend the caching pool's reserved bytes (in use + cached,
+ *   reserved     reservedBytes: the caching pool's reserved bytes (in use + cached,
  *                native/cuda/runtime.cu), read after the timed steps; the pool frees nothing except
  *                on an out-of-memory retry, so this is also its peak (compare with PyTorch's
  *                max_memory_reserved)
@@ -55,7 +55,7 @@ export interface StepResult {
   firstTerms: Record<string, number>;
   /** Peak live tensor bytes over the timed steps, MiB. */
   peakMiB: number;
-  /** The pool's bytes after the timed steps (CUDA: reserved = in use + cached), MiB. */
+  /** The allocator's reserved bytes after the timed steps (in use + cached), MiB. */
   poolMiB: number;
   /** Live tensor bytes after the timed steps (parameters, optimiser state), MiB. */
   liveMiB: number;
@@ -195,7 +195,7 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     losses,
     firstTerms,
     peakMiB: st.peakBytes / 2 ** 20,
-    poolMiB: st.poolBytes / 2 ** 20,
+    poolMiB: st.reservedBytes / 2 ** 20,
     liveMiB: st.liveBytes / 2 ** 20,
     deviceUsedMiB: deviceUsed / 2 ** 20,
   };

@@ -478,6 +478,7 @@ cmo_status cmo_backend_memory_stats(cmo_backend* backend, cmo_memory_stats* out)
       std::lock_guard<std::mutex> lock(backend->pool.mu);
       out->pool_bytes = backend->pool.bytes;
     }
+    out->reserved_bytes = out->live_bytes + out->pool_bytes;
     out->device_total_bytes = 0;
     out->device_free_bytes = 0;
   });

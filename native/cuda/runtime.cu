@@ -500,7 +500,8 @@ cmo_status cmo_backend_memory_stats(cmo_backend* backend, cmo_memory_stats* out)
     out->peak_bytes = backend->peak_bytes.load();
     {
       std::lock_guard<std::mutex> lock(backend->pool.mu);
-      out->pool_bytes = (int64_t)backend->pool.reserved;  // in use + cached, like PyTorch's "reserved"
+      out->pool_bytes = (int64_t)backend->pool.cached;
+      out->reserved_bytes = (int64_t)backend->pool.reserved;  // in use + cached, like PyTorch's "reserved"
     }
     size_t free_b = 0, total_b = 0;
     cmocu::check_cuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");

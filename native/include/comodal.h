@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define CMO_ABI_VERSION 1
+#define CMO_ABI_VERSION 2
 #define CMO_MAX_DIMS 6
 
 typedef enum {
@@ -70,9 +70,11 @@ typedef struct {
   int64_t live_buffers;  /* buffers created and not yet released */
   int64_t live_bytes;    /* bytes held by those buffers */
   int64_t peak_bytes;    /* high-water mark of live_bytes since create / reset */
-  int64_t pool_bytes;    /* bytes of released blocks the allocator keeps for reuse */
+  int64_t pool_bytes;    /* bytes of released blocks the allocator keeps for reuse (not in use) */
   int64_t device_total_bytes; /* device memory (CUDA) or 0 */
   int64_t device_free_bytes;  /* free device memory (CUDA) or 0 */
+  int64_t reserved_bytes; /* bytes the allocator holds: blocks in use (rounded up) + pool_bytes (the
+                             counterpart of PyTorch's memory_reserved) */
 } cmo_memory_stats;
 
 /* ---------------------------------------------------------------- library */

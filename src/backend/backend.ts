@@ -31,9 +31,12 @@ export interface MemoryStats {
   liveBuffers: number;
   liveBytes: number;
   peakBytes: number;
+  /** Released blocks the allocator keeps for reuse (not in use). */
   poolBytes: number;
   deviceTotalBytes: number;
   deviceFreeBytes: number;
+  /** Everything the allocator holds: blocks in use plus poolBytes (PyTorch's memory_reserved). */
+  reservedBytes: number;
 }
 
 /** Options of initBackend. */
@@ -58,7 +61,7 @@ export class Backend {
   readonly #supported: Uint8Array;
   #threads = 0;
   #deterministic = false;
-  readonly #stats = new BigInt64Array(6);
+  readonly #stats = new BigInt64Array(7);
 
   /** @internal use initBackend */
   constructor(device: "cpu" | "cuda", libPath: string, sym: NativeSymbols, handle: bigint) {
@@ -103,6 +106,7 @@ export class Backend {
       poolBytes: Number(s[3]),
       deviceTotalBytes: Number(s[4]),
       deviceFreeBytes: Number(s[5]),
+      reservedBytes: Number(s[6]),
     };
   }
 

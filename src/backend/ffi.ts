@@ -51,7 +51,7 @@ export const STATUS_NAMES: readonly string[] = [
 ];
 
 /** The ABI version this binding was written against (CMO_ABI_VERSION). */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Default path of the library for a device, resolved from this file's location. */
 export function defaultLibPath(device: "cpu" | "cuda"): string {
