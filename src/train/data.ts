@@ -10,7 +10,7 @@ import { importDataset } from "../data/importers.ts";
 import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
 import { preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
 import { type LabeledCase, loadPreprocessedCases, type UnlabeledCase } from "../data/cases.ts";
-import { SYNTH_TASKS, type SynthTask, synthesize } from "../data/synth.ts";
+import { SYNTH_TASKS, synthesize, type SynthTask } from "../data/synth.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
 
@@ -61,19 +61,34 @@ function shortHash(s: string): string {
   return createHash("sha256").update(s).digest("hex").slice(0, 12);
 }
 
-async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manifest: Manifest; source: string }> {
+async function resolveManifest(
+  c: TrainConfig,
+  quiet: boolean,
+): Promise<{ manifest: Manifest; source: string }> {
   if (isManifestPath(c.task)) {
     if (!existsSync(c.task)) throw new Error(`Cannot train: manifest ${c.task} does not exist`);
     return { manifest: await loadManifest(c.task), source: path.resolve(c.task) };
   }
   if (!(SYNTH_TASKS as readonly string[]).includes(c.task)) {
-    throw new Error(`Unknown task '${c.task}': expected one of ${SYNTH_TASKS.join(", ")} or a manifest file (.yaml/.json)`);
+    throw new Error(
+      `Unknown task '${c.task}': expected one of ${
+        SYNTH_TASKS.join(", ")
+      } or a manifest file (.yaml/.json)`,
+    );
   }
   let dir = c.data ? path.resolve(c.data) : "";
   if (!dir) {
-    dir = path.join(cacheRoot(), "synthetic", `${c.task}-n${c.syntheticCases}-s0-${generatorVersion()}`);
+    dir = path.join(
+      cacheRoot(),
+      "synthetic",
+      `${c.task}-n${c.syntheticCases}-s0-${generatorVersion()}`,
+    );
     if (!existsSync(path.join(dir, ".complete"))) {
-      if (!quiet) console.error(`Generating the built-in synthetic ${c.task} dataset (${c.syntheticCases} cases) in ${dir}`);
+      if (!quiet) {
+        console.error(
+          `Generating the built-in synthetic ${c.task} dataset (${c.syntheticCases} cases) in ${dir}`,
+        );
+      }
       await synthesize(c.task as SynthTask, {
         outDir: dir,
         cases: c.syntheticCases,
@@ -97,33 +112,64 @@ async function resolveManifest(c: TrainConfig, quiet: boolean): Promise<{ manife
   return { manifest, source: dir };
 }
 
-export async function prepareData(c: TrainConfig, opts: { quiet?: boolean } = {}): Promise<PreparedData> {
+export async function prepareData(
+  c: TrainConfig,
+  opts: { quiet?: boolean } = {},
+): Promise<PreparedData> {
   const quiet = opts.quiet ?? false;
   const { manifest, source } = await resolveManifest(c, quiet);
-  const modalities = c.modalities ?? manifest.modalities.slice(0, c.method === "supervised" || c.method === "mean-teacher" ? manifest.modalities.length : 2);
+  // Every modality of the data by default (BraTS: four sequences), except on the cardiac task, whose
+  // default is the paper's pair (the first two sequences, bSSFP and LGE); `modalities` overrides.
+  const modalities = c.modalities ??
+    (c.task === "cardiac" &&
+        (c.method === "cmc" || c.method === "early-fusion" || c.method === "mutual")
+      ? manifest.modalities.slice(0, 2)
+      : [...manifest.modalities]);
   for (const m of modalities) {
     if (!manifest.modalities.includes(m)) {
-      throw new Error(`Modality ${m} is not in the ${manifest.task} data (it has ${manifest.modalities.join(", ")})`);
+      throw new Error(
+        `Modality ${m} is not in the ${manifest.task} data (it has ${
+          manifest.modalities.join(", ")
+        })`,
+      );
     }
   }
   const needsTwo = c.method === "cmc" || c.method === "early-fusion" || c.method === "mutual";
   if (needsTwo && modalities.length < 2) {
-    throw new Error(`Method ${c.method} needs at least 2 modalities; the data has ${modalities.join(", ") || "none"}`);
+    throw new Error(
+      `Method ${c.method} needs at least 2 modalities; the data has ${
+        modalities.join(", ") || "none"
+      }`,
+    );
   }
   const primary = c.supervisedModality ? modalities.indexOf(c.supervisedModality) : 0;
-  if (primary < 0) throw new Error(`supervisedModality ${c.supervisedModality} is not one of ${modalities.join(", ")}`);
+  if (primary < 0) {
+    throw new Error(
+      `supervisedModality ${c.supervisedModality} is not one of ${modalities.join(", ")}`,
+    );
+  }
 
-  const ppDir = path.join(cacheRoot(), "preprocessed", `${manifest.task}-${shortHash(source + JSON.stringify(c.targetSpacing ?? null))}`);
+  const ppDir = path.join(
+    cacheRoot(),
+    "preprocessed",
+    `${manifest.task}-${shortHash(source + JSON.stringify(c.targetSpacing ?? null))}`,
+  );
   const plan = await preprocessDataset(manifest, {
     outDir: ppDir,
-    targetSpacing: c.targetSpacing ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]] : undefined,
+    targetSpacing: c.targetSpacing
+      ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]]
+      : undefined,
     onProgress: quiet ? undefined : (done, total, label) => {
-      if (done === total || done % 5 === 0) console.error(`  preprocessed ${done}/${total} ${label}`);
+      if (done === total || done % 5 === 0) {
+        console.error(`  preprocessed ${done}/${total} ${label}`);
+      }
     },
   });
 
   const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
-  if (trainLabeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
+  if (trainLabeled.length === 0) {
+    throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
+  }
   // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
   // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
   const labeled = c.labeled ?? (!c.data && !isManifestPath(c.task) ? 0.5 : undefined);
@@ -132,7 +178,9 @@ export async function prepareData(c: TrainConfig, opts: { quiet?: boolean } = {}
     : selectLabeled(manifest.cases, { labeled, seed: c.seed });
   const train = await loadPreprocessedCases(ppDir, { splits: ["train"], labeledIds, modalities });
   const val = await loadPreprocessedCases(ppDir, { splits: ["val"], modalities });
-  if (train.labeled.length === 0) throw new Error(`Cannot train on ${manifest.task}: no labeled training case has a label map`);
+  if (train.labeled.length === 0) {
+    throw new Error(`Cannot train on ${manifest.task}: no labeled training case has a label map`);
+  }
   return {
     manifest,
     plan,
