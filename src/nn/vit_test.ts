@@ -81,25 +81,31 @@ function randomize(m: Module, seed: number, scale = 0.3): void {
   for (const p of m.parameters()) assign(p, randn(p.size, r, scale));
 }
 
-Deno.test("ViT: layer norm over token channels as groupNorm(groups 1) matches a direct computation", () => {
+Deno.test("ViT: layer norm over token channels (instance norm of rows; groupNorm with 1 group) matches a direct computation", () => {
   const r = rng(3);
   const [T, C] = [7, 12];
   const x = randn(T * C, r, 3);
   const ln = new LayerNorm(C, 1e-6);
   assign(ln.weight, randn(C, r));
   assign(ln.bias, randn(C, r));
-  const y = tidy(() => ln.forward(tensor(x, [1, T, C])).toArray() as Float32Array);
   const w = ln.weight.toArray(), b = ln.bias.toArray();
-  for (let t = 0; t < T; t++) {
-    let mu = 0, v = 0;
-    for (let c = 0; c < C; c++) mu += x[t * C + c] / C;
-    for (let c = 0; c < C; c++) v += (x[t * C + c] - mu) ** 2 / C;
-    for (let c = 0; c < C; c++) {
-      const want = ((x[t * C + c] - mu) / Math.sqrt(v + 1e-6)) * w[c] + b[c];
-      assert.ok(
-        Math.abs(y[t * C + c] - want) < 1e-5,
-        `token ${t} channel ${c}: ${y[t * C + c]} vs ${want}`,
-      );
+  for (const kind of ["instanceNorm", "groupNorm"]) {
+    const y = tidy(() => {
+      const xt = tensor(x, [1, T, C]);
+      return (kind === "groupNorm" ? ln.forwardGroupNorm(xt) : ln.forward(xt))
+        .toArray() as Float32Array;
+    });
+    for (let t = 0; t < T; t++) {
+      let mu = 0, v = 0;
+      for (let c = 0; c < C; c++) mu += x[t * C + c] / C;
+      for (let c = 0; c < C; c++) v += (x[t * C + c] - mu) ** 2 / C;
+      for (let c = 0; c < C; c++) {
+        const want = ((x[t * C + c] - mu) / Math.sqrt(v + 1e-6)) * w[c] + b[c];
+        assert.ok(
+          Math.abs(y[t * C + c] - want) < 1e-5,
+          `${kind}: token ${t} channel ${c}: ${y[t * C + c]} vs ${want}`,
+        );
+      }
     }
   }
   ln.dispose();
