@@ -414,3 +414,46 @@ Deno.test("ViT: mean of outputs is finite for batch 1 (no batch-size assumption)
   assert.ok(Number.isFinite(m));
   v.dispose();
 });
+
+Deno.test("ViT: a block matches PyTorch's SAM-Med3D Block3D (golden file from the reference safetensors writer)", () => {
+  const file = new URL("../../tests/golden/vit_block.safetensors", import.meta.url).pathname;
+  const st = readSafetensors(file);
+  assert.equal(st.metadata.generator, "tests/gen_vit_golden.py");
+  // F16 / BF16 written by the reference library decode to the float32 values.
+  const vals = st.readF32("half.values");
+  assert.deepEqual(st.readF32("half.f16"), vals);
+  assert.deepEqual([...st.readF32("half.bf16")], [0, 1, 5, 6].map((i) => vals[i]));
+  const block = new VitBlock(8, 2, {
+    mlpRatio: 2,
+    adapterDim: 0,
+    eps: 1e-6,
+    qkvBias: true,
+    rng: rng(1),
+  });
+  const r = loadSafetensorsInto(block, st, { prefix: "block.", strict: false });
+  assert.deepEqual(r.missing, []);
+  assert.equal(r.loaded.length, block.parameters().length);
+  const close = (got: Float32Array, want: Float32Array, what: string, tol = 2e-5) => {
+    assert.equal(got.length, want.length, what);
+    const scale = Math.max(...want.map(Math.abs));
+    for (let i = 0; i < got.length; i++) {
+      assert.ok(
+        Math.abs(got[i] - want[i]) <= tol * scale + 1e-6,
+        `${what}[${i}]: ${got[i]} vs ${want[i]}`,
+      );
+    }
+  };
+  const [B, D, H, W, C] = st.info("x").shape;
+  tidy(() => {
+    const x = tensor(st.readF32("x"), [B, D * H * W, C], { requiresGrad: true });
+    const y = block.forward(x);
+    close(y.toArray() as Float32Array, st.readF32("y"), "y");
+    backward(sum(mul(y, tensor(st.readF32("dy"), [B, D * H * W, C])), "all"));
+    close(x.grad!.toArray() as Float32Array, st.readF32("grad.x"), "grad.x", 1e-4);
+  });
+  for (const [n, p] of block.namedParameters()) {
+    close(p.grad!.toArray() as Float32Array, st.readF32(`grad.block.${n}`), `grad ${n}`, 1e-4);
+  }
+  zeroGrad(block.parameters());
+  block.dispose();
+});
