@@ -12,34 +12,9 @@ import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
-import { runCli, writeBrats2021, writeProstate } from "./real_layouts.ts";
+import { ok, runCli, TINY, writeBrats2021, writeProstate } from "./real_layouts.ts";
 
 Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
-
-const TINY = [
-  "--iterations",
-  "2",
-  "--threads",
-  "2",
-  "--set",
-  "network.baseWidth=4",
-  "--set",
-  "network.maxLevels=3",
-  "--set",
-  "optimizer.warmup=1",
-  "--set",
-  "validation.every=0",
-  "--set",
-  "validation.overlap=0",
-  "--set",
-  "loaderWorkers=0",
-  "--set",
-  "images=false",
-];
-
-function ok(r: { code: number; out: string; err: string }, what: string): void {
-  assert.equal(r.code, 0, `${what} failed:\n${r.err}\n${r.out}`);
-}
 
 Deno.test({
   name: "BraTS 2021 layout: import, CMC on 4 modalities, predict, evaluate with labels 1/2/4",

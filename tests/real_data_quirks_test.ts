@@ -16,34 +16,16 @@ import { loadManifest } from "../src/data/manifest.ts";
 import { labelValueMap } from "../src/data/manifest.ts";
 import { evaluateCase } from "../src/metrics/metrics.ts";
 import { evaluateOriginal, originalLabels, quickDice } from "../src/train/validate.ts";
-import { runCli, writeBrats2021, writeNiftiWithHeader, writeNnUnetCtMr } from "./real_layouts.ts";
+import {
+  ok,
+  runCli,
+  TINY,
+  writeBrats2021,
+  writeNiftiWithHeader,
+  writeNnUnetCtMr,
+} from "./real_layouts.ts";
 
 Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-quirks-cache-" }));
-
-const TINY = [
-  "--iterations",
-  "2",
-  "--threads",
-  "2",
-  "--set",
-  "network.baseWidth=4",
-  "--set",
-  "network.maxLevels=3",
-  "--set",
-  "optimizer.warmup=1",
-  "--set",
-  "validation.every=0",
-  "--set",
-  "validation.overlap=0",
-  "--set",
-  "loaderWorkers=0",
-  "--set",
-  "images=false",
-];
-
-function ok(r: { code: number; out: string; err: string }, what: string): void {
-  assert.equal(r.code, 0, `${what} failed:\n${r.err}\n${r.out}`);
-}
 
 Deno.test("NIfTI headers as scanners write them: scl_inter -1024, scl_slope 0, uint16, qform only with qfac -1", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "comodal-headers-" });

@@ -302,3 +302,30 @@ export async function writeNnUnetCtMr(
   );
   return { ids, ignoreValue: 3 };
 }
+
+/** CLI flags of a tiny, fast training run (2 iterations, a 3-level width-4 network, no images). */
+export const TINY = [
+  "--iterations",
+  "2",
+  "--threads",
+  "2",
+  "--set",
+  "network.baseWidth=4",
+  "--set",
+  "network.maxLevels=3",
+  "--set",
+  "optimizer.warmup=1",
+  "--set",
+  "validation.every=0",
+  "--set",
+  "validation.overlap=0",
+  "--set",
+  "loaderWorkers=0",
+  "--set",
+  "images=false",
+];
+
+/** Asserts a runCli result exited 0, showing its output otherwise. */
+export function ok(r: { code: number; out: string; err: string }, what: string): void {
+  if (r.code !== 0) throw new Error(`${what} failed (exit ${r.code}):\n${r.err}\n${r.out}`);
+}

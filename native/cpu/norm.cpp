@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/abi_tables.hpp"
 #include "internal.hpp"
 
 namespace cmo {
@@ -90,17 +91,11 @@ void channel_sums(Backend* be, const View& v, int nsums, std::vector<std::vector
 
 // The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
 float act_slope(const cmo_group_norm_params& p, const char* op) {
-  switch (p.activation) {
-    case CMO_NORM_ACT_NONE:
-      return 1.0f;
-    case CMO_NORM_ACT_RELU:
-      return 0.0f;
-    case CMO_NORM_ACT_LEAKY_RELU:
-      if (!std::isfinite(p.alpha)) fail(std::string(op) + ": leaky ReLU slope alpha must be finite");
-      return (float)p.alpha;
-  }
-  fail(std::string(op) + ": unknown activation " + std::to_string(p.activation) +
-       " (0 = none, 1 = ReLU, 2 = leaky ReLU)");
+  float slope = 1.0f;
+  const char* why = "";
+  if (!cmo_abi::norm_activation_slope(p, &slope, &why))
+    fail(std::string(op) + ": " + why + ", got activation " + std::to_string(p.activation));
+  return slope;
 }
 
 // Branch-free so that the loops using them vectorise.

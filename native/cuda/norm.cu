@@ -1,6 +1,7 @@
 // norm.cu — group normalisation (instance norm is groups == C), forward and backward.
 // Statistics are fused: one read of x for the forward statistics (sum and sum of squares in double,
 // per chunk, combined in a fixed order), one read of x and dy for the backward sums.
+#include "../common/abi_tables.hpp"
 #include "internal.cuh"
 #include "plane_sums.cuh"
 
@@ -29,17 +30,11 @@ NormDims check_norm(const Buffer* x, const Buffer* gamma, const cmo_group_norm_p
 
 // The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
 float act_slope(const cmo_group_norm_params& p, const char* op) {
-  switch (p.activation) {
-    case CMO_NORM_ACT_NONE:
-      return 1.0f;
-    case CMO_NORM_ACT_RELU:
-      return 0.0f;
-    case CMO_NORM_ACT_LEAKY_RELU:
-      if (!isfinite(p.alpha)) fail(std::string(op) + ": leaky ReLU slope alpha must be finite");
-      return (float)p.alpha;
-  }
-  fail(std::string(op) + ": unknown activation " + std::to_string(p.activation) +
-       " (0 = none, 1 = ReLU, 2 = leaky ReLU)");
+  float slope = 1.0f;
+  const char* why = "";
+  if (!cmo_abi::norm_activation_slope(p, &slope, &why))
+    fail(std::string(op) + ": " + why + ", got activation " + std::to_string(p.activation));
+  return slope;
 }
 
 // Per (n, c): the affine step z = x * scale + shift from the stored float mean and rstd, computed
