@@ -75,6 +75,14 @@ export { synthesize, SYNTH_TASKS } from "./src/data/synth.ts";
 export { slidingWindowInference } from "./src/infer/sliding_window.ts";
 export { argmaxLabels } from "./src/infer/labels.ts";
 export { assd, dice, evaluateCase, hd95, summarise } from "./src/metrics/metrics.ts";
+export {
+  type EvaluateNiftiOptions,
+  evaluateNiftiCases,
+  type EvaluationReport,
+  formatSummaryTable,
+  loadLabelMap,
+  pairCases,
+} from "./src/metrics/evaluate_files.ts";
 
 export { montagePng, overlayPng } from "./src/viz/overlay.ts";
 export { lineChartSvg } from "./src/viz/chart.ts";
