@@ -9,7 +9,7 @@
  *   map, NaN voxels: each a clear error naming the file.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { readNifti, writeNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
@@ -418,9 +418,23 @@ Deno.test({
       assert.match(
         r.err,
         new RegExp(
-          `Cannot preprocess case ${id}: .*${id}_flair\\.nii\\.gz has 2 NaN/Inf voxel\\(s\\) \\(first at voxel 5,0,0`,
+          `Cannot preprocess case ${id}: .*${id}_flair\\.nii\\.gz has 2 NaN/Inf voxel\\(s\\) \\(first at voxel 5,0,0.*--set nonFinite=zero`,
         ),
       );
+      // The remedy the message names works: the same data trains with NaN voxels set to 0.
+      const again = await runCli([
+        "train",
+        path.join(data, "manifest.yaml"),
+        "--out",
+        path.join(data, "run-zero"),
+        ...TINY,
+        "--set",
+        "patchSize=[4,8,8]",
+        "--set",
+        "nonFinite=zero",
+      ]);
+      ok(again, "train with nonFinite=zero");
+      assert.ok(existsSync(path.join(data, "run-zero", "last.ckpt")), again.out);
     }
   },
 });

@@ -167,7 +167,7 @@ export async function readImageRef(
         opts.id,
         `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${
           d[first]
-        }); fix the file or set nonFinite: "zero"`,
+        }); fix the file, or replace them with 0 (train: --set nonFinite=zero; preprocess: --non-finite zero)`,
       );
     }
     for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) d[i] = 0;
@@ -503,6 +503,11 @@ export interface PreprocessOptions {
   onProgress?: ProgressFn;
   /** Memory for decoded images kept between the two passes (default 2 GiB). */
   cacheBytes?: number;
+  /**
+   * Dataset statistics to use instead of a fingerprint of the training split (prediction on new
+   * data uses the training run's, so CT is clipped and scaled exactly as in training).
+   */
+  fingerprint?: Fingerprint;
 }
 
 /** How one modality of a preprocessed case maps back to its source file. */
@@ -685,40 +690,8 @@ export async function preprocessDataset(
   const crop = opts.crop ?? true;
 
   const cache = new ImageCache(opts.cacheBytes);
-  // Fingerprint, cached by the stamps of the training inputs.
-  const fpInputs = [];
-  for (const c of manifest.cases.filter((c) => c.split === "train")) {
-    for (const [m, ref] of Object.entries(c.images)) {
-      fpInputs.push([
-        c.id,
-        m,
-        await fileStamp(ref),
-        c.labeled ? await fileStamp(labelRefFor(c, m)) : "-",
-      ]);
-    }
-  }
-  const fpKey = sha({
-    v: PREPROCESS_VERSION,
-    fpInputs,
-    classes: manifest.classes,
-    labelMap: manifest.labelMap,
-    kinds: manifest.modalityKinds,
-    mods: manifest.modalities,
-    nf: opts.nonFinite,
-  });
-  const fpFile = path.join(outDir, "fingerprint.json");
-  let fp = await readJsonIf<{ key: string; fingerprint: Fingerprint }>(fpFile);
-  let fingerprintData: Fingerprint;
-  if (fp && fp.key === fpKey && !opts.force) fingerprintData = fp.fingerprint;
-  else {
-    fingerprintData = await fingerprint(manifest, {
-      onProgress: opts.onProgress,
-      nonFinite: opts.nonFinite,
-      cache,
-    });
-    fp = { key: fpKey, fingerprint: fingerprintData };
-    await writeFileAtomic(fpFile, new TextEncoder().encode(JSON.stringify(fp, null, 1)));
-  }
+  const fingerprintData = opts.fingerprint ??
+    await cachedFingerprint(manifest, outDir, opts, cache);
   const target =
     (opts.targetSpacing ? [...opts.targetSpacing] : fingerprintData.targetSpacing) as Vec3;
   if (target.length !== 3 || target.some((v) => !(v > 0))) {
@@ -975,7 +948,11 @@ export async function loadCaseRecord(dir: string, id: string): Promise<Preproces
 }
 
 /** Volume data on a modality's preprocessed grid, as an image the resampler accepts. */
-function onPreprocessedGrid(data: Float32Array, m: PreprocessedModality, frames: number): NiftiImage {
+function onPreprocessedGrid(
+  data: Float32Array,
+  m: PreprocessedModality,
+  frames: number,
+): NiftiImage {
   return {
     data,
     dims: m.dims,
@@ -1041,3 +1018,46 @@ export function labelsToOriginal(labels: ArrayLike<number>, m: PreprocessedModal
 
 /** The RAS reorientation applied to an original grid (exported for inference code that needs it). */
 export { rasReorientation };
+
+/** The training split's fingerprint, cached in outDir by the stamps of the training inputs. */
+async function cachedFingerprint(
+  manifest: Manifest,
+  outDir: string,
+  opts: PreprocessOptions,
+  cache: ImageCache,
+): Promise<Fingerprint> {
+  const fpInputs = [];
+  for (const c of manifest.cases.filter((c) => c.split === "train")) {
+    for (const [m, ref] of Object.entries(c.images)) {
+      fpInputs.push([
+        c.id,
+        m,
+        await fileStamp(ref),
+        c.labeled ? await fileStamp(labelRefFor(c, m)) : "-",
+      ]);
+    }
+  }
+  const fpKey = sha({
+    v: PREPROCESS_VERSION,
+    fpInputs,
+    classes: manifest.classes,
+    labelMap: manifest.labelMap,
+    kinds: manifest.modalityKinds,
+    mods: manifest.modalities,
+    nf: opts.nonFinite,
+  });
+  const fpFile = path.join(outDir, "fingerprint.json");
+  let fp = await readJsonIf<{ key: string; fingerprint: Fingerprint }>(fpFile);
+  let fingerprintData: Fingerprint;
+  if (fp && fp.key === fpKey && !opts.force) fingerprintData = fp.fingerprint;
+  else {
+    fingerprintData = await fingerprint(manifest, {
+      onProgress: opts.onProgress,
+      nonFinite: opts.nonFinite,
+      cache,
+    });
+    fp = { key: fpKey, fingerprint: fingerprintData };
+    await writeFileAtomic(fpFile, new TextEncoder().encode(JSON.stringify(fp, null, 1)));
+  }
+  return fingerprintData;
+}

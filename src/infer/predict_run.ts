@@ -17,8 +17,7 @@
  * @module
  */
 import { existsSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { initBackend } from "../engine.ts";
@@ -31,9 +30,7 @@ import {
 } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
 import {
-  type Fingerprint,
   loadCaseRecord,
-  PREPROCESS_VERSION,
   preprocessDataset,
   probabilitiesToOriginal,
 } from "../data/preprocess.ts";
@@ -180,6 +177,8 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
       const r = init.derive("init", init.nextU32());
       return () => r.next();
     },
+    // The checkpoint holds every weight: the backbone's pretrained file is not needed (or read).
+    pretrained: false,
   });
   let iteration: number;
   try {
@@ -319,27 +318,6 @@ export async function casesFromDataset(
   return fromManifest(m, run, opts.split, root);
 }
 
-/**
- * Writes the training fingerprint where `preprocessDataset` looks for a cached one, under the key it
- * computes for a manifest without training cases, so new data is normalised with the training
- * statistics. `predictCases` checks afterwards that they were used.
- */
-async function seedFingerprint(dir: string, manifest: Manifest, fp: Fingerprint): Promise<void> {
-  const key = createHash("sha256").update(JSON.stringify({
-    v: PREPROCESS_VERSION,
-    fpInputs: [],
-    classes: manifest.classes,
-    labelMap: manifest.labelMap,
-    kinds: manifest.modalityKinds,
-    mods: manifest.modalities,
-    nf: undefined,
-  })).digest("hex").slice(0, 24);
-  await writeFile(
-    path.join(dir, "fingerprint.json"),
-    JSON.stringify({ key, fingerprint: fp }, null, 1),
-  );
-}
-
 function checkCase(c: PredictCase, run: LoadedRun): void {
   if (!/^[A-Za-z0-9._-]+$/.test(c.id)) {
     fail(
@@ -422,11 +400,12 @@ export async function predictCases(
   await mkdir(work, { recursive: true });
   const result: PredictResult = { cases: [], seconds: 0 };
   try {
-    await seedFingerprint(work, manifest, plan.fingerprint);
     const pp = await preprocessDataset(manifest, {
+      fingerprint: plan.fingerprint,
       outDir: work,
       targetSpacing: plan.targetSpacing,
       splits: ["test"],
+      nonFinite: run.config.nonFinite,
     });
     for (const m of plan.modalities) {
       const want = plan.normalization[m], got = pp.fingerprint.perModality[m];

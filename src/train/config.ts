@@ -7,7 +7,11 @@ import { readFileSync } from "node:fs";
 import YAML from "yaml";
 import { z } from "zod";
 
-const triple = z.tuple([z.number().int().positive(), z.number().int().positive(), z.number().int().positive()]);
+const triple = z.tuple([
+  z.number().int().positive(),
+  z.number().int().positive(),
+  z.number().int().positive(),
+]);
 const tripleF = z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]);
 
 /**
@@ -36,7 +40,14 @@ export const VitConfigSchema = z.strictObject({
 });
 
 const VIT_DEFAULTS = {
-  patchSize: 8, dim: 96, depth: 4, heads: 4, mlpRatio: 4, adapterDim: 0, frozenBlocks: 0, prefix: "",
+  patchSize: 8,
+  dim: 96,
+  depth: 4,
+  heads: 4,
+  mlpRatio: 4,
+  adapterDim: 0,
+  frozenBlocks: 0,
+  prefix: "",
   strict: false,
 } as const;
 
@@ -51,7 +62,7 @@ export const TrainConfigSchema = z.strictObject({
   /** Output run folder; default runs/<task>-<method>-<date>-<time>, a new folder per run. */
   out: z.string().optional(),
   method: z.enum(METHODS).default("cmc"),
-  /** Modalities to use (names from the manifest); default: the first two of the task. */
+  /** Modalities to use (names from the manifest); default: all of them (cardiac: the first two). */
   modalities: z.array(z.string()).optional(),
   /** For `supervised`: the one modality it trains on (default: the first). */
   supervisedModality: z.string().optional(),
@@ -65,6 +76,8 @@ export const TrainConfigSchema = z.strictObject({
   patchSize: triple.default([8, 80, 80]),
   /** Target spacing (D, H, W) in mm; default: the median spacing of the training set. */
   targetSpacing: tripleF.optional(),
+  /** NaN/Inf voxels in an image: "error" (default; names the file and the first voxel) or "zero". */
+  nonFinite: z.enum(["error", "zero"]).default("error"),
   network: z.strictObject({
     baseWidth: z.number().int().positive().default(16),
     maxWidth: z.number().int().positive().default(256),
@@ -78,8 +91,16 @@ export const TrainConfigSchema = z.strictObject({
     backbone: z.enum(["unet", "vit"]).default("unet"),
     vit: VitConfigSchema.default(VIT_DEFAULTS),
   }).default({
-    baseWidth: 16, maxWidth: 256, maxLevels: 5, mia: true, fusion: "add", sharedDecoder: false,
-    deepSupervision: 0, norm: "instance", backbone: "unet", vit: VIT_DEFAULTS,
+    baseWidth: 16,
+    maxWidth: 256,
+    maxLevels: 5,
+    mia: true,
+    fusion: "add",
+    sharedDecoder: false,
+    deepSupervision: 0,
+    norm: "instance",
+    backbone: "unet",
+    vit: VIT_DEFAULTS,
   }),
   optimizer: z.strictObject({
     kind: z.enum(["adamw", "sgd"]).default("adamw"),
@@ -88,7 +109,14 @@ export const TrainConfigSchema = z.strictObject({
     momentum: z.number().min(0).max(1).default(0.99),
     schedule: z.enum(["cosine", "poly", "constant"]).default("cosine"),
     warmup: z.number().int().nonnegative().default(50),
-  }).default({ kind: "adamw", lr: 3e-4, weightDecay: 1e-5, momentum: 0.99, schedule: "cosine", warmup: 50 }),
+  }).default({
+    kind: "adamw",
+    lr: 3e-4,
+    weightDecay: 1e-5,
+    momentum: 0.99,
+    schedule: "cosine",
+    warmup: 50,
+  }),
   loss: z.strictObject({
     lambdaCsc: z.number().nonnegative().default(0.1),
     lambdaCac: z.number().nonnegative().default(0.1),
@@ -103,8 +131,15 @@ export const TrainConfigSchema = z.strictObject({
     /** Mutual learning: confidence threshold for pseudo-labels. */
     pseudoThreshold: z.number().min(0).max(1).default(0.7),
   }).default({
-    lambdaCsc: 0.1, lambdaCac: 0.1, rampFraction: 0.4, cscGrid: 4, cscTau: 0.5, cacTau: 0.1,
-    cacMinMass: 1, voxelwise: false, pseudoThreshold: 0.7,
+    lambdaCsc: 0.1,
+    lambdaCac: 0.1,
+    rampFraction: 0.4,
+    cscGrid: 4,
+    cscTau: 0.5,
+    cacTau: 0.1,
+    cacMinMass: 1,
+    voxelwise: false,
+    pseudoThreshold: 0.7,
   }),
   /** EMA teacher for L_cac targets (the mean-teacher method always uses one). */
   meanTeacher: z.boolean().default(false),
@@ -140,7 +175,9 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 
 /** Formats zod issues as "key.path: message" lines. */
 export function formatIssues(issues: z.core.$ZodIssue[]): string {
-  return issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`).join("; ");
+  return issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`).join(
+    "; ",
+  );
 }
 
 /**
@@ -152,7 +189,10 @@ export const TASK_DEFAULTS: Record<string, Record<string, unknown>> = {
   cardiac: { validation: { largestComponent: true } },
 };
 
-function mergeUnder(defaults: Record<string, unknown>, user: Record<string, unknown>): Record<string, unknown> {
+function mergeUnder(
+  defaults: Record<string, unknown>,
+  user: Record<string, unknown>,
+): Record<string, unknown> {
   const out: Record<string, unknown> = { ...defaults };
   for (const [k, v] of Object.entries(user)) {
     const d = out[k];
@@ -183,21 +223,26 @@ function checkCombinations(c: TrainConfig): string[] {
   const v = c.network.vit;
   if (c.network.backbone !== "vit") {
     if (v.weights) {
-      out.push(`network.vit.weights: set, but network.backbone is "${c.network.backbone}" (set network.backbone=vit)`);
+      out.push(
+        `network.vit.weights: set, but network.backbone is "${c.network.backbone}" (set network.backbone=vit)`,
+      );
     }
     return out;
   }
   const p = typeof v.patchSize === "number" ? [v.patchSize, v.patchSize, v.patchSize] : v.patchSize;
   p.forEach((q, a) => {
-    if ((q & (q - 1)) !== 0) out.push(`network.vit.patchSize: ${q} along ${"DHW"[a]} is not a power of 2`);
-    else if (c.patchSize[a] % q !== 0) {
+    if ((q & (q - 1)) !== 0) {
+      out.push(`network.vit.patchSize: ${q} along ${"DHW"[a]} is not a power of 2`);
+    } else if (c.patchSize[a] % q !== 0) {
       out.push(
         `network.vit.patchSize: ${q} does not divide patchSize [${c.patchSize.join(", ")}] along ` +
           `${"DHW"[a]} (${c.patchSize[a]} voxels); choose a patchSize that is a multiple of it`,
       );
     }
   });
-  if (v.dim % v.heads !== 0) out.push(`network.vit.heads: ${v.heads} does not divide network.vit.dim ${v.dim}`);
+  if (v.dim % v.heads !== 0) {
+    out.push(`network.vit.heads: ${v.heads} does not divide network.vit.dim ${v.dim}`);
+  }
   if (v.frozenBlocks > v.depth) {
     out.push(`network.vit.frozenBlocks: ${v.frozenBlocks} exceeds network.vit.depth ${v.depth}`);
   }
@@ -214,7 +259,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   }
   try {
     const v = YAML.parse(text);
-    if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("expected a mapping at the top level");
+    if (v === null || typeof v !== "object" || Array.isArray(v)) {
+      throw new Error("expected a mapping at the top level");
+    }
     return v as Record<string, unknown>;
   } catch (e) {
     throw new Error(`Cannot parse config ${path}: ${(e as Error).message}`);
@@ -225,7 +272,10 @@ export function readConfigFile(path: string): Record<string, unknown> {
  * Applies "a.b.c=value" overrides (value parsed as YAML: numbers, booleans, lists) to a plain object.
  * Unknown keys are caught later by the strict schema, with their full path.
  */
-export function applyOverrides(base: Record<string, unknown>, sets: string[]): Record<string, unknown> {
+export function applyOverrides(
+  base: Record<string, unknown>,
+  sets: string[],
+): Record<string, unknown> {
   const out = structuredClone(base);
   for (const s of sets) {
     const eq = s.indexOf("=");

@@ -152,10 +152,16 @@ export async function prepareData(
   const ppDir = path.join(
     cacheRoot(),
     "preprocessed",
-    `${manifest.task}-${shortHash(source + JSON.stringify(c.targetSpacing ?? null))}`,
+    `${manifest.task}-${
+      shortHash(
+        source + JSON.stringify(c.targetSpacing ?? null) +
+          (c.nonFinite === "zero" ? "nonfinite=zero" : ""),
+      )
+    }`,
   );
   const plan = await preprocessDataset(manifest, {
     outDir: ppDir,
+    nonFinite: c.nonFinite,
     targetSpacing: c.targetSpacing
       ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]]
       : undefined,
