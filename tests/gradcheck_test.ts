@@ -20,21 +20,10 @@ import {
   probeBackends,
   useBackend,
 } from "./op_invoke.ts";
+import { seededRng as rng } from "../src/ops/test_util.ts";
 
 /** COMODAL_GRADCHECK_VERBOSE=1 prints how close each check came to its tolerance. */
 const VERBOSE = Deno.env.get("COMODAL_GRADCHECK_VERBOSE") === "1";
-
-/** Deterministic uniform [0,1) generator (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function normal(r: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());

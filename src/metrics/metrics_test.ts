@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert";
 import { assd, dice, evaluateCase, hd95, metricsToJson, percentile, summarise } from "./metrics.ts";
 import { surfaceDistances, surfaceMask } from "./surface.ts";
+import { seededRng as rng } from "../ops/test_util.ts";
 
 type D3 = [number, number, number];
 
@@ -8,17 +9,6 @@ function close(got: number, want: number, tol = 1e-9, msg = ""): void {
   if (!(Math.abs(got - want) <= tol)) {
     throw new Error(`${msg} expected ${want} +- ${tol}, got ${got}`);
   }
-}
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Labels `value` inside the box [lo, hi) per axis. */

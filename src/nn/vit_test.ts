@@ -29,17 +29,7 @@ import {
   VitEncoder,
   type VitSettings,
 } from "./vit.ts";
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRng as rng } from "../ops/test_util.ts";
 
 function randn(n: number, r: () => number, scale = 1): Float32Array {
   return Float32Array.from(
