@@ -11,6 +11,11 @@
  * writes one label map per predicted modality on that modality's original grid, as
  * <outDir>/<caseId>_<modality>.nii.gz (class indices, background 0; written atomically).
  *
+ * A case may lack some of the run's modalities (unpaired data such as AMOS, where CT and MRI come
+ * from different patients) when the run stores stand-ins for them (<run>/partners/, written at the
+ * end of training on unpaired data; src/infer/partners.ts): the stand-in is re-centred on the
+ * case's grid as in validation, and only the modalities the case has get a label map.
+ *
  * Cases come from a folder of <caseId>_<modality>.nii(.gz) files (`casesFromFolder`), a manifest
  * (`casesFromManifest`) or a dataset folder in a known layout (`casesFromDataset`).
  *
@@ -29,11 +34,7 @@ import {
   refPath,
 } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
-import {
-  loadCaseRecord,
-  preprocessDataset,
-  probabilitiesToOriginal,
-} from "../data/preprocess.ts";
+import { loadCaseRecord, preprocessDataset, probabilitiesToOriginal } from "../data/preprocess.ts";
 import { loadUnlabeledCase } from "../data/cases.ts";
 import { readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
@@ -42,6 +43,8 @@ import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan } from "../train/run.ts";
 import type { PreparedData } from "../train/data.ts";
 import { finalLabels, predictCase } from "../train/validate.ts";
+import type { Volume } from "../data/cases.ts";
+import { loadPartners, partnerFiles } from "./partners.ts";
 
 export interface LoadRunOptions {
   /** "best" (default; last.ckpt when the run has no best.ckpt), "last", or a checkpoint file. */
@@ -61,6 +64,8 @@ export interface LoadedRun {
   /** The checkpoint file the weights came from, and its iteration. */
   checkpoint: string;
   iteration: number;
+  /** Stored stand-ins for modalities a case lacks (unpaired runs; empty otherwise). */
+  partners: Record<string, Volume>;
   dispose(): void;
 }
 
@@ -161,6 +166,7 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
     );
   }
   const file = resolveCheckpoint(dir, opts.checkpoint);
+  const partners = await loadPartners(dir, plan.modalities);
   initBackend({
     device: opts.device ?? config.device,
     threads: (opts.threads ?? config.threads) || undefined,
@@ -188,7 +194,16 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
     throw e;
   }
   model.student.setTraining(false);
-  return { dir, config, plan, model, checkpoint: file, iteration, dispose: () => model.dispose() };
+  return {
+    dir,
+    config,
+    plan,
+    model,
+    checkpoint: file,
+    iteration,
+    partners,
+    dispose: () => model.dispose(),
+  };
 }
 
 const NIFTI_RE = /\.nii(\.gz)?$/i;
@@ -277,11 +292,11 @@ function fromManifest(
   split: string | undefined,
   source: string,
 ): PredictCase[] {
-  const missing = run.plan.modalities.filter((x) => !m.modalities.includes(x));
-  if (missing.length) {
+  // Cases lacking a modality are checked one by one (unpaired runs store stand-ins; checkCase).
+  if (!run.plan.modalities.some((x) => m.modalities.includes(x))) {
     fail(
       `Cannot predict ${source}`,
-      `it has no ${missing.join(", ")} modality (the model reads ${
+      `it has none of the model's modalities (the model reads ${
         run.plan.modalities.join(", ")
       }; the data has ${m.modalities.join(", ")})`,
     );
@@ -325,14 +340,26 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
       "case ids may use letters, digits, '.', '_' and '-' only",
     );
   }
-  const have = Object.keys(c.images);
+  const have = run.plan.modalities.filter((m) => c.images[m] !== undefined);
+  const reads = `the model reads ${run.plan.modalities.join(", ")}; the case has ${
+    Object.keys(c.images).join(", ") || "none"
+  }`;
+  if (have.length === 0) {
+    fail(`Cannot predict case ${c.id}`, `it has no image the model reads (${reads})`);
+  }
   for (const m of run.plan.modalities) {
-    if (!(m in c.images)) {
+    if (c.images[m] === undefined) {
+      if (run.partners[m]) continue;
       fail(
         `Cannot predict case ${c.id}`,
-        `it has no ${m} image (the model reads ${run.plan.modalities.join(", ")}; the case has ${
-          have.join(", ") || "none"
-        })`,
+        `it has no ${m} image (${reads}), and run ${run.dir} stores no stand-in ${m} volume ` +
+          `(${
+            path.relative(run.dir, partnerFiles(run.dir, m).nifti)
+          }) to pair it with. Runs store ` +
+          `stand-ins only when trained on unpaired data (cases lacking a modality); this run was ` +
+          `trained on paired data, or before runs stored them, so give every case all of ${
+            run.plan.modalities.join(", ")
+          }`,
       );
     }
     const p = refPath(c.images[m]);
@@ -388,7 +415,9 @@ export async function predictCases(
     ...(plan.dataset.labelMap ? { labelMap: plan.dataset.labelMap } : {}),
     cases: cases.map((c) => ({
       id: c.id,
-      images: Object.fromEntries(plan.modalities.map((m) => [m, c.images[m]])),
+      images: Object.fromEntries(
+        plan.modalities.filter((m) => c.images[m] !== undefined).map((m) => [m, c.images[m]]),
+      ),
       labeled: false,
       split: "test" as const,
       ...(c.aligned !== undefined ? { aligned: c.aligned } : {}),
@@ -439,7 +468,12 @@ export async function predictCases(
     for (const c of cases) {
       const rec = await loadCaseRecord(work, c.id);
       const cs = await loadUnlabeledCase(work, rec, { modalities: plan.modalities });
-      const probs = await predictCase(run.model, data, cs, { patch: plan.patch, config });
+      // Only the modalities the case has are predicted; a missing one gets the run's stand-in.
+      const probs = await predictCase(run.model, data, cs, {
+        patch: plan.patch,
+        config,
+        partners: run.partners,
+      });
       const files: Record<string, string> = {};
       for (const [o, p] of probs) {
         const m = plan.modalities[o];

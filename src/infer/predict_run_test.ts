@@ -9,6 +9,10 @@ import { readNifti } from "../data/nifti.ts";
 import { loadCaseRecord } from "../data/preprocess.ts";
 import { parseTrainConfig } from "../train/config.ts";
 import { modelSignature, type RunPlan, trainTask } from "../train/run.ts";
+import { recentreOn } from "../train/validate.ts";
+import type { Volume } from "../data/cases.ts";
+import { apply4 } from "../data/affine.ts";
+import { cropCentre } from "./partners.ts";
 import { main } from "../../cli/main.ts";
 import { casesFromDataset, casesFromFolder, loadRun, predictCases } from "./predict_run.ts";
 
@@ -65,6 +69,8 @@ Deno.test({
   fn: async () => {
     const dir = await tinyRun();
     assert.ok(existsSync(path.join(dir, "plan.json")));
+    // Paired data: no stand-ins for missing modalities are stored.
+    assert.ok(!existsSync(path.join(dir, "partners")));
     const run = await loadRun(dir, { checkpoint: "best" });
     try {
       // No validation during training: best.ckpt is written by the final evaluation (iteration 3).
@@ -230,7 +236,12 @@ Deno.test({
       copyFileSync(path.join(synthDir, "patient1_C0.nii.gz"), path.join(input, "only_C0.nii.gz"));
       await assert.rejects(
         async () => predictCases(run, await casesFromFolder(input, run), { outDir: out }),
-        /Cannot predict case only: it has no LGE image \(the model reads C0, LGE; the case has C0\)/,
+        (e: Error) =>
+          e.message.startsWith(
+            "Cannot predict case only: it has no LGE image (the model reads C0, LGE; the case has C0)",
+          ) &&
+          e.message.includes("stores no stand-in LGE volume (partners/LGE.nii.gz)") &&
+          e.message.includes("trained on paired data"),
       );
       const bad = path.join(input, "only_LGE.nii.gz");
       writeFileSync(bad, new Uint8Array(400).fill(7));
@@ -247,4 +258,38 @@ Deno.test({
       run.dispose();
     }
   },
+});
+
+Deno.test("recentreOn moves a stand-in's grid centre onto the reference's, nothing else", () => {
+  const c = Math.cos(0.3), s = Math.sin(0.3);
+  const src: Volume = {
+    data: new Float32Array(4 * 6 * 3).map((_, i) => i),
+    dims: [4, 6, 3],
+    spacing: [2, 1.5, 5],
+    affine: [2 * c, -1.5 * s, 0, 10, 2 * s, 1.5 * c, 0, -20, 0, 0, 5, 7, 0, 0, 0, 1],
+    padValue: -1,
+  };
+  const ref: Volume = {
+    data: new Float32Array(9 * 5 * 2),
+    dims: [9, 5, 2],
+    spacing: [1, 1, 3],
+    affine: [-1, 0, 0, 100, 0, -1, 0, 50, 0, 0, 3, -30, 0, 0, 0, 1],
+    padValue: 0,
+  };
+  const centre = (v: Volume) => apply4(v.affine, v.dims.map((d) => (d - 1) / 2));
+  const out = recentreOn(src, ref);
+  centre(out).forEach((x, i) => assert.ok(Math.abs(x - centre(ref)[i]) < 1e-9));
+  for (const k of [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15]) {
+    assert.equal(out.affine[k], src.affine[k]);
+  }
+  assert.equal(out.data, src.data);
+  assert.deepEqual([out.dims, out.spacing, out.padValue], [src.dims, src.spacing, src.padValue]);
+  assert.deepEqual(src.affine[3], 10, "the source is not modified");
+  // A centred crop (as stored in <run>/partners/) keeps the centre within half a voxel.
+  const { volume, lo, hi } = cropCentre(src, [2, 6, 2]);
+  assert.deepEqual([lo, hi, volume.dims], [[1, 0, 0], [3, 6, 2], [2, 6, 2]]);
+  assert.equal(volume.data[0], src.data[1]);
+  assert.equal(volume.data[2 * 6], src.data[4 * 6 + 1]);
+  const shift = centre(volume).map((x, i) => x - centre(src)[i]);
+  assert.ok(Math.hypot(...shift) <= 0.5 * 5 + 1e-9);
 });

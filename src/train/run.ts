@@ -28,6 +28,7 @@ import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from ".
 import { prepareData, type PreparedData } from "./data.ts";
 import { evaluateValidation, type ValidationResult } from "./validate.ts";
 import type { MetricsSummary } from "../metrics/metrics.ts";
+import { writePartners } from "../infer/partners.ts";
 
 export interface TrainTaskOptions {
   /** Continue from <out>/last.ckpt. */
@@ -319,6 +320,8 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     await loader.close();
   }
   save(last, trainer.ctx.iteration);
+  // Unpaired data: stand-ins for missing modalities, so `predict` needs no training data.
+  await writePartners(outDir, data, patch);
 
   let metrics: MetricsSummary | null = null;
   let summaryText = `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;

@@ -59,18 +59,45 @@ function gridKey(v: Volume): string {
 }
 
 /**
- * A stand-in volume for a modality the case lacks (unpaired data): the first training case that
- * has it, shifted so its centre lies on the reference grid's centre — the same kind of partner the
- * model saw in training, where unpaired modalities come from other patients.
+ * The training volume that stands in for modality `m` when a case lacks it (unpaired data): the
+ * first training case (labeled, then unlabeled) that has it. Runs trained on such data store a
+ * crop of this volume as <run>/partners/<m>.nii.gz for `predict` (src/infer/partners.ts).
  */
-function partnerVolume(data: PreparedData, m: string, ref: Volume): Volume {
-  const src = [...data.labeled, ...data.unlabeled].find((c) => c.volumes[m] !== undefined)?.volumes[m];
-  if (!src) throw new Error(`Cannot predict: no training case has modality ${m} to pair with`);
-  const centre = (v: Volume) => [0, 1, 2].map((r) => v.affine[r * 4 + 3] + [0, 1, 2].reduce((a, c) => a + v.affine[r * 4 + c] * (v.dims[c] - 1) / 2, 0));
+export function partnerSource(data: PreparedData, m: string): Volume | undefined {
+  return [...data.labeled, ...data.unlabeled].find((c) => c.volumes[m] !== undefined)?.volumes[m];
+}
+
+/**
+ * `src` moved so the centre of its grid lies on the centre of `ref`'s grid (world coordinates):
+ * same voxels, spacing and orientation, only the affine's translation changes. Used for the
+ * stand-in of a missing modality, in validation and in `predict`.
+ */
+export function recentreOn(src: Volume, ref: Volume): Volume {
+  const centre = (v: Volume) =>
+    [0, 1, 2].map((r) =>
+      v.affine[r * 4 + 3] +
+      [0, 1, 2].reduce((a, c) => a + v.affine[r * 4 + c] * (v.dims[c] - 1) / 2, 0)
+    );
   const a = centre(src), b = centre(ref);
   const affine = [...src.affine];
   for (let r = 0; r < 3; r++) affine[r * 4 + 3] += b[r] - a[r];
   return { ...src, affine };
+}
+
+/**
+ * A stand-in volume for a modality the case lacks (unpaired data): the given partner (`predict`:
+ * the run's stored one) or `partnerSource`, re-centred on the reference grid — the same kind of
+ * partner the model saw in training, where unpaired modalities come from other patients.
+ */
+function partnerVolume(
+  data: PreparedData,
+  m: string,
+  ref: Volume,
+  partners?: Readonly<Record<string, Volume>>,
+): Volume {
+  const src = partners?.[m] ?? partnerSource(data, m);
+  if (!src) throw new Error(`Cannot predict: no training case has modality ${m} to pair with`);
+  return recentreOn(src, ref);
 }
 
 /** Probabilities [K, z, y, x] on the preprocessed grid of each predicted modality the case has. */
@@ -78,7 +105,12 @@ export async function predictCase(
   model: MethodModel,
   data: PreparedData,
   cs: { id: string; volumes: Readonly<Record<string, Volume>> },
-  opts: { patch: [number, number, number]; config: TrainConfig },
+  opts: {
+    patch: [number, number, number];
+    config: TrainConfig;
+    /** Stand-ins for modalities the case lacks (default: `partnerSource`'s training volumes). */
+    partners?: Readonly<Record<string, Volume>>;
+  },
 ): Promise<Map<number, Float32Array>> {
   const mods = data.modalities;
   const K = data.classes.length;
@@ -92,7 +124,7 @@ export async function predictCase(
   for (const outs of groups.values()) {
     const ref = cs.volumes[mods[outs[0]]];
     const inputs = mods.map((m) => {
-      const v = cs.volumes[m] ?? partnerVolume(data, m, ref);
+      const v = cs.volumes[m] ?? partnerVolume(data, m, ref, opts.partners);
       return gridKey(v) === gridKey(ref) ? v.data : resampleOnto(v, ref);
     });
     const dims: [number, number, number] = [ref.dims[2], ref.dims[1], ref.dims[0]];
