@@ -177,6 +177,27 @@ Deno.test({
     const metrics = JSON.parse(readFileSync(path.join(out, "metrics.json"), "utf8"));
     assert.deepEqual(Object.keys(metrics.summary.perClass).sort(), ["pz", "tz"]);
 
+    // Without patchSize the patch is planned from the median image within patchVoxels.
+    const auto = path.join(root, "run-auto");
+    const r = await runCli([
+      "train",
+      manifestFile,
+      "--out",
+      auto,
+      ...TINY,
+      "--set",
+      "patchVoxels=4096",
+    ]);
+    ok(r, "train with a planned patch");
+    const planned =
+      JSON.parse(readFileSync(path.join(auto, "plan.json"), "utf8")).network.patchSize;
+    assert.match(
+      r.err + r.out,
+      new RegExp(`Patch size \\[${planned.join(", ")}\\] \\(D, H, W\\), planned`),
+    );
+    assert.ok(planned[0] * planned[1] * planned[2] <= 4096, `${planned}`);
+    assert.ok(planned[1] > planned[0], `thick slices: fewer voxels along D (${planned})`);
+
     // predict the whole dataset folder (4-D files, frames by modality) and evaluate one case.
     const preds = path.join(root, "preds");
     ok(

@@ -56,7 +56,11 @@ export function planUNet(opts: PlanOptions): UNetPlan {
     const m = Math.min(...sp);
     return sp.map((s) => (s <= 2 * m ? 3 : 1)) as Triple;
   };
-  const levels: LevelPlan[] = [{ kernel: kernelFor(spacing), stride: [1, 1, 1], width: widthAt(0) }];
+  const levels: LevelPlan[] = [{
+    kernel: kernelFor(spacing),
+    stride: [1, 1, 1],
+    width: widthAt(0),
+  }];
   while (levels.length < maxLevels) {
     const m = Math.min(...spacing);
     const stride = [0, 1, 2].map((a) =>
@@ -78,4 +82,40 @@ export function planDivisor(plan: UNetPlan): Triple {
   const f: Triple = [1, 1, 1];
   for (const l of plan.levels) for (let a = 0; a < 3; a++) f[a] *= l.stride[a];
   return f;
+}
+
+/**
+ * An nnU-Net-style patch size (D, H, W) for images of median shape `shape` (voxels at the target
+ * spacing `spacing`, both D, H, W). Every axis is kept at a multiple of the largest power of two (up
+ * to 16) that leaves at least 4 voxels after pooling, so the network can downsample it. Starting
+ * from the whole median image, the axis with the largest physical extent (mm) is shrunk by one such
+ * step until the patch holds at most `budget` voxels.
+ */
+export function autoPatchSize(shape: Triple, spacing: Triple, budget: number): Triple {
+  if (shape.some((s) => !(s >= 1)) || spacing.some((s) => !(s > 0)) || !(budget >= 1)) {
+    throw new Error(
+      `Automatic patch size: median shape [${shape}], spacing [${spacing}] and voxel budget ${budget} must be positive`,
+    );
+  }
+  const step = (v: number) => {
+    let m = 1;
+    while (m < 16 && v / (2 * m) >= 4) m *= 2;
+    return m;
+  };
+  const snap = (v: number) => {
+    const m = step(v);
+    return Math.max(m, Math.round(v / m) * m);
+  };
+  const p = shape.map((s) => snap(Math.max(1, Math.round(s)))) as Triple;
+  while (p[0] * p[1] * p[2] > budget) {
+    let a = -1;
+    for (let b = 0; b < 3; b++) {
+      if (p[b] <= 1) continue;
+      if (a < 0 || p[b] * spacing[b] > p[a] * spacing[a]) a = b;
+    }
+    if (a < 0) break;
+    const m = step(p[a] - 1);
+    p[a] = Math.max(1, Math.floor((p[a] - 1) / m) * m);
+  }
+  return p;
 }

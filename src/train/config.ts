@@ -72,8 +72,13 @@ export const TrainConfigSchema = z.strictObject({
   iterations: z.number().int().positive().default(600),
   batchLabeled: z.number().int().positive().default(1),
   batchUnlabeled: z.number().int().nonnegative().default(1),
-  /** Patch size (D, H, W) in voxels at the target spacing. */
-  patchSize: triple.default([8, 80, 80]),
+  /**
+   * Patch size (D, H, W) in voxels at the target spacing. Default: planned from the training images'
+   * median shape and spacing within patchVoxels (nnU-Net style); the cardiac task uses [8, 80, 80].
+   */
+  patchSize: triple.optional(),
+  /** Voxel budget of the planned patch (default 8*80*80 = 51200 on the CPU, 128^3 on CUDA). */
+  patchVoxels: z.number().int().positive().optional(),
   /** Target spacing (D, H, W) in mm; default: the median spacing of the training set. */
   targetSpacing: tripleF.optional(),
   /** NaN/Inf voxels in an image: "error" (default; names the file and the first voxel) or "zero". */
@@ -186,7 +191,7 @@ export function formatIssues(issues: z.core.$ZodIssue[]): string {
  * component (removes isolated false positives, as nnU-Net's post-processing does).
  */
 export const TASK_DEFAULTS: Record<string, Record<string, unknown>> = {
-  cardiac: { validation: { largestComponent: true } },
+  cardiac: { patchSize: [8, 80, 80], validation: { largestComponent: true } },
 };
 
 function mergeUnder(
@@ -217,6 +222,13 @@ export function parseTrainConfig(input: unknown, source = "training config"): Tr
   return r.data;
 }
 
+/** The ViT token patch (D, H, W) of a config, or null with the U-Net backbone. */
+export function vitTokenPatch(c: TrainConfig): [number, number, number] | null {
+  if (c.network.backbone !== "vit") return null;
+  const p = c.network.vit.patchSize;
+  return typeof p === "number" ? [p, p, p] : [p[0], p[1], p[2]];
+}
+
 /** Checks across keys that the schema cannot express; returns "key.path: message" lines. */
 function checkCombinations(c: TrainConfig): string[] {
   const out: string[] = [];
@@ -233,7 +245,7 @@ function checkCombinations(c: TrainConfig): string[] {
   p.forEach((q, a) => {
     if ((q & (q - 1)) !== 0) {
       out.push(`network.vit.patchSize: ${q} along ${"DHW"[a]} is not a power of 2`);
-    } else if (c.patchSize[a] % q !== 0) {
+    } else if (c.patchSize && c.patchSize[a] % q !== 0) {
       out.push(
         `network.vit.patchSize: ${q} does not divide patchSize [${c.patchSize.join(", ")}] along ` +
           `${"DHW"[a]} (${c.patchSize[a]} voxels); choose a patchSize that is a multiple of it`,

@@ -23,6 +23,7 @@ import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
+import { medianShape, resolvePatchSize } from "./patch.ts";
 import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
@@ -195,15 +196,23 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
 
   // Network plan from the patch size (D, H, W) and the target spacing (x, y, z) reversed to (D, H, W).
   const spacingDHW = [data.targetSpacing[2], data.targetSpacing[1], data.targetSpacing[0]] as Triple;
+  const wanted = resolvePatchSize(c, data);
+  if (wanted.planned && !opts.quiet) {
+    console.error(
+      `Patch size [${wanted.patch.join(", ")}] (D, H, W), planned from the median training image ` +
+        `[${medianShape(data).join(", ")}] at spacing [${spacingDHW.map((v) => +v.toFixed(3)).join(", ")}] mm; ` +
+        `set patchSize or patchVoxels to change it`,
+    );
+  }
   let plan = planUNet({
-    patchSize: c.patchSize as Triple,
+    patchSize: wanted.patch,
     spacing: spacingDHW,
     maxLevels: c.network.maxLevels,
     baseWidth: c.network.baseWidth,
     maxWidth: c.network.maxWidth,
   });
-  const patch = fitPatch(c.patchSize as Triple, plan);
-  if (patch.join() !== c.patchSize.join()) plan = { ...plan, patchSize: patch };
+  const patch = fitPatch(wanted.patch, plan);
+  if (patch.join() !== wanted.patch.join()) plan = { ...plan, patchSize: patch };
 
   const rootRng = new Rng(c.seed, "model");
   const model = buildMethod({

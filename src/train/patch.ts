@@ -1,0 +1,55 @@
+/**
+ * The training patch size: the config's, or one planned from the training images (nnU-Net style).
+ * @module
+ */
+import { autoPatchSize } from "../nn/plan.ts";
+import type { Triple } from "../nn/layers.ts";
+import { type TrainConfig, vitTokenPatch } from "./config.ts";
+import type { PreparedData } from "./data.ts";
+
+/** Voxel budget of a planned patch: 8x80x80 on the CPU, 128^3 on CUDA. */
+export function defaultPatchVoxels(device: TrainConfig["device"]): number {
+  return device === "cuda" ? 128 ** 3 : 8 * 80 * 80;
+}
+
+/** Per-axis median (D, H, W) of the training images' shapes at the target spacing, after the crop. */
+export function medianShape(data: Pick<PreparedData, "labeled" | "unlabeled">): Triple {
+  const shapes: Triple[] = [];
+  for (const c of [...data.labeled, ...data.unlabeled]) {
+    for (const v of Object.values(c.volumes)) shapes.push([v.dims[2], v.dims[1], v.dims[0]]);
+  }
+  if (shapes.length === 0) throw new Error("Cannot plan a patch size: no training images");
+  return [0, 1, 2].map((a) => {
+    const s = shapes.map((x) => x[a]).sort((p, q) => p - q);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : Math.round((s[m - 1] + s[m]) / 2);
+  }) as Triple;
+}
+
+/**
+ * The patch size (D, H, W) to train with: config.patchSize when given, else planned from the
+ * median training shape and target spacing within config.patchVoxels; with the ViT backbone, each
+ * axis is rounded up to a multiple of the token patch.
+ */
+export function resolvePatchSize(
+  c: TrainConfig,
+  data: PreparedData,
+): { patch: Triple; planned: boolean } {
+  let patch: Triple;
+  let planned = false;
+  if (c.patchSize) patch = [...c.patchSize] as Triple;
+  else {
+    const s = data.targetSpacing;
+    patch = autoPatchSize(
+      medianShape(data),
+      [s[2], s[1], s[0]],
+      c.patchVoxels ?? defaultPatchVoxels(c.device),
+    );
+    planned = true;
+  }
+  const tok = vitTokenPatch(c);
+  if (tok && planned) {
+    patch = patch.map((p, a) => Math.max(tok[a], Math.ceil(p / tok[a]) * tok[a])) as Triple;
+  }
+  return { patch, planned };
+}
