@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <new>
 #include <string>
 #include <unordered_map>
@@ -117,8 +119,47 @@ int64_t available_memory_bytes() {
   return (int64_t)si.freeram * (int64_t)si.mem_unit + (int64_t)si.bufferram * (int64_t)si.mem_unit;
 }
 
+// Opt-in allocation trace (COMODAL_ALLOC_TRACE=<file>): one line per buffer, "a <id> <bytes>" when
+// created and "f <id>" when released, ids numbered from 1 in creation order. Used to replay a real
+// training step through the CUDA backend's caching allocator on the host
+// (native/cuda/tests/test_allocator_host.cpp). When unset it costs one load of a null pointer.
+struct AllocTrace {
+  std::mutex mu;
+  FILE* f = nullptr;
+  uint64_t next_id = 1;
+  std::unordered_map<const void*, uint64_t> ids;
+  static AllocTrace* get() {
+    static AllocTrace* t = [] () -> AllocTrace* {
+      const char* path = std::getenv("COMODAL_ALLOC_TRACE");
+      if (path == nullptr || *path == 0) return nullptr;
+      FILE* f = std::fopen(path, "w");
+      if (f == nullptr) return nullptr;
+      AllocTrace* t = new AllocTrace();  // never deleted: buffers may be released at exit
+      t->f = f;
+      return t;
+    }();
+    return t;
+  }
+  void created(const void* p, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    uint64_t id = next_id++;
+    ids[p] = id;
+    std::fprintf(f, "a %llu %lld\n", (unsigned long long)id, (long long)bytes);
+    std::fflush(f);
+  }
+  void released(const void* p) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = ids.find(p);
+    if (it == ids.end()) return;
+    std::fprintf(f, "f %llu\n", (unsigned long long)it->second);
+    std::fflush(f);
+    ids.erase(it);
+  }
+};
+
 void release_impl(Buffer* b) {
   Backend* be = b->backend;
+  if (AllocTrace* t = AllocTrace::get()) t->released(b->data);
   size_t n = BlockPool::round((size_t)std::max<int64_t>(b->bytes, 1));
   if (be->destroyed || !be->pool.give(b->data, n)) std::free(b->data);
   be->live_bytes -= b->bytes;
@@ -255,6 +296,7 @@ Buffer* alloc_buffer(Backend* be, const Shape& shape, cmo_dtype dtype, cmo_layou
   b->layout = layout;
   b->data = data;
   b->bytes = bytes;
+  if (AllocTrace* t = AllocTrace::get()) t->created(data, bytes);
   be->live_buffers++;
   int64_t now = (be->live_bytes += bytes);
   int64_t peak = be->peak_bytes.load();

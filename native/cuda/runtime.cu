@@ -14,20 +14,38 @@
 #include <vector>
 
 #include "../common/abi_tables.hpp"
+#include "block_allocator.hpp"
 #include "cudnn_api.hpp"
 #include "internal.cuh"
 
 namespace cmocu {
 
-// Caching allocator: blocks are cudaMalloc'ed once and kept; freed blocks go to a size-ordered free
-// list and are handed out again to requests of a similar size. All work of a backend runs on its
-// one stream, so a block freed after queuing work that reads it can be reused by later work.
+// Caching allocator: segments are cudaMalloc'ed and kept; requests are served best-fit from
+// sub-blocks of them, split and coalesced (block_allocator.hpp has the policy). All work of a backend
+// runs on its one stream, so a block freed after queuing work that reads it can be reused by later
+// work at once. Segments are cudaFree'd only by pool_release_cached (stream idle) and when cudaMalloc
+// fails (the allocator then releases the entirely-free segments after synchronising and retries).
 struct Pool {
   std::mutex mu;
-  std::multimap<size_t, void*> free_blocks;
-  std::unordered_map<void*, size_t> block_size;  // every block the pool owns
-  size_t reserved = 0;                           // bytes held from cudaMalloc (in use + cached)
-  size_t cached = 0;                             // bytes in free_blocks
+  cudaError_t last_error = cudaSuccess;  // of the latest failed cudaMalloc (guarded by mu)
+  cmo_alloc::BlockAllocator blocks;
+  explicit Pool(const cudaStream_t* stream)
+      : blocks(
+            [this](size_t n) -> void* {
+              void* p = nullptr;
+              cudaError_t err = cudaMalloc(&p, n);
+              if (err != cudaSuccess) {
+                cudaGetLastError();
+                last_error = err;
+                return nullptr;
+              }
+              return p;
+            },
+            [](void* p) { cudaFree(p); }) {
+    blocks.set_before_release([stream] {
+      if (*stream) cudaStreamSynchronize(*stream);
+    });
+  }
 };
 
 struct Backend {
@@ -41,7 +59,7 @@ struct Backend {
   std::atomic<int64_t> live_buffers{0};
   std::atomic<int64_t> live_bytes{0};
   std::atomic<int64_t> peak_bytes{0};
-  Pool pool;
+  Pool pool{&stream};
   std::mutex cache_mu;
   std::unordered_map<std::string, std::shared_ptr<void>> cache;
 };
@@ -81,65 +99,35 @@ std::string device_memory_text(int device) {
   return std::to_string(free_b) + " bytes free of " + std::to_string(total_b);
 }
 
-size_t round_size(size_t n) {
-  if (n <= (1u << 20)) return (n + 511) & ~size_t(511);
-  return (n + (2u << 20) - 1) & ~size_t((2u << 20) - 1);
-}
-
 void pool_release_cached(Backend* be) {
   // Caller holds be->pool.mu; the stream must be idle so no queued work uses the blocks.
-  for (auto& kv : be->pool.free_blocks) {
-    cudaFree(kv.second);
-    be->pool.block_size.erase(kv.second);
-    be->pool.reserved -= kv.first;
-  }
-  be->pool.free_blocks.clear();
-  be->pool.cached = 0;
+  be->pool.blocks.release_cached();
 }
 
 void* pool_alloc(Backend* be, size_t bytes, const std::string& what) {
   if (bytes == 0) return nullptr;
-  size_t want = round_size(bytes);
   std::lock_guard<std::mutex> lock(be->pool.mu);
-  auto it = be->pool.free_blocks.lower_bound(want);
-  if (it != be->pool.free_blocks.end() && it->first <= want + want / 4 + 4096) {
-    void* p = it->second;
-    be->pool.cached -= it->first;
-    be->pool.free_blocks.erase(it);
-    return p;
-  }
-  void* p = nullptr;
-  cudaError_t err = cudaMalloc(&p, want);
-  if (err == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
-    cudaStreamSynchronize(be->stream);
-    pool_release_cached(be);
-    err = cudaMalloc(&p, want);
-  }
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    if (err == cudaErrorMemoryAllocation)
-      throw Error(CMO_ERR_OUT_OF_MEMORY,
-                  "out of device memory: requested " + std::to_string(bytes) + " bytes for " + what +
-                      " on " + be->device_name + ", " + device_memory_text(be->device) +
-                      " (the pool holds " + std::to_string(be->pool.reserved) +
-                      " bytes); use a smaller patch or batch, or use the CPU backend "
-                      "(COMODAL_DEVICE=cpu)");
-    throw Error(CMO_ERR_BACKEND, "cudaMalloc of " + std::to_string(bytes) + " bytes for " + what +
-                                     " failed: " + cudaGetErrorString(err));
-  }
-  be->pool.block_size[p] = want;
-  be->pool.reserved += want;
-  return p;
+  be->pool.last_error = cudaSuccess;
+  void* p = be->pool.blocks.allocate(bytes);
+  if (p != nullptr) return p;
+  // No block: cudaMalloc failed, also after the cached segments were released (or the request is
+  // beyond any device, refused before cudaMalloc: reported as out of memory too).
+  cudaError_t err = be->pool.last_error == cudaSuccess ? cudaErrorMemoryAllocation : be->pool.last_error;
+  if (err == cudaErrorMemoryAllocation)
+    throw Error(CMO_ERR_OUT_OF_MEMORY,
+                "out of device memory: requested " + std::to_string(bytes) + " bytes for " + what + " on " +
+                    be->device_name + ", " + device_memory_text(be->device) + " (the pool holds " +
+                    std::to_string(be->pool.blocks.stats().reserved) +
+                    " bytes); use a smaller patch or batch, or use the CPU backend "
+                    "(COMODAL_DEVICE=cpu)");
+  throw Error(CMO_ERR_BACKEND, "cudaMalloc of " + std::to_string(bytes) + " bytes for " + what +
+                                   " failed: " + cudaGetErrorString(err));
 }
 
 void pool_free(Backend* be, void* p) {
   if (p == nullptr) return;
   std::lock_guard<std::mutex> lock(be->pool.mu);
-  auto it = be->pool.block_size.find(p);
-  if (it == be->pool.block_size.end()) return;
-  be->pool.free_blocks.emplace(it->second, p);
-  be->pool.cached += it->second;
+  be->pool.blocks.free(p);  // a pointer the pool does not own is ignored
 }
 
 void destroy_backend(Backend* be) {
@@ -151,10 +139,7 @@ void destroy_backend(Backend* be) {
   }
   {
     std::lock_guard<std::mutex> lock(be->pool.mu);
-    for (auto& kv : be->pool.block_size) cudaFree(kv.first);
-    be->pool.block_size.clear();
-    be->pool.free_blocks.clear();
-    be->pool.reserved = be->pool.cached = 0;
+    be->pool.blocks.release_all();
   }
   if (be->cudnn) cudnn_api().cudnnDestroy(be->cudnn);
   if (be->stream) cudaStreamDestroy(be->stream);
@@ -500,8 +485,9 @@ cmo_status cmo_backend_memory_stats(cmo_backend* backend, cmo_memory_stats* out)
     out->peak_bytes = backend->peak_bytes.load();
     {
       std::lock_guard<std::mutex> lock(backend->pool.mu);
-      out->pool_bytes = (int64_t)backend->pool.cached;
-      out->reserved_bytes = (int64_t)backend->pool.reserved;  // in use + cached, like PyTorch's "reserved"
+      const cmo_alloc::Stats& ps = backend->pool.blocks.stats();
+      out->pool_bytes = (int64_t)ps.cached();        // reserved but in no live block
+      out->reserved_bytes = (int64_t)ps.reserved;  // in use + cached, like PyTorch's "reserved"
     }
     size_t free_b = 0, total_b = 0;
     cmocu::check_cuda(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");

@@ -5,11 +5,14 @@
  * parity driver (test_cuda_parity.cpp) is built and run too: where a GPU exists it compares every op
  * with the CPU library, elsewhere it must say that no device exists. The source of two kernels
  * (weight gradient, matrix product) runs on the CPU through host emulation against naive references
- * (test_kernels_host.cpp), on every machine with g++. Ignored, with a message, only
+ * (test_kernels_host.cpp), on every machine with g++, and so does the caching allocator's policy
+ * (block_allocator.hpp, test_allocator_host.cpp: invariants, failure paths, and the replay of recorded
+ * training-step allocation traces in alloc_traces/ against the previous policy). Ignored, with a message, only
  * where the library was not built (no nvcc) or no C++ compiler exists.
  */
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { gunzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../../..", import.meta.url));
@@ -174,6 +177,41 @@ Deno.test({
     assert.ok(summary, `no summary line:\n${r.out}`);
     assert.equal(Number(summary[2]), 0, r.out);
     assert.ok(Number(summary[1]) >= 15, `too few kernel checks ran:\n${r.out}`);
+    assert.ok(r.ok, r.out);
+  },
+});
+
+Deno.test({
+  name:
+    "CUDA caching allocator (block_allocator.hpp) on the host: invariants, failures, training-step traces",
+  ignore: !haveGxx,
+  fn() {
+    const exe = `${ROOT}build/test_allocator_host`;
+    const b = run("g++", [
+      "-std=c++17",
+      "-O2",
+      "-Wall",
+      "native/cuda/tests/test_allocator_host.cpp",
+      "-o",
+      exe,
+    ]);
+    assert.ok(b.ok, `building test_allocator_host failed:\n${b.out}`);
+    // The traces (COMODAL_ALLOC_TRACE of the CPU runtime) are committed gzipped; the driver reads text.
+    const src = `${ROOT}native/cuda/tests/alloc_traces`;
+    const dst = `${ROOT}build/alloc_traces`;
+    mkdirSync(dst, { recursive: true });
+    const traces = readdirSync(src).filter((f) => f.endsWith(".trace.gz")).sort().map((f) => {
+      const out = `${dst}/${f.slice(0, -3)}`;
+      writeFileSync(out, gunzipSync(readFileSync(`${src}/${f}`)));
+      return out;
+    });
+    assert.ok(traces.length >= 4, `expected the U-Net and CMC traces in ${src}`);
+    const r = run(exe, traces);
+    const summary = r.out.match(/(\d+) passed, (\d+) failed/);
+    assert.ok(summary, `no summary line:\n${r.out}`);
+    assert.equal(Number(summary[2]), 0, r.out);
+    assert.ok(Number(summary[1]) >= 60, `too few allocator checks ran:\n${r.out}`);
+    assert.equal((r.out.match(/^trace .*events/gm) ?? []).length, traces.length, r.out);
     assert.ok(r.ok, r.out);
   },
 });
