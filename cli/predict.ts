@@ -1,7 +1,9 @@
 /**
  * `predict --run DIR (--input DIR | --manifest FILE | --data DIR) --out DIR`: segments new images
  * with a trained run (see src/infer/predict_run.ts) and writes <out>/<caseId>_<modality>.nii.gz on
- * each modality's original grid.
+ * each modality's original grid. On runs trained on unpaired data (cases lacking a modality, as in
+ * AMOS) a case may lack modalities: the run's stored stand-ins fill in, and only the modalities the
+ * case has are written.
  */
 import type { Command } from "commander";
 import {
@@ -38,7 +40,8 @@ export function register(program: Command): void {
     .requiredOption("--run <dir>", "run folder written by train (config.json, plan.json, *.ckpt)")
     .option(
       "--input <dir>",
-      "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel)",
+      "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel); " +
+        "unpaired runs accept cases with only some modalities",
     )
     .option("--manifest <file>", "manifest (.yaml/.json) listing the cases")
     .option("--data <dir>", "dataset folder (its manifest.yaml or a known layout)")

@@ -178,11 +178,24 @@ Deno.test({
         (e: Error) =>
           e.message.startsWith("Cannot predict case p1: it has no MRI image") &&
           e.message.includes("stores no stand-in MRI volume (partners/MRI.nii.gz)") &&
-          e.message.includes("trained on paired data, or before runs stored them"),
+          e.message.includes("trained on paired data") &&
+          e.message.includes("train --resume"),
       );
       assert.deepEqual(readdirSync(out), []);
     } finally {
       loaded.dispose();
+    }
+    // An older unpaired run (no partners/) gets its stand-ins by resuming with nothing left to train.
+    rmSync(path.join(old, "partners"), { recursive: true });
+    const config = JSON.parse(readFileSync(path.join(old, "config.json"), "utf8"));
+    const r = await trainTask({ ...config, out: old }, { quiet: true, resume: true });
+    r.model.dispose();
+    assert.equal(r.iterations, 2);
+    for (const m of ["CT", "MRI"]) {
+      assert.deepEqual(
+        readFileSync(path.join(old, "partners", `${m}.json`)),
+        readFileSync(path.join(dir, "partners", `${m}.json`)),
+      );
     }
   },
 });

@@ -357,9 +357,11 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
             path.relative(run.dir, partnerFiles(run.dir, m).nifti)
           }) to pair it with. Runs store ` +
           `stand-ins only when trained on unpaired data (cases lacking a modality); this run was ` +
-          `trained on paired data, or before runs stored them, so give every case all of ${
+          `trained on paired data, so give every case all of ${
             run.plan.modalities.join(", ")
-          }`,
+          }; or ` +
+          `before runs stored them: resuming it where its training data is (train --resume) ` +
+          `writes them`,
       );
     }
     const p = refPath(c.images[m]);
