@@ -10,7 +10,12 @@ import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, rmSync } f
 import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { trainTask } from "../src/train/run.ts";
-import { casesFromFolder, loadRun, predictCases } from "../src/infer/predict_run.ts";
+import {
+  casesFromDataset,
+  casesFromFolder,
+  loadRun,
+  predictCases,
+} from "../src/infer/predict_run.ts";
 import { PARTNER_MAX_VOXELS } from "../src/infer/partners.ts";
 import { main } from "../cli/main.ts";
 
@@ -131,15 +136,16 @@ Deno.test({
     // re-centred; predict pairs them with the stored stand-in (uncropped at this size).
     const preds = readdirSync(path.join(dir, "predictions")).sort();
     assert.ok(preds.length >= 1);
-    const input = Deno.makeTempDirSync({ prefix: "comodal-unpaired-val-" });
-    for (const f of preds) {
-      const id = f.replace(/_(CT|MRI)\.nii\.gz$/, "");
-      copyFileSync(path.join(synth, "imagesTr", `${id}.nii.gz`), path.join(input, f));
-    }
     const loaded = await loadRun(dir, { checkpoint: "last" });
     try {
+      // The dataset's own validation cases (each has CT or MRI only), through its AMOS manifest.
+      const cases = await casesFromDataset(synth, loaded, { split: "val" });
+      assert.deepEqual(
+        cases.map((c) => `${c.id}_${Object.keys(c.images).join()}.nii.gz`).sort(),
+        preds,
+      );
       const out = Deno.makeTempDirSync({ prefix: "comodal-unpaired-valout-" });
-      await predictCases(loaded, await casesFromFolder(input, loaded), { outDir: out });
+      await predictCases(loaded, cases, { outDir: out });
       assert.deepEqual(readdirSync(out).sort(), preds);
       for (const f of preds) {
         const mine = await readNifti(path.join(out, f));
