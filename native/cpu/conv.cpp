@@ -259,7 +259,33 @@ struct BwdWeightsEntry {
   bool wei_same = false;
   dnnl::reorder to_user;      // diff weights -> user layout (=)
   dnnl::reorder to_user_acc;  // diff weights -> user layout (+=)
+  // oneDNN 2.6 has no optimised weight gradient when a spatial input axis is shorter than the kernel
+  // (it falls back to its reference code, 100-300x slower). Then x is zero-padded by hand and the
+  // primitive runs without padding: the same result. prepad[a] = padding moved into x along axis a.
+  bool prepadded = false;
+  int64_t prepad[3] = {0, 0, 0};
 };
+
+// Copies x [N,C,D,H,W] (plain or blocked) into the interior of xp, whose spatial dims are larger by
+// 2*pad[a], and zeroes the border.
+void pad_spatial(Backend* be, const Buffer* x, Buffer* xp, const int64_t* pad) {
+  const Shape& s = x->shape;
+  const Shape& t = xp->shape;
+  const int64_t L = x->blocked() ? 16 : 1;
+  const int64_t units = s.d[0] * (x->blocked() ? s.d[1] / 16 : s.d[1]);
+  const int64_t D = s.d[2], H = s.d[3], W = s.d[4], Dp = t.d[2], Hp = t.d[3], Wp = t.d[4];
+  const float* src = x->f32();
+  float* dst = xp->f32();
+  parallel_for(be, units, [&](int64_t u) {
+    float* du = dst + u * Dp * Hp * Wp * L;
+    std::fill(du, du + Dp * Hp * Wp * L, 0.0f);
+    const float* su = src + u * D * H * W * L;
+    for (int64_t d = 0; d < D; d++)
+      for (int64_t h = 0; h < H; h++)
+        std::copy(su + ((d * H + h) * W) * L, su + ((d * H + h) * W + W) * L,
+                  du + (((d + pad[0]) * Hp + h + pad[1]) * Wp + pad[2]) * L);
+  });
+}
 
 // Weights in the primitive's format: the API buffer itself or a reordered copy.
 memory weights_mem(const memory::desc& user, const memory::desc& want, bool same, dnnl::reorder& r,
@@ -645,6 +671,26 @@ void backward_weights_kernel(const KernelArgs& a) {
     OpDims o = op_dims(g);
     typename Fam<T>::BwdW::desc d(Fam<T>::alg, src, any_w_md(g), bmd, ddst, o.strides, o.dilates, o.pad, o.pad);
     typename Fam<T>::BwdW::primitive_desc pd(d, eng, hint);
+    bool small_axis = false;
+    for (int a = 0; a < 3; a++) small_axis = small_axis || (g.in[a] < g.k[a] && g.p[a] > 0);
+    if (!T && small_axis && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) {
+      Geo gp = g;
+      for (int a = 0; a < 3; a++) {
+        gp.in[a] += 2 * g.p[a];
+        gp.p[a] = 0;
+      }
+      memory::desc psrc = act_md(gp.x_shape(), xl);
+      auto phint = fwd_pd<T>(gp, psrc, bmd, ddst, dnnl::prop_kind::forward_training, eng);
+      OpDims po = op_dims(gp);
+      typename Fam<T>::BwdW::desc pdsc(Fam<T>::alg, psrc, any_w_md(gp), bmd, ddst, po.strides, po.dilates, po.pad,
+                                      po.pad);
+      typename Fam<T>::BwdW::primitive_desc ppd(pdsc, eng, phint);
+      if (std::string(ppd.impl_info_str()).rfind("ref", 0) != 0) {
+        pd = ppd;
+        en.prepadded = true;
+        for (int a = 0; a < 3; a++) en.prepad[a] = g.p[a];
+      }
+    }
     en.prim = typename Fam<T>::BwdW(pd);
     en.src = pd.src_desc();
     en.diff_dst = pd.diff_dst_desc();
@@ -656,7 +702,14 @@ void backward_weights_kernel(const KernelArgs& a) {
     return en;
   });
 
-  memory src(e->src, eng, xu->data);
+  TempBuffer xpt;
+  if (e->prepadded) {
+    Shape ps = xu->shape;
+    for (int a = 0; a < 3; a++) ps.d[2 + a] += 2 * e->prepad[a];
+    xpt.buf = alloc_buffer(be, ps, CMO_DTYPE_F32, xu->layout);
+    pad_spatial(be, xu, xpt.buf, e->prepad);
+  }
+  memory src(e->src, eng, e->prepadded ? xpt.buf->data : xu->data);
   memory ddst = input_mem(dy, e->diff_dst, eng, strm);
   // A blocked dw slot (possible for 5-D weights with dims[1] % 16 == 0) accumulates through a plain copy.
   TempBuffer dwt;

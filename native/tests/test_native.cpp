@@ -310,6 +310,11 @@ std::vector<ConvCfg> conv_cases() {
   mk("conv blocked 32->32 k3 p1", false, 2, 32, 32, {4, 4, 4}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, true);
   mk("conv 16->32 k[3,3,1] s[2,2,1] p[1,1,0]", false, 1, 16, 32, {6, 6, 5}, {3, 3, 1}, {2, 2, 1}, {1, 1, 0}, true);
   mk("conv 1->16 k3 p1 (first layer)", false, 2, 1, 16, {6, 5, 4}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, true);
+  // Axes shorter than the kernel: the weight gradient runs on a hand-padded x (oneDNN has only its
+  // reference code for these shapes), blocked and plain, with and without stride.
+  mk("conv blocked 32->32 k3 p1, D=2 and W=1", false, 2, 32, 32, {2, 5, 1}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, true);
+  mk("conv plain 3->16 k3 p1, D=1", false, 1, 3, 16, {1, 4, 5}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, false);
+  mk("conv blocked 16->16 k3 s2 p1, H=2", false, 1, 16, 16, {5, 2, 4}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, true);
   mk("deconv 32->16 k2 s2", true, 2, 32, 16, {3, 3, 3}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, true);
   mk("deconv 16->3 k2 s2 (plain out)", true, 1, 16, 3, {3, 4, 2}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}, true);
   mk("deconv 3->5 k3 s2 p1", true, 1, 3, 5, {3, 3, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, false);
