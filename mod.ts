@@ -104,3 +104,4 @@ export {
   predictCases,
   type PredictOptions,
 } from "./src/infer/predict_run.ts";
+export { loadPartners, type PartnerInfo, writePartners } from "./src/infer/partners.ts";

@@ -168,8 +168,10 @@ async function niftiFiles(dir: string): Promise<string[]> {
  * the file name without .nii/.nii.gz, matched exactly first, then with suffixes such as _manual,
  * _gt, _seg or _pred removed. With `modality`, only predictions named <case>_<modality> are used
  * and matched by <case> (the per-modality files `predict` writes, against one shared label per
- * case as in the Decathlon, nnU-Net and BraTS layouts). Every reference needs a prediction; extra
- * predictions are returned in `unmatched`.
+ * case as in the Decathlon, nnU-Net and BraTS layouts). Without `modality`, a reference <case> left
+ * unmatched pairs with <case>_<modality> when that is its only prediction (unpaired data: one
+ * modality per case). Every reference needs a prediction; extra predictions are returned in
+ * `unmatched`.
  */
 export async function pairCases(
   pred: string,
@@ -225,6 +227,16 @@ export async function pairCases(
     }
     used.add(p);
     pairs.push({ id: id.replace(LABEL_SUFFIXES, ""), pred: join(pred, p), ref: join(ref, r) });
+  }
+  // A reference <case> with exactly one per-modality prediction <case>_<modality> (an unpaired
+  // dataset such as AMOS: each case has one modality) pairs with it; several need --modality.
+  for (const r of tag ? [] : [...missing]) {
+    const stem = caseId(r).replace(LABEL_SUFFIXES, "");
+    const cands = preds.filter((p) => !used.has(p) && caseId(p).startsWith(stem + "_"));
+    if (cands.length !== 1) continue;
+    used.add(cands[0]);
+    missing.splice(missing.indexOf(r), 1);
+    pairs.push({ id: stem, pred: join(pred, cands[0]), ref: join(ref, r) });
   }
   if (missing.length > 0) {
     // Per-modality predictions (<case>_<modality>) of references without a modality in the name.

@@ -3,7 +3,7 @@ import {
   rejects as assertRejects,
   throws as assertThrows,
 } from "node:assert";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { writeNifti } from "../data/nifti.ts";
 import {
   evaluateNiftiCases,
@@ -160,6 +160,31 @@ Deno.test("evaluate NIfTI: size mismatch, non-integer labels and missing predict
       /no prediction in .* for 1 reference file\(s\): zz\.nii\.gz/,
     );
     await assertRejects(pairCases(join(dir, "nope"), refDir), /prediction .*nope does not exist/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pairCases: a shared label pairs with its only per-modality prediction; two need --modality", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "comodal_eval_unpaired_" });
+  try {
+    const preds = join(dir, "preds"), refs = join(dir, "refs");
+    await Deno.mkdir(preds);
+    await Deno.mkdir(refs);
+    const img = { data: new Float32Array(24), dims: [2, 3, 4], affine: AFFINE(1, 1, 1) };
+    for (const f of ["amos_0001.nii.gz", "amos_0600.nii.gz"]) await writeNifti(join(refs, f), img);
+    // Unpaired AMOS-like outputs: a CT case and an MRI case, one modality each.
+    await writeNifti(join(preds, "amos_0001_CT.nii.gz"), img);
+    await writeNifti(join(preds, "amos_0600_MRI.nii.gz"), img);
+    const { pairs, unmatched } = await pairCases(preds, refs);
+    assertEquals(pairs.map((p) => [p.id, basename(p.pred)]), [
+      ["amos_0001", "amos_0001_CT.nii.gz"],
+      ["amos_0600", "amos_0600_MRI.nii.gz"],
+    ]);
+    assertEquals(unmatched, []);
+    // A case with predictions for two modalities is ambiguous without --modality.
+    await writeNifti(join(preds, "amos_0001_MRI.nii.gz"), img);
+    await assertRejects(pairCases(preds, refs), /choose one with --modality/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
