@@ -12,37 +12,16 @@
 #include <vector>
 
 #include "../include/comodal.h"
+#include "../common/runtime_common.hpp"
 
 namespace cmo {
 
-// Thrown by kernels; runtime.cpp turns it into a status code plus cmo_last_error() message.
-struct Error : std::runtime_error {
-  cmo_status status;
-  Error(cmo_status s, const std::string& msg) : std::runtime_error(msg), status(s) {}
-};
-
-[[noreturn]] inline void fail(const std::string& msg) { throw Error(CMO_ERR_INVALID_ARGUMENT, msg); }
-[[noreturn]] inline void unsupported(const std::string& msg) { throw Error(CMO_ERR_UNSUPPORTED, msg); }
+using cmo_common::Error;  // thrown by kernels; runtime.cpp turns it into a status and a message
+using cmo_common::fail;
+using cmo_common::Shape;
+using cmo_common::unsupported;
 
 struct Backend;  // defined in runtime.cpp; kernels use the accessors below
-
-struct Shape {
-  int ndim = 0;
-  int64_t d[CMO_MAX_DIMS] = {0, 0, 0, 0, 0, 0};
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= d[i];
-    return n;
-  }
-  bool operator==(const Shape& o) const {
-    if (ndim != o.ndim) return false;
-    for (int i = 0; i < ndim; i++)
-      if (d[i] != o.d[i]) return false;
-    return true;
-  }
-  bool operator!=(const Shape& o) const { return !(*this == o); }
-  std::string str() const;  // "[2,16,64,64,64]"
-};
 
 // Storage is 64-byte aligned host memory; `data` points at numel() elements in `layout` order.
 struct Buffer {

@@ -15,17 +15,14 @@
 #include <vector>
 
 #include "../include/comodal.h"
+#include "../common/runtime_common.hpp"
 
 namespace cmocu {
 
-// Thrown by kernels; runtime.cu turns it into a status code plus cmo_last_error() message.
-struct Error : std::runtime_error {
-  cmo_status status;
-  Error(cmo_status s, const std::string& msg) : std::runtime_error(msg), status(s) {}
-};
-
-[[noreturn]] inline void fail(const std::string& msg) { throw Error(CMO_ERR_INVALID_ARGUMENT, msg); }
-[[noreturn]] inline void unsupported(const std::string& msg) { throw Error(CMO_ERR_UNSUPPORTED, msg); }
+using cmo_common::Error;  // thrown by kernels; runtime.cu turns it into a status and a message
+using cmo_common::fail;
+using cmo_common::Shape;
+using cmo_common::unsupported;
 
 // Throws CMO_ERR_BACKEND (or OUT_OF_MEMORY) naming `what` when a CUDA runtime call failed.
 void check_cuda(cudaError_t err, const char* what);
@@ -33,24 +30,6 @@ void check_cuda(cudaError_t err, const char* what);
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
 struct Backend;  // defined in runtime.cu; kernels use the accessors below
-
-struct Shape {
-  int ndim = 0;
-  int64_t d[CMO_MAX_DIMS] = {0, 0, 0, 0, 0, 0};
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= d[i];
-    return n;
-  }
-  bool operator==(const Shape& o) const {
-    if (ndim != o.ndim) return false;
-    for (int i = 0; i < ndim; i++)
-      if (d[i] != o.d[i]) return false;
-    return true;
-  }
-  bool operator!=(const Shape& o) const { return !(*this == o); }
-  std::string str() const;  // "[2,16,64,64,64]"
-};
 
 // Device storage from the backend's caching pool; `data` holds numel() elements, plain row-major.
 struct Buffer {

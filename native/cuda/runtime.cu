@@ -79,8 +79,6 @@ namespace {
 
 thread_local std::string g_last_error;
 
-using cmo_abi::input_nullable;
-using cmo_abi::op_arity;
 using cmo_abi::op_name;
 
 constexpr int kMaxOps = 64;
@@ -224,17 +222,6 @@ void check_cuda(cudaError_t err, const char* what) {
   throw Error(CMO_ERR_BACKEND, std::string(what) + " failed: CUDA error " + std::to_string((int)err) +
                                    " (" + cudaGetErrorName(err) + "): " + cudaGetErrorString(err));
 }
-
-std::string Shape::str() const {
-  std::string r = "[";
-  for (int i = 0; i < ndim; i++) {
-    if (i) r += ",";
-    r += std::to_string(d[i]);
-  }
-  return r + "]";
-}
-
-
 
 Buffer* alloc_buffer(Backend* be, const Shape& shape, cmo_dtype dtype) {
   int64_t es = dtype_size(dtype);
@@ -599,30 +586,8 @@ cmo_status cmo_op_execute(cmo_backend* backend, int32_t op, cmo_buffer* const* i
   std::vector<bool> was_null;
   cmo_status st = cmocu::guarded(prefix, [&] {
     cmocu::check_backend(backend, prefix.c_str());
-    int nin = 0, nout = 0;
-    if (name == nullptr || !cmocu::op_arity(op, &nin, &nout)) fail("unknown op id " + std::to_string(op));
-    if (nin >= 0 && n_inputs != nin)
-      fail("got " + std::to_string(n_inputs) + " inputs, expected " + std::to_string(nin));
-    if (nin < 0 && n_inputs < 1) fail("got " + std::to_string(n_inputs) + " inputs, expected at least 1");
-    if (n_outputs != nout)
-      fail("got " + std::to_string(n_outputs) + " output slots, expected " + std::to_string(nout));
-    if (n_inputs > 0 && inputs == nullptr) fail("inputs array is NULL");
-    if (n_outputs > 0 && outputs == nullptr) fail("outputs array is NULL");
-    std::vector<const cmocu::Buffer*> ins((size_t)n_inputs);
-    for (int i = 0; i < n_inputs; i++) {
-      const cmo_buffer* b = inputs[i];
-      if (b == nullptr && !cmocu::input_nullable(op, i)) fail("input " + std::to_string(i) + " is NULL");
-      if (b && b->backend != backend) fail("input " + std::to_string(i) + " belongs to another backend");
-      ins[(size_t)i] = b;
-    }
-    outs.resize((size_t)n_outputs);
-    was_null.resize((size_t)n_outputs);
-    for (int i = 0; i < n_outputs; i++) {
-      cmo_buffer* b = outputs[i];
-      if (b && b->backend != backend) fail("output " + std::to_string(i) + " belongs to another backend");
-      outs[(size_t)i] = b;
-      was_null[(size_t)i] = b == nullptr;
-    }
+    std::vector<const cmocu::Buffer*> ins;
+    cmo_common::check_op_call<cmocu::Buffer>(backend, op, inputs, n_inputs, outputs, n_outputs, ins, outs, was_null);
     cmocu::KernelFn fn = op < cmocu::kMaxOps ? cmocu::kernel_table()[op] : nullptr;
     if (fn == nullptr) cmocu::unsupported("not implemented by the CUDA backend");
     cmocu::KernelArgs args{backend, ins.data(), n_inputs, outs.data(), n_outputs, params, params_bytes};
