@@ -53,6 +53,21 @@ struct Shape {
   }
 };
 
+// A tensor descriptor's shape; fn names the API call in the error.
+inline Shape shape_from_desc(const cmo_tensor_desc& d, const char* fn) {
+  if (d.ndim < 0 || d.ndim > CMO_MAX_DIMS)
+    fail(std::string(fn) + ": ndim " + std::to_string(d.ndim) + " is outside 0.." + std::to_string(CMO_MAX_DIMS));
+  Shape s;
+  s.ndim = (int)d.ndim;
+  for (int i = 0; i < s.ndim; i++) {
+    if (d.dims[i] < 0)
+      fail(std::string(fn) + ": dimension " + std::to_string(i) + " is " + std::to_string(d.dims[i]) +
+           ", must be >= 0");
+    s.d[i] = d.dims[i];
+  }
+  return s;
+}
+
 // The checks of cmo_op_execute before a kernel runs: a known op, the arity of CMO_OP_LIST, NULL only
 // where the header allows it, every buffer from this backend. Fills `ins`, `outs` (the caller's
 // slots) and `was_null` (slots the kernel will allocate); throws Error on a bad call. `ApiBuf` is the

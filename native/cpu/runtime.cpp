@@ -210,20 +210,7 @@ void check_backend(const cmo_backend* be, const char* fn) {
   if (be->destroyed) fail(std::string(fn) + ": backend was destroyed");
 }
 
-Shape shape_from_desc(const cmo_tensor_desc& d, const char* fn) {
-  if (d.ndim < 0 || d.ndim > CMO_MAX_DIMS)
-    fail(std::string(fn) + ": ndim " + std::to_string(d.ndim) + " is outside 0.." +
-         std::to_string(CMO_MAX_DIMS));
-  Shape s;
-  s.ndim = (int)d.ndim;
-  for (int i = 0; i < s.ndim; i++) {
-    if (d.dims[i] < 0)
-      fail(std::string(fn) + ": dimension " + std::to_string(i) + " is " + std::to_string(d.dims[i]) +
-           ", must be >= 0");
-    s.d[i] = d.dims[i];
-  }
-  return s;
-}
+using cmo_common::shape_from_desc;
 
 // 16 x n transpose tile: plain rows (stride `ps` between channels) -> blocked (16 lanes per point).
 inline void tile_p2b(const float* src, int64_t ps, float* dst, int64_t n) {

@@ -194,20 +194,7 @@ void check_backend(const Backend* be, const char* fn) {
   check_cuda(cudaSetDevice(be->device), "cudaSetDevice");
 }
 
-Shape shape_from_desc(const cmo_tensor_desc& d, const char* fn) {
-  if (d.ndim < 0 || d.ndim > CMO_MAX_DIMS)
-    fail(std::string(fn) + ": ndim " + std::to_string(d.ndim) + " is outside 0.." +
-         std::to_string(CMO_MAX_DIMS));
-  Shape s;
-  s.ndim = (int)d.ndim;
-  for (int i = 0; i < s.ndim; i++) {
-    if (d.dims[i] < 0)
-      fail(std::string(fn) + ": dimension " + std::to_string(i) + " is " + std::to_string(d.dims[i]) +
-           ", must be >= 0");
-    s.d[i] = d.dims[i];
-  }
-  return s;
-}
+using cmo_common::shape_from_desc;
 
 }  // namespace
 
