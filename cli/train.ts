@@ -5,14 +5,18 @@ import { trainTask } from "../src/train/run.ts";
 
 function labeledArg(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--labeled: expected a count >= 1 or a ratio in (0, 1], got '${v}'`);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new Error(`--labeled: expected a count >= 1 or a ratio in (0, 1], got '${v}'`);
+  }
   return n;
 }
 
 function intArg(name: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new Error(`${name}: expected a non-negative integer, got '${v}'`);
+    if (!Number.isInteger(n) || n < 0) {
+      throw new Error(`${name}: expected a non-negative integer, got '${v}'`);
+    }
     return n;
   };
 }
@@ -20,10 +24,22 @@ function intArg(name: string) {
 export function register(program: Command): void {
   program
     .command("train")
-    .description("train a segmentation model on a task (cardiac, abdomen, orbit) or a manifest file")
-    .argument("<task>", "task name or path to a manifest (.yaml/.json)")
-    .option("--data <dir>", "dataset folder in the task's layout (default: built-in synthetic data)")
-    .option("--labeled <n|ratio>", "labeled training cases: a count or a ratio in (0, 1]", labeledArg)
+    .description(
+      "train a segmentation model on a task (cardiac, abdomen, orbit) or a manifest file",
+    )
+    .argument(
+      "<task>",
+      "task name, a manifest (.yaml/.json) or a dataset folder (imported on the fly)",
+    )
+    .option(
+      "--data <dir>",
+      "dataset folder in the task's layout (default: built-in synthetic data)",
+    )
+    .option(
+      "--labeled <n|ratio>",
+      "labeled training cases: a count or a ratio in (0, 1]",
+      labeledArg,
+    )
     .option("--method <name>", `one of ${METHODS.join(", ")}`)
     .option("--iterations <n>", "training iterations", intArg("--iterations"))
     .option("--seed <n>", "random seed", intArg("--seed"))
@@ -37,7 +53,9 @@ export function register(program: Command): void {
     .action(async (task: string, o: Record<string, unknown>) => {
       let cfg: Record<string, unknown> = o.config ? readConfigFile(String(o.config)) : {};
       cfg.task = task;
-      for (const k of ["data", "labeled", "method", "iterations", "seed", "out", "device", "threads"]) {
+      for (
+        const k of ["data", "labeled", "method", "iterations", "seed", "out", "device", "threads"]
+      ) {
         if (o[k] !== undefined) cfg[k] = o[k];
       }
       if (o.deterministic) cfg.deterministic = true;

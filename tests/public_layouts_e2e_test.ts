@@ -273,3 +273,37 @@ Deno.test({
     assert.deepEqual(Object.keys(ev.summary.perClass), ["PZ", "TZ", "prostate"]);
   },
 });
+
+Deno.test({
+  name:
+    "train on a dataset folder given as the task: imported on the fly, every modality, every label",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const root = Deno.makeTempDirSync({ prefix: "comodal-folder-task-" });
+    const data = path.join(root, "BraTS2021_Training_Data");
+    await writeBrats2021(data, { cases: 4 });
+    const out = path.join(root, "run");
+    const r = await runCli(["train", data, "--out", out, ...TINY, "--set", "patchSize=[8,16,16]"]);
+    ok(r, "train on a folder");
+    assert.match(r.err + r.out, /Importing the dataset in /);
+    assert.ok(
+      !existsSync(path.join(data, "manifest.yaml")),
+      "the dataset folder is left untouched",
+    );
+    const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
+    assert.deepEqual(plan.modalities, ["t1", "t1ce", "t2", "flair"]);
+    const config = readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")
+      .filter((l) => l.includes('"event":"config"')).map((l) => JSON.parse(l))[0];
+    // Real data keeps its own labels: no case is turned unlabeled (the synthetic default does that).
+    assert.equal(config.data.unlabeled, 0, JSON.stringify(config.data));
+    const missing = await runCli([
+      "train",
+      path.join(root, "nope"),
+      "--out",
+      path.join(root, "r2"),
+    ]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /Unknown task '.*nope': expected one of .* or a dataset folder/);
+  },
+});

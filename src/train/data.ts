@@ -53,6 +53,16 @@ function generatorVersion(): string {
   return shortHash(text).slice(0, 8);
 }
 
+/** A task argument naming an existing folder (a dataset in one of the importers' layouts). */
+function isDatasetFolder(task: string): boolean {
+  if ((SYNTH_TASKS as readonly string[]).includes(task) && !task.includes("/")) return false;
+  try {
+    return Deno.statSync(task).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 function isManifestPath(task: string): boolean {
   return /\.(ya?ml|json)$/i.test(task);
 }
@@ -69,11 +79,21 @@ async function resolveManifest(
     if (!existsSync(c.task)) throw new Error(`Cannot train: manifest ${c.task} does not exist`);
     return { manifest: await loadManifest(c.task), source: path.resolve(c.task) };
   }
+  if (isDatasetFolder(c.task)) {
+    // A dataset folder given as the task: its own manifest.yaml, or the layout detected.
+    const dir = path.resolve(c.task);
+    const own = path.join(dir, "manifest.yaml");
+    if (!quiet && !existsSync(own)) console.error(`Importing the dataset in ${dir}`);
+    return {
+      manifest: existsSync(own) ? await loadManifest(own) : await importDataset(dir),
+      source: dir,
+    };
+  }
   if (!(SYNTH_TASKS as readonly string[]).includes(c.task)) {
     throw new Error(
       `Unknown task '${c.task}': expected one of ${
         SYNTH_TASKS.join(", ")
-      } or a manifest file (.yaml/.json)`,
+      }, a manifest file (.yaml/.json) or a dataset folder (MS-CMRSeg, AMOS, Decathlon, nnU-Net raw, BraTS)`,
     );
   }
   let dir = c.data ? path.resolve(c.data) : "";
@@ -178,7 +198,9 @@ export async function prepareData(
   }
   // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
   // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
-  const labeled = c.labeled ?? (!c.data && !isManifestPath(c.task) ? 0.5 : undefined);
+  const builtIn = !c.data && (SYNTH_TASKS as readonly string[]).includes(c.task) &&
+    !isDatasetFolder(c.task);
+  const labeled = c.labeled ?? (builtIn ? 0.5 : undefined);
   const labeledIds = labeled === undefined
     ? trainLabeled.map((x) => x.id)
     : selectLabeled(manifest.cases, { labeled, seed: c.seed });
