@@ -7,6 +7,11 @@
  *   inputs of another size are rejected (no interpolation)
  * - pre-norm transformer blocks: x += attn(norm1(x)) [+ adapter], x += mlp(norm2(x)); multi-head
  *   self-attention with one qkv projection, MLP lin1 -> GELU -> lin2
+ * - optional SAM-Med3D attention details: the decomposed relative position bias (per block tables
+ *   attn.rel_pos_d/h/w of [2s-1, head_dim] for an attention grid of s tokens per axis, added to the
+ *   logits from the unscaled queries) and windowed attention (blocks outside globalAttnIndexes attend
+ *   inside windows of the token grid zero-padded to a multiple of the window, as SAM's
+ *   window_partition3D / window_unpartition3D)
  * - optional adapters (Med-SA / SAM-Med3D style): a bottleneck MLP with a residual on the attention
  *   output, a = a + fc2(gelu(fc1(a))), fc2 initialised to zero so a pretrained model starts unchanged
  * - optional freezing of the embedding and the first k blocks (requiresGrad off: the trainer's
@@ -21,8 +26,7 @@
  * Parameter names follow SAM-Med3D's ImageEncoderViT3D (patch_embed.proj.weight, pos_embed,
  * blocks.{i}.norm1, blocks.{i}.attn.qkv, blocks.{i}.attn.proj, blocks.{i}.norm2, blocks.{i}.mlp.lin1,
  * blocks.{i}.mlp.lin2, neck.0 .. neck.3), so its converted checkpoint loads by name (see
- * src/io/load_weights.ts). Not implemented: SAM-Med3D's decomposed relative position bias
- * (attn.rel_pos_d/h/w) and windowed attention.
+ * src/io/load_weights.ts), including blocks.{i}.attn.rel_pos_d/h/w with relPos on.
  *
  * Layout: tokens are token-major [B, N, C] so that layer norm over channels is one normalisation
  * op over rows (see LayerNorm). The engine has no transpose op: the one transpose (conv output to
@@ -36,6 +40,7 @@ import {
   concat,
   conv3d,
   div,
+  expand,
   gelu,
   groupNorm,
   instanceNorm,
@@ -50,6 +55,7 @@ import {
   sub,
   type Tensor,
   tensor,
+  zeros,
 } from "../engine.ts";
 import { loadSafetensorsInto, type LoadWeightsReport } from "../io/load_weights.ts";
 import { readSafetensors, type SafetensorsFile } from "../io/safetensors.ts";
@@ -84,6 +90,15 @@ export interface VitSettings {
   /** Layer-norm epsilon (SAM-Med3D: 1e-6). */
   eps?: number;
   qkvBias?: boolean;
+  /** SAM's decomposed relative position bias in every block (SAM-Med3D: true). */
+  relPos?: boolean;
+  /**
+   * Windowed attention: blocks not in globalAttnIndexes attend within windows of this many tokens
+   * per axis (the token grid zero-padded to a multiple); 0 = global attention everywhere. SAM-Med3D: 14.
+   */
+  windowSize?: number | Triple;
+  /** Blocks with global attention when windowSize > 0 (SAM-Med3D ViT-B: [2, 5, 8, 11]). */
+  globalAttnIndexes?: number[];
 }
 
 export interface VitOptions extends VitSettings {
@@ -191,14 +206,119 @@ class PatchEmbed extends Module {
   }
 }
 
+/**
+ * One-hot [g*g, 2g-1] whose row i*g + j selects table row i - j + g - 1: SAM's get_rel_pos for
+ * query and key grids of g tokens (relative position i - j, offset to be non-negative).
+ */
+function relPosSelection(g: number): Tensor {
+  const r = 2 * g - 1;
+  const sel = new Float32Array(g * g * r);
+  for (let i = 0; i < g; i++) {
+    for (let j = 0; j < g; j++) sel[(i * g + j) * r + i - j + g - 1] = 1;
+  }
+  return tensor(sel, [g * g, r]);
+}
+
+/**
+ * Resamples a relative position table [L, c] to n rows by linear interpolation along the rows, as
+ * SAM's get_rel_pos does (PyTorch's F.interpolate, mode "linear", align_corners false).
+ */
+export function resampleRelPos(table: Float32Array, rows: number, n: number): Float32Array {
+  const c = table.length / rows;
+  const out = new Float32Array(n * c);
+  const scale = rows / n;
+  for (let i = 0; i < n; i++) {
+    const src = Math.max(0, (i + 0.5) * scale - 0.5);
+    const i0 = Math.min(Math.floor(src), rows - 1);
+    const i1 = Math.min(i0 + 1, rows - 1);
+    const l1 = src - i0, l0 = 1 - l1;
+    for (let k = 0; k < c; k++) out[i * c + k] = l0 * table[i0 * c + k] + l1 * table[i1 * c + k];
+  }
+  return out;
+}
+
+/** relPosTables' output: every query's gathered table rows and the constant key expansion. */
+export interface RelPosTables {
+  /** [B * T, s_0 + s_1 + s_2, c]: for query t, the rows R_d[t_d, :], R_h[t_h, :], R_w[t_w, :]. */
+  rows: Tensor;
+  /** keyExpansion of the grid, [s_0 + s_1 + s_2, T]. */
+  keys: Tensor;
+}
+
+/**
+ * The gathered tables of SAM's decomposed relative position bias for a batch of `b` query sets on
+ * the grid `size` (computed once per attention call and shared by the heads): per axis a,
+ * R_a[i, j] = table_a[i - j + s_a - 1] ([s_a, s_a, c], a product with a constant one-hot matrix),
+ * then each query's rows R_a[t_a] side by side.
+ */
+export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosTables {
+  const [d, h, w] = size;
+  const t = d * h * w;
+  const per: Tensor[] = [];
+  for (let a = 0; a < 3; a++) {
+    const g = size[a];
+    const [rows, c] = tables[a].shape;
+    if (rows !== 2 * g - 1) {
+      throw new Error(
+        `ViT relative positions: table ${"dhw"[a]} has ${rows} rows, the attention grid needs ` +
+          `${2 * g - 1} (2 x ${g} - 1)`,
+      );
+    }
+    const r = matmul(relPosSelection(g), tables[a]); // [g * g, c]
+    const at = [1, 1, 1, g, c];
+    at[a] = g;
+    per.push(reshape(expand(reshape(r, at), [d, h, w, g, c]), [t, g, c]));
+  }
+  const c = tables[0].shape[1];
+  let rows = concat(per, 1); // [T, sum g, c]
+  if (b > 1) {
+    rows = reshape(expand(reshape(rows, [1, t, -1, c]), [b, t, d + h + w, c]), [b * t, -1, c]);
+  }
+  return { rows, keys: keyExpansion(size) };
+}
+
+/**
+ * Constant [s_0 + s_1 + s_2, T] 0/1 matrix: row (a, i) marks the keys whose coordinate along axis a
+ * is i (keys d-major on the grid). Per-axis terms [.., s_a] side by side times it give the bias
+ * over all keys, term_d[kd] + term_h[kh] + term_w[kw] (its gradient is a product too).
+ */
+function keyExpansion(size: Triple): Tensor {
+  const [d, h, w] = size;
+  const t = d * h * w;
+  const e = new Float32Array((d + h + w) * t);
+  for (let k = 0; k < t; k++) {
+    const kd = Math.floor(k / (h * w)), kh = Math.floor(k / w) % h, kw = k % w;
+    e[kd * t + k] = 1;
+    e[(d + kh) * t + k] = 1;
+    e[(d + h + kw) * t + k] = 1;
+  }
+  return tensor(e, [d + h + w, t]);
+}
+
+/**
+ * SAM's decomposed relative position bias for queries q [B, T, c] on the attention grid (T its
+ * token count, d-major; keys on the same grid), with `r` from relPosTables(grid, tables, B):
+ * bias[b, t, (kd, kh, kw)] = q[b, t] . (Rd[t_d, kd] + Rh[t_h, kh] + Rw[t_w, kw]). Returns [B, T, T].
+ */
+export function relPosBias(q: Tensor, r: RelPosTables): Tensor {
+  const [b, t, c] = q.shape;
+  const terms = matmul(reshape(q, [b * t, 1, c]), r.rows, { transB: true }); // [B*T, 1, sum g]
+  return matmul(reshape(terms, [b, t, -1]), r.keys);
+}
+
 export class Attention extends Module {
   readonly qkv: Linear;
   readonly proj: Linear;
   readonly headDim: number;
+  /** The attention grid (tokens per axis) the relative position tables cover; null without them. */
+  readonly relSize: Triple | null;
+  readonly rel_pos_d: Tensor | null;
+  readonly rel_pos_h: Tensor | null;
+  readonly rel_pos_w: Tensor | null;
   constructor(
     readonly dim: number,
     readonly heads: number,
-    opts: { qkvBias?: boolean; rng: RandomSource },
+    opts: { qkvBias?: boolean; rng: RandomSource; relPos?: Triple | null },
   ) {
     super();
     if (dim % heads !== 0) {
@@ -210,19 +330,46 @@ export class Attention extends Module {
       new Linear(dim, 3 * dim, { bias: opts.qkvBias ?? true, rng: opts.rng }),
     );
     this.proj = this.child("proj", new Linear(dim, dim, { rng: opts.rng }));
+    this.relSize = opts.relPos ?? null;
+    // Tables [2s - 1, head_dim], zero at start (SAM's rel_pos_zero_init).
+    const table = (a: number) => {
+      if (!this.relSize) return null;
+      const n = 2 * this.relSize[a] - 1;
+      return this.param(`rel_pos_${"dhw"[a]}`, new Float32Array(n * this.headDim), [
+        n,
+        this.headDim,
+      ]);
+    };
+    this.rel_pos_d = table(0);
+    this.rel_pos_h = table(1);
+    this.rel_pos_w = table(2);
   }
-  /** x [B, N, C] -> [B, N, C]; softmax(q k^T / sqrt(d)) v per head (q, k, v in SAM's qkv order). */
+  /**
+   * x [B, N, C] -> [B, N, C]; softmax(q k^T / sqrt(d) [+ rel-pos bias]) v per head (q, k, v in
+   * SAM's qkv order). With relative positions N must be the token count of relSize (d-major).
+   */
   forward(x: Tensor): Tensor {
     const qkv = this.qkv.forward(x);
     const hd = this.headDim;
     const scale = 1 / Math.sqrt(hd);
+    const rel = this.relSize;
+    if (rel && x.shape[1] !== rel[0] * rel[1] * rel[2]) {
+      throw new Error(
+        `ViT attention: ${x.shape[1]} tokens, but the relative position tables cover a ` +
+          `${rel.join("x")} grid`,
+      );
+    }
+    const tables = rel
+      ? relPosTables(rel, [this.rel_pos_d!, this.rel_pos_h!, this.rel_pos_w!], x.shape[0])
+      : null;
     const outs: Tensor[] = [];
     for (let h = 0; h < this.heads; h++) {
-      const q = mulScalar(slice(qkv, 2, h * hd, hd), scale);
+      const q = slice(qkv, 2, h * hd, hd);
       const k = slice(qkv, 2, this.dim + h * hd, hd);
       const v = slice(qkv, 2, 2 * this.dim + h * hd, hd);
-      const a = softmax(matmul(q, k, { transB: true }), 2); // [B, N, N]
-      outs.push(matmul(a, v)); // [B, N, hd]
+      let logits = matmul(mulScalar(q, scale), k, { transB: true }); // [B, N, N]
+      if (rel) logits = add(logits, relPosBias(q, tables!)); // SAM: from the unscaled q
+      outs.push(matmul(softmax(logits, 2), v)); // [B, N, hd]
     }
     return this.proj.forward(outs.length === 1 ? outs[0] : concat(outs, 2));
   }
@@ -255,12 +402,78 @@ export class Adapter extends Module {
   }
 }
 
+/** Windows per axis and the zero-padded grid for a window (SAM's window_partition3D padding). */
+function windowLayout(grid: Triple, win: Triple): { n: Triple; padded: Triple } {
+  const n = grid.map((g, a) => Math.ceil(g / win[a])) as Triple;
+  return { n, padded: n.map((k, a) => k * win[a]) as Triple };
+}
+
+/**
+ * SAM's window_partition3D: tokens x [B, N, C] on `grid` (d-major) -> windows [B * nW, w0*w1*w2, C]
+ * (batch-major, windows in (d, h, w) order, tokens d-major inside a window), the grid zero-padded at
+ * the end of each axis to a multiple of the window. The engine has no permute: padding is a concat
+ * with zeros, the windows are slices taken axis by axis (so a gradient costs about
+ * (nD + nH + nW) copies of the padded grid, not one per window) and a concat.
+ */
+export function windowPartition(x: Tensor, grid: Triple, win: Triple): Tensor {
+  const [b, , c] = x.shape;
+  const { n, padded } = windowLayout(grid, win);
+  let t = reshape(x, [b, ...grid, c]);
+  for (let a = 0; a < 3; a++) {
+    const pad = padded[a] - grid[a];
+    if (pad === 0) continue;
+    const zshape = [...t.shape];
+    zshape[1 + a] = pad;
+    t = concat([t, zeros(zshape)], 1 + a);
+  }
+  const size = win[0] * win[1] * win[2];
+  let pieces = [t];
+  for (let a = 0; a < 3; a++) {
+    if (n[a] === 1) continue;
+    pieces = pieces.flatMap((p) =>
+      Array.from({ length: n[a] }, (_, i) => slice(p, 1 + a, i * win[a], win[a]))
+    );
+  }
+  if (pieces.length === 1) return reshape(t, [b, size, c]);
+  return reshape(concat(pieces.map((p) => reshape(p, [b, 1, size * c])), 1), [-1, size, c]);
+}
+
+/**
+ * SAM's window_unpartition3D: windows [B * nW, w0*w1*w2, C] -> tokens [B, N, C] on `grid`, the
+ * padding cropped. (SAM-Med3D's code views the padded grid as (Hp, Wp, Dp), which equals this
+ * when the padded grid is a cube, as in its 8^3 grid with window 14; this is the permutation's
+ * exact inverse for any grid.)
+ */
+export function windowUnpartition(y: Tensor, grid: Triple, win: Triple, b: number): Tensor {
+  const c = y.shape[2];
+  const { n, padded } = windowLayout(grid, win);
+  // Split the windows axis by axis: [B, n0, rest] -> n0 x [B, n1, rest'] -> ...
+  const take = (t: Tensor, a: number): Tensor[] => {
+    const r = reshape(t, [b, n[a], -1]);
+    return n[a] === 1 ? [r] : Array.from({ length: n[a] }, (_, i) => slice(r, 1, i, 1));
+  };
+  const join = (ts: Tensor[], axis: number) => (ts.length === 1 ? ts[0] : concat(ts, axis));
+  const rows = take(y, 0).map((pd) =>
+    join(
+      take(pd, 1).map((ph) => join(take(ph, 2).map((pw) => reshape(pw, [b, ...win, c])), 3)),
+      2,
+    )
+  );
+  let t = join(rows, 1); // [B, Dp, Hp, Wp, C]
+  for (let a = 0; a < 3; a++) if (padded[a] > grid[a]) t = slice(t, 1 + a, 0, grid[a]);
+  return reshape(t, [b, -1, c]);
+}
+
 export class VitBlock extends Module {
   readonly norm1: LayerNorm;
   readonly attn: Attention;
   readonly adapter: Adapter | null;
   readonly norm2: LayerNorm;
   readonly mlp: Mlp;
+  /** Token grid of the input (needed with windows or relative positions). */
+  readonly grid: Triple | null;
+  /** Attention window (tokens per axis) or null for global attention. */
+  readonly window: Triple | null;
   constructor(
     dim: number,
     heads: number,
@@ -270,22 +483,45 @@ export class VitBlock extends Module {
       eps: number;
       qkvBias: boolean;
       rng: RandomSource;
+      grid?: Triple;
+      window?: Triple | null;
+      relPos?: boolean;
     },
   ) {
     super();
+    this.grid = opts.grid ?? null;
+    this.window = opts.window ?? null;
+    if ((this.window || opts.relPos) && !this.grid) {
+      throw new Error("ViT block: windows and relative positions need the token grid");
+    }
     this.norm1 = this.child("norm1", new LayerNorm(dim, opts.eps));
-    this.attn = this.child("attn", new Attention(dim, heads, opts));
+    this.attn = this.child(
+      "attn",
+      new Attention(dim, heads, {
+        ...opts,
+        relPos: opts.relPos ? (this.window ?? this.grid) : null,
+      }),
+    );
     this.adapter = opts.adapterDim > 0
       ? this.child("adapter", new Adapter(dim, opts.adapterDim, opts.rng))
       : null;
     this.norm2 = this.child("norm2", new LayerNorm(dim, opts.eps));
     this.mlp = this.child("mlp", new Mlp(dim, Math.round(dim * opts.mlpRatio), opts.rng));
   }
-  /** x [B, N, C] -> [B, N, C]. */
+  /** x [B, N, C] -> [B, N, C] (N = the grid's token count, d-major, when a grid is set). */
   forward(x: Tensor): Tensor {
-    let a = this.attn.forward(this.norm1.forward(x));
+    const g = this.grid;
+    if (g && x.shape[1] !== g[0] * g[1] * g[2]) {
+      throw new Error(
+        `ViT block: input ${x.describe()} does not have the ${g.join("x")} grid's tokens`,
+      );
+    }
+    let h = this.norm1.forward(x);
+    if (this.window) h = windowPartition(h, g!, this.window);
+    let a = this.attn.forward(h);
+    if (this.window) a = windowUnpartition(a, g!, this.window, x.shape[0]);
     if (this.adapter) a = this.adapter.forward(a);
-    const h = add(x, a);
+    h = add(x, a);
     return add(h, this.mlp.forward(this.norm2.forward(h)));
   }
 }
@@ -425,6 +661,8 @@ export class VitEncoder extends Module implements Encoder {
   readonly patch: Triple;
   /** Token grid (patch size / p). */
   readonly grid: Triple;
+  /** Attention window of the blocks not in globalAttnIndexes (null: global attention everywhere). */
+  readonly window: Triple | null;
   readonly patch_embed: PatchEmbed;
   readonly pos_embed: Tensor;
   readonly blocks: ModuleList<VitBlock>;
@@ -451,6 +689,9 @@ export class VitEncoder extends Module implements Encoder {
       frozenBlocks: opts.frozenBlocks ?? 0,
       eps: opts.eps ?? 1e-6,
       qkvBias: opts.qkvBias ?? true,
+      relPos: opts.relPos ?? false,
+      windowSize: opts.windowSize ?? 0,
+      globalAttnIndexes: opts.globalAttnIndexes ?? [],
     };
     const s = this.settings;
     this.patch = triple(s.patch);
@@ -477,6 +718,24 @@ export class VitEncoder extends Module implements Encoder {
       }
       return plan.patchSize[a] / p;
     }) as Triple;
+    const ws = s.windowSize;
+    if (
+      !(ws === 0 || triple(ws).every((w) => Number.isInteger(w) && w >= 1))
+    ) {
+      throw new Error(
+        `ViT encoder: windowSize must be 0 (global attention) or positive integers, got ${
+          JSON.stringify(ws)
+        }`,
+      );
+    }
+    this.window = ws === 0 ? null : triple(ws);
+    for (const i of s.globalAttnIndexes) {
+      if (!Number.isInteger(i) || i < 0 || i >= s.depth) {
+        throw new Error(
+          `ViT encoder: globalAttnIndexes entry ${i} is not a block index in [0, ${s.depth - 1}]`,
+        );
+      }
+    }
     this.widths = plan.levels.map((l) => l.width);
     const rng = opts.rng;
     const norm = opts.norm ?? "instance";
@@ -503,6 +762,9 @@ export class VitEncoder extends Module implements Encoder {
           eps: s.eps,
           qkvBias: s.qkvBias,
           rng,
+          grid: this.grid,
+          window: this.window && !s.globalAttnIndexes.includes(i) ? this.window : null,
+          relPos: s.relPos,
         }),
       );
     }
@@ -637,14 +899,16 @@ export class VitUNet extends Module {
  * kernel divided by the channel count (early fusion). Shape mismatches are errors (a position
  * embedding for another token grid says how to fix it), except in the new layers: the skip heads,
  * the deep head and the adapters may be absent or of another shape (left as initialised, and
- * reported). With `strict`, backbone parameters absent from the file and file keys the model does
- * not use are errors too.
+ * reported). Relative position tables (attn.rel_pos_d/h/w) of another length but the same head
+ * width are resampled by linear interpolation, as SAM's get_rel_pos does for another attention
+ * size (listed in `resampled`). With `strict`, backbone parameters absent from the file and file
+ * keys the model does not use are errors too.
  */
 export function loadVitWeights(
   enc: VitEncoder,
   file: string | SafetensorsFile,
   opts: { prefix?: string; strict?: boolean } = {},
-): LoadWeightsReport {
+): LoadWeightsReport & { resampled: string[] } {
   const st = typeof file === "string" ? readSafetensors(file) : file;
   const prefix = opts.prefix ?? "";
   const r = loadSafetensorsInto(enc, st, { prefix });
@@ -669,6 +933,18 @@ export function loadVitWeights(
       r.mismatched.splice(mi, 1);
       r.loaded.push(pe);
     }
+  }
+  const resampled: string[] = [];
+  const params = new Map(enc.namedParameters());
+  for (let i = r.mismatched.length - 1; i >= 0; i--) {
+    const m = r.mismatched[i];
+    if (!/^blocks\.\d+\.attn\.rel_pos_[dhw]$/.test(m.name)) continue;
+    if (m.file.length !== 2 || m.file[1] !== m.module[1]) continue;
+    const table = resampleRelPos(st.readF32(prefix + m.name), m.file[0], m.module[0]);
+    assign(params.get(m.name)!, table);
+    r.mismatched.splice(i, 1);
+    r.loaded.push(m.name);
+    resampled.push(m.name);
   }
   const where = `${st.source}${prefix ? ` (prefix '${prefix}')` : ""}`;
   const problems: string[] = [];
@@ -704,11 +980,23 @@ export function loadVitWeights(
   }
   if (opts.strict) {
     const missing = r.missing.filter((n) => !VitEncoder.isExtraParameter(n));
+    const isRel = (n: string) => /\.attn\.rel_pos_[dhw]$/.test(n);
     if (missing.length) {
-      problems.push(`missing in the file (${missing.length}): ${missing.join(", ")}`);
+      problems.push(
+        `missing in the file (${missing.length}): ${missing.join(", ")}` +
+          (missing.some(isRel)
+            ? " (a file without relative position tables needs network.vit.relPos: false)"
+            : ""),
+      );
     }
     if (r.unexpected.length) {
-      problems.push(`unexpected in the file (${r.unexpected.length}): ${r.unexpected.join(", ")}`);
+      problems.push(
+        `unexpected in the file (${r.unexpected.length}): ${r.unexpected.join(", ")}` +
+          (r.unexpected.some(isRel) && !enc.settings.relPos
+            ? " (the file has SAM's relative position tables: set network.vit.relPos: true, and " +
+              "windowSize / globalAttnIndexes as its model's: 14 and [2, 5, 8, 11] for SAM-Med3D ViT-B)"
+            : ""),
+      );
     }
   }
   if (problems.length) {
@@ -718,5 +1006,5 @@ export function loadVitWeights(
       }`,
     );
   }
-  return r;
+  return { ...r, resampled };
 }

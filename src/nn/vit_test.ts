@@ -25,11 +25,21 @@ import {
   channelsToTokens,
   LayerNorm,
   loadVitWeights,
+  resampleRelPos,
   VitBlock,
   VitEncoder,
   type VitSettings,
+  windowPartition,
+  windowUnpartition,
 } from "./vit.ts";
 import { seededRng as rng } from "../ops/test_util.ts";
+import type { Triple } from "./layers.ts";
+import { CmcNet } from "./cmc.ts";
+import { supervisedLoss } from "../losses/supervised.ts";
+import { cscLoss } from "../losses/csc.ts";
+import { cacLoss } from "../losses/cac.ts";
+import { AdamW } from "../train/optim.ts";
+import { slice as engineSlice, softmax } from "../engine.ts";
 
 function randn(n: number, r: () => number, scale = 1): Float32Array {
   return Float32Array.from(
@@ -447,3 +457,295 @@ Deno.test("ViT: a block matches PyTorch's SAM-Med3D Block3D (golden file from th
   zeroGrad(block.parameters());
   block.dispose();
 });
+
+/** got vs want within tol x max|want| + 1e-6 per element. */
+function close(got: Float32Array, want: Float32Array, what: string, tol = 2e-5): void {
+  assert.equal(got.length, want.length, what);
+  const scale = Math.max(...want.map(Math.abs));
+  for (let i = 0; i < got.length; i++) {
+    assert.ok(
+      Math.abs(got[i] - want[i]) <= tol * scale + 1e-6,
+      `${what}[${i}]: ${got[i]} vs ${want[i]}`,
+    );
+  }
+}
+
+/** SAM-Med3D's settings for windows and relative positions, on the tiny model (grid 2x4x4). */
+const SAMLIKE: Partial<VitSettings> = { relPos: true, windowSize: 3, globalAttnIndexes: [1] };
+
+Deno.test("ViT: window partition pads with zeros, orders windows batch-major and d-major, and unpartition inverts it", () => {
+  const [B, C] = [2, 3];
+  const grid: Triple = [2, 3, 5], win: Triple = [2, 2, 3];
+  const N = 30;
+  const x = randn(B * N * C, rng(20));
+  tidy(() => {
+    const xt = tensor(x, [B, N, C]);
+    const w = windowPartition(xt, grid, win);
+    assert.deepEqual(w.shape, [B * 1 * 2 * 2, 12, C]);
+    const wv = w.toArray() as Float32Array;
+    for (let b = 0; b < B; b++) {
+      for (let wh = 0; wh < 2; wh++) {
+        for (let ww = 0; ww < 2; ww++) {
+          for (let t = 0; t < 12; t++) {
+            const [d, h, ww2] = [
+              Math.floor(t / 6),
+              wh * 2 + (Math.floor(t / 3) % 2),
+              ww * 3 + (t % 3),
+            ];
+            for (let c = 0; c < C; c++) {
+              const got = wv[((b * 4 + wh * 2 + ww) * 12 + t) * C + c];
+              const inside = h < 3 && ww2 < 5;
+              assert.equal(got, inside ? x[(b * N + (d * 3 + h) * 5 + ww2) * C + c] : 0);
+            }
+          }
+        }
+      }
+    }
+    assert.deepEqual(windowUnpartition(w, grid, win, B).toArray(), x);
+    // One window covering the padded grid (SAM-Med3D: 8^3 tokens in a 14^3 window).
+    const one = windowPartition(xt, grid, [4, 4, 6]);
+    assert.deepEqual(one.shape, [B, 96, C]);
+    assert.deepEqual(windowUnpartition(one, grid, [4, 4, 6], B).toArray(), x);
+  });
+});
+
+Deno.test("ViT: relative-position and windowed blocks match PyTorch (SAM-Med3D Block3D math, golden file)", () => {
+  const file = new URL("../../tests/golden/vit_relpos.safetensors", import.meta.url).pathname;
+  const st = readSafetensors(file);
+  assert.equal(st.metadata.generator, "tests/gen_vit_relpos_golden.py");
+  for (const name of ["win", "cube", "glob", "aniso"]) {
+    const grid = [...st.readF32(`${name}.grid`)] as Triple;
+    const window = [...st.readF32(`${name}.window`)] as Triple;
+    const block = new VitBlock(8, 2, {
+      mlpRatio: 2,
+      adapterDim: 0,
+      eps: 1e-6,
+      qkvBias: true,
+      rng: rng(1),
+      grid,
+      window: window[0] > 0 ? window : null,
+      relPos: true,
+    });
+    const r = loadSafetensorsInto(block, st, { prefix: `${name}.block.` });
+    assert.deepEqual([r.missing, r.mismatched], [[], []], name);
+    assert.equal(r.loaded.length, block.parameters().length);
+    const [B, N, C] = st.info(`${name}.x`).shape;
+    tidy(() => {
+      const x = tensor(st.readF32(`${name}.x`), [B, N, C], { requiresGrad: true });
+      const y = block.forward(x);
+      close(y.toArray() as Float32Array, st.readF32(`${name}.y`), `${name} y`);
+      backward(sum(mul(y, tensor(st.readF32(`${name}.dy`), [B, N, C])), "all"));
+      close(x.grad!.toArray() as Float32Array, st.readF32(`${name}.grad.x`), `${name} dx`, 1e-4);
+    });
+    for (const [n, p] of block.namedParameters()) {
+      const want = st.readF32(`${name}.grad.block.${n}`);
+      close(p.grad!.toArray() as Float32Array, want, `${name} grad ${n}`, 1e-4);
+    }
+    assert.ok(block.attn.rel_pos_w!.grad!.toArray().some((v) => v !== 0));
+    zeroGrad(block.parameters());
+    block.dispose();
+  }
+  // SAM's get_rel_pos resampling (F.interpolate, linear) to more and fewer rows.
+  const src = st.readF32("interp.src");
+  close(resampleRelPos(src, 5, 9), st.readF32("interp.up"), "interp up", 1e-6);
+  close(resampleRelPos(src, 5, 3), st.readF32("interp.down"), "interp down", 1e-6);
+});
+
+Deno.test("ViT: gradients of the relative position tables match finite differences (windowed block)", () => {
+  const r = rng(21);
+  const grid: Triple = [2, 3, 3];
+  const block = new VitBlock(4, 2, {
+    mlpRatio: 1,
+    adapterDim: 0,
+    eps: 1e-6,
+    qkvBias: true,
+    rng: r,
+    grid,
+    window: [2, 2, 2],
+    relPos: true,
+  });
+  randomize(block, 22, 0.5);
+  const [B, N, C] = [2, 18, 4];
+  const x = randn(B * N * C, r);
+  const w = randn(B * N * C, r);
+  const loss = () => sum(mul(block.forward(tensor(x, [B, N, C])), tensor(w, [B, N, C])), "all");
+  zeroGrad(block.parameters());
+  tidy(() => backward(loss()));
+  const h = 1e-2;
+  for (const p of [block.attn.rel_pos_d!, block.attn.rel_pos_h!, block.attn.rel_pos_w!]) {
+    assert.deepEqual(p.shape, [3, 2]);
+    const g = p.grad!.toArray() as Float32Array;
+    const base = p.toArray() as Float32Array;
+    for (let i = 0; i < p.size; i++) {
+      const at = (d: number) => {
+        const v = base.slice();
+        v[i] += d;
+        assign(p, v);
+        return noGrad(() => tidy(() => loss().item()));
+      };
+      const num = (at(h) - at(-h)) / (2 * h);
+      assign(p, base);
+      assert.ok(
+        Math.abs(g[i] - num) <= 2e-3 + 2e-2 * Math.abs(num),
+        `rel_pos[${i}]: analytic ${g[i]}, numeric ${num}`,
+      );
+    }
+  }
+  zeroGrad(block.parameters());
+  block.dispose();
+});
+
+Deno.test("ViT: SAM-Med3D attention settings: table shapes per block, strict load by SAM names, resampling, hints", () => {
+  const a = vit(SAMLIKE, 1);
+  const shapes = new Map(a.namedParameters().map(([n, p]) => [n, p.shape.join("x")]));
+  // Block 0 attends in 3^3 windows (the 2x4x4 grid padded to 3x6x6), block 1 globally.
+  assert.equal(shapes.get("blocks.0.attn.rel_pos_d"), "5x4");
+  assert.equal(shapes.get("blocks.0.attn.rel_pos_w"), "5x4");
+  assert.equal(shapes.get("blocks.1.attn.rel_pos_d"), "3x4");
+  assert.equal(shapes.get("blocks.1.attn.rel_pos_h"), "7x4");
+  assert.deepEqual(a.blocks.items.map((b) => b.window), [[3, 3, 3], null]);
+  assert.ok(
+    a.namedParameters().every(([n]) => !n.includes("rel_pos") || !VitEncoder.isExtraParameter(n)),
+  );
+  randomize(a, 23, 0.2);
+  const dir = tmp();
+  try {
+    // A SAM-Med3D-like checkpoint: only image-encoder keys, under image_encoder., plus others.
+    const file = path.join(dir, "sam.safetensors");
+    const entries = a.namedParameters()
+      .filter(([n]) => !VitEncoder.isExtraParameter(n))
+      .map(([n, p]) =>
+        [`image_encoder.${n}`, { shape: [...p.shape], data: p.toArray() as Float32Array }] as [
+          string,
+          { shape: number[]; data: Float32Array },
+        ]
+      );
+    entries.push(["prompt_encoder.pe", { shape: [2], data: new Float32Array(2) }]);
+    writeSafetensors(file, entries);
+    const b = vit(SAMLIKE, 2);
+    const rep = loadVitWeights(b, file, { prefix: "image_encoder.", strict: true });
+    assert.deepEqual([rep.unexpected, rep.mismatched, rep.resampled], [[], [], []]);
+    assert.ok(rep.loaded.includes("blocks.1.attn.rel_pos_h"));
+    for (const [n, p] of b.namedParameters()) {
+      if (!VitEncoder.isExtraParameter(n)) assert.deepEqual(p.toArray(), paramValues(a, n), n);
+    }
+    // The backbone computes the same (the skip heads differ: compare the tokens through the blocks).
+    tidy(() => {
+      const x = input(PLAN, 24);
+      const run = (e: VitEncoder) => {
+        let t = e.embed(x);
+        for (const blk of e.blocks.items) t = blk.forward(t);
+        return t.toArray();
+      };
+      assert.deepEqual(run(b), run(a));
+    });
+    // Without relPos the tables are unexpected, with a hint.
+    const plain = vit({}, 3);
+    assert.throws(
+      () => loadVitWeights(plain, file, { prefix: "image_encoder.", strict: true }),
+      /unexpected in the file \(6\): .*rel_pos.* \(the file has SAM's relative position tables: set network\.vit\.relPos: true/,
+    );
+    // Another window: tables resampled as SAM's get_rel_pos (5 -> 3 rows for a 2^3 window).
+    const c = vit({ ...SAMLIKE, windowSize: 2 }, 4);
+    const rc = loadVitWeights(c, file, { prefix: "image_encoder.", strict: true });
+    assert.deepEqual(rc.resampled.sort(), [
+      "blocks.0.attn.rel_pos_d",
+      "blocks.0.attn.rel_pos_h",
+      "blocks.0.attn.rel_pos_w",
+    ]);
+    assert.deepEqual(
+      c.blocks.items[0].attn.rel_pos_h!.toArray(),
+      resampleRelPos(a.blocks.items[0].attn.rel_pos_h!.toArray() as Float32Array, 5, 3),
+    );
+    // A relPos model and a file without tables: missing, with a hint.
+    const f2 = path.join(dir, "plain.safetensors");
+    saveSafetensorsFrom(plain, f2);
+    assert.throws(
+      () => loadVitWeights(b, f2, { strict: true }),
+      /missing in the file \(6\): .*rel_pos.* \(a file without relative position tables needs network\.vit\.relPos: false\)/,
+    );
+    assert.throws(
+      () => vit({ windowSize: -1 }),
+      /windowSize must be 0 \(global attention\) or positive/,
+    );
+    assert.throws(
+      () => vit({ globalAttnIndexes: [2] }),
+      /globalAttnIndexes entry 2 is not a block index in \[0, 1\]/,
+    );
+    for (const m of [a, b, c, plain]) m.dispose();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function paramValues(m: Module, name: string): Float32Array {
+  return m.namedParameters().find(([n]) => n === name)![1].toArray() as Float32Array;
+}
+
+Deno.test("ViT: a CMC training step with relative positions and windows (2 modalities, labeled + unlabeled)", () => {
+  const plan = planUNet({ patchSize: [4, 16, 16], spacing: [1, 1, 1], maxLevels: 3, baseWidth: 4 });
+  const net = new CmcNet({
+    modalities: 2,
+    numClasses: 3,
+    plan,
+    vit: { ...TINY, ...SAMLIKE, windowSize: 2, adapterDim: 2 },
+    rng: rng(25),
+  });
+  const named = net.namedParameters();
+  const opt = new AdamW(named);
+  const before = new Map(named.map(([n, p]) => [n, p.toArray().slice()]));
+  const n = 4 * 16 * 16;
+  const lab = new Int32Array(n).map((_, i) => (i % 16 < 5 ? 1 : i % 16 > 10 ? 2 : 0));
+  const t0 = performance.now();
+  const value = tidy(() => {
+    const xs = [0, 1].map((m) => input(plan, 26 + m, 2));
+    const outs = net.forward(xs);
+    const labels = tensor(lab, [1, 1, 4, 16, 16], { dtype: "i32" });
+    let loss = supervisedLoss(slice0(outs[0].logits), labels).loss;
+    loss = add(loss, supervisedLoss(slice0(outs[1].logits), labels).loss);
+    loss = add(loss, cscLoss(outs.map((o) => o.deep)));
+    loss = add(
+      loss,
+      cacLoss(outs.map((o) => ({
+        probs: softmax(slice1(o.logits), 1),
+        features: slice1(o.features),
+      }))),
+    );
+    backward(loss);
+    return loss.item();
+  });
+  assert.ok(Number.isFinite(value));
+  for (const enc of ["encoders.0.", "encoders.1."]) {
+    for (const k of ["blocks.0.attn.rel_pos_w", "blocks.1.attn.rel_pos_d"]) {
+      const p = named.find(([m]) => m === enc + k)![1];
+      assert.ok(p.grad && p.grad.toArray().some((v) => v !== 0), `${enc}${k}: no gradient`);
+    }
+  }
+  opt.step(1e-3);
+  const ms = performance.now() - t0;
+  const changed = (k: string) => {
+    const p = named.find(([m]) => m === k)![1].toArray();
+    return p.some((v, i) => v !== before.get(k)![i]);
+  };
+  assert.ok(
+    changed("encoders.0.blocks.0.attn.rel_pos_h") && changed("encoders.1.blocks.1.attn.qkv.weight"),
+  );
+  console.log(
+    `CMC step with ViT rel-pos + windows (grid 1x4x4, window 2): ${ms.toFixed(0)} ms, loss ${
+      value.toFixed(4)
+    }`,
+  );
+  zeroGrad(net.parameters());
+  opt.dispose();
+  net.dispose();
+});
+
+function slice0(t: Tensor): Tensor {
+  return sliceBatch(t, 0);
+}
+function slice1(t: Tensor): Tensor {
+  return sliceBatch(t, 1);
+}
+function sliceBatch(t: Tensor, i: number): Tensor {
+  return engineSlice(t, 0, i, 1);
+}

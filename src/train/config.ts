@@ -16,7 +16,8 @@ const tripleF = z.tuple([z.number().positive(), z.number().positive(), z.number(
 
 /**
  * The ViT backbone (network.backbone = "vit"): SAM-Med3D's ViT-B is patchSize 16, dim 768, depth 12,
- * heads 12, neckChannels 384; the defaults are a small model that trains on a CPU.
+ * heads 12, neckChannels 384, relPos true, windowSize 14, globalAttnIndexes [2, 5, 8, 11] (on a
+ * 128^3 patch); the defaults are a small model that trains on a CPU.
  */
 export const VitConfigSchema = z.strictObject({
   /** Token patch size p (a power of 2, one for all axes or per axis); must divide patchSize. */
@@ -31,6 +32,12 @@ export const VitConfigSchema = z.strictObject({
   adapterDim: z.number().int().nonnegative().default(0),
   /** Freeze the patch/position embeddings and the first k blocks (adapters stay trainable). */
   frozenBlocks: z.number().int().nonnegative().default(0),
+  /** SAM's decomposed relative position bias (blocks.{i}.attn.rel_pos_d/h/w) in every block. */
+  relPos: z.boolean().default(false),
+  /** Attention window in tokens (one for all axes or per axis) of the blocks not in globalAttnIndexes; 0 = global. */
+  windowSize: z.union([z.number().int().nonnegative(), triple]).default(0),
+  /** Blocks with global attention when windowSize > 0. */
+  globalAttnIndexes: z.array(z.number().int().nonnegative()).default([]),
   /** Pretrained weights: a safetensors file with SAM-Med3D image-encoder names. */
   weights: z.string().optional(),
   /** Key prefix in the weights file (e.g. "image_encoder."). */
@@ -47,9 +54,12 @@ const VIT_DEFAULTS = {
   mlpRatio: 4,
   adapterDim: 0,
   frozenBlocks: 0,
+  relPos: false,
+  windowSize: 0,
+  globalAttnIndexes: [],
   prefix: "",
   strict: false,
-} as const;
+};
 
 export const METHODS = ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"] as const;
 export type Method = typeof METHODS[number];
@@ -257,6 +267,12 @@ function checkCombinations(c: TrainConfig): string[] {
   }
   if (v.frozenBlocks > v.depth) {
     out.push(`network.vit.frozenBlocks: ${v.frozenBlocks} exceeds network.vit.depth ${v.depth}`);
+  }
+  const bad = v.globalAttnIndexes.filter((i) => i >= v.depth);
+  if (bad.length) {
+    out.push(
+      `network.vit.globalAttnIndexes: ${bad.join(", ")} not a block index (depth ${v.depth})`,
+    );
   }
   return out;
 }
