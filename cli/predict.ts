@@ -14,6 +14,7 @@ import {
   type PredictCase,
   predictCases,
 } from "../src/infer/predict_run.ts";
+import { progressBar } from "../src/data/progress.ts";
 
 interface PredictFlags {
   run: string;
@@ -94,15 +95,18 @@ export function register(program: Command): void {
             }`,
           );
         }
+        const windows = progressBar("[predict] sliding window", { quiet: !!o.quiet });
         const r = await predictCases(run, cases, {
           outDir: o.out,
           overlap,
           mirror: o.mirror ? true : undefined,
           labelValues: o.labelValues,
-          onProgress: o.quiet
-            ? undefined
-            : (done, total, id) => console.error(`[predict] ${done}/${total} ${id}`),
-        });
+          onProgress: o.quiet ? undefined : (done, total, id) => {
+            windows.stop();
+            console.error(`[predict] ${done}/${total} ${id}`);
+          },
+          onWindows: windows.onProgress,
+        }).finally(() => windows.stop());
         const files = r.cases.reduce((n, c) => n + Object.keys(c.files).length, 0);
         console.log(
           `wrote ${files} prediction(s) for ${r.cases.length} case(s) to ${o.out} in ${

@@ -85,6 +85,8 @@ export interface PredictOptions {
   mirror?: boolean;
   /** Called after each case with the files written for it. */
   onProgress?: (done: number, total: number, caseId: string) => void;
+  /** Sliding-window progress within the current case (windows done, total, case id). */
+  onWindows?: (done: number, total: number, caseId: string) => void;
   /**
    * Voxel values of the written label maps: "index" (default; class indices 0..K-1, as in the run's
    * predictions/ folder) or "file" (the dataset's label values, e.g. 200/500/600 for MS-CMRSeg, so
@@ -475,6 +477,7 @@ export async function predictCases(
         patch: plan.patch,
         config,
         partners: run.partners,
+        onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, c.id) : undefined,
       });
       const files: Record<string, string> = {};
       for (const [o, p] of probs) {

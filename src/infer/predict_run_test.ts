@@ -78,8 +78,21 @@ Deno.test({
       const cases = await casesFromDataset(synthDir, run, { split: "val" });
       assert.deepEqual(cases.map((c) => c.id), ["patient5"]);
       const out = Deno.makeTempDirSync({ prefix: "comodal-predict-out-" });
-      const r = await predictCases(run, cases, { outDir: out });
+      const windows: [number, number, string][] = [];
+      const r = await predictCases(run, cases, {
+        outDir: out,
+        onWindows: (d, t, id) => windows.push([d, t, id]),
+      });
       assert.deepEqual(Object.keys(r.cases[0].files).sort(), ["C0", "LGE"]);
+      // Sliding-window progress: increasing, ending at its total, for the case predicted.
+      assert.ok(windows.length > 1, `${windows.length} progress calls`);
+      assert.ok(
+        windows.every(([d, t, id], i) =>
+          id === "patient5" && d <= t && (i === 0 || d > windows[i - 1][0])
+        ),
+      );
+      const [lastDone, lastTotal] = windows[windows.length - 1];
+      assert.equal(lastDone, lastTotal);
       for (const m of ["C0", "LGE"]) {
         const mine = await readNifti(path.join(out, `patient5_${m}.nii.gz`));
         const ref = await readNifti(path.join(dir, "predictions", `patient5_${m}.nii.gz`));

@@ -24,6 +24,7 @@ import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import { medianShape, resolvePatchSize } from "./patch.ts";
+import { progressBar } from "../data/progress.ts";
 import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
@@ -335,13 +336,19 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   let metrics: MetricsSummary | null = null;
   let summaryText = `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;
   if (!opts.skipFinalEvaluation && data.validation.length) {
+    const windows = progressBar("sliding window", { quiet: opts.quiet });
     const r = await evaluateValidation(model, data, {
       patch,
       config: c,
       quick: false,
       outDir,
-      onProgress: opts.quiet ? undefined : (done, total, label) => console.error(`predict ${done}/${total} ${label}`),
+      onProgress: opts.quiet ? undefined : (done, total, label) => {
+        windows.stop();
+        console.error(`predict ${done}/${total} ${label}`);
+      },
+      onWindows: windows.onProgress,
     });
+    windows.stop();
     st.validations.push({ iteration: trainer.ctx.iteration, dice: r.meanDice });
     if (r.meanDice > st.bestDice) {
       st.bestDice = r.meanDice;

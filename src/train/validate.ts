@@ -36,6 +36,8 @@ export interface ValidationOptions {
   /** Full mode: folder for predictions/, images/ and metrics.json. */
   outDir?: string;
   onProgress?: (done: number, total: number, label: string) => void;
+  /** Sliding-window progress within the current case (windows done, total, case id). */
+  onWindows?: (done: number, total: number, label: string) => void;
 }
 
 export interface ValidationResult {
@@ -110,6 +112,8 @@ export async function predictCase(
     config: TrainConfig;
     /** Stand-ins for modalities the case lacks (default: `partnerSource`'s training volumes). */
     partners?: Readonly<Record<string, Volume>>;
+    /** Sliding-window progress (network calls done, total), over every grid of the case. */
+    onWindows?: (done: number, total: number) => void;
   },
 ): Promise<Map<number, Float32Array>> {
   const mods = data.modalities;
@@ -121,7 +125,9 @@ export async function predictCase(
     groups.set(key, [...(groups.get(key) ?? []), o]);
   }
   const result = new Map<number, Float32Array>();
+  let group = 0;
   for (const outs of groups.values()) {
+    const g = group++;
     const ref = cs.volumes[mods[outs[0]]];
     const inputs = mods.map((m) => {
       const v = cs.volumes[m] ?? partnerVolume(data, m, ref, opts.partners);
@@ -144,6 +150,10 @@ export async function predictCase(
       overlap: opts.config.validation.overlap,
       mirror: opts.config.validation.mirror,
       outputs: "probabilities",
+      // Several grids (modalities on different grids) count as equal shares of the case.
+      onProgress: opts.onWindows
+        ? (done, total) => opts.onWindows!(g * total + done, groups.size * total)
+        : undefined,
     });
     const n = dims[0] * dims[1] * dims[2];
     outs.forEach((o, i) => result.set(o, probs.slice(i * K * n, (i + 1) * K * n)));
@@ -234,7 +244,10 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
   }
   let done = 0;
   for (const cs of cases) {
-    const probs = await predictCase(model, data, cs, opts);
+    const probs = await predictCase(model, data, cs, {
+      ...opts,
+      onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, cs.id) : undefined,
+    });
     const rows = [];
     const rec = opts.quick ? null : await loadCaseRecord(data.preprocessedDir, cs.id);
     for (const [o, p] of probs) {
