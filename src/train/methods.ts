@@ -95,6 +95,9 @@ export function vitSettings(c: TrainConfig): VitSettings | null {
     neckChannels: v.neckChannels,
     adapterDim: v.adapterDim,
     frozenBlocks: v.frozenBlocks,
+    relPos: v.relPos,
+    windowSize: v.windowSize,
+    globalAttnIndexes: v.globalAttnIndexes,
   };
 }
 

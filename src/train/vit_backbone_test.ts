@@ -200,3 +200,32 @@ Deno.test("ViT backbone: config combinations are validated with the keys named",
     /network\.vit\.weights: set, but network\.backbone is "unet"/,
   );
 });
+
+Deno.test("ViT backbone: relPos, windowSize and globalAttnIndexes from the config reach every encoder", () => {
+  const m = tinyModel("cmc", {
+    network: { vit: { ...VIT, relPos: true, windowSize: 2, globalAttnIndexes: [1] } },
+  });
+  try {
+    const names = m.student.namedParameters().map(([n]) => n);
+    // SAM's names: decomposed relative-position tables in every block of both encoders.
+    for (const enc of [0, 1]) {
+      for (const b of [0, 1]) {
+        for (const ax of ["d", "h", "w"]) {
+          const want = `.${enc}.blocks.${b}.attn.rel_pos_${ax}`;
+          assert.ok(
+            names.some((n) => n.endsWith(want)),
+            `${want} in ${names.filter((n) => n.includes("rel_pos")).join(", ")}`,
+          );
+        }
+      }
+    }
+    const terms = tidy(() => {
+      const r = m.loss(toEngineBatch(batch(3)), 0, 3);
+      backward(r.loss);
+      return r.terms;
+    });
+    assert.ok(Number.isFinite(terms.loss), JSON.stringify(terms));
+  } finally {
+    m.dispose();
+  }
+});
