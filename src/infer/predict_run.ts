@@ -40,7 +40,7 @@ import { readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
-import { loadModelWeights, modelSignature, type RunPlan } from "../train/run.ts";
+import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
 import type { PreparedData } from "../train/data.ts";
 import { finalLabels, predictCase } from "../train/validate.ts";
 import type { Volume } from "../data/cases.ts";
@@ -161,7 +161,7 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   const plan = await readJson<RunPlan>(planFile, what);
   if (plan.version !== 1) fail(what, `${planFile} has format version ${plan.version}, expected 1`);
   const signature = modelSignature(config, plan.modalities, plan.classes.length, plan.network);
-  if (signature !== plan.signature) {
+  if (!sameModel(signature, plan.signature)) {
     fail(
       what,
       `config.json and plan.json describe different models (config: ${signature}; plan: ${plan.signature})`,

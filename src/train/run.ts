@@ -57,21 +57,96 @@ export interface TrainResult {
 }
 
 /** Model-defining config keys: a checkpoint must agree on these to be loaded. */
-export function modelSignature(c: TrainConfig, modalities: string[], numClasses: number, plan: UNetPlan): string {
-  return JSON.stringify({ method: c.method, network: c.network, modalities, numClasses, plan: plan.levels, meanTeacher: c.meanTeacher });
+export function modelSignature(
+  c: TrainConfig,
+  modalities: string[],
+  numClasses: number,
+  plan: UNetPlan,
+): string {
+  return JSON.stringify({
+    method: c.method,
+    network: c.network,
+    modalities,
+    numClasses,
+    plan: plan.levels,
+    meanTeacher: c.meanTeacher,
+  });
+}
+
+/**
+ * Network keys added after runs were already written, with the value that reproduces the older
+ * behaviour: a stored signature without them means exactly these values.
+ */
+const ADDED_NETWORK_DEFAULTS: Record<string, unknown> = { backbone: "unet" };
+const ADDED_VIT_DEFAULTS: Record<string, unknown> = {
+  relPos: false,
+  windowSize: 0,
+  globalAttnIndexes: [],
+};
+/** ViT keys that do not change the network (loading options). */
+const VIT_LOAD_OPTIONS = ["weights", "prefix", "strict"];
+
+function sortedJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(sortedJson).join(",")}]`;
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return `{${
+      Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${sortedJson(o[k])}`).join(",")
+    }}`;
+  }
+  return JSON.stringify(v);
+}
+
+function dropDefaults(o: Record<string, unknown>, defaults: Record<string, unknown>): void {
+  for (const [k, d] of Object.entries(defaults)) {
+    if (k in o && sortedJson(o[k]) === sortedJson(d)) delete o[k];
+  }
+}
+
+/** A signature in a form where equal models compare equal across versions of comodal. */
+function canonicalSignature(sig: string): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(sig);
+  } catch {
+    return sig;
+  }
+  const net = { ...(o.network as Record<string, unknown> | undefined ?? {}) };
+  if ((net.backbone ?? "unet") === "unet") delete net.vit;
+  else if (net.vit && typeof net.vit === "object") {
+    const v = { ...(net.vit as Record<string, unknown>) };
+    for (const k of VIT_LOAD_OPTIONS) delete v[k];
+    dropDefaults(v, ADDED_VIT_DEFAULTS);
+    net.vit = v;
+  }
+  dropDefaults(net, ADDED_NETWORK_DEFAULTS);
+  return sortedJson({ ...o, network: net });
+}
+
+/**
+ * Whether two model signatures describe the same model: key order, ViT settings under the U-Net
+ * backbone, ViT loading options and keys added later at their old behaviour do not count, so runs
+ * written by earlier versions still load.
+ */
+export function sameModel(a: string, b: string): boolean {
+  return a === b || canonicalSignature(a) === canonicalSignature(b);
 }
 
 function makeOptimizer(c: TrainConfig, model: MethodModel): Optimizer {
   const params = model.student.namedParameters();
   return c.optimizer.kind === "adamw"
     ? new AdamW(params, { weightDecay: c.optimizer.weightDecay })
-    : new Sgd(params, { momentum: c.optimizer.momentum, weightDecay: c.optimizer.weightDecay, nesterov: true });
+    : new Sgd(params, {
+      momentum: c.optimizer.momentum,
+      weightDecay: c.optimizer.weightDecay,
+      nesterov: true,
+    });
 }
 
 function checkpointTensors(model: MethodModel, opt: Optimizer): Record<string, Tensor> {
   const out: Record<string, Tensor> = {};
   for (const [n, p] of model.student.namedParameters()) out[`model/${n}`] = p;
-  if (model.teacher) for (const [n, p] of model.teacher.namedParameters()) out[`ema/${n}`] = p;
+  if (model.teacher) { for (const [n, p] of model.teacher.namedParameters()) out[`ema/${n}`] = p; }
   for (const [n, t] of Object.entries(opt.state().slots)) out[`optim/${n}`] = t;
   return out;
 }
@@ -106,7 +181,10 @@ export interface RunPlan {
     labelMap: Record<string, string> | null;
   };
   /** Per-modality intensity statistics of the training data (CT is normalised with these). */
-  normalization: Record<string, { kind: "ct" | "mr"; mean: number; std: number; p005: number; p995: number }>;
+  normalization: Record<
+    string,
+    { kind: "ct" | "mr"; mean: number; std: number; p005: number; p995: number }
+  >;
   fingerprint: PreparedData["plan"]["fingerprint"];
 }
 
@@ -114,9 +192,14 @@ export interface RunPlan {
  * Loads a checkpoint into existing tensors (model, EMA, optimiser slots) after checking that it was
  * written for the same model config; every target must be present with the same shape.
  */
-function loadInto(file: string, signature: string, targets: Record<string, Tensor>, what: string): CheckpointMeta {
+function loadInto(
+  file: string,
+  signature: string,
+  targets: Record<string, Tensor>,
+  what: string,
+): CheckpointMeta {
   const ck = loadCheckpoint(file);
-  if (ck.meta.signature !== signature) {
+  if (typeof ck.meta.signature !== "string" || !sameModel(ck.meta.signature, signature)) {
     throw new Error(
       `Cannot ${what} ${file}: it was written for a different model config ` +
         `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
@@ -126,7 +209,9 @@ function loadInto(file: string, signature: string, targets: Record<string, Tenso
     const src = ck.tensors.get(name);
     if (!src) throw new Error(`Cannot ${what} ${file}: tensor ${name} is missing`);
     if (src.shape.join() !== t.shape.join()) {
-      throw new Error(`Cannot ${what} ${file}: tensor ${name} has shape [${src.shape}], the model has [${t.shape}]`);
+      throw new Error(
+        `Cannot ${what} ${file}: tensor ${name} has shape [${src.shape}], the model has [${t.shape}]`,
+      );
     }
     assign(t, src.data);
   }
@@ -134,8 +219,14 @@ function loadInto(file: string, signature: string, targets: Record<string, Tenso
 }
 
 /** Copies the model weights of a checkpoint into `model` after checking its signature. */
-export function loadModelWeights(file: string, signature: string, model: MethodModel): CheckpointMeta {
-  const targets = Object.fromEntries(model.student.namedParameters().map(([n, p]) => [`model/${n}`, p]));
+export function loadModelWeights(
+  file: string,
+  signature: string,
+  model: MethodModel,
+): CheckpointMeta {
+  const targets = Object.fromEntries(
+    model.student.namedParameters().map(([n, p]) => [`model/${n}`, p]),
+  );
   return loadInto(file, signature, targets, "load");
 }
 
@@ -144,7 +235,13 @@ interface RunState {
   validations: { iteration: number; dice: number }[];
 }
 
-function restore(file: string, signature: string, model: MethodModel, opt: Optimizer, st: RunState): number {
+function restore(
+  file: string,
+  signature: string,
+  model: MethodModel,
+  opt: Optimizer,
+  st: RunState,
+): number {
   const meta = loadInto(file, signature, checkpointTensors(model, opt), "resume from");
   opt.setStepCount(Number(meta.optimizerStep ?? meta.iteration));
   st.bestDice = Number(meta.bestDice ?? -1);
@@ -174,34 +271,57 @@ function fitPatch(patch: Triple, plan: UNetPlan): Triple {
   return patch.map((p, a) => Math.ceil(p / f[a]) * f[a]) as Triple;
 }
 
-export async function trainTask(input: TrainConfigInput | Record<string, unknown>, opts: TrainTaskOptions = {}): Promise<TrainResult> {
+export async function trainTask(
+  input: TrainConfigInput | Record<string, unknown>,
+  opts: TrainTaskOptions = {},
+): Promise<TrainResult> {
   const t0 = performance.now();
   const c = parseTrainConfig(input);
-  if (!c.out && opts.resume) throw new Error("Cannot resume: give the run folder to continue with --out");
+  if (!c.out && opts.resume) {
+    throw new Error("Cannot resume: give the run folder to continue with --out");
+  }
   if (!c.out) {
     const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
-    c.out = path.join("runs", `${path.basename(c.task).replace(/\.(ya?ml|json)$/i, "")}-${c.method}-${stamp}`);
+    c.out = path.join(
+      "runs",
+      `${path.basename(c.task).replace(/\.(ya?ml|json)$/i, "")}-${c.method}-${stamp}`,
+    );
   }
   const outDir = path.resolve(c.out);
   mkdirSync(outDir, { recursive: true });
   const last = path.join(outDir, "last.ckpt");
   if (!opts.resume && existsSync(last)) {
-    throw new Error(`Run folder ${outDir} already holds a checkpoint: pass --resume to continue it, or choose another --out`);
+    throw new Error(
+      `Run folder ${outDir} already holds a checkpoint: pass --resume to continue it, or choose another --out`,
+    );
   }
   if (opts.resume && !existsSync(last)) throw new Error(`Cannot resume: ${last} does not exist`);
-  writeFileAtomicSync(path.join(outDir, "config.json"), new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"));
+  writeFileAtomicSync(
+    path.join(outDir, "config.json"),
+    new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
+  );
 
-  initBackend({ device: c.device, threads: c.threads || undefined, deterministic: c.deterministic });
+  initBackend({
+    device: c.device,
+    threads: c.threads || undefined,
+    deterministic: c.deterministic,
+  });
   const data = await prepareData(c, { quiet: opts.quiet });
   const numClasses = data.classes.length;
 
   // Network plan from the patch size (D, H, W) and the target spacing (x, y, z) reversed to (D, H, W).
-  const spacingDHW = [data.targetSpacing[2], data.targetSpacing[1], data.targetSpacing[0]] as Triple;
+  const spacingDHW = [
+    data.targetSpacing[2],
+    data.targetSpacing[1],
+    data.targetSpacing[0],
+  ] as Triple;
   const wanted = resolvePatchSize(c, data);
   if (wanted.planned && !opts.quiet) {
     console.error(
       `Patch size [${wanted.patch.join(", ")}] (D, H, W), planned from the median training image ` +
-        `[${medianShape(data).join(", ")}] at spacing [${spacingDHW.map((v) => +v.toFixed(3)).join(", ")}] mm; ` +
+        `[${medianShape(data).join(", ")}] at spacing [${
+          spacingDHW.map((v) => +v.toFixed(3)).join(", ")
+        }] mm; ` +
         `set patchSize or patchVoxels to change it`,
     );
   }
@@ -254,7 +374,10 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     })),
     fingerprint: data.plan.fingerprint,
   };
-  writeFileAtomicSync(path.join(outDir, "plan.json"), new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"));
+  writeFileAtomicSync(
+    path.join(outDir, "plan.json"),
+    new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"),
+  );
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
 
@@ -274,7 +397,15 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   });
 
   const log = new JsonlLog(path.join(outDir, "log.jsonl"));
-  log.write({ event: "config", config: c, plan: plan.levels, patch, parameters: model.student.parameterCount(), backend: getBackend().version, data: data.describe });
+  log.write({
+    event: "config",
+    config: c,
+    plan: plan.levels,
+    patch,
+    parameters: model.student.parameterCount(),
+    backend: getBackend().version,
+    data: data.describe,
+  });
 
   const save = (file: string, iteration: number) =>
     saveCheckpoint(file, {
@@ -295,7 +426,9 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     });
     st.validations.push({ iteration, dice: r.meanDice });
     log.write({ event: "validation", iteration, dice: r.meanDice, perClass: r.perClassDice });
-    if (!opts.quiet) console.error(`validation @${iteration}: mean foreground Dice ${r.meanDice.toFixed(4)}`);
+    if (!opts.quiet) {
+      console.error(`validation @${iteration}: mean foreground Dice ${r.meanDice.toFixed(4)}`);
+    }
     if (r.meanDice > st.bestDice) {
       st.bestDice = r.meanDice;
       save(path.join(outDir, "best.ckpt"), iteration);
@@ -306,7 +439,9 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     logHook(log),
     ...(opts.quiet ? [] : [progressHook({ label: `${c.method} ${c.task}` })]),
     everyHook(c.checkpointEvery, (ctx) => save(last, ctx.iteration)),
-    ...(data.validation.length && c.validation.every > 0 ? [everyHook(c.validation.every, (ctx) => validate(ctx.iteration))] : []),
+    ...(data.validation.length && c.validation.every > 0
+      ? [everyHook(c.validation.every, (ctx) => validate(ctx.iteration))]
+      : []),
     ...(opts.hooks ?? []),
   ];
   const trainer = new Trainer({
@@ -324,7 +459,9 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   try {
     await trainer.run();
   } catch (e) {
-    if (e instanceof NonFiniteLossError) log.write({ event: "error", iteration: e.iteration, message: e.message });
+    if (e instanceof NonFiniteLossError) {
+      log.write({ event: "error", iteration: e.iteration, message: e.message });
+    }
     throw e;
   } finally {
     await loader.close();
@@ -334,7 +471,8 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
   await writePartners(outDir, data, patch);
 
   let metrics: MetricsSummary | null = null;
-  let summaryText = `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;
+  let summaryText =
+    `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;
   if (!opts.skipFinalEvaluation && data.validation.length) {
     const windows = progressBar("sliding window", { quiet: opts.quiet });
     const r = await evaluateValidation(model, data, {
@@ -359,6 +497,18 @@ export async function trainTask(input: TrainConfigInput | Record<string, unknown
     summaryText += `\n${r.table}`;
   }
   const seconds = (performance.now() - t0) / 1000;
-  writeFileSync(path.join(outDir, "summary.txt"), summaryText + `\nwall time ${seconds.toFixed(1)} s\n`);
-  return { outDir, config: c, iterations: trainer.ctx.iteration, seconds, metrics, validations: st.validations, summaryText, model };
+  writeFileSync(
+    path.join(outDir, "summary.txt"),
+    summaryText + `\nwall time ${seconds.toFixed(1)} s\n`,
+  );
+  return {
+    outDir,
+    config: c,
+    iterations: trainer.ctx.iteration,
+    seconds,
+    metrics,
+    validations: st.validations,
+    summaryText,
+    model,
+  };
 }
