@@ -307,3 +307,53 @@ Deno.test({
     assert.match(missing.err, /Unknown task '.*nope': expected one of .* or a dataset folder/);
   },
 });
+
+Deno.test({
+  name:
+    "large datasets: maxTrainCases / maxValidationCases subsets; too little memory is a clear error before loading",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const root = Deno.makeTempDirSync({ prefix: "comodal-subset-" });
+    const data = path.join(root, "BraTS2021_Training_Data");
+    await writeBrats2021(data, { cases: 6 });
+    const out = path.join(root, "run");
+    ok(
+      await runCli([
+        "train",
+        data,
+        "--out",
+        out,
+        ...TINY,
+        "--set",
+        "patchSize=[8,16,16]",
+        "--set",
+        "maxTrainCases=2",
+        "--set",
+        "maxValidationCases=1",
+      ]),
+      "train on a subset",
+    );
+    const config = readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")
+      .filter((l) => l.includes('"event":"config"')).map((l) => JSON.parse(l))[0];
+    assert.equal(
+      config.data.labeled.length + config.data.unlabeled,
+      2,
+      JSON.stringify(config.data),
+    );
+    assert.ok(config.data.labeled.length >= 1);
+    assert.equal(config.data.validation.length, 1);
+    // The same data with a 64 KiB memory budget: stops before loading, naming the remedy.
+    Deno.env.set("COMODAL_AVAILABLE_MEMORY", String(2 ** 16));
+    try {
+      const r = await runCli(["train", data, "--out", path.join(root, "r2"), ...TINY]);
+      assert.equal(r.code, 1);
+      assert.match(
+        r.err,
+        /need [0-9.]+ GiB in memory after preprocessing, .* use a subset with --set maxTrainCases=N/,
+      );
+    } finally {
+      Deno.env.delete("COMODAL_AVAILABLE_MEMORY");
+    }
+  },
+});

@@ -51,6 +51,8 @@ export interface LoadCasesOptions {
   shared?: boolean;
   /** Only these modalities (default: all of the plan). */
   modalities?: readonly string[];
+  /** Only these cases (default: every case of the splits). */
+  ids?: readonly string[];
 }
 
 export interface LoadedDataset {
@@ -191,8 +193,9 @@ export async function loadPreprocessedCases(
   }
   const labeled: LabeledCase[] = [];
   const unlabeled: UnlabeledCase[] = [];
+  const only = opts.ids ? new Set(opts.ids) : null;
   for (const c of plan.cases) {
-    if (!splits.includes(c.split)) continue;
+    if (!splits.includes(c.split) || (only && !only.has(c.id))) continue;
     if (opts.modalities && !c.modalities.some((m) => opts.modalities!.includes(m))) continue;
     const rec = await loadCaseRecord(dir, c.id);
     // A case keeps labels only when one of the modalities in use has a label map.
@@ -228,4 +231,26 @@ export function toCommonGrid(
     }) as Float32Array;
   }
   return { dims: ref.dims, affine: ref.affine, spacing: ref.spacing, images };
+}
+
+/**
+ * Bytes the given cases take in memory once loaded (float32 volumes of the modalities in use, plus
+ * label maps), from their records alone.
+ */
+export async function loadedBytes(
+  dir: string,
+  ids: readonly string[],
+  modalities: readonly string[],
+): Promise<number> {
+  let bytes = 0;
+  for (const id of ids) {
+    const rec = await loadCaseRecord(dir, id);
+    for (const m of modalities) {
+      const pm = rec.modalities[m];
+      if (!pm) continue;
+      const n = pm.dims[0] * pm.dims[1] * pm.dims[2];
+      bytes += 4 * n + (pm.labelFile ? (pm.labelDtype === "int16" ? 2 : 1) * n : 0);
+    }
+  }
+  return bytes;
 }

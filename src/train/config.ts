@@ -91,6 +91,13 @@ export const TrainConfigSchema = z.strictObject({
   patchVoxels: z.number().int().positive().optional(),
   /** Target spacing (D, H, W) in mm; default: the median spacing of the training set. */
   targetSpacing: tripleF.optional(),
+  /**
+   * Train on at most this many training cases (a subset drawn with the seed; labeled cases first
+   * come as they fall). For datasets too large for this machine's memory or time budget.
+   */
+  maxTrainCases: z.number().int().positive().optional(),
+  /** Load and evaluate at most this many validation cases (a subset drawn with the seed). */
+  maxValidationCases: z.number().int().positive().optional(),
   /** NaN/Inf voxels in an image: "error" (default; names the file and the first voxel) or "zero". */
   nonFinite: z.enum(["error", "zero"]).default("error"),
   network: z.strictObject({

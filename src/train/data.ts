@@ -9,7 +9,13 @@ import { createHash } from "node:crypto";
 import { importDataset } from "../data/importers.ts";
 import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
 import { preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
-import { type LabeledCase, loadPreprocessedCases, type UnlabeledCase } from "../data/cases.ts";
+import {
+  type LabeledCase,
+  loadedBytes,
+  loadPreprocessedCases,
+  type UnlabeledCase,
+} from "../data/cases.ts";
+import { Rng } from "../data/rng.ts";
 import { SYNTH_TASKS, synthesize, type SynthTask } from "../data/synth.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
@@ -204,8 +210,37 @@ export async function prepareData(
   const labeledIds = labeled === undefined
     ? trainLabeled.map((x) => x.id)
     : selectLabeled(manifest.cases, { labeled, seed: c.seed });
-  const train = await loadPreprocessedCases(ppDir, { splits: ["train"], labeledIds, modalities });
-  const val = await loadPreprocessedCases(ppDir, { splits: ["val"], modalities });
+  // Subsets (maxTrainCases / maxValidationCases), then a memory check before anything is loaded.
+  const inUse = (split: string) =>
+    plan.cases.filter((x) => x.split === split && x.modalities.some((m) => modalities.includes(m)));
+  const trainIds = subset(
+    inUse("train").map((x) => x.id),
+    c.maxTrainCases,
+    c.seed,
+    "train",
+    labeledIds,
+  );
+  const valIds = subset(inUse("val").map((x) => x.id), c.maxValidationCases, c.seed, "val");
+  const need = await loadedBytes(ppDir, [...trainIds, ...valIds], modalities);
+  // COMODAL_AVAILABLE_MEMORY (bytes) stands in for the system's figure (tests; shared machines).
+  const limit = Number(Deno.env.get("COMODAL_AVAILABLE_MEMORY"));
+  const available = limit > 0 ? limit : Deno.systemMemoryInfo().available;
+  if (need > 0.8 * available) {
+    const gb = (b: number) => (b / 2 ** 30).toFixed(1);
+    throw new Error(
+      `Cannot train on ${manifest.task}: its ${trainIds.length} training and ${valIds.length} validation ` +
+        `case(s) need ${gb(need)} GiB in memory after preprocessing, and this machine has ` +
+        `${gb(available)} GiB available; use a subset with --set maxTrainCases=N and ` +
+        `--set maxValidationCases=N`,
+    );
+  }
+  const train = await loadPreprocessedCases(ppDir, {
+    splits: ["train"],
+    labeledIds,
+    modalities,
+    ids: trainIds,
+  });
+  const val = await loadPreprocessedCases(ppDir, { splits: ["val"], modalities, ids: valIds });
   if (train.labeled.length === 0) {
     throw new Error(`Cannot train on ${manifest.task}: no labeled training case has a label map`);
   }
@@ -232,4 +267,27 @@ export async function prepareData(
       validation: val.labeled.map((x) => x.id),
     },
   };
+}
+
+/**
+ * At most `max` of `ids`, drawn with the seed (all of them when max is unset or large enough). When
+ * `labeled` is given, the subset keeps at least one of those ids.
+ */
+function subset(
+  ids: string[],
+  max: number | undefined,
+  seed: number,
+  what: string,
+  labeled?: readonly string[],
+): string[] {
+  if (max === undefined || ids.length <= max) return ids;
+  const r = new Rng(seed, `subset-${what}`);
+  const order = ids.map((id) => ({ id, k: r.next() })).sort((a, b) => a.k - b.k).map((x) => x.id);
+  const pick = order.slice(0, max);
+  if (labeled && !pick.some((id) => labeled.includes(id))) {
+    const first = order.find((id) => labeled.includes(id));
+    if (first) pick[pick.length - 1] = first;
+  }
+  const keep = new Set(pick);
+  return ids.filter((id) => keep.has(id));
 }
