@@ -138,6 +138,81 @@ void unit_lanes(const View& v, int64_t unit, const std::vector<float>& per_nc, f
     lanes[l] = per_nc[(size_t)(n * v.C + (v.L == 1 ? u : u * 16 + l))];
 }
 
+// Plain tensors with little spatial extent (e.g. tokens [T, C], S = 1): the chunked per-channel path
+// spends its time on bookkeeping per (n, c). Here one task is one (n, group), a contiguous run of
+// Cg * S floats in the plain layout, reduced in double in a fixed order (thread-count independent).
+constexpr int64_t kSmallS = 256;
+
+void small_forward(Backend* be, const float* x, float* y, float* mo, float* ro, const float* gamma,
+                   const float* beta, int64_t N, int64_t C, int64_t G, int64_t S, double eps, float slope) {
+  const int64_t Cg = C / G, L = Cg * S;
+  parallel_for(be, N * G, [&](int64_t ng) {
+    const float* xp = x + ng * L;
+    double sum = 0;
+    for (int64_t i = 0; i < L; i++) sum += xp[i];
+    const double mean = L > 0 ? sum / (double)L : 0.0;
+    double m2 = 0;
+    for (int64_t i = 0; i < L; i++) {
+      double d = xp[i] - mean;
+      m2 += d * d;
+    }
+    mo[ng] = (float)mean;
+    ro[ng] = (float)(1.0 / std::sqrt((L > 0 ? m2 / (double)L : 0.0) + eps));
+    const int64_t g = ng % G;
+    float* yp = y + ng * L;
+    for (int64_t j = 0; j < Cg; j++) {
+      const int64_t c = g * Cg + j;
+      const double sc = (double)ro[ng] * (double)gamma[c];
+      const float s = (float)sc, h = (float)((double)beta[c] - (double)mo[ng] * sc);
+      for (int64_t k = 0; k < S; k++) yp[j * S + k] = act_apply(xp[j * S + k] * s + h, slope);
+    }
+  });
+}
+
+// dx, and per (n, c) the sums of dy (into db_nc) and dy * xhat (into dg_nc), with dy multiplied by
+// act'(z) when an activation is fused (beta given).
+void small_backward(Backend* be, const float* x, const float* dy, float* dx, const float* gamma, const float* beta,
+                    const float* mean, const float* rstd, int64_t N, int64_t C, int64_t G, int64_t S, float slope,
+                    std::vector<double>& dg_nc, std::vector<double>& db_nc) {
+  const int64_t Cg = C / G, L = Cg * S;
+  parallel_for(be, N * G, [&](int64_t ng) {
+    const int64_t n = ng / G, g = ng % G;
+    const float* xp = x + ng * L;
+    const float* gp = dy + ng * L;
+    const double m = mean[ng], r = rstd[ng];
+    auto geff = [&](int64_t c, int64_t i) {
+      if (!beta) return gp[i];
+      const double sc = r * (double)gamma[c];
+      return gp[i] * act_grad(xp[i] * (float)sc + (float)((double)beta[c] - m * sc), slope);
+    };
+    double A = 0, B = 0;
+    for (int64_t j = 0; j < Cg; j++) {
+      const int64_t c = g * Cg + j;
+      double s1 = 0, s2 = 0;
+      for (int64_t k = 0; k < S; k++) {
+        const double ge = geff(c, j * S + k);
+        s1 += ge;
+        s2 += ge * ((double)xp[j * S + k] - m);
+      }
+      s2 *= r;  // sum dy * xhat
+      db_nc[(size_t)(n * C + c)] = s1;
+      dg_nc[(size_t)(n * C + c)] = s2;
+      A += (double)gamma[c] * s1;
+      B += (double)gamma[c] * s2;
+    }
+    const double Md = (double)L;
+    float* op_ = dx + ng * L;
+    for (int64_t j = 0; j < Cg; j++) {
+      const int64_t c = g * Cg + j;
+      for (int64_t k = 0; k < S; k++) {
+        const int64_t i = j * S + k;
+        const double xhat = ((double)xp[i] - m) * r;
+        op_[i] = (float)(r * ((double)gamma[c] * (double)geff(c, i) - (A + xhat * B) / Md));
+      }
+    }
+  });
+}
+
 struct GnCommon {
   int64_t G = 0, Cg = 0;
 };
@@ -193,6 +268,11 @@ void group_norm_forward(const KernelArgs& a) {
   }
 
   View v = make_view(x);
+  if (!x->blocked() && v.S < kSmallS) {
+    small_forward(be, x->f32(), yw->f32(), mean_b->f32(), rstd_b->f32(), gamma, beta, N, C, G, v.S, prm.eps, slope);
+    if (yw != y) reorder(yw, y);
+    return;
+  }
   const float* xd = x->f32();
   const double M = (double)Cg * (double)v.S;
   // Statistics in one read of x: per (unit, chunk) task the chunk's per-channel mean and sum of
@@ -353,6 +433,24 @@ void group_norm_backward(const KernelArgs& a) {
   }
 
   View v = make_view(x);
+  if (!x->blocked() && v.S < kSmallS) {
+    std::vector<double> dg_nc((size_t)(N * C)), db_nc((size_t)(N * C));
+    small_backward(be, x->f32(), dyu->f32(), dxw->f32(), gamma, beta, meanp, rstdp, N, C, G, v.S, slope, dg_nc,
+                   db_nc);
+    if (dxw != dx) reorder(dxw, dx);
+    float* dgo = dgamma->f32();
+    float* dbo = dbeta->f32();
+    for (int64_t c = 0; c < C; c++) {
+      double vg = 0, vb = 0;
+      for (int64_t n = 0; n < N; n++) {  // fixed order: deterministic
+        vg += dg_nc[(size_t)(n * C + c)];
+        vb += db_nc[(size_t)(n * C + c)];
+      }
+      dgo[c] = dg_alloc ? (float)vg : dgo[c] + (float)vg;
+      dbo[c] = db_alloc ? (float)vb : dbo[c] + (float)vb;
+    }
+    return;
+  }
   const float* xd = x->f32();
   const float* gd = dyu->f32();
   const double M = (double)Cg * (double)v.S;

@@ -774,6 +774,9 @@ int main() {
   test_group_norm(be, {2, 6, 5, 7}, 3, CMO_LAYOUT_PLAIN, 0);           // 4-D plain
   test_group_norm(be, {1, 16, 40, 40, 40}, 16, CMO_LAYOUT_BLOCKED16, 100);  // large offset, many chunks
   test_group_norm(be, {1, 2, 40, 40, 41}, 1, CMO_LAYOUT_PLAIN, 100);
+  // Tokens [T, C] (no spatial extent: layer norm is groups = 1), plain fast path.
+  test_group_norm(be, {64, 24}, 1, CMO_LAYOUT_PLAIN, 2);
+  test_group_norm(be, {64, 24}, 4, CMO_LAYOUT_PLAIN, 0, -1, CMO_NORM_ACT_LEAKY_RELU);
   // Fused activations, both layouts, per-channel and grouped statistics.
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_BLOCKED16, 0, -1, CMO_NORM_ACT_LEAKY_RELU);
   test_group_norm(be, {2, 32, 3, 4, 5}, 32, CMO_LAYOUT_PLAIN, 0, -1, CMO_NORM_ACT_RELU);
