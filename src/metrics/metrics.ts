@@ -329,14 +329,18 @@ export function excludeIgnored(
   }
   let fill = 0;
   while (used.has(fill)) fill--;
+  // One pass; the copies are made at the first ignored voxel (typed-array copies, not iteration).
+  // One ignored value (the usual case) is a plain comparison per voxel, not a Set lookup.
   const skip = new Set(ignore);
+  const only = ignore.length === 1 ? ignore[0] : undefined;
   let p: Int32Array | null = null, r: Int32Array | null = null;
   let ignored = 0;
   for (let i = 0; i < ref.length; i++) {
-    if (!skip.has(ref[i])) continue;
+    const v = ref[i];
+    if (only !== undefined ? v !== only : !skip.has(v)) continue;
     if (p === null || r === null) {
-      p = Int32Array.from(pred);
-      r = Int32Array.from(ref);
+      p = new Int32Array(pred);
+      r = new Int32Array(ref);
     }
     p[i] = fill;
     r[i] = fill;
