@@ -12,7 +12,7 @@ import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
-import { ok, runCli, TINY, writeBrats2021, writeProstate } from "./real_layouts.ts";
+import { ok, runCli, tinyTrainArgs, writeBrats2021, writeProstate } from "./real_layouts.ts";
 
 Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
 
@@ -34,17 +34,9 @@ Deno.test({
 
     const out = path.join(root, "run");
     ok(
-      await runCli([
-        "train",
-        manifestFile,
-        "--out",
-        out,
-        ...TINY,
-        "--set",
-        "modalities=[t1,t1ce,t2,flair]",
-        "--set",
-        "patchSize=[8,16,16]",
-      ]),
+      await runCli(
+        tinyTrainArgs(manifestFile, out, "modalities=[t1,t1ce,t2,flair]", "patchSize=[8,16,16]"),
+      ),
       "train",
     );
     const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
@@ -166,7 +158,7 @@ Deno.test({
     const out = path.join(root, "run");
     // Patch depth 8 > 4..6 slices: the volume is padded; anisotropic spacing pools in-plane first.
     ok(
-      await runCli(["train", manifestFile, "--out", out, ...TINY, "--set", "patchSize=[8,32,32]"]),
+      await runCli(tinyTrainArgs(manifestFile, out, "patchSize=[8,32,32]")),
       "train",
     );
     const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
@@ -179,15 +171,7 @@ Deno.test({
 
     // Without patchSize the patch is planned from the median image within patchVoxels.
     const auto = path.join(root, "run-auto");
-    const r = await runCli([
-      "train",
-      manifestFile,
-      "--out",
-      auto,
-      ...TINY,
-      "--set",
-      "patchVoxels=4096",
-    ]);
+    const r = await runCli(tinyTrainArgs(manifestFile, auto, "patchVoxels=4096"));
     ok(r, "train with a planned patch");
     const planned =
       JSON.parse(readFileSync(path.join(auto, "plan.json"), "utf8")).network.patchSize;
@@ -284,7 +268,7 @@ Deno.test({
     const data = path.join(root, "BraTS2021_Training_Data");
     await writeBrats2021(data, { cases: 4 });
     const out = path.join(root, "run");
-    const r = await runCli(["train", data, "--out", out, ...TINY, "--set", "patchSize=[8,16,16]"]);
+    const r = await runCli(tinyTrainArgs(data, out, "patchSize=[8,16,16]"));
     ok(r, "train on a folder");
     assert.match(r.err + r.out, /Importing the dataset in /);
     assert.ok(
@@ -319,19 +303,9 @@ Deno.test({
     await writeBrats2021(data, { cases: 6 });
     const out = path.join(root, "run");
     ok(
-      await runCli([
-        "train",
-        data,
-        "--out",
-        out,
-        ...TINY,
-        "--set",
-        "patchSize=[8,16,16]",
-        "--set",
-        "maxTrainCases=2",
-        "--set",
-        "maxValidationCases=1",
-      ]),
+      await runCli(
+        tinyTrainArgs(data, out, "patchSize=[8,16,16]", "maxTrainCases=2", "maxValidationCases=1"),
+      ),
       "train on a subset",
     );
     const config = readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")
@@ -346,7 +320,7 @@ Deno.test({
     // The same data with a 64 KiB memory budget: stops before loading, naming the remedy.
     Deno.env.set("COMODAL_AVAILABLE_MEMORY", String(2 ** 16));
     try {
-      const r = await runCli(["train", data, "--out", path.join(root, "r2"), ...TINY]);
+      const r = await runCli(tinyTrainArgs(data, path.join(root, "r2")));
       assert.equal(r.code, 1);
       assert.match(
         r.err,

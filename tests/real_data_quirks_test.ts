@@ -19,7 +19,7 @@ import { evaluateOriginal, originalLabels, quickDice } from "../src/train/valida
 import {
   ok,
   runCli,
-  TINY,
+  tinyTrainArgs,
   writeBrats2021,
   writeNiftiWithHeader,
   writeNnUnetCtMr,
@@ -90,17 +90,9 @@ Deno.test({
     assert.deepEqual(m.labelMap, { [ignoreValue]: "ignore" });
     const out = path.join(root, "run");
     ok(
-      await runCli([
-        "train",
-        manifestFile,
-        "--out",
-        out,
-        ...TINY,
-        "--set",
-        "modalities=[CT,T1,T2]",
-        "--set",
-        "patchSize=[4,16,16]",
-      ]),
+      await runCli(
+        tinyTrainArgs(manifestFile, out, "modalities=[CT,T1,T2]", "patchSize=[4,16,16]"),
+      ),
       "train",
     );
     const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
@@ -345,15 +337,13 @@ Deno.test({
     };
     const train = async (data: string) => {
       ok(await runCli(["import", data]), "import");
-      return await runCli([
-        "train",
-        path.join(data, "manifest.yaml"),
-        "--out",
-        path.join(data, "run"),
-        ...TINY,
-        "--set",
-        "patchSize=[4,8,8]",
-      ]);
+      return await runCli(
+        tinyTrainArgs(
+          path.join(data, "manifest.yaml"),
+          path.join(data, "run"),
+          "patchSize=[4,8,8]",
+        ),
+      );
     };
     // Truncated download.
     {
@@ -422,17 +412,14 @@ Deno.test({
         ),
       );
       // The remedy the message names works: the same data trains with NaN voxels set to 0.
-      const again = await runCli([
-        "train",
-        path.join(data, "manifest.yaml"),
-        "--out",
-        path.join(data, "run-zero"),
-        ...TINY,
-        "--set",
-        "patchSize=[4,8,8]",
-        "--set",
-        "nonFinite=zero",
-      ]);
+      const again = await runCli(
+        tinyTrainArgs(
+          path.join(data, "manifest.yaml"),
+          path.join(data, "run-zero"),
+          "patchSize=[4,8,8]",
+          "nonFinite=zero",
+        ),
+      );
       ok(again, "train with nonFinite=zero");
       assert.ok(existsSync(path.join(data, "run-zero", "last.ckpt")), again.out);
     }

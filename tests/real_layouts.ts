@@ -325,6 +325,11 @@ export const TINY = [
   "images=false",
 ];
 
+/** Arguments of `runCli` for a tiny training run (`TINY`) of `task` into `out`, plus `--set`s. */
+export function tinyTrainArgs(task: string, out: string, ...sets: string[]): string[] {
+  return ["train", task, "--out", out, ...TINY, ...sets.flatMap((s) => ["--set", s])];
+}
+
 /** Asserts a runCli result exited 0, showing its output otherwise. */
 export function ok(r: { code: number; out: string; err: string }, what: string): void {
   if (r.code !== 0) throw new Error(`${what} failed (exit ${r.code}):\n${r.err}\n${r.out}`);
