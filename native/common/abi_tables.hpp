@@ -42,28 +42,6 @@ inline bool input_nullable(int op, int i) {
          (op == CMO_OP_GROUP_NORM_BACKWARD && i == 5);
 }
 
-// The negative-side slope of GROUP_NORM's fused activation (1 = none, 0 = ReLU, alpha = leaky ReLU).
-// Returns false, with a message in *why, for an unknown activation or a non-finite alpha.
-inline bool norm_activation_slope(const cmo_group_norm_params& p, float* slope, const char** why) {
-  switch (p.activation) {
-    case CMO_NORM_ACT_NONE:
-      *slope = 1.0f;
-      return true;
-    case CMO_NORM_ACT_RELU:
-      *slope = 0.0f;
-      return true;
-    case CMO_NORM_ACT_LEAKY_RELU:
-      if (!(p.alpha - p.alpha == 0.0)) {  // NaN or infinite
-        *why = "leaky ReLU slope alpha must be finite";
-        return false;
-      }
-      *slope = (float)p.alpha;
-      return true;
-  }
-  *why = "unknown activation (0 = none, 1 = ReLU, 2 = leaky ReLU)";
-  return false;
-}
-
 inline int64_t dtype_size(int64_t dt) {
   switch (dt) {
     case CMO_DTYPE_F32:

@@ -53,6 +53,27 @@ struct Shape {
   }
 };
 
+// GROUP_NORM's fused activation (comodal.h): the slope for z <= 0 (1 = none, 0 = ReLU, alpha =
+// leaky ReLU); fails naming `op` for an unknown activation or a non-finite alpha.
+inline float norm_activation_slope(const cmo_group_norm_params& p, const char* op) {
+  switch (p.activation) {
+    case CMO_NORM_ACT_NONE:
+      return 1.0f;
+    case CMO_NORM_ACT_RELU:
+      return 0.0f;
+    case CMO_NORM_ACT_LEAKY_RELU:
+      if (!(p.alpha - p.alpha == 0.0)) fail(std::string(op) + ": leaky ReLU slope alpha must be finite");
+      return (float)p.alpha;
+  }
+  fail(std::string(op) + ": unknown activation (0 = none, 1 = ReLU, 2 = leaky ReLU), got activation " +
+       std::to_string(p.activation));
+}
+// The activation and its derivative for a slope; branch-free, so host loops vectorise.
+CMO_HOST_DEVICE inline float norm_act_apply(float z, float slope) {
+  return (z > 0.0f ? z : 0.0f) + slope * (z < 0.0f ? z : 0.0f);
+}
+CMO_HOST_DEVICE inline float norm_act_grad(float z, float slope) { return slope + (1.0f - slope) * (float)(z > 0.0f); }
+
 // A tensor descriptor's shape; fn names the API call in the error.
 inline Shape shape_from_desc(const cmo_tensor_desc& d, const char* fn) {
   if (d.ndim < 0 || d.ndim > CMO_MAX_DIMS)

@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "../common/abi_tables.hpp"
 #include "internal.hpp"
 
 namespace cmo {
@@ -89,22 +88,13 @@ void channel_sums(Backend* be, const View& v, int nsums, std::vector<std::vector
   }
 }
 
-// The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
-float act_slope(const cmo_group_norm_params& p, const char* op) {
-  float slope = 1.0f;
-  const char* why = "";
-  if (!cmo_abi::norm_activation_slope(p, &slope, &why))
-    fail(std::string(op) + ": " + why + ", got activation " + std::to_string(p.activation));
-  return slope;
-}
+using cmo_common::norm_act_apply;
+using cmo_common::norm_act_grad;
 
-// Branch-free so that the loops using them vectorise.
-__attribute__((always_inline)) inline float act_apply(float z, float slope) { return std::max(z, 0.0f) + slope * std::min(z, 0.0f); }
-__attribute__((always_inline)) inline float act_grad(float z, float slope) { return slope + (1.0f - slope) * (float)(z > 0.0f); }
-
-// The two backward sums with a fused activation: per lane l, s1[l] += g and s2[l] += g * (x - m[l])
-// with g = dy * act'(x * sc[l] + sh[l]). Plain tensors have the same values in every lane.
-void fused_lane_sums(const float* dy, const float* x, int64_t len, const float* m, const float* sc,
+// The two backward sums: per lane l, s1[l] += g and s2[l] += g * (x - m[l]) with g = dy * act'(x *
+// sc[l] + sh[l]) (act' = 1 without an activation: slope 1). Plain tensors have the same values in
+// every lane.
+void backward_lane_sums(const float* dy, const float* x, int64_t len, const float* m, const float* sc,
                      const float* sh, float slope, double* s1, double* s2) {
   int64_t i = 0;
   while (i + kLanes <= len) {
@@ -115,7 +105,7 @@ void fused_lane_sums(const float* dy, const float* x, int64_t len, const float* 
 #pragma omp simd
       for (int l = 0; l < kLanes; l++) {
         float xv = x[i + l];
-        float g = dy[i + l] * act_grad(xv * sc[l] + sh[l], slope);
+        float g = dy[i + l] * norm_act_grad(xv * sc[l] + sh[l], slope);
         a1[l] += g;
         a2[l] += g * (xv - m[l]);
       }
@@ -125,7 +115,7 @@ void fused_lane_sums(const float* dy, const float* x, int64_t len, const float* 
     }
   }
   for (; i < len; i++) {  // plain tail
-    float g = dy[i] * act_grad(x[i] * sc[0] + sh[0], slope);
+    float g = dy[i] * norm_act_grad(x[i] * sc[0] + sh[0], slope);
     s1[0] += g;
     s2[0] += g * (x[i] - m[0]);
   }
@@ -164,13 +154,13 @@ void small_forward(Backend* be, const float* x, float* y, float* mo, float* ro, 
       const int64_t c = g * Cg + j;
       const double sc = (double)ro[ng] * (double)gamma[c];
       const float s = (float)sc, h = (float)((double)beta[c] - (double)mo[ng] * sc);
-      for (int64_t k = 0; k < S; k++) yp[j * S + k] = act_apply(xp[j * S + k] * s + h, slope);
+      for (int64_t k = 0; k < S; k++) yp[j * S + k] = norm_act_apply(xp[j * S + k] * s + h, slope);
     }
   });
 }
 
 // dx, and per (n, c) the sums of dy (into db_nc) and dy * xhat (into dg_nc), with dy multiplied by
-// act'(z) when an activation is fused (beta given).
+// act'(z) (1 without an activation: slope 1, and beta may then be NULL).
 void small_backward(Backend* be, const float* x, const float* dy, float* dx, const float* gamma, const float* beta,
                     const float* mean, const float* rstd, int64_t N, int64_t C, int64_t G, int64_t S, float slope,
                     std::vector<double>& dg_nc, std::vector<double>& db_nc) {
@@ -181,9 +171,8 @@ void small_backward(Backend* be, const float* x, const float* dy, float* dx, con
     const float* gp = dy + ng * L;
     const double m = mean[ng], r = rstd[ng];
     auto geff = [&](int64_t c, int64_t i) {
-      if (!beta) return gp[i];
       const double sc = r * (double)gamma[c];
-      return gp[i] * act_grad(xp[i] * (float)sc + (float)((double)beta[c] - m * sc), slope);
+      return gp[i] * norm_act_grad(xp[i] * (float)sc + (float)((beta ? (double)beta[c] : 0.0) - m * sc), slope);
     };
     double A = 0, B = 0;
     for (int64_t j = 0; j < Cg; j++) {
@@ -250,7 +239,7 @@ void group_norm_forward(const KernelArgs& a) {
   check_vec(a.in[1], C, op, "gamma");
   check_vec(a.in[2], C, op, "beta");
   if (!(prm.eps >= 0)) fail(std::string(op) + ": eps must be >= 0");
-  const float slope = act_slope(prm, op);
+  const float slope = cmo_common::norm_activation_slope(prm, op);
   const float* gamma = a.in[1]->f32();
   const float* beta = a.in[2]->f32();
   Backend* be = a.backend;
@@ -383,11 +372,11 @@ void group_norm_forward(const KernelArgs& a) {
     if (v.L == 1) {
       const float s0 = sc[0], h0 = sh[0];
 #pragma omp simd
-      for (int64_t i = 0; i < len; i++) yp[i] = act_apply(xp[i] * s0 + h0, slope);
+      for (int64_t i = 0; i < len; i++) yp[i] = norm_act_apply(xp[i] * s0 + h0, slope);
     } else {
       for (int64_t i = 0; i < len; i += kLanes)
 #pragma omp simd
-        for (int l = 0; l < kLanes; l++) yp[i + l] = act_apply(xp[i + l] * sc[l] + sh[l], slope);
+        for (int l = 0; l < kLanes; l++) yp[i + l] = norm_act_apply(xp[i + l] * sc[l] + sh[l], slope);
     }
   });
   if (yw != y) reorder(yw, y);
@@ -413,7 +402,7 @@ void group_norm_backward(const KernelArgs& a) {
   const float* gamma = a.in[2]->f32();
   const float* meanp = a.in[3]->f32();
   const float* rstdp = a.in[4]->f32();
-  const float slope = act_slope(prm, op);
+  const float slope = cmo_common::norm_activation_slope(prm, op);
   const bool fused = prm.activation != CMO_NORM_ACT_NONE;
   if (fused) check_vec(a.in[5], C, op, "beta (required with a fused activation)");
   const float* beta = fused ? a.in[5]->f32() : nullptr;
@@ -459,27 +448,20 @@ void group_norm_backward(const KernelArgs& a) {
     for (int64_t c = 0; c < C; c++) {
       size_t i = (size_t)(n * C + c), g = (size_t)(n * G + c / Cg);
       mean_nc[i] = meanp[g];
-      if (fused) {  // the forward's scale and shift, computed the same way
-        double sc = (double)rstdp[g] * (double)gamma[c];
-        scale_nc[i] = (float)sc;
-        shift_nc[i] = (float)((double)beta[c] - (double)meanp[g] * sc);
-      }
+      // The forward's scale and shift, computed the same way (beta only matters with an activation).
+      double sc = (double)rstdp[g] * (double)gamma[c];
+      scale_nc[i] = (float)sc;
+      shift_nc[i] = (float)((beta ? (double)beta[c] : 0.0) - (double)meanp[g] * sc);
     }
-  // Per channel: s1 = sum dy, s2 = sum dy * (x - mean); with a fused activation dy is dy * act'(z),
-  // computed on the fly in this pass and in the last one (no extra tensor, no extra pass).
+  // Per channel: s1 = sum dy, s2 = sum dy * (x - mean), where dy means dy * act'(z), computed on the
+  // fly in this pass and in the last one (no extra tensor, no extra pass).
   std::vector<std::vector<double>> sums;
   channel_sums(be, v, 2, sums, [&](int64_t unit, int64_t off, int64_t len, double* out) {
-    float m[kLanes];
+    float m[kLanes], sc[kLanes], sh[kLanes];
     unit_lanes(v, unit, mean_nc, m);
-    if (fused) {
-      float sc[kLanes], sh[kLanes];
-      unit_lanes(v, unit, scale_nc, sc);
-      unit_lanes(v, unit, shift_nc, sh);
-      fused_lane_sums(gd + off, xd + off, len, m, sc, sh, slope, out, out + kLanes);
-      return;
-    }
-    lane_sums(gd + off, nullptr, len, m, out, [](float g, float, float) { return g; });
-    lane_sums(gd + off, xd + off, len, m, out + kLanes, [](float g, float xv, float mv) { return g * (xv - mv); });
+    unit_lanes(v, unit, scale_nc, sc);
+    unit_lanes(v, unit, shift_nc, sh);
+    backward_lane_sums(gd + off, xd + off, len, m, sc, sh, slope, out, out + kLanes);
   });
   std::vector<double> A((size_t)(N * G), 0.0), B((size_t)(N * G), 0.0);
   std::vector<double> dgam((size_t)C, 0.0), dbet((size_t)C, 0.0);
@@ -518,29 +500,18 @@ void group_norm_backward(const KernelArgs& a) {
     const float* xp = xd + off;
     const float* gp = gd + off;
     float* op_ = dxd + off;
-    if (fused) {
-      float sc[kLanes], sh[kLanes];
-      unit_lanes(v, unit, scale_nc, sc);
-      unit_lanes(v, unit, shift_nc, sh);
-      if (v.L == 1) {
-        const float b1 = a1[0], b2 = a2[0], b3 = a3[0], s0 = sc[0], h0 = sh[0];
+    float sc[kLanes], sh[kLanes];
+    unit_lanes(v, unit, scale_nc, sc);
+    unit_lanes(v, unit, shift_nc, sh);
+    if (v.L == 1) {
+      const float b1 = a1[0], b2 = a2[0], b3 = a3[0], s0 = sc[0], h0 = sh[0];
 #pragma omp simd
-        for (int64_t i = 0; i < len; i++)
-          op_[i] = gp[i] * act_grad(xp[i] * s0 + h0, slope) * b1 + xp[i] * b2 + b3;
-      } else {
-        for (int64_t i = 0; i < len; i += kLanes)
-#pragma omp simd
-          for (int l = 0; l < kLanes; l++)
-            op_[i + l] = gp[i + l] * act_grad(xp[i + l] * sc[l] + sh[l], slope) * a1[l] + xp[i + l] * a2[l] + a3[l];
-      }
-    } else if (v.L == 1) {
-      const float b1 = a1[0], b2 = a2[0], b3 = a3[0];
-#pragma omp simd
-      for (int64_t i = 0; i < len; i++) op_[i] = gp[i] * b1 + xp[i] * b2 + b3;
+      for (int64_t i = 0; i < len; i++) op_[i] = gp[i] * norm_act_grad(xp[i] * s0 + h0, slope) * b1 + xp[i] * b2 + b3;
     } else {
       for (int64_t i = 0; i < len; i += kLanes)
 #pragma omp simd
-        for (int l = 0; l < kLanes; l++) op_[i + l] = gp[i + l] * a1[l] + xp[i + l] * a2[l] + a3[l];
+        for (int l = 0; l < kLanes; l++)
+          op_[i + l] = gp[i + l] * norm_act_grad(xp[i + l] * sc[l] + sh[l], slope) * a1[l] + xp[i + l] * a2[l] + a3[l];
     }
   });
   if (dxw != dx) reorder(dxw, dx);

@@ -1,7 +1,6 @@
 // norm.cu — group normalisation (instance norm is groups == C), forward and backward.
 // Statistics are fused: one read of x for the forward statistics (sum and sum of squares in double,
 // per chunk, combined in a fixed order), one read of x and dy for the backward sums.
-#include "../common/abi_tables.hpp"
 #include "internal.cuh"
 #include "plane_sums.cuh"
 
@@ -28,15 +27,6 @@ NormDims check_norm(const Buffer* x, const Buffer* gamma, const cmo_group_norm_p
   return d;
 }
 
-// The fused activation of comodal.h: slope for z <= 0 (1 = none, 0 = ReLU, alpha = leaky ReLU).
-float act_slope(const cmo_group_norm_params& p, const char* op) {
-  float slope = 1.0f;
-  const char* why = "";
-  if (!cmo_abi::norm_activation_slope(p, &slope, &why))
-    fail(std::string(op) + ": " + why + ", got activation " + std::to_string(p.activation));
-  return slope;
-}
-
 // Per (n, c): the affine step z = x * scale + shift from the stored float mean and rstd, computed
 // identically by forward and backward so both take the same side of the activation's kink.
 // coef[2*(n*C+c)] = scale, coef[2*(n*C+c)+1] = shift.
@@ -50,9 +40,6 @@ void affine_coefs(Backend* be, const float* mp, const float* rp, const float* gp
     coef[2 * nc + 1] = (float)((double)bp[c] - (double)mp[ng] * s);
   }, op);
 }
-
-__device__ __forceinline__ float act_apply(float z, float slope) { return z > 0.0f ? z : z * slope; }
-__device__ __forceinline__ float act_grad(float z, float slope) { return z > 0.0f ? 1.0f : slope; }
 
 Shape stats_shape(const NormDims& d) {
   Shape s;
@@ -96,13 +83,13 @@ void group_norm_forward(const KernelArgs& a) {
   const float *gp = gamma->f32(), *bp = beta->f32();
   float* yp = y->f32();
   const int64_t S = d.S, C = d.C;
-  const float slope = act_slope(p, op);
+  const float slope = cmo_common::norm_activation_slope(p, op);
   Scratch coef(be, (size_t)d.N * C * 2 * sizeof(float));
   float* cf = coef.as<float>();
   affine_coefs(be, mp, rp, gp, bp, d.N, C, d.G, cf, op);
   launch_elementwise(be, x->numel(), [=] __device__(int64_t i) {
     int64_t nc = i / S;
-    yp[i] = act_apply(xp[i] * cf[2 * nc] + cf[2 * nc + 1], slope);
+    yp[i] = cmo_common::norm_act_apply(xp[i] * cf[2 * nc] + cf[2 * nc + 1], slope);
   }, op);
 }
 
@@ -111,7 +98,7 @@ void group_norm_backward(const KernelArgs& a) {
   const auto& p = a.p<cmo_group_norm_params>(op);
   const Buffer *x = a.in[0], *dy = a.in[1], *gamma = a.in[2], *mean = a.in[3], *rstd = a.in[4], *beta = a.in[5];
   NormDims d = check_norm(x, gamma, p, op);
-  const float slope = act_slope(p, op);
+  const float slope = cmo_common::norm_activation_slope(p, op);
   const bool fused = p.activation != CMO_NORM_ACT_NONE;
   if (fused) {
     if (beta == nullptr) fail(std::string(op) + ": beta is required with a fused activation");
@@ -149,7 +136,7 @@ void group_norm_backward(const KernelArgs& a) {
   plane_sums<2>(be, NC, S, [=] __device__(int64_t plane, int64_t s, double* acc) {
     float xv = xp[plane * S + s];
     float gf = dyp[plane * S + s];
-    if (fused) gf *= act_grad(xv * zc[2 * plane] + zc[2 * plane + 1], slope);
+    if (fused) gf *= cmo_common::norm_act_grad(xv * zc[2 * plane] + zc[2 * plane + 1], slope);
     double g = gf;
     acc[0] += g;
     acc[1] += g * (double)xv;
@@ -180,7 +167,7 @@ void group_norm_backward(const KernelArgs& a) {
     int64_t nc = i / S;
     int64_t c = nc % C;
     float g = dyp[i];
-    if (fused) g *= act_grad(xp[i] * zc[2 * nc] + zc[2 * nc + 1], slope);
+    if (fused) g *= cmo_common::norm_act_grad(xp[i] * zc[2 * nc] + zc[2 * nc + 1], slope);
     dxp[i] = rp[ng] * gp[c] * g + cf[2 * ng] * xp[i] + cf[2 * ng + 1];
   }, op);
   float *dgp = dgamma->f32(), *dbp = dbeta->f32();
