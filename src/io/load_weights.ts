@@ -17,8 +17,6 @@ export interface LoadWeightsOptions {
   prefix?: string;
   /** Throw when any key is missing, unexpected or of another shape (default false: report only). */
   strict?: boolean;
-  /** Module parameters that may be absent from the file even in strict mode (new layers). */
-  allowMissing?: (name: string) => boolean;
 }
 
 export interface LoadWeightsReport {
@@ -107,11 +105,10 @@ export function loadSafetensorsInto(
   }
   report.missing = [...params.keys()].filter((n) => !seen.has(n));
   if (opts.strict) {
-    const missing = report.missing.filter((n) => !opts.allowMissing?.(n));
-    if (missing.length || report.unexpected.length || report.mismatched.length) {
+    if (report.missing.length || report.unexpected.length || report.mismatched.length) {
       throw new Error(
         `Cannot load ${st.source} strictly${prefix ? ` (prefix '${prefix}')` : ""}:\n` +
-          describeLoadReport({ ...report, missing, loaded: plan.map(([n]) => n) }).split("\n")
+          describeLoadReport({ ...report, loaded: plan.map(([n]) => n) }).split("\n")
             .slice(1).join("\n"),
       );
     }

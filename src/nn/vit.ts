@@ -42,6 +42,7 @@ import {
   div,
   expand,
   gelu,
+  getBackend,
   groupNorm,
   instanceNorm,
   matmul,
@@ -137,12 +138,8 @@ export class Linear extends Module {
   }
 }
 
-/**
- * Layer norm over the last axis of tokens [B, N, C]. Equal to groupNorm on [B*N, C] with one group
- * (the tests check both against a direct computation), computed as instance norm of [1, B*N, C]
- * (each token a "channel" normalised over its C values) followed by the per-feature affine.
- */
-export class LayerNorm extends Module {
+/** A normalisation's per-channel affine: weight (ones) and bias (zeros), [channels] each. */
+abstract class AffineNorm extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor;
   constructor(readonly channels: number, readonly eps = 1e-6) {
@@ -150,6 +147,15 @@ export class LayerNorm extends Module {
     this.weight = this.param("weight", new Float32Array(channels).fill(1), [channels]);
     this.bias = this.param("bias", new Float32Array(channels), [channels]);
   }
+  abstract forward(x: Tensor): Tensor;
+}
+
+/**
+ * Layer norm over the last axis of tokens [B, N, C]. Equal to groupNorm on [B*N, C] with one group
+ * (the tests check both against a direct computation), computed as instance norm of [1, B*N, C]
+ * (each token a "channel" normalised over its C values) followed by the per-feature affine.
+ */
+export class LayerNorm extends AffineNorm {
   forward(x: Tensor): Tensor {
     const c = x.shape[x.shape.length - 1];
     const y = instanceNorm(reshape(x, [1, -1, c]), null, null, { eps: this.eps });
@@ -168,14 +174,7 @@ export class LayerNorm extends Module {
  * SAM's LayerNorm3d: normalises the channels of every voxel of x [B, C, ...] (channel-major), with
  * per-channel weight and bias.
  */
-export class ChannelLayerNorm extends Module {
-  readonly weight: Tensor;
-  readonly bias: Tensor;
-  constructor(readonly channels: number, readonly eps = 1e-6) {
-    super();
-    this.weight = this.param("weight", new Float32Array(channels).fill(1), [channels]);
-    this.bias = this.param("bias", new Float32Array(channels), [channels]);
-  }
+export class ChannelLayerNorm extends AffineNorm {
   forward(x: Tensor): Tensor {
     const bshape = [1, this.channels, ...x.shape.slice(2).map(() => 1)];
     const mu = mean(x, [1], { keepDims: true });
@@ -186,12 +185,31 @@ export class ChannelLayerNorm extends Module {
   }
 }
 
+// Per-backend cache of the constant 0/1 matrices below (kept tensors, built once per key): they
+// depend only on sizes, so every forward reuses them instead of filling and uploading them again.
+const constants = new WeakMap<object, Map<string, Tensor>>();
+
+function constant(key: string, shape: number[], fill: (data: Float32Array) => void): Tensor {
+  const be = getBackend();
+  let m = constants.get(be);
+  if (!m) constants.set(be, m = new Map());
+  let t = m.get(key);
+  if (!t || t.disposed) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    fill(data);
+    t = tensor(data, shape).keep();
+    m.set(key, t);
+  }
+  return t;
+}
+
 /** x [B, C, N] -> [B, N, C], as x^T I (exact: one nonzero term per output). */
 export function channelsToTokens(x: Tensor): Tensor {
   const c = x.shape[1];
-  const eye = new Float32Array(c * c);
-  for (let i = 0; i < c; i++) eye[i * c + i] = 1;
-  return matmul(x, tensor(eye, [c, c]), { transA: true });
+  const eye = constant(`eye:${c}`, [c, c], (e) => {
+    for (let i = 0; i < c; i++) e[i * c + i] = 1;
+  });
+  return matmul(x, eye, { transA: true });
 }
 
 class PatchEmbed extends Module {
@@ -211,11 +229,11 @@ class PatchEmbed extends Module {
  */
 function relPosSelection(g: number): Tensor {
   const r = 2 * g - 1;
-  const sel = new Float32Array(g * g * r);
-  for (let i = 0; i < g; i++) {
-    for (let j = 0; j < g; j++) sel[(i * g + j) * r + i - j + g - 1] = 1;
-  }
-  return tensor(sel, [g * g, r]);
+  return constant(`relpos:${g}`, [g * g, r], (sel) => {
+    for (let i = 0; i < g; i++) {
+      for (let j = 0; j < g; j++) sel[(i * g + j) * r + i - j + g - 1] = 1;
+    }
+  });
 }
 
 /**
@@ -284,14 +302,14 @@ export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosT
 function keyExpansion(size: Triple): Tensor {
   const [d, h, w] = size;
   const t = d * h * w;
-  const e = new Float32Array((d + h + w) * t);
-  for (let k = 0; k < t; k++) {
-    const kd = Math.floor(k / (h * w)), kh = Math.floor(k / w) % h, kw = k % w;
-    e[kd * t + k] = 1;
-    e[(d + kh) * t + k] = 1;
-    e[(d + h + kw) * t + k] = 1;
-  }
-  return tensor(e, [d + h + w, t]);
+  return constant(`keys:${size.join("x")}`, [d + h + w, t], (e) => {
+    for (let k = 0; k < t; k++) {
+      const kd = Math.floor(k / (h * w)), kh = Math.floor(k / w) % h, kw = k % w;
+      e[kd * t + k] = 1;
+      e[(d + kh) * t + k] = 1;
+      e[(d + h + kw) * t + k] = 1;
+    }
+  });
 }
 
 /**

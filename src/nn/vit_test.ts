@@ -259,29 +259,44 @@ Deno.test("ViT: a transformer block's gradients match finite differences (input 
   };
   zeroGrad(block.parameters());
   tidy(() => backward(loss()));
-  const h = 1e-2;
   for (const [name, p] of block.namedParameters()) {
-    const g = p.grad!.toArray() as Float32Array;
-    const base = p.toArray() as Float32Array;
-    for (let s = 0; s < 3; s++) {
-      const i = Math.floor(r() * p.size);
-      const at = (d: number) => {
-        const v = base.slice();
-        v[i] += d;
-        assign(p, v);
-        return noGrad(() => tidy(() => loss().item()));
-      };
-      const num = (at(h) - at(-h)) / (2 * h);
-      assign(p, base);
-      assert.ok(
-        Math.abs(g[i] - num) <= 3e-3 + 3e-2 * Math.abs(num),
-        `${name}[${i}]: analytic ${g[i]}, numeric ${num}`,
-      );
-    }
+    const at = Array.from({ length: 3 }, () => Math.floor(r() * p.size));
+    checkParamGrad(name, p, at, loss, 3e-3, 3e-2);
   }
   zeroGrad(block.parameters());
   block.dispose();
 });
+
+/**
+ * Compares p.grad (from a backward of `loss` already run) at the indices `at` with central
+ * differences of `loss` (step 1e-2), within atol + rtol x |numeric|; p is restored afterwards.
+ */
+function checkParamGrad(
+  name: string,
+  p: Tensor,
+  at: number[],
+  loss: () => Tensor,
+  atol: number,
+  rtol: number,
+): void {
+  const h = 1e-2;
+  const g = p.grad!.toArray() as Float32Array;
+  const base = p.toArray() as Float32Array;
+  const lossAt = (i: number, d: number) => {
+    const v = base.slice();
+    v[i] += d;
+    assign(p, v);
+    return noGrad(() => tidy(() => loss().item()));
+  };
+  for (const i of at) {
+    const num = (lossAt(i, h) - lossAt(i, -h)) / (2 * h);
+    assign(p, base);
+    assert.ok(
+      Math.abs(g[i] - num) <= atol + rtol * Math.abs(num),
+      `${name}[${i}]: analytic ${g[i]}, numeric ${num}`,
+    );
+  }
+}
 
 function tmp(): string {
   return mkdtempSync(path.join(tmpdir(), "vit-test-"));
@@ -433,16 +448,6 @@ Deno.test("ViT: a block matches PyTorch's SAM-Med3D Block3D (golden file from th
   const r = loadSafetensorsInto(block, st, { prefix: "block.", strict: false });
   assert.deepEqual(r.missing, []);
   assert.equal(r.loaded.length, block.parameters().length);
-  const close = (got: Float32Array, want: Float32Array, what: string, tol = 2e-5) => {
-    assert.equal(got.length, want.length, what);
-    const scale = Math.max(...want.map(Math.abs));
-    for (let i = 0; i < got.length; i++) {
-      assert.ok(
-        Math.abs(got[i] - want[i]) <= tol * scale + 1e-6,
-        `${what}[${i}]: ${got[i]} vs ${want[i]}`,
-      );
-    }
-  };
   const [B, D, H, W, C] = st.info("x").shape;
   tidy(() => {
     const x = tensor(st.readF32("x"), [B, D * H * W, C], { requiresGrad: true });
@@ -571,25 +576,11 @@ Deno.test("ViT: gradients of the relative position tables match finite differenc
   const loss = () => sum(mul(block.forward(tensor(x, [B, N, C])), tensor(w, [B, N, C])), "all");
   zeroGrad(block.parameters());
   tidy(() => backward(loss()));
-  const h = 1e-2;
-  for (const p of [block.attn.rel_pos_d!, block.attn.rel_pos_h!, block.attn.rel_pos_w!]) {
+  for (const ax of ["d", "h", "w"] as const) {
+    const p = block.attn[`rel_pos_${ax}`]!;
     assert.deepEqual(p.shape, [3, 2]);
-    const g = p.grad!.toArray() as Float32Array;
-    const base = p.toArray() as Float32Array;
-    for (let i = 0; i < p.size; i++) {
-      const at = (d: number) => {
-        const v = base.slice();
-        v[i] += d;
-        assign(p, v);
-        return noGrad(() => tidy(() => loss().item()));
-      };
-      const num = (at(h) - at(-h)) / (2 * h);
-      assign(p, base);
-      assert.ok(
-        Math.abs(g[i] - num) <= 2e-3 + 2e-2 * Math.abs(num),
-        `rel_pos[${i}]: analytic ${g[i]}, numeric ${num}`,
-      );
-    }
+    const every = Array.from({ length: p.size }, (_, i) => i);
+    checkParamGrad(`rel_pos_${ax}`, p, every, loss, 2e-3, 2e-2);
   }
   zeroGrad(block.parameters());
   block.dispose();
