@@ -204,8 +204,8 @@ export async function prepareData(
   }
   // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
   // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
-  const builtIn = !c.data && (SYNTH_TASKS as readonly string[]).includes(c.task) &&
-    !isDatasetFolder(c.task);
+  // (A synthetic task's name is never read as a dataset folder: see isDatasetFolder.)
+  const builtIn = !c.data && (SYNTH_TASKS as readonly string[]).includes(c.task);
   const labeled = c.labeled ?? (builtIn ? 0.5 : undefined);
   const labeledIds = labeled === undefined
     ? trainLabeled.map((x) => x.id)
@@ -284,8 +284,9 @@ function subset(
   const r = new Rng(seed, `subset-${what}`);
   const order = ids.map((id) => ({ id, k: r.next() })).sort((a, b) => a.k - b.k).map((x) => x.id);
   const pick = order.slice(0, max);
-  if (labeled && !pick.some((id) => labeled.includes(id))) {
-    const first = order.find((id) => labeled.includes(id));
+  const isLabeled = new Set(labeled ?? []);
+  if (labeled && !pick.some((id) => isLabeled.has(id))) {
+    const first = order.find((id) => isLabeled.has(id));
     if (first) pick[pick.length - 1] = first;
   }
   const keep = new Set(pick);

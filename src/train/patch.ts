@@ -27,29 +27,26 @@ export function medianShape(data: Pick<PreparedData, "labeled" | "unlabeled">): 
 }
 
 /**
- * The patch size (D, H, W) to train with: config.patchSize when given, else planned from the
- * median training shape and target spacing within config.patchVoxels; with the ViT backbone, each
- * axis is rounded up to a multiple of the token patch.
+ * The patch size (D, H, W) to train with: config.patchSize when given (median null), else planned
+ * from the median training shape (returned) and target spacing within config.patchVoxels; a planned
+ * patch is rounded up to a multiple of the ViT token patch with that backbone.
  */
 export function resolvePatchSize(
   c: TrainConfig,
   data: PreparedData,
-): { patch: Triple; planned: boolean } {
-  let patch: Triple;
-  let planned = false;
-  if (c.patchSize) patch = [...c.patchSize] as Triple;
-  else {
-    const s = data.targetSpacing;
-    patch = autoPatchSize(
-      medianShape(data),
-      [s[2], s[1], s[0]],
-      c.patchVoxels ?? defaultPatchVoxels(c.device),
-    );
-    planned = true;
-  }
+): { patch: Triple; median: Triple | null } {
+  if (c.patchSize) return { patch: [...c.patchSize] as Triple, median: null };
+  const s = data.targetSpacing;
+  const median = medianShape(data);
+  const patch = autoPatchSize(
+    median,
+    [s[2], s[1], s[0]],
+    c.patchVoxels ?? defaultPatchVoxels(c.device),
+  );
   const tok = vitTokenPatch(c);
-  if (tok && planned) {
-    patch = patch.map((p, a) => Math.max(tok[a], Math.ceil(p / tok[a]) * tok[a])) as Triple;
-  }
-  return { patch, planned };
+  if (!tok) return { patch, median };
+  return {
+    patch: patch.map((p, a) => Math.max(tok[a], Math.ceil(p / tok[a]) * tok[a])) as Triple,
+    median,
+  };
 }

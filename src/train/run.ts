@@ -23,7 +23,7 @@ import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
-import { medianShape, resolvePatchSize } from "./patch.ts";
+import { resolvePatchSize } from "./patch.ts";
 import { progressBar } from "../data/progress.ts";
 import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
@@ -316,10 +316,10 @@ export async function trainTask(
     data.targetSpacing[0],
   ] as Triple;
   const wanted = resolvePatchSize(c, data);
-  if (wanted.planned && !opts.quiet) {
+  if (wanted.median && !opts.quiet) {
     console.error(
       `Patch size [${wanted.patch.join(", ")}] (D, H, W), planned from the median training image ` +
-        `[${medianShape(data).join(", ")}] at spacing [${
+        `[${wanted.median.join(", ")}] at spacing [${
           spacingDHW.map((v) => +v.toFixed(3)).join(", ")
         }] mm; ` +
         `set patchSize or patchVoxels to change it`,
