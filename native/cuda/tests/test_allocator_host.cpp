@@ -21,6 +21,7 @@
 // Build: g++ -std=c++17 -O2 native/cuda/tests/test_allocator_host.cpp -o build/test_allocator_host
 // Run:   build/test_allocator_host [trace.txt ...]
 #include "../block_allocator.hpp"
+#include "host_check.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -35,17 +36,7 @@ namespace {
 
 constexpr size_t KiB = 1024, MiB = 1024 * 1024, GiB = 1024 * MiB;
 
-int g_pass = 0, g_fail = 0;
-
-void check(bool ok, const std::string& name, const std::string& why = "") {
-  if (ok) {
-    g_pass++;
-    std::printf("ok   %s\n", name.c_str());
-  } else {
-    g_fail++;
-    std::printf("FAIL %s: %s\n", name.c_str(), why.c_str());
-  }
-}
+using host_check::check;
 
 uint64_t g_rng = 0x243f6a8885a308d3ull;
 uint64_t rnd() {
@@ -620,6 +611,5 @@ int main(int argc, char** argv) {
     test_random(0xdeadbeefcafef00dull, c, "oversize cap, 20 MiB minimum segments");
   }
   for (int i = 1; i < argc; i++) test_trace(argv[i]);
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return host_check::summary();
 }
