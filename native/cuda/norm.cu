@@ -29,7 +29,8 @@ NormDims check_norm(const Buffer* x, const Buffer* gamma, const cmo_group_norm_p
 
 // Per (n, c): the affine step z = x * scale + shift from the stored float mean and rstd, computed
 // identically by forward and backward so both take the same side of the activation's kink.
-// coef[2*(n*C+c)] = scale, coef[2*(n*C+c)+1] = shift.
+// coef[2*(n*C+c)] = scale, coef[2*(n*C+c)+1] = shift (bp NULL: beta 0, for the backward without an
+// activation, where the slope 1 makes the shift irrelevant).
 void affine_coefs(Backend* be, const float* mp, const float* rp, const float* gp, const float* bp, int64_t N,
                   int64_t C, int64_t G, float* coef, const char* op) {
   const int64_t Cg = C / G;
@@ -37,7 +38,7 @@ void affine_coefs(Backend* be, const float* mp, const float* rp, const float* gp
     int64_t n = nc / C, c = nc % C, ng = n * G + c / Cg;
     double s = (double)rp[ng] * (double)gp[c];
     coef[2 * nc] = (float)s;
-    coef[2 * nc + 1] = (float)((double)bp[c] - (double)mp[ng] * s);
+    coef[2 * nc + 1] = (float)((bp ? (double)bp[c] : 0.0) - (double)mp[ng] * s);
   }, op);
 }
 
@@ -129,14 +130,14 @@ void group_norm_backward(const KernelArgs& a) {
   const float* xp = x->f32();
   const float* dyp = dy->f32();
   const float *gp = gamma->f32(), *mp = mean->f32(), *rp = rstd->f32();
-  // With a fused activation dy is used as dy * act'(z), z recomputed from x on the fly.
-  Scratch zcoef(be, fused ? (size_t)NC * 2 * sizeof(float) : 0);
+  // dy is used as dy * act'(z), z recomputed from x on the fly (act' = 1 without an activation).
+  Scratch zcoef(be, (size_t)NC * 2 * sizeof(float));
   const float* zc = zcoef.as<float>();
-  if (fused) affine_coefs(be, mp, rp, gp, beta->f32(), N, C, G, zcoef.as<float>(), op);
+  affine_coefs(be, mp, rp, gp, fused ? beta->f32() : nullptr, N, C, G, zcoef.as<float>(), op);
   plane_sums<2>(be, NC, S, [=] __device__(int64_t plane, int64_t s, double* acc) {
     float xv = xp[plane * S + s];
     float gf = dyp[plane * S + s];
-    if (fused) gf *= cmo_common::norm_act_grad(xv * zc[2 * plane] + zc[2 * plane + 1], slope);
+    gf *= cmo_common::norm_act_grad(xv * zc[2 * plane] + zc[2 * plane + 1], slope);
     double g = gf;
     acc[0] += g;
     acc[1] += g * (double)xv;
@@ -167,7 +168,7 @@ void group_norm_backward(const KernelArgs& a) {
     int64_t nc = i / S;
     int64_t c = nc % C;
     float g = dyp[i];
-    if (fused) g *= cmo_common::norm_act_grad(xp[i] * zc[2 * nc] + zc[2 * nc + 1], slope);
+    g *= cmo_common::norm_act_grad(xp[i] * zc[2 * nc] + zc[2 * nc + 1], slope);
     dxp[i] = rp[ng] * gp[c] * g + cf[2 * ng] * xp[i] + cf[2 * ng + 1];
   }, op);
   float *dgp = dgamma->f32(), *dbp = dbeta->f32();
