@@ -19,9 +19,16 @@ import { dataBench } from "./data_bench.ts";
 import { ffiBench } from "./ffi_bench.ts";
 import { type BenchModule, type BenchOptions, formatTable, writeResult } from "./report.ts";
 import { trainStepBench } from "./train_step.ts";
+import { qualityBench } from "./quality_bench.ts";
 
-/** Every benchmark module, in run order. */
-export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench, trainStepBench];
+/** Every benchmark module, in run order (quality only with --only quality: it trains for hours). */
+export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench, trainStepBench, qualityBench];
+const ON_REQUEST = new Set(["quality"]);
+
+/** Flags of the quality bench (bench/quality_bench.ts). */
+const QUALITY_FLAGS = [
+  "data", "methods", "seeds", "folds", "labeled", "unlabeled", "test", "time", "recipe", "work", "regions", "set",
+] as const;
 
 function positiveInt(flag: string, v: string | undefined, dflt: number, min: number): number {
   if (v === undefined) return dflt;
@@ -44,6 +51,8 @@ export async function main(args: string[]): Promise<number> {
       quick: { type: "boolean", default: false },
       list: { type: "boolean", default: false },
       "no-write": { type: "boolean", default: false },
+      zscore: { type: "boolean", default: false },
+      ...Object.fromEntries(QUALITY_FLAGS.map((f) => [f, { type: "string" as const }])),
     },
     allowPositionals: false,
   });
@@ -56,6 +65,10 @@ export async function main(args: string[]): Promise<number> {
     warmup: positiveInt("warmup", values.warmup, 2, 0),
     threads: positiveInt("threads", values.threads, 2, 1),
     quick: values.quick ?? false,
+    extra: {
+      ...Object.fromEntries(QUALITY_FLAGS.map((f) => [f, (values as unknown as Record<string, string | undefined>)[f]])),
+      zscore: values.zscore,
+    },
   };
   const wanted = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
   const unknown = (wanted ?? []).filter((w) => !BENCHMARKS.some((m) => m.name === w));
@@ -66,7 +79,7 @@ export async function main(args: string[]): Promise<number> {
       }`,
     );
   }
-  const selected = BENCHMARKS.filter((m) => !wanted || wanted.includes(m.name));
+  const selected = BENCHMARKS.filter((m) => wanted ? wanted.includes(m.name) : !ON_REQUEST.has(m.name));
   let failed = 0;
   for (const m of selected) {
     try {

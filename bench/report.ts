@@ -39,6 +39,8 @@ export interface BenchOptions {
   threads: number;
   /** Smaller problem sizes, for a smoke run. */
   quick: boolean;
+  /** Module-specific flags (the quality bench: --data, --methods, --seeds, ...). */
+  extra?: Record<string, string | boolean | undefined>;
 }
 
 /** A benchmark module as bench/main.ts lists it. */

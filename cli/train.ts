@@ -1,6 +1,6 @@
 /** `train <task|manifest>`: trains a model and writes the run folder (see src/train/run.ts). */
 import type { Command } from "commander";
-import { applyOverrides, METHODS, readConfigFile } from "../src/train/config.ts";
+import { applyOverrides, METHODS, parseDuration, readConfigFile } from "../src/train/config.ts";
 import { trainTask } from "../src/train/run.ts";
 
 function labeledArg(v: string): number {
@@ -42,6 +42,11 @@ export function register(program: Command): void {
     )
     .option("--method <name>", `one of ${METHODS.join(", ")}`)
     .option("--iterations <n>", "training iterations", intArg("--iterations"))
+    .option(
+      "--time <duration>",
+      "wall-clock budget of the training loop (15m, 90s, 1h30m); the schedule fits it (default on real data: 15m)",
+      parseDuration,
+    )
     .option("--seed <n>", "random seed", intArg("--seed"))
     .option("--out <dir>", "run folder")
     .option("--resume", "continue from <out>/last.ckpt")
@@ -54,7 +59,17 @@ export function register(program: Command): void {
       let cfg: Record<string, unknown> = o.config ? readConfigFile(String(o.config)) : {};
       cfg.task = task;
       for (
-        const k of ["data", "labeled", "method", "iterations", "seed", "out", "device", "threads"]
+        const k of [
+          "data",
+          "labeled",
+          "method",
+          "iterations",
+          "time",
+          "seed",
+          "out",
+          "device",
+          "threads",
+        ]
       ) {
         if (o[k] !== undefined) cfg[k] = o[k];
       }

@@ -50,6 +50,18 @@ export const DEFAULT_AUGMENT: Required<AugmentOptions> = {
   noiseStd: 0.3,
 };
 
+/** Random flips of each axis (p 0.5), nothing else: the plain U-Net recipe. */
+export const FLIPS_ONLY: Required<AugmentOptions> = {
+  ...DEFAULT_AUGMENT,
+  rot90Prob: 0,
+  rotateProb: 0,
+  scaleProb: 0,
+  intensityScaleProb: 0,
+  intensityShiftProb: 0,
+  gammaProb: 0,
+  noiseProb: 0,
+};
+
 /** No augmentation at all (validation patches). */
 export const NO_AUGMENT: Required<AugmentOptions> = {
   ...DEFAULT_AUGMENT,

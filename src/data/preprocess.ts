@@ -38,7 +38,7 @@ import {
 import { Rng } from "./rng.ts";
 
 /** Bumped whenever the on-disk format or the processing changes meaning. */
-export const PREPROCESS_VERSION = 1;
+export const PREPROCESS_VERSION = 2;
 
 export type ProgressFn = (done: number, total: number, label: string) => void;
 
@@ -224,7 +224,13 @@ export async function readRasLabels(
   return out;
 }
 
-/** Nearest-neighbour resampling of class indices to a spacing (same field of view as `resample`). */
+/**
+ * Resampling of class indices to a spacing (same field of view as `resample`), as nnU-Net resamples
+ * segmentations: each class's indicator is interpolated trilinearly and every voxel takes the class
+ * with the largest value (ties to the lowest value; an ignored value competes like a class). Nearest
+ * neighbour would pick one corner voxel of each 2x2x2 block when halving the resolution, shifting the
+ * labels half a fine voxel against the block-mean image; this keeps them centred on the image.
+ */
 export function resampleLabels(
   labels: Uint8Array | Int16Array,
   dims: Vec3,
@@ -235,7 +241,25 @@ export function resampleLabels(
   if (g.dims.every((d, i) => d === dims[i])) return { labels, dims, affine };
   const n = g.dims[0] * g.dims[1] * g.dims[2];
   const out = labels instanceof Uint8Array ? new Uint8Array(n) : new Int16Array(n);
-  sampleGrid(labels, dims, g.dims, indexMapOf(g.newToOld), { order: "nearest", out });
+  const values = [...new Set(labels)].sort((a, b) => a - b);
+  if (values.length <= 1) {
+    out.fill(values[0] ?? 0);
+    return { labels: out, dims: g.dims, affine: g.affine };
+  }
+  const map = indexMapOf(g.newToOld);
+  const best = new Float32Array(n).fill(-1);
+  const indicator = new Float32Array(labels.length);
+  const sampled = new Float32Array(n);
+  for (const v of values) {
+    for (let i = 0; i < labels.length; i++) indicator[i] = labels[i] === v ? 1 : 0;
+    sampleGrid(indicator, dims, g.dims, map, { order: "linear", out: sampled });
+    for (let i = 0; i < n; i++) {
+      if (sampled[i] > best[i] + 1e-6) {
+        best[i] = sampled[i];
+        out[i] = v;
+      }
+    }
+  }
   return { labels: out, dims: g.dims, affine: g.affine };
 }
 

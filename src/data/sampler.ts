@@ -191,11 +191,15 @@ export class PatchSampler {
           const x = vox % v.dims[0],
             y = Math.floor(vox / v.dims[0]) % v.dims[1],
             z = Math.floor(vox / (v.dims[0] * v.dims[1]));
-          // Keep the voxel inside the patch, anywhere in its central half.
+          // Keep the voxel inside the patch, anywhere in its central half, then move the patch
+          // into the volume (as nnU-Net clips its foreground boxes): a patch centred on a voxel
+          // near the border would otherwise be up to half padding.
           centreIdx = [x, y, z].map((p, a) => {
-            const lo = p - half[a];
             const jitter = Math.floor(size[a] / 4);
-            return Math.round(lo + (jitter > 0 ? rng.int(2 * jitter + 1) - jitter : 0)) + half[a];
+            let lo = Math.round(p - half[a] + (jitter > 0 ? rng.int(2 * jitter + 1) - jitter : 0));
+            const n = v.dims[a], s = size[a];
+            lo = n >= s ? Math.min(Math.max(lo, 0), n - s) : Math.min(Math.max(lo, n - s), 0);
+            return lo + half[a];
           }) as Vec3;
           anyForced = true;
         }

@@ -65,8 +65,11 @@ export interface SlidingWindowOptions {
   mirror?: boolean | readonly number[];
   /** What the predictor returns (default "logits": softmax over classes is applied). */
   outputs?: "logits" | "probabilities";
-  /** Value used to pad axes shorter than the patch (default 0). */
-  padValue?: number;
+  /**
+   * Value used to pad axes shorter than the patch (default 0): one for every input, or one per
+   * input (the value training padded that modality with, e.g. its normalised zero).
+   */
+  padValue?: number | readonly number[];
   /** Called after each predictor call with (done, total) predictor calls. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -198,7 +201,10 @@ export async function slidingWindowInference(
   const overlap = opts.overlap ?? 0.5;
   const batchSize = opts.batchSize ?? 1;
   const outputs = opts.outputs ?? "logits";
-  const padValue = opts.padValue ?? 0;
+  const padValues = volume.data.map((_, i) => {
+    const p = opts.padValue ?? 0;
+    return typeof p === "number" ? p : p[i] ?? 0;
+  });
   const vol = dims[0] * dims[1] * dims[2];
   if (volume.data.length === 0) {
     throw new Error("Cannot run sliding-window inference: the volume has no modality");
@@ -255,8 +261,9 @@ export async function slidingWindowInference(
   for (let bi = 0; bi < nBatches; bi++) {
     const group = windows.slice(bi * batchSize, (bi + 1) * batchSize);
     const B = group.length;
-    const patches = volume.data.map((arr) => {
+    const patches = volume.data.map((arr, i) => {
       const out = new Float32Array(B * pvox);
+      const padValue = padValues[i];
       group.forEach((start, b) =>
         extractPatch(arr, dims, { start, padBefore, patch, padValue, out, offset: b * pvox })
       );

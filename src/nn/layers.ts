@@ -18,6 +18,42 @@ export function triple(v: number | Triple): Triple {
   return typeof v === "number" ? [v, v, v] : [v[0], v[1], v[2]];
 }
 
+/**
+ * How convolution weights start: "kaiming" (normal, std gain/sqrt(fan_in) for the LeakyReLU that
+ * follows, biases 0; nnU-Net's choice) or "pytorch" (PyTorch's default: weights and biases uniform
+ * in +-1/sqrt(fan_in), with the fan of a transposed convolution taken from its output channels).
+ */
+export type InitScheme = "kaiming" | "pytorch";
+
+let initScheme: InitScheme = "kaiming";
+
+/** Builds layers inside `build` with the given initialisation (the setting ends with the call). */
+export function withInitScheme<T>(scheme: InitScheme, build: () => T): T {
+  const prev = initScheme;
+  initScheme = scheme;
+  try {
+    return build();
+  } finally {
+    initScheme = prev;
+  }
+}
+
+function uniformSamples(n: number, rng: RandomSource, bound: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (2 * rng() - 1) * bound;
+  return out;
+}
+
+function initWeights(n: number, fanIn: number, rng: RandomSource, slope: number, torchFan: number) {
+  return initScheme === "pytorch"
+    ? uniformSamples(n, rng, 1 / Math.sqrt(torchFan))
+    : kaimingNormal(n, fanIn, rng, slope);
+}
+
+function initBias(n: number, rng: RandomSource, fanIn: number): Float32Array {
+  return initScheme === "pytorch" ? uniformSamples(n, rng, 1 / Math.sqrt(fanIn)) : new Float32Array(n);
+}
+
 export interface Conv3dOptions {
   kernel?: number | Triple;
   stride?: number | Triple;
@@ -46,12 +82,12 @@ export class Conv3d extends Module {
     const fanIn = inChannels * this.kernel[0] * this.kernel[1] * this.kernel[2];
     this.weight = this.param(
       "weight",
-      kaimingNormal(outChannels * fanIn, fanIn, opts.rng, opts.slope ?? 0.01),
+      initWeights(outChannels * fanIn, fanIn, opts.rng, opts.slope ?? 0.01, fanIn),
       [outChannels, inChannels, ...this.kernel],
     );
     this.bias = opts.bias === false
       ? null
-      : this.param("bias", new Float32Array(outChannels), [outChannels]);
+      : this.param("bias", initBias(outChannels, opts.rng, fanIn), [outChannels]);
   }
 
   forward(x: Tensor): Tensor {
@@ -75,12 +111,12 @@ export class ConvTranspose3d extends Module {
     const fanIn = inChannels * k[0] * k[1] * k[2];
     this.weight = this.param(
       "weight",
-      kaimingNormal(inChannels * outChannels * k[0] * k[1] * k[2], fanIn, opts.rng, 1),
+      initWeights(inChannels * outChannels * k[0] * k[1] * k[2], fanIn, opts.rng, 1, outChannels * k[0] * k[1] * k[2]),
       [inChannels, outChannels, ...k],
     );
     this.bias = opts.bias === false
       ? null
-      : this.param("bias", new Float32Array(outChannels), [outChannels]);
+      : this.param("bias", initBias(outChannels, opts.rng, outChannels * k[0] * k[1] * k[2]), [outChannels]);
   }
 
   forward(x: Tensor): Tensor {

@@ -1,5 +1,8 @@
 import { deepStrictEqual, throws } from "node:assert/strict";
+import { backward } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/factories.ts";
+import { mul } from "./binary.ts";
+import { sum } from "./reduce.ts";
 import { tidy } from "../tensor/scope.ts";
 import { conv3d, convTranspose3d } from "./conv.ts";
 import { groupNorm, instanceNorm } from "./norm.ts";
@@ -188,6 +191,52 @@ Deno.test("conv3d: gradients for x, w and b match finite differences", () => {
         atol: 5e-3,
       },
     );
+  }
+});
+
+Deno.test("conv3d: weight and bias gradients for inputs with 4-15 channels (four MRI sequences) match direct sums, = then +=", () => {
+  // oneDNN has no fast weight gradient for a plain input with 4-15 channels; the kernel pads the
+  // channels to a blocked 16 instead (native/cpu/conv.cpp, chanpad). Checked against the sums.
+  const rng = seededRng(21);
+  for (const Ci of [4, 5, 8, 15]) {
+    const [N, Co, D, H, W] = [2, 16, 10, 9, 8];
+    const xd = randData([N, Ci, D, H, W], rng), wd = randData([Co, Ci, 3, 3, 3], rng);
+    const bd = randData([Co], rng), rd = randData([N, Co, D, H, W], rng);
+    tidy(() => {
+      const x = tensor(xd, [N, Ci, D, H, W]);
+      const w = tensor(wd, [Co, Ci, 3, 3, 3], { requiresGrad: true });
+      const b = tensor(bd, [Co], { requiresGrad: true });
+      const r = tensor(rd, [N, Co, D, H, W]);
+      const loss = () => sum(mul(conv3d(x, w, b, { stride: [1, 1, 1], padding: [1, 1, 1] }), r), "all");
+      backward(loss());
+      const dw1 = w.grad!.toArray() as Float32Array, db1 = b.grad!.toArray() as Float32Array;
+      backward(loss()); // accumulates
+      const dw2 = w.grad!.toArray() as Float32Array;
+      const ref = new Float32Array(Co * Ci * 27), refB = new Float32Array(Co);
+      const S = D * H * W;
+      for (let n = 0; n < N; n++) {
+        for (let o = 0; o < Co; o++) {
+          for (let z = 0; z < D; z++) {
+            for (let y = 0; y < H; y++) {
+              for (let xx = 0; xx < W; xx++) {
+                const g = rd[(n * Co + o) * S + (z * H + y) * W + xx];
+                refB[o] += g;
+                for (let i = 0; i < Ci; i++) {
+                  for (let a = 0; a < 27; a++) {
+                    const iz = z + Math.floor(a / 9) - 1, iy = y + (Math.floor(a / 3) % 3) - 1, ix = xx + (a % 3) - 1;
+                    if (iz < 0 || iy < 0 || ix < 0 || iz >= D || iy >= H || ix >= W) continue;
+                    ref[(o * Ci + i) * 27 + a] += g * xd[(n * Ci + i) * S + (iz * H + iy) * W + ix];
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      assertClose(dw1, ref, { atol: 1e-3, rtol: 1e-4, msg: `dw, Ci ${Ci}` });
+      assertClose(db1, refB, { atol: 1e-3, rtol: 1e-4, msg: `db, Ci ${Ci}` });
+      assertClose(dw2, ref.map((v) => 2 * v), { atol: 2e-3, rtol: 1e-4, msg: `dw accumulated, Ci ${Ci}` });
+    });
   }
 });
 

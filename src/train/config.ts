@@ -80,6 +80,13 @@ export const TrainConfigSchema = z.strictObject({
   labeled: z.number().positive().optional(),
   seed: z.number().int().nonnegative().default(0),
   iterations: z.number().int().positive().default(600),
+  /**
+   * Wall-clock budget of the training loop in seconds (CLI: --time 15m). The iteration count then
+   * follows from the measured speed (the cosine schedule ends when the budget is spent) and
+   * `iterations` is only the first estimate. Default on real data (a dataset folder or manifest)
+   * when `iterations` is not given: DEFAULT_REAL_DATA_TIME_S.
+   */
+  time: z.number().positive().optional(),
   batchLabeled: z.number().int().positive().default(1),
   batchUnlabeled: z.number().int().nonnegative().default(1),
   /**
@@ -109,6 +116,8 @@ export const TrainConfigSchema = z.strictObject({
     sharedDecoder: z.boolean().default(false),
     deepSupervision: z.number().int().nonnegative().default(0),
     norm: z.enum(["instance", "group"]).default("instance"),
+    /** Initial weights: "kaiming" (normal, nnU-Net) or "pytorch" (PyTorch's default uniform). */
+    init: z.enum(["kaiming", "pytorch"]).default("kaiming"),
     /** Encoder backbone: the 3D U-Net encoder (default) or a ViT (foundation backbone, src/nn/vit.ts). */
     backbone: z.enum(["unet", "vit"]).default("unet"),
     vit: VitConfigSchema.default(VIT_DEFAULTS),
@@ -121,6 +130,7 @@ export const TrainConfigSchema = z.strictObject({
     sharedDecoder: false,
     deepSupervision: 0,
     norm: "instance",
+    init: "kaiming",
     backbone: "unet",
     vit: VIT_DEFAULTS,
   }),
@@ -168,9 +178,14 @@ export const TrainConfigSchema = z.strictObject({
   emaDecay: z.number().min(0).max(1).default(0.99),
   augment: z.strictObject({
     enabled: z.boolean().default(true),
+    /**
+     * "default": flips, 90-degree turns, small rotation and scaling, intensity scale/shift, gamma,
+     * noise; "flips": random flips of each axis only (the plain U-Net recipe). enabled=false: none.
+     */
+    mode: z.enum(["default", "flips"]).default("default"),
     misalignMm: z.number().nonnegative().default(0),
     misalignDeg: z.number().nonnegative().default(0),
-  }).default({ enabled: true, misalignMm: 0, misalignDeg: 0 }),
+  }).default({ enabled: true, mode: "default", misalignMm: 0, misalignDeg: 0 }),
   validation: z.strictObject({
     every: z.number().int().nonnegative().default(200),
     overlap: z.number().min(0).max(0.95).default(0.5),
@@ -191,6 +206,22 @@ export const TrainConfigSchema = z.strictObject({
   /** Write PNG overlays of a few slices per validation case. */
   images: z.boolean().default(true),
 });
+
+/** Training-loop budget on real data when neither `iterations` nor `time` is given (15 minutes). */
+export const DEFAULT_REAL_DATA_TIME_S = 15 * 60;
+
+/** Parses a duration: "15m", "90s", "1h30m", "2h", or a plain number of seconds. */
+export function parseDuration(text: string): number {
+  const t = text.trim();
+  if (/^\d+(\.\d+)?$/.test(t)) return Number(t);
+  const m = /^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?$/.exec(t);
+  if (!m || !t || (m[1] === undefined && m[2] === undefined && m[3] === undefined)) {
+    throw new Error(`Cannot read the duration '${text}': expected e.g. 15m, 90s, 1h30m or seconds`);
+  }
+  const s = Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
+  if (!(s > 0)) throw new Error(`Cannot read the duration '${text}': it must be longer than 0 s`);
+  return s;
+}
 
 export type TrainConfig = z.output<typeof TrainConfigSchema>;
 export type TrainConfigInput = z.input<typeof TrainConfigSchema>;

@@ -91,3 +91,48 @@ export function everyHook(
     },
   };
 }
+
+/**
+ * A wall-clock budget for the training loop: after a few warm-up iterations it measures the seconds
+ * per iteration (everything the loop does, validation and checkpoints included, amortised) and sets
+ * the run's total so that the loop ends when the budget is spent; it measures again every 5% of the
+ * run, so the cosine schedule ends at the budget even when the speed changes. The loop never runs
+ * past the budget: once it is spent, the current iteration is the last.
+ */
+export function timeBudgetHook(
+  budgetS: number,
+  opts: { warmup?: number; now?: () => number; onChange?: (total: number, secPerIt: number) => void } = {},
+): TrainerHook {
+  const now = opts.now ?? (() => performance.now() / 1000);
+  const warmup = opts.warmup ?? 3;
+  let t0 = 0, startIt = 0, tMeasure = 0, itMeasure = -1, nextCheck = 0;
+  return {
+    onStart(ctx) {
+      t0 = now();
+      startIt = ctx.iteration;
+    },
+    onIteration(ctx) {
+      const it = ctx.iteration;
+      const t = now();
+      if (t - t0 >= budgetS) {
+        ctx.total = it;
+        return;
+      }
+      if (it - startIt === warmup) {
+        tMeasure = t;
+        itMeasure = it;
+        nextCheck = it + 5;
+        return;
+      }
+      if (itMeasure < 0 || it < nextCheck) return;
+      const secPerIt = (t - tMeasure) / (it - itMeasure);
+      const left = Math.max(0, Math.floor((budgetS - (t - t0)) / secPerIt));
+      const total = Math.max(it + (left > 0 ? 1 : 0), it + left);
+      if (total !== ctx.total) {
+        ctx.total = total;
+        opts.onChange?.(total, secPerIt);
+      }
+      nextCheck = it + Math.max(5, Math.ceil(0.05 * total));
+    },
+  };
+}

@@ -9,6 +9,7 @@
  * - mutual: one U-Net branch per modality; on unlabeled cases each branch learns from the other's
  *   confident pseudo-labels (assumes the modalities are roughly aligned, as that baseline does)
  */
+import { withInitScheme } from "../nn/layers.ts";
 import {
   argmax,
   softmaxCrossEntropy,
@@ -141,14 +142,76 @@ function supervisedOver(logits: Tensor, labels: Tensor, has: boolean[]): { loss:
 }
 
 /**
- * Mean supervised loss over the modalities that have labels in this batch (logits of the labeled
- * samples, one per modality); records ce_m and dice_m in `terms`.
+ * nnU-Net's deep-supervision weights for the full-resolution output and `heads` coarser outputs:
+ * 1/2^i for output i (i = 0 full resolution), normalised to sum 1.
  */
-function meanSupervised(logits: Tensor[], batch: TrainBatch, terms: Record<string, number>, who: string): Tensor {
+export function deepSupervisionWeights(heads: number): number[] {
+  const w = Array.from({ length: heads + 1 }, (_, i) => 1 / 2 ** i);
+  const sum = w.reduce((a, b) => a + b, 0);
+  return w.map((x) => x / sum);
+}
+
+/**
+ * Labels [B,1,D,H,W] at the grid of a coarser output [B,K,d,h,w]: coarse voxel i takes fine voxel
+ * i*stride, the centre of the stride-2 convolutions' windows that produced it.
+ */
+export function downsampleLabels(labels: Tensor, shape: readonly number[]): Tensor {
+  const [B, , D, H, W] = labels.shape;
+  const [d, h, w] = shape.slice(2);
+  const [sz, sy, sx] = [D / d, H / h, W / w];
+  if (![sz, sy, sx].every((q) => Number.isInteger(q) && q >= 1)) {
+    throw new Error(`Cannot downsample labels [${labels.shape}] to [${shape}]: not an integer stride`);
+  }
+  const src = labels.toArray() as Int32Array;
+  const out = new Int32Array(B * d * h * w);
+  let o = 0;
+  for (let b = 0; b < B; b++) {
+    for (let z = 0; z < d; z++) {
+      for (let y = 0; y < h; y++) {
+        const row = ((b * D + z * sz) * H + y * sy) * W;
+        for (let x = 0; x < w; x++) out[o++] = src[row + x * sx];
+      }
+    }
+  }
+  return tensor(out, [B, 1, d, h, w], { dtype: "i32" });
+}
+
+/**
+ * Supervised loss of a decoder output with deep supervision: the full-resolution loss and each
+ * coarser head's loss against downsampled labels, weighted by `deepSupervisionWeights` (nnU-Net).
+ * ce and dice report the full-resolution output only.
+ */
+function supervisedDeep(
+  out: { logits: Tensor; deepLogits?: Tensor[] },
+  labels: Tensor,
+  has: boolean[],
+): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
+  const main = supervisedOver(out.logits, labels, has);
+  const heads = out.deepLogits ?? [];
+  if (!main || heads.length === 0) return main;
+  const w = deepSupervisionWeights(heads.length);
+  let loss = mulScalar(main.loss, w[0]);
+  heads.forEach((l, j) => {
+    const s = supervisedOver(l, downsampleLabels(labels, l.shape), has);
+    if (s) loss = add(loss, mulScalar(s.loss, w[j + 1]));
+  });
+  return { loss, ce: main.ce, dice: main.dice };
+}
+
+/**
+ * Mean supervised loss over the modalities that have labels in this batch (decoder outputs of the
+ * labeled samples, one per modality, with their deep-supervision heads); records ce_m and dice_m.
+ */
+function meanSupervised(
+  outs: { logits: Tensor; deepLogits?: Tensor[] }[],
+  batch: TrainBatch,
+  terms: Record<string, number>,
+  who: string,
+): Tensor {
   let sum: Tensor | null = null;
   let n = 0;
-  logits.forEach((l, m) => {
-    const s = supervisedOver(l, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
+  outs.forEach((l, m) => {
+    const s = supervisedDeep(l, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
     if (!s) return;
     terms[`ce_${m}`] = num(s.ce);
     terms[`dice_${m}`] = num(s.dice);
@@ -207,7 +270,13 @@ class CmcMethod implements MethodModel {
     const xs = unl ? batch.labeled.images.map((x, m) => concat([x, unl.images[m]], 0)) : batch.labeled.images;
     const outs = this.student.forward(xs);
     const terms: Record<string, number> = {};
-    let loss = meanSupervised(outs.map((o) => (unl ? slice(o.logits, 0, 0, bl) : o.logits)), batch, terms, "CMC");
+    const labeledPart = (t: Tensor) => (unl ? slice(t, 0, 0, bl) : t);
+    let loss = meanSupervised(
+      outs.map((o) => ({ logits: labeledPart(o.logits), deepLogits: o.deepLogits.map(labeledPart) })),
+      batch,
+      terms,
+      "CMC",
+    );
     terms.sup = num(loss);
     const w = rampUp(it, c.loss.rampFraction * total);
     terms.w = w;
@@ -271,7 +340,7 @@ class UNetMethod implements MethodModel {
     this.inputs = method === "early-fusion" ? [...Array(o.modalities).keys()] : [o.primary];
     this.outputs = [method === "early-fusion" ? 0 : o.primary];
     const vit = vitSettings(c);
-    const opts = { norm: c.network.norm, deepSupervision: 0 };
+    const opts = { norm: c.network.norm, deepSupervision: c.network.deepSupervision };
     const make = (rng: RandomSource) =>
       vit
         ? new VitUNet(this.inputs.length, o.numClasses, o.plan, vit, { ...opts, rng })
@@ -289,7 +358,7 @@ class UNetMethod implements MethodModel {
   loss(batch: TrainBatch, it: number, total: number): LossResult {
     const out = this.student.forward(this.#input(batch.labeled.images));
     const o = this.outputs[0];
-    const s = supervisedOver(out.logits, batch.labeled.labels[o], batch.labeled.hasLabels[o]);
+    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o]);
     if (!s) throw new Error(`${this.method} loss: no labeled sample in the batch has a label map for modality ${o}`);
     const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
     let loss = s.loss;
@@ -333,6 +402,7 @@ class MutualMethod implements MethodModel {
       plan: o.plan,
       mia: false,
       fusion: "none",
+      deepSupervision: o.config.network.deepSupervision,
       norm: o.config.network.norm,
       vit: vitSettings(o.config) ?? undefined,
       rng: o.rng(),
@@ -346,7 +416,7 @@ class MutualMethod implements MethodModel {
     const c = this.o.config;
     const terms: Record<string, number> = {};
     const outs = this.student.forward(batch.labeled.images);
-    let loss = meanSupervised(outs.map((o) => o.logits), batch, terms, "mutual");
+    let loss = meanSupervised(outs, batch, terms, "mutual");
     terms.sup = num(loss);
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
     if (unl) {
@@ -394,6 +464,10 @@ function supervisedLossCeOnly(logits: Tensor, labels: Tensor): { loss: Tensor } 
 }
 
 export function buildMethod(o: BuildOptions): MethodModel {
+  return withInitScheme(o.config.network.init, () => buildMethodModel(o));
+}
+
+function buildMethodModel(o: BuildOptions): MethodModel {
   switch (o.config.method) {
     case "cmc":
       return new CmcMethod(o);

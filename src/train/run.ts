@@ -11,6 +11,7 @@
  * 4. predicts every validation case on each modality's original grid (NIfTI), evaluates Dice, HD95
  *    and ASSD against the original label files, and writes metrics and PNG overlays.
  */
+import { FLIPS_ONLY } from "../data/augment.ts";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { assign, getBackend, initBackend, type Tensor } from "../engine.ts";
@@ -18,14 +19,20 @@ import { Rng } from "../data/rng.ts";
 import { type Batch, PatchLoader } from "../data/loader.ts";
 import { planDivisor, planUNet, type UNetPlan } from "../nn/plan.ts";
 import type { Triple } from "../nn/layers.ts";
-import { parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./config.ts";
+import {
+  DEFAULT_REAL_DATA_TIME_S,
+  parseTrainConfig,
+  type TrainConfig,
+  type TrainConfigInput,
+} from "./config.ts";
+import { SYNTH_TASKS } from "../data/synth.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import { resolvePatchSize } from "./patch.ts";
 import { progressBar } from "../data/progress.ts";
-import { everyHook, JsonlLog, logHook, progressHook } from "./hooks.ts";
+import { everyHook, JsonlLog, logHook, progressHook, timeBudgetHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
 import { evaluateValidation, type ValidationResult } from "./validate.ts";
@@ -277,6 +284,13 @@ export async function trainTask(
 ): Promise<TrainResult> {
   const t0 = performance.now();
   const c = parseTrainConfig(input);
+  const raw = input as Record<string, unknown>;
+  // Real data (a dataset folder or manifest, or --data) without an iteration count trains for a
+  // wall-clock budget: the user says how long, the schedule follows the measured speed.
+  const realData = c.data !== undefined || !(SYNTH_TASKS as readonly string[]).includes(c.task);
+  if (c.time === undefined && raw.iterations === undefined && realData && !opts.resume) {
+    c.time = DEFAULT_REAL_DATA_TIME_S;
+  }
   if (!c.out && opts.resume) {
     throw new Error("Cannot resume: give the run folder to continue with --out");
   }
@@ -389,7 +403,7 @@ export async function trainTask(
     unlabeledBatch: data.unlabeled.length ? c.batchUnlabeled : 0,
     seed: c.seed,
     startBatch: startIt,
-    augment: c.augment.enabled ? {} : false,
+    augment: !c.augment.enabled ? false : c.augment.mode === "flips" ? FLIPS_ONLY : {},
     misalign: data.modalities.length > 1 && (c.augment.misalignMm > 0 || c.augment.misalignDeg > 0)
       ? { translationMm: c.augment.misalignMm, rotationDeg: c.augment.misalignDeg }
       : null,
@@ -443,6 +457,13 @@ export async function trainTask(
       ? [everyHook(c.validation.every, (ctx) => validate(ctx.iteration))]
       : []),
     ...(opts.hooks ?? []),
+    ...(c.time !== undefined
+      ? [timeBudgetHook(c.time, {
+        onChange: (total, secPerIt) => {
+          log.write({ event: "budget", total, secondsPerIteration: secPerIt, budget: c.time });
+        },
+      })]
+      : []),
   ];
   const trainer = new Trainer({
     model,
@@ -472,7 +493,8 @@ export async function trainTask(
 
   let metrics: MetricsSummary | null = null;
   let summaryText =
-    `Trained ${c.method} on ${c.task} for ${c.iterations} iterations; run folder ${outDir}`;
+    `Trained ${c.method} on ${c.task} for ${trainer.ctx.iteration} iterations` +
+    (c.time !== undefined ? ` (time budget ${Math.round(c.time)} s)` : "") + `; run folder ${outDir}`;
   if (!opts.skipFinalEvaluation && data.validation.length) {
     const windows = progressBar("sliding window", { quiet: opts.quiet });
     const r = await evaluateValidation(model, data, {

@@ -29,7 +29,8 @@ export interface IterationInfo {
 export interface TrainerContext {
   readonly model: MethodModel;
   readonly optimizer: Optimizer;
-  readonly total: number;
+  /** Iterations the run will make; a time budget (`timeBudgetHook`) may change it while training. */
+  total: number;
   /** Iterations finished so far. */
   iteration: number;
   /** Set by a hook to end the run after the current iteration. */
@@ -112,7 +113,7 @@ export class Trainer {
     for (const h of hooks) await h.onStart?.(this.ctx);
     let completed = true;
     try {
-      while (this.ctx.iteration < this.opts.total) {
+      while (this.ctx.iteration < this.ctx.total) {
         if (this.ctx.stopRequested) {
           completed = false;
           break;
@@ -122,14 +123,14 @@ export class Trainer {
         const it = this.ctx.iteration;
         const terms = tidy(() => {
           const batch = toEngineBatch(host);
-          const r = model.loss(batch, it, this.opts.total);
+          const r = model.loss(batch, it, this.ctx.total);
           if (!Number.isFinite(r.terms.loss)) throw new NonFiniteLossError(it + 1, r.terms, this.#lastFinite);
           backward(r.loss, undefined, { releaseActivations: true });
           return r.terms;
         });
         const lr = learningRate(it, {
           base: this.opts.baseLr,
-          total: this.opts.total,
+          total: this.ctx.total,
           warmup: this.opts.warmup,
           kind: this.opts.schedule,
         });
@@ -140,7 +141,7 @@ export class Trainer {
         this.ctx.iteration = it + 1;
         const info: IterationInfo = {
           iteration: it + 1,
-          total: this.opts.total,
+          total: this.ctx.total,
           lr,
           terms,
           seconds: (performance.now() - t0) / 1000,

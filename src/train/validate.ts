@@ -129,10 +129,8 @@ export async function predictCase(
   for (const outs of groups.values()) {
     const g = group++;
     const ref = cs.volumes[mods[outs[0]]];
-    const inputs = mods.map((m) => {
-      const v = cs.volumes[m] ?? partnerVolume(data, m, ref, opts.partners);
-      return gridKey(v) === gridKey(ref) ? v.data : resampleOnto(v, ref);
-    });
+    const sources = mods.map((m) => cs.volumes[m] ?? partnerVolume(data, m, ref, opts.partners));
+    const inputs = sources.map((v) => gridKey(v) === gridKey(ref) ? v.data : resampleOnto(v, ref));
     const dims: [number, number, number] = [ref.dims[2], ref.dims[1], ref.dims[0]];
     const predictor = (batch: PatchBatch) =>
       Promise.resolve(tidy(() =>
@@ -150,6 +148,8 @@ export async function predictCase(
       overlap: opts.config.validation.overlap,
       mirror: opts.config.validation.mirror,
       outputs: "probabilities",
+      // Windows that reach past the volume are padded as training patches are.
+      padValue: sources.map((v) => v.padValue),
       // Several grids (modalities on different grids) count as equal shares of the case.
       onProgress: opts.onWindows
         ? (done, total) => opts.onWindows!(g * total + done, groups.size * total)
