@@ -8,6 +8,7 @@ import { z } from "zod";
 import * as YAML from "yaml";
 import { writeFileAtomic } from "./nifti.ts";
 import { Rng } from "./rng.ts";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 
 /** An image file, or one frame (channel) of a 4-D file. */
 export const ImageRefSchema = z.union([
@@ -90,10 +91,7 @@ export function classNames(m: Manifest): string[] {
   return ["background", ...fg.map(([n]) => n)];
 }
 
-/** Class index of voxels marked "ignore" in labelMap (no supervision). */
-export const IGNORE_CLASS = -1;
-
-/** File label value -> class index 0..K-1 (IGNORE_CLASS for values mapped to "ignore"). */
+/** File label value -> class index 0..K-1 (IGNORE_INDEX for values mapped to "ignore"). */
 export function labelValueMap(m: Manifest): Map<number, number> {
   const names = classNames(m);
   const map = new Map<number, number>();
@@ -102,7 +100,7 @@ export function labelValueMap(m: Manifest): Map<number, number> {
     if (n !== "background") map.set(v, names.indexOf(n));
   }
   for (const [v, n] of Object.entries(m.labelMap ?? {})) {
-    map.set(Number(v), n === "ignore" ? IGNORE_CLASS : names.indexOf(n));
+    map.set(Number(v), n === "ignore" ? IGNORE_INDEX : names.indexOf(n));
   }
   return map;
 }

@@ -36,6 +36,7 @@ import {
   refPath,
 } from "./manifest.ts";
 import { Rng } from "./rng.ts";
+import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 /** Bumped whenever the on-disk format or the processing changes meaning. */
 export const PREPROCESS_VERSION = 1;
@@ -242,7 +243,7 @@ export function resampleLabels(
 /**
  * Maps label file values to class indices. Values within 1e-3 of an integer are rounded (labels
  * stored as float); anything else, or a value not in the task's map, is an error naming the file.
- * Values mapped to "ignore" are stored as 255 (Uint8) or -1 (Int16).
+ * Values mapped to "ignore" (IGNORE_INDEX) are stored as `storedIgnore`: 255 (Uint8) or -1 (Int16).
  */
 export function mapLabels(
   img: NiftiImage,
@@ -251,6 +252,7 @@ export function mapLabels(
 ): Uint8Array | Int16Array {
   const k = Math.max(...map.values()) + 1;
   const out = k <= 255 ? new Uint8Array(img.data.length) : new Int16Array(img.data.length);
+  const ignored = storedIgnore(out);
   const src = img.data;
   const file = img.path ?? "label";
   let lastV = NaN, lastC = 0;
@@ -278,9 +280,8 @@ export function mapLabels(
         })`,
       );
     }
-    out[i] = c;
+    out[i] = lastC = c === IGNORE_INDEX ? ignored : c;
     lastV = v;
-    lastC = c;
   }
   return out;
 }

@@ -253,9 +253,10 @@ Deno.test("preprocess + cases: a case labelled only in a modality the run does n
   assertEquals([none.labeled.length, none.unlabeled.length], [0, 0]);
 });
 
-Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_LABEL in patches", async () => {
+Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_INDEX in patches", async () => {
   const { loadPreprocessedCases } = await import("./cases.ts");
-  const { PatchSampler, IGNORE_LABEL } = await import("./sampler.ts");
+  const { PatchSampler } = await import("./sampler.ts");
+  const { IGNORE_INDEX } = await import("../util/ignore.ts");
   const { Rng } = await import("./rng.ts");
   const dir = `${tmp}/ignore`;
   await makeCase(dir, "g");
@@ -272,7 +273,7 @@ Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_LABEL i
   const p = s.sampleLabeled(c, new Rng(1), { forceForeground: false }); // the whole volume
   const values = new Set(p.labels.MR);
   assert(
-    values.has(IGNORE_LABEL) && values.has(1) && !values.has(255),
+    values.has(IGNORE_INDEX) && values.has(1) && !values.has(255),
     `patch labels ${[...values]}`,
   );
 });
