@@ -301,13 +301,31 @@ export function assignSplits(
 }
 
 /**
+ * Why a `labeled` value is refused (null when it is fine): a count of cases must be a whole number
+ * (> 1), a ratio must be in (0, 1]. 1.5 is neither and is not rounded.
+ */
+export function labeledProblem(v: number): string | null {
+  if (!Number.isFinite(v) || v <= 0) {
+    return `expected a count >= 1 or a ratio in (0, 1], got ${v}`;
+  }
+  if (v > 1 && !Number.isInteger(v)) {
+    // (1 itself is the ratio "all of them", so the nearest counts start at 2.)
+    const counts = [...new Set([Math.max(2, Math.floor(v)), Math.ceil(v)])].join(" or ");
+    return `${v} is neither a whole number of cases nor a ratio in (0, 1]: give a count such as ${counts}, or a ratio such as 0.5`;
+  }
+  return null;
+}
+
+/**
  * Chooses which labeled training cases keep their labels for a semi-supervised run: `labeled` is a
- * count (>= 1) or a ratio in (0, 1]. Seeded; returns the chosen ids in sorted order.
+ * count (a whole number >= 1) or a ratio in (0, 1]. Seeded; returns the chosen ids in sorted order.
  */
 export function selectLabeled(
   cases: readonly ManifestCase[],
   opts: { labeled: number; seed?: number },
 ): string[] {
+  const problem = labeledProblem(opts.labeled);
+  if (problem) throw new Error(`Cannot choose the labeled cases: labeled: ${problem}`);
   const pool = cases.filter((c) => c.labeled && c.split === "train").map((c) => c.id).sort();
   const want = opts.labeled <= 1
     ? Math.max(1, Math.round(opts.labeled * pool.length))
