@@ -128,10 +128,19 @@ export class ImageCache {
   }
 }
 
-/** Reads one image reference as a 3-D image, with NaN/Inf handling. */
+/**
+ * Reads one image reference as a 3-D image, with NaN/Inf handling (`label`: a label file, whose
+ * NaN/Inf voxels are always an error: nonFinite applies to images only).
+ */
 export async function readImageRef(
   ref: ImageRef,
-  opts: { id: string; what: string; nonFinite?: "error" | "zero"; cache?: ImageCache },
+  opts: {
+    id: string;
+    what: string;
+    nonFinite?: "error" | "zero";
+    cache?: ImageCache;
+    label?: boolean;
+  },
 ): Promise<NiftiImage> {
   const p = refPath(ref), frame = refFrame(ref);
   let img = opts.cache ? await opts.cache.raw(p) : await readNifti(p);
@@ -160,15 +169,18 @@ export async function readImageRef(
     }
   }
   if (bad > 0) {
-    if (opts.nonFinite !== "zero") {
+    if (opts.nonFinite !== "zero" || opts.label) {
       const x = first % img.dims[0],
         y = Math.floor(first / img.dims[0]) % img.dims[1],
         z = Math.floor(first / (img.dims[0] * img.dims[1]));
+      const where = `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${d[first]})`;
       fail(
         opts.id,
-        `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${
-          d[first]
-        }); fix the file, or replace them with 0 (train: --set nonFinite=zero; preprocess: --non-finite zero)`,
+        opts.label
+          ? `label file ${where}; nonFinite=zero applies to images only: fix the label file ${p} ` +
+            `(set those voxels to 0 for background, or to a value that the manifest's labelMap ` +
+            `maps to "ignore")`
+          : `${where}; fix the file, or replace them with 0 (train: --set nonFinite=zero; preprocess: --non-finite zero)`,
       );
     }
     for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) d[i] = 0;
@@ -207,7 +219,7 @@ export async function readRasLabels(
   const key = `lab:${refPath(ref)}#${refFrame(ref) ?? ""}`;
   const hit = opts.cache?.get<RasLabels>(key);
   if (hit) return hit;
-  const lab = await readImageRef(ref, { id: opts.id, what: opts.what });
+  const lab = await readImageRef(ref, { id: opts.id, what: opts.what, label: true });
   checkLabelGeometry(
     { dims: image.sourceDims, affine: image.sourceAffine, path: image.path },
     { dims: lab.dims, affine: lab.affine, path: refPath(ref) },

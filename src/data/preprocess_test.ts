@@ -234,6 +234,26 @@ Deno.test("preprocess: bad inputs name the case, the file and the problem", asyn
   );
 });
 
+Deno.test("preprocess: NaN in a label file names the label file and what to do (nonFinite=zero is for images)", async () => {
+  const dir = `${tmp}/nanlab`;
+  await makeCase(dir, "nl");
+  const { readNifti } = await import("./nifti.ts");
+  const file = `${dir}/nl_label.nii.gz`;
+  const lab = await readNifti(file);
+  lab.data[7] = NaN;
+  await writeNifti(file, lab, { datatype: "float32" });
+  for (const nonFinite of ["error", "zero"] as const) {
+    const err = await assertRejects(
+      () => preprocessDataset(manifestFor(dir, ["nl"]), { outDir: `${tmp}/nanlab_${nonFinite}`, nonFinite }),
+      Error,
+      `Cannot preprocess case nl: label file ${file} has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = NaN); ` +
+        `nonFinite=zero applies to images only: fix the label file ${file}`,
+    );
+    assert(!/--set nonFinite=zero|--non-finite zero/.test(err.message), err.message);
+    assert(/labelMap/.test(err.message), err.message);
+  }
+});
+
 Deno.test("preprocess + cases: a case labelled only in a modality the run does not use loads as unlabeled", async () => {
   const { loadPreprocessedCases } = await import("./cases.ts");
   const dir = `${tmp}/partial`;
