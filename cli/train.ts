@@ -1,13 +1,14 @@
 /** `train <task|manifest>`: trains a model and writes the run folder (see src/train/run.ts). */
 import type { Command } from "commander";
+import { labeledProblem } from "../src/data/manifest.ts";
 import { applyOverrides, METHODS, parseDuration, readConfigFile } from "../src/train/config.ts";
 import { trainTask } from "../src/train/run.ts";
 
-function labeledArg(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) {
-    throw new Error(`--labeled: expected a count >= 1 or a ratio in (0, 1], got '${v}'`);
-  }
+/** --labeled: a count (a whole number >= 1) or a ratio in (0, 1]; 1.5 is refused, not rounded. */
+export function labeledArg(v: string): number {
+  const n = v.trim() === "" ? NaN : Number(v);
+  const problem = labeledProblem(n);
+  if (problem) throw new Error(`--labeled: ${problem.replace(`got ${n}`, `got '${v}'`)}`);
   return n;
 }
 
@@ -37,7 +38,7 @@ export function register(program: Command): void {
     )
     .option(
       "--labeled <n|ratio>",
-      "labeled training cases: a count or a ratio in (0, 1]",
+      "labeled training cases: a whole count or a ratio in (0, 1]",
       labeledArg,
     )
     .option("--method <name>", `one of ${METHODS.join(", ")}`)

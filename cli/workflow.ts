@@ -52,6 +52,8 @@ function eventPrinter(total: number): (e: EngineEvent) => void {
       console.log(`${pc.cyan("start")}  ${e.id}${e.attempt > 1 ? ` (attempt ${e.attempt})` : ""}`);
     } else if (e.type === "retry") {
       console.log(`${pc.yellow("retry")}  ${e.id}: ${e.reason}; again in ${e.delaySec}s`);
+    } else if (e.type === "note") {
+      console.log(`${pc.magenta("note")}   ${e.message}`);
     } else {
       finished++;
       const r = e.result;
@@ -81,6 +83,7 @@ interface WorkflowFlags {
   set: string[];
   workdir?: string;
   cpus?: string;
+  waitRunning?: string;
   json?: boolean;
   out?: string;
   title?: string;
@@ -115,11 +118,20 @@ async function runCommand(file: string, o: WorkflowFlags): Promise<void> {
       only: o.only,
       force: o.force,
       signal: controller.signal,
-      onEvent: o.json ? undefined : eventPrinter(plan.steps.length),
+      // With --json, stdout is the summary alone; notes (locks taken over, jobs re-attached) go to stderr.
+      onEvent: o.json
+        ? (e: EngineEvent) => e.type === "note" && console.error(`note: ${e.message}`)
+        : eventPrinter(plan.steps.length),
     };
-    summary = executor === "slurm"
-      ? await runSlurm(plan, common)
-      : await runLocal(plan, { ...common, cpus: o.cpus ? Number(o.cpus) : undefined });
+    const waitRunningSec = o.waitRunning !== undefined ? Number(o.waitRunning) : undefined;
+    if (waitRunningSec !== undefined && !(waitRunningSec >= 0)) {
+      throw new Error(`--wait-running: expected a number of seconds, got ${o.waitRunning}`);
+    }
+    summary = executor === "slurm" ? await runSlurm(plan, common) : await runLocal(plan, {
+      ...common,
+      cpus: o.cpus ? Number(o.cpus) : undefined,
+      waitRunningSec,
+    });
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
@@ -165,6 +177,11 @@ export function register(program: Command): void {
     )
     .option("--workdir <dir>", "working folder (default: the file's workdir, else runs/<name>)")
     .option("--cpus <n>", "CPU threads the local executor may use (default: all cores)")
+    .option(
+      "--wait-running <seconds>",
+      "local: how long to wait for a step still running from an earlier, killed run before " +
+        "refusing to start (default 10)",
+    )
     .option("--json", "machine-readable output")
     .option("--out <dir>", "report: output folder")
     .option("--title <text>", "report: title")

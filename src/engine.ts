@@ -85,7 +85,13 @@ export {
   sum,
 } from "./ops/reduce.ts";
 export { adaptiveAvgPool3d, l2Normalize } from "./ops/pool.ts";
-export { type CrossEntropyOptions, diceStats, softmaxCrossEntropy } from "./ops/losses.ts";
+export {
+  type CrossEntropyOptions,
+  type DiceStatsOptions,
+  diceStats,
+  softmaxCrossEntropy,
+} from "./ops/losses.ts";
+export { IGNORE_INDEX } from "./util/ignore.ts";
 export {
   type AdamwOptions,
   adamwUpdate,

@@ -14,6 +14,7 @@ import * as path from "node:path";
 import { readNifti, writeNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
 import { labelValueMap } from "../src/data/manifest.ts";
+import { IGNORE_INDEX } from "../src/util/ignore.ts";
 import { evaluateCase } from "../src/metrics/metrics.ts";
 import { evaluateOriginal, originalLabels, quickDice } from "../src/train/validate.ts";
 import {
@@ -229,7 +230,8 @@ Deno.test("ignore label: evaluateCase, quickDice and the original-grid evaluatio
     cases: [],
   });
   const lab = await originalLabels(file, map);
-  assert.deepEqual([...lab.labels], [1, 1, 1, 0, 0, -1, -1, -1]);
+  const I = IGNORE_INDEX;
+  assert.deepEqual([...lab.labels], [1, 1, 1, 0, 0, I, I, I]);
   const cm = evaluateOriginal(Int32Array.from(pred), lab, [8, 1, 1], ["background", "organ"], "c");
   assert.deepEqual(cm.classes.organ, { dice: 1, hd95: 0, assd: 0, predVoxels: 3, refVoxels: 3 });
   // A value outside the label map names the file and the value.

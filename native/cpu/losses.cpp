@@ -54,14 +54,14 @@ void check_label_shape(const Buffer* lab, const Buffer* x, const char* xname) {
 }
 
 // Fails naming the first label that is neither in 0..K-1 nor ignore_index.
-void check_label_values(Backend* be, const int32_t* lab, int64_t n, int64_t K, int64_t ignore, bool has_ignore) {
+void check_label_values(Backend* be, const int32_t* lab, int64_t n, int64_t K, int64_t ignore) {
   const int64_t nc = ku::n_chunks(n);
   std::vector<int64_t> first((size_t)nc, -1);
   ku::parallel_tasks(be, nc, n, [&](int64_t c) {
     const int64_t lo = c * ku::kChunk, hi = std::min(n, lo + ku::kChunk);
     for (int64_t i = lo; i < hi; i++) {
       const int64_t v = lab[i];
-      if ((v < 0 || v >= K) && !(has_ignore && v == ignore)) {
+      if ((v < 0 || v >= K) && v != ignore) {
         first[(size_t)c] = i;
         return;
       }
@@ -72,7 +72,7 @@ void check_label_values(Backend* be, const int32_t* lab, int64_t n, int64_t K, i
       const int64_t i = first[(size_t)c];
       fail("label " + std::to_string(lab[i]) + " at flat position " + std::to_string(i) +
            " is outside 0.." + std::to_string(K - 1) + " (K = " + std::to_string(K) + " classes)" +
-           (has_ignore ? " and is not ignore_index " + std::to_string(ignore) : std::string()));
+           " and is not ignore_index " + std::to_string(ignore));
     }
 }
 
@@ -85,7 +85,7 @@ void ce_forward(const KernelArgs& a) {
   const Split s = split_nk(x, "logits");
   check_label_shape(lab, x, "logits");
   const int32_t* pl = lab->i32();
-  check_label_values(a.backend, pl, s.N * s.S, s.K, p.ignore_index, true);
+  check_label_values(a.backend, pl, s.N * s.S, s.K, p.ignore_index);
   Buffer* loss = a.output(0, ku::make_shape({1}), CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, "SOFTMAX_CROSS_ENTROPY_FORWARD");
   Buffer* probs = a.output(1, x->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, "SOFTMAX_CROSS_ENTROPY_FORWARD");
   TempBuffer tx;
@@ -153,7 +153,7 @@ void ce_backward(const KernelArgs& a) {
   const Split s = split_nk(probs, "probs");
   check_label_shape(lab, probs, "probs");
   const int32_t* pl = lab->i32();
-  check_label_values(a.backend, pl, s.N * s.S, s.K, p.ignore_index, true);
+  check_label_values(a.backend, pl, s.N * s.S, s.K, p.ignore_index);
   Buffer* dx = a.output(0, probs->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, "SOFTMAX_CROSS_ENTROPY_BACKWARD");
   TempBuffer tp;
   const float* pp = ku::plain(probs, tp)->f32();
@@ -196,12 +196,14 @@ struct DiceTarget {
   TempBuffer tmp;
 };
 
-void prepare_target(const KernelArgs& a, const Buffer* probs, const Buffer* target, const Split& s, DiceTarget& t) {
+// Labels equal to ignore_index take no part in any statistic (and get no gradient).
+void prepare_target(const KernelArgs& a, const Buffer* probs, const Buffer* target, const Split& s, int64_t ignore,
+                    DiceTarget& t) {
   if (target->dtype == CMO_DTYPE_I32) {
     check_label_shape(target, probs, "probs");
     t.labels = true;
     t.lab = target->i32();
-    check_label_values(a.backend, t.lab, s.N * s.S, s.K, 0, false);
+    check_label_values(a.backend, t.lab, s.N * s.S, s.K, ignore);
   } else if (target->dtype == CMO_DTYPE_F32) {
     if (target->shape != probs->shape)
       fail("soft target " + target->shape.str() + " must have the shape of probs " + probs->shape.str() +
@@ -213,13 +215,13 @@ void prepare_target(const KernelArgs& a, const Buffer* probs, const Buffer* targ
 }
 
 void dice_forward(const KernelArgs& a) {
-  a.p<cmo_dice_params>("DICE_STATS_FORWARD");
+  const auto& p = a.p<cmo_dice_params>("DICE_STATS_FORWARD");
   const Buffer* probs = ku::input(a, 0, "probs");
   const Buffer* target = ku::input(a, 1, "target");
   ku::need_dtype(probs, "probs", CMO_DTYPE_F32);
   const Split s = split_nk(probs, "probs");
   DiceTarget tg;
-  prepare_target(a, probs, target, s, tg);
+  prepare_target(a, probs, target, s, p.ignore_index, tg);
   Buffer* stats = a.output(0, ku::make_shape({3, s.K}), CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, "DICE_STATS_FORWARD");
   TempBuffer tp;
   const float* pp = ku::plain(probs, tp)->f32();
@@ -232,10 +234,13 @@ void dice_forward(const KernelArgs& a) {
     double spt = 0, sp = 0, st = 0;
     if (tg.labels) {
       const int32_t* lb = tg.lab + n * S;
+      const int64_t ig = p.ignore_index;
       for (int64_t i = lo; i < hi; i++) {
+        const int64_t l = lb[i];
+        if (l == ig) continue;
         const double v = pb[i];
         sp += v;
-        if (lb[i] == k) {
+        if (l == k) {
           spt += v;
           st += 1;
         }
@@ -266,7 +271,7 @@ void dice_forward(const KernelArgs& a) {
 }
 
 void dice_backward(const KernelArgs& a) {
-  a.p<cmo_dice_params>("DICE_STATS_BACKWARD");
+  const auto& p = a.p<cmo_dice_params>("DICE_STATS_BACKWARD");
   const Buffer* probs = ku::input(a, 0, "probs");
   const Buffer* target = ku::input(a, 1, "target");
   const Buffer* dstats = ku::input(a, 2, "dstats");
@@ -277,7 +282,7 @@ void dice_backward(const KernelArgs& a) {
     fail("dstats " + dstats->shape.str() + " must be [3," + std::to_string(s.K) + "] for probs " +
          probs->shape.str());
   DiceTarget tg;
-  prepare_target(a, probs, target, s, tg);
+  prepare_target(a, probs, target, s, p.ignore_index, tg);
   Buffer* dp = a.output(0, probs->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN, "DICE_STATS_BACKWARD");
   TempBuffer tds;
   const float* ds = ku::plain(dstats, tds)->f32();
@@ -291,7 +296,11 @@ void dice_backward(const KernelArgs& a) {
       float* ob = po + (n * K + k) * S;
       if (tg.labels) {
         const int32_t* lb = tg.lab + n * S;
-        for (int64_t i = lo; i < hi; i++) ob[i] = (lb[i] == k ? g0 : 0.0f) + g1;
+        const int64_t ig = p.ignore_index;
+        for (int64_t i = lo; i < hi; i++) {
+          const int64_t l = lb[i];
+          ob[i] = l == ig ? 0.0f : (l == k ? g0 : 0.0f) + g1;
+        }
       } else {
         const float* tb = tg.soft + (n * K + k) * S;
         for (int64_t i = lo; i < hi; i++) ob[i] = g0 * tb[i] + g1;

@@ -138,7 +138,7 @@ bool dice_target(const Buffer* target, const Buffer* probs, const char* op) {
 
 void dice_forward(const KernelArgs& a) {
   const char* op = "DICE_STATS_FORWARD";
-  (void)a.p<cmo_dice_params>(op);
+  const auto& p = a.p<cmo_dice_params>(op);
   const Buffer *probs = a.in[0], *target = a.in[1];
   ClassDims d = class_dims(probs, op, "probs");
   bool labels = dice_target(target, probs, op);
@@ -149,6 +149,7 @@ void dice_forward(const KernelArgs& a) {
   Buffer* stats = a.output(0, ss, CMO_DTYPE_F32, op);
   Backend* be = a.backend;
   const int64_t K = d.K, S = d.S, E = d.N * d.S;
+  const int32_t ignore = (int32_t)p.ignore_index;
   if (K == 0) return;
   Scratch tot(be, (size_t)K * 3 * sizeof(double));
   double* tp = tot.as<double>();
@@ -163,6 +164,7 @@ void dice_forward(const KernelArgs& a) {
       int64_t n = e / S, s = e % S;
       int64_t i = (n * K + k) * S + s;
       double pv = pp[i];
+      if (lp && lp[e] == ignore) return;  // ignored: in none of the sums
       if (lp && k == 0 && (lp[e] < 0 || lp[e] >= K)) {
         fp[0] = 1;
         fp[1] = lp[e];
@@ -186,13 +188,13 @@ void dice_forward(const KernelArgs& a) {
     sync(be);
     if (host_flag[0])
       fail(std::string(op) + ": label " + std::to_string(host_flag[1]) + " is outside 0.." + std::to_string(K - 1) +
-           " (probs " + probs->shape.str() + ")");
+           " and is not ignore_index " + std::to_string(ignore) + " (probs " + probs->shape.str() + ")");
   }
 }
 
 void dice_backward(const KernelArgs& a) {
   const char* op = "DICE_STATS_BACKWARD";
-  (void)a.p<cmo_dice_params>(op);
+  const auto& p = a.p<cmo_dice_params>(op);
   const Buffer *probs = a.in[0], *target = a.in[1], *dstats = a.in[2];
   ClassDims d = class_dims(probs, op, "probs");
   bool labels = dice_target(target, probs, op);
@@ -200,12 +202,17 @@ void dice_backward(const KernelArgs& a) {
   if (dstats->numel() != 3 * d.K) fail(std::string(op) + ": dstats must be [3," + std::to_string(d.K) + "], got " + dstats->shape.str());
   Buffer* dp = a.output(0, probs->shape, CMO_DTYPE_F32, op);
   const int64_t K = d.K, S = d.S;
+  const int32_t ignore = (int32_t)p.ignore_index;
   const int32_t* lp = labels ? target->i32() : nullptr;
   const float* sp = labels ? nullptr : target->f32();
   const float* g = dstats->f32();
   float* out = dp->f32();
   launch_elementwise(a.backend, probs->numel(), [=] __device__(int64_t i) {
     int64_t s = i % S, k = (i / S) % K, n = i / (S * K);
+    if (lp && lp[n * S + s] == ignore) {
+      out[i] = 0.f;
+      return;
+    }
     float tv = lp ? (lp[n * S + s] == k ? 1.f : 0.f) : sp[i];
     out[i] = g[k] * tv + g[K + k];
   }, op);

@@ -308,9 +308,12 @@ typedef struct {
  *                          or soft targets [N,K,...] F32
  *                      out: stats[3,K]: row 0 = sum p*t, row 1 = sum p, row 2 = sum t (over N and
  *                           all spatial positions; batch Dice)
- * DICE_STATS_BACKWARD  in: probs, target, dstats[3,K]   out: dprobs (=)  (target gets no gradient) */
+ * DICE_STATS_BACKWARD  in: probs, target, dstats[3,K]   out: dprobs (=)  (target gets no gradient)
+ * With labels, positions whose label == ignore_index take no part in any of the three sums and get
+ * dprobs 0; a label outside 0..K-1 that is not ignore_index is CMO_ERR_INVALID_ARGUMENT. Soft targets
+ * have no ignored positions. */
 typedef struct {
-  int64_t reserved;
+  int64_t ignore_index;
 } cmo_dice_params;
 
 /* SGD_UPDATE   in: param, grad, momentum_buf (all updated in place, no outputs)

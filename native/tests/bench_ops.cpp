@@ -189,11 +189,11 @@ int main(int argc, char** argv) {
       release(d);
     });
     bench("dice stats forward (labels)", nl * 4, "GB/s", reps, [&] {
-      exec(CMO_OP_DICE_STATS_FORWARD, {o[1], labels}, st, cmo_dice_params{0});
+      exec(CMO_OP_DICE_STATS_FORWARD, {o[1], labels}, st, cmo_dice_params{-100});
       release(st);
     });
     bench("dice stats backward (labels)", nl * 4, "GB/s", reps, [&] {
-      exec(CMO_OP_DICE_STATS_BACKWARD, {o[1], labels, ds}, d, cmo_dice_params{0});
+      exec(CMO_OP_DICE_STATS_BACKWARD, {o[1], labels, ds}, d, cmo_dice_params{-100});
       release(d);
     });
     // Prototype-style matmul: probs [K, N] x features [C, N]^T, N = 96^3.

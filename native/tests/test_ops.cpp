@@ -813,21 +813,26 @@ void test_losses() {
     for (auto& v : pv) v = std::fabs(v);
     VI lv((size_t)(N * S));
     for (size_t i = 0; i < lv.size(); i++) lv[i] = (int32_t)(i * 5 % 3);
+    // Ignored positions (ignore_index -100) are in none of the sums and get no gradient.
+    lv[2] = lv[7] = lv[S + 4] = -100;
     V soft = rnd(pv.size());
     for (auto& v : soft) v = std::fabs(v);
     Buf pr = F({N, K, 3, 4}, pv), lab = I({N, 3, 4}, lv), sf = F({N, K, 3, 4}, soft);
+    const cmo_dice_params dp_params{-100};
     for (int mode = 0; mode < 2; mode++) {
       Buf st, dp;
       const Buf* tg = mode == 0 ? &lab : &sf;
-      if (!ok(CMO_OP_DICE_STATS_FORWARD, {&pr, tg}, {&st}, cmo_dice_params{0})) continue;
+      if (!ok(CMO_OP_DICE_STATS_FORWARD, {&pr, tg}, {&st}, dp_params)) continue;
       V ref((size_t)(3 * K), 0.0f);
       std::vector<double> acc((size_t)(3 * K), 0.0);
+      auto skip = [&](int64_t n, int64_t s) { return mode == 0 && lv[n * S + s] == -100; };
       auto t = [&](int64_t n, int64_t k, int64_t s) {
         return mode == 0 ? (lv[n * S + s] == k ? 1.0 : 0.0) : (double)soft[(n * K + k) * S + s];
       };
       for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++)
           for (int64_t s = 0; s < S; s++) {
+            if (skip(n, s)) continue;
             double p = pv[(n * K + k) * S + s];
             acc[k] += p * t(n, k, s);
             acc[K + k] += p;
@@ -837,14 +842,28 @@ void test_losses() {
       close(readf(st), ref, 1e-5, 1e-5, mode == 0 ? "dice stats with labels" : "dice stats with soft targets");
       V dsv = rnd((size_t)(3 * K));
       Buf ds = F({3, K}, dsv);
-      if (ok(CMO_OP_DICE_STATS_BACKWARD, {&pr, tg, &ds}, {&dp}, cmo_dice_params{0})) {
+      if (ok(CMO_OP_DICE_STATS_BACKWARD, {&pr, tg, &ds}, {&dp}, dp_params)) {
         V dref(pv.size());
         for (int64_t n = 0; n < N; n++)
           for (int64_t k = 0; k < K; k++)
-            for (int64_t s = 0; s < S; s++) dref[(n * K + k) * S + s] = (float)(dsv[k] * t(n, k, s) + dsv[K + k]);
-        close(readf(dp), dref, 1e-6, 1e-5, mode == 0 ? "dice backward labels" : "dice backward soft");
+            for (int64_t s = 0; s < S; s++)
+              dref[(n * K + k) * S + s] = skip(n, s) ? 0.0f : (float)(dsv[k] * t(n, k, s) + dsv[K + k]);
+        V got = readf(dp);
+        close(got, dref, 1e-6, 1e-5, mode == 0 ? "dice backward labels" : "dice backward soft");
+        if (mode == 0)
+          for (int64_t k = 0; k < K; k++)
+            CHECK(got[(size_t)(k * S + 2)] == 0.0f && got[(size_t)((K + k) * S + 4)] == 0.0f,
+                  "dice backward exactly 0 at ignored positions");
       }
     }
+    // A label outside 0..K-1 that is not ignore_index is rejected, naming the value.
+    VI bad = lv;
+    bad[5] = -1;
+    Buf lb = I({N, 3, 4}, bad), st3;
+    CHECK(run(CMO_OP_DICE_STATS_FORWARD, {&pr, &lb}, {&st3}, dp_params) == CMO_ERR_INVALID_ARGUMENT,
+          "dice: label -1 rejected when ignore_index is -100");
+    std::string msg = cmo_last_error();
+    CHECK(has(msg, "label -1") && has(msg, "ignore_index -100"), "dice message names value and ignore_index: " + msg);
   }
 }
 
@@ -933,7 +952,7 @@ void test_volume_precision() {
     cmo_backend_set_threads(g_be, threads);
     Buf loss, probs, st, sm;
     if (!ok(CMO_OP_SOFTMAX_CROSS_ENTROPY_FORWARD, {&x, &l}, {&loss, &probs}, cmo_cross_entropy_params{-100})) return;
-    if (!ok(CMO_OP_DICE_STATS_FORWARD, {&probs, &l}, {&st}, cmo_dice_params{0})) return;
+    if (!ok(CMO_OP_DICE_STATS_FORWARD, {&probs, &l}, {&st}, cmo_dice_params{-100})) return;
     if (!ok(CMO_OP_REDUCE, {&probs}, {&sm}, cmo_reduce_params{CMO_REDUCE_SUM, 0x1d})) return;
     V lossv = readf(loss), stv = readf(st), smv = readf(sm);
     if (threads == 1) {

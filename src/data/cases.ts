@@ -125,7 +125,10 @@ export async function loadUnlabeledCase(
   };
 }
 
-/** Up to `max` voxel indices per foreground class (seeded by case id, so it is reproducible). */
+/**
+ * Up to `max` voxel indices per foreground class 1..k-1 (seeded by case id, so it is reproducible).
+ * Only voxels holding a class index count: ignored ones (stored as 255 or -1) are never foreground.
+ */
 export function foregroundLocations(
   label: ArrayLike<number>,
   k: number,
@@ -133,7 +136,10 @@ export function foregroundLocations(
   max = 10000,
 ): Int32Array[] {
   const counts = new Int32Array(k);
-  for (let i = 0; i < label.length; i++) counts[label[i]]++;
+  for (let i = 0; i < label.length; i++) {
+    const c = label[i];
+    if (c > 0 && c < k) counts[c]++;
+  }
   const out: Int32Array[] = [new Int32Array(0)];
   const rng = new Rng(id, "foreground");
   for (let c = 1; c < k; c++) {

@@ -43,7 +43,7 @@ export interface LabeledBatch {
   ids: Record<string, string>[];
   /** Per modality: Float32Array [B, 1, D, H, W]. */
   images: Record<string, Float32Array>;
-  /** Per modality: Int32Array [B, D, H, W] of class indices (IGNORE_LABEL where a modality has no map). */
+  /** Per modality: Int32Array [B, D, H, W] of class indices (IGNORE_INDEX where ignored or a modality has no map). */
   labels: Record<string, Int32Array>;
   forcedForeground: boolean[];
 }

@@ -3,7 +3,7 @@ import { synthesize } from "./synth.ts";
 import { loadManifest, selectLabeled } from "./manifest.ts";
 import { preprocessDataset } from "./preprocess.ts";
 import { PatchLoader } from "./loader.ts";
-import { IGNORE_LABEL } from "./sampler.ts";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "comodal_loader_" });
 globalThis.addEventListener("unload", () => Deno.removeSync(tmp, { recursive: true }));
@@ -166,7 +166,7 @@ Deno.test("loader: foreground forcing reaches about one third of labeled patches
           assert(fg, "forced patch has foreground");
         }
       });
-      assert(b.labeled!.labels.T2.every((v) => v !== IGNORE_LABEL));
+      assert(b.labeled!.labels.T2.every((v) => v !== IGNORE_INDEX));
     }
     assert(forced / total > 0.2 && forced / total < 0.47, `forced ${forced}/${total}`);
   } finally {

@@ -8,6 +8,7 @@ import { z } from "zod";
 import * as YAML from "yaml";
 import { writeFileAtomic } from "./nifti.ts";
 import { Rng } from "./rng.ts";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 
 /** An image file, or one frame (channel) of a 4-D file. */
 export const ImageRefSchema = z.union([
@@ -90,10 +91,7 @@ export function classNames(m: Manifest): string[] {
   return ["background", ...fg.map(([n]) => n)];
 }
 
-/** Class index of voxels marked "ignore" in labelMap (no supervision). */
-export const IGNORE_CLASS = -1;
-
-/** File label value -> class index 0..K-1 (IGNORE_CLASS for values mapped to "ignore"). */
+/** File label value -> class index 0..K-1 (IGNORE_INDEX for values mapped to "ignore"). */
 export function labelValueMap(m: Manifest): Map<number, number> {
   const names = classNames(m);
   const map = new Map<number, number>();
@@ -102,7 +100,7 @@ export function labelValueMap(m: Manifest): Map<number, number> {
     if (n !== "background") map.set(v, names.indexOf(n));
   }
   for (const [v, n] of Object.entries(m.labelMap ?? {})) {
-    map.set(Number(v), n === "ignore" ? IGNORE_CLASS : names.indexOf(n));
+    map.set(Number(v), n === "ignore" ? IGNORE_INDEX : names.indexOf(n));
   }
   return map;
 }
@@ -303,13 +301,31 @@ export function assignSplits(
 }
 
 /**
+ * Why a `labeled` value is refused (null when it is fine): a count of cases must be a whole number
+ * (> 1), a ratio must be in (0, 1]. 1.5 is neither and is not rounded.
+ */
+export function labeledProblem(v: number): string | null {
+  if (!Number.isFinite(v) || v <= 0) {
+    return `expected a count >= 1 or a ratio in (0, 1], got ${v}`;
+  }
+  if (v > 1 && !Number.isInteger(v)) {
+    // (1 itself is the ratio "all of them", so the nearest counts start at 2.)
+    const counts = [...new Set([Math.max(2, Math.floor(v)), Math.ceil(v)])].join(" or ");
+    return `${v} is neither a whole number of cases nor a ratio in (0, 1]: give a count such as ${counts}, or a ratio such as 0.5`;
+  }
+  return null;
+}
+
+/**
  * Chooses which labeled training cases keep their labels for a semi-supervised run: `labeled` is a
- * count (>= 1) or a ratio in (0, 1]. Seeded; returns the chosen ids in sorted order.
+ * count (a whole number >= 1) or a ratio in (0, 1]. Seeded; returns the chosen ids in sorted order.
  */
 export function selectLabeled(
   cases: readonly ManifestCase[],
   opts: { labeled: number; seed?: number },
 ): string[] {
+  const problem = labeledProblem(opts.labeled);
+  if (problem) throw new Error(`Cannot choose the labeled cases: labeled: ${problem}`);
   const pool = cases.filter((c) => c.labeled && c.split === "train").map((c) => c.id).sort();
   const want = opts.labeled <= 1
     ? Math.max(1, Math.round(opts.labeled * pool.length))

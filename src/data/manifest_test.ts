@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./testing.ts";
 import * as path from "node:path";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 import {
   assignSplits,
   classNames,
@@ -294,7 +295,7 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
   const withIgnore = await importNnUnetRaw(nn);
   assertEquals(withIgnore.classes, { pz: 1, tz: 2 });
   assertEquals(withIgnore.labelMap, { "3": "ignore" });
-  assertEquals(labelValueMap(withIgnore).get(3), -1);
+  assertEquals(labelValueMap(withIgnore).get(3), IGNORE_INDEX);
   await Deno.writeTextFile(
     `${nn}/dataset.json`,
     JSON.stringify({ channel_names: { "0": "T2" }, labels: { background: 0, whole: [1, 2] } }),

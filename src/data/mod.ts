@@ -27,3 +27,4 @@ export * from "./loader.ts";
 export * from "./rng.ts";
 export * from "./synth.ts";
 export * from "./progress.ts";
+export { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";

@@ -161,6 +161,25 @@ export function decodeNifti(
       `not a single-file NIfTI image (magic "${magic1}" at byte 344, "${magic2}" at byte 4; expected "n+1" or "n+2")`,
     );
   }
+  // sizeof_hdr (bytes 0-3) must be 348 (NIfTI-1) or 540 (NIfTI-2), in the file's byte order
+  // (the one in which dim[0] reads 1..7).
+  const expectedSize = version === 1 ? 348 : 540;
+  const dv = new DataView(buf);
+  const dimAt = version === 1 ? 40 : 16;
+  const plausible = (le: boolean) => {
+    const d = version === 1 ? dv.getInt16(dimAt, le) : Number(dv.getBigInt64(dimAt, le));
+    return d >= 1 && d <= 7;
+  };
+  const little = plausible(true) || !plausible(false);
+  const sizeofHdr = dv.getInt32(0, little);
+  if (sizeofHdr !== expectedSize && dv.getInt32(0, !little) !== expectedSize) {
+    fail(
+      path,
+      `header field sizeof_hdr is ${sizeofHdr}, expected ${expectedSize} (the magic "n+${version}" ` +
+        `says NIfTI-${version}; ${version === 1 ? "NIfTI-2 headers have 540" : "NIfTI-1 headers have 348"}): ` +
+        `the header is damaged`,
+    );
+  }
   let h: nifti.NIFTI1 | nifti.NIFTI2;
   try {
     h = nifti.readHeader(buf);

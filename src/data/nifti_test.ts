@@ -219,6 +219,29 @@ Deno.test("nifti: bad input errors name the file and the problem", async () => {
   );
 });
 
+Deno.test("nifti: a wrong sizeof_hdr names the file, the value read and the expected 348 or 540", async () => {
+  const img = { data: ramp(24), dims: [4, 3, 2], affine: obliqueAffine() };
+  for (const version of [1, 2] as const) {
+    const bytes = encodeNifti(img, { version });
+    new DataView(bytes.buffer).setInt32(0, 349, true);
+    const file = `${tmp}/sizeof_v${version}.nii.gz`;
+    await Deno.writeFile(file, zlib.gzipSync(bytes));
+    const expected = version === 1 ? 348 : 540;
+    await assertRejects(
+      () => readNifti(file),
+      Error,
+      `Cannot read ${file}: header field sizeof_hdr is 349, expected ${expected} (the magic "n+${version}" says NIfTI-${version}`,
+    );
+    // A big-endian file's sizeof_hdr is read in its own byte order (value and all).
+    const be = encodeNifti(img, { version });
+    const dv = new DataView(be.buffer);
+    dv.setInt32(0, 7, false);
+    if (version === 1) dv.setInt16(40, 3, false);
+    else dv.setBigInt64(16, 3n, false);
+    assertThrows(() => decodeNifti(be, "be.nii"), Error, `sizeof_hdr is 7, expected ${expected}`);
+  }
+});
+
 async function niftiTool(args: string[]): Promise<string | null> {
   try {
     const out = await new Deno.Command("nifti_tool", { args, stdout: "piped", stderr: "piped" })

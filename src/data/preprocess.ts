@@ -36,6 +36,7 @@ import {
   refPath,
 } from "./manifest.ts";
 import { Rng } from "./rng.ts";
+import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 /** Bumped whenever the on-disk format or the processing changes meaning. */
 export const PREPROCESS_VERSION = 2;
@@ -127,10 +128,19 @@ export class ImageCache {
   }
 }
 
-/** Reads one image reference as a 3-D image, with NaN/Inf handling. */
+/**
+ * Reads one image reference as a 3-D image, with NaN/Inf handling (`label`: a label file, whose
+ * NaN/Inf voxels are always an error: nonFinite applies to images only).
+ */
 export async function readImageRef(
   ref: ImageRef,
-  opts: { id: string; what: string; nonFinite?: "error" | "zero"; cache?: ImageCache },
+  opts: {
+    id: string;
+    what: string;
+    nonFinite?: "error" | "zero";
+    cache?: ImageCache;
+    label?: boolean;
+  },
 ): Promise<NiftiImage> {
   const p = refPath(ref), frame = refFrame(ref);
   let img = opts.cache ? await opts.cache.raw(p) : await readNifti(p);
@@ -159,15 +169,18 @@ export async function readImageRef(
     }
   }
   if (bad > 0) {
-    if (opts.nonFinite !== "zero") {
+    if (opts.nonFinite !== "zero" || opts.label) {
       const x = first % img.dims[0],
         y = Math.floor(first / img.dims[0]) % img.dims[1],
         z = Math.floor(first / (img.dims[0] * img.dims[1]));
+      const where = `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${d[first]})`;
       fail(
         opts.id,
-        `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${
-          d[first]
-        }); fix the file, or replace them with 0 (train: --set nonFinite=zero; preprocess: --non-finite zero)`,
+        opts.label
+          ? `label file ${where}; nonFinite=zero applies to images only: fix the label file ${p} ` +
+            `(set those voxels to 0 for background, or to a value that the manifest's labelMap ` +
+            `maps to "ignore")`
+          : `${where}; fix the file, or replace them with 0 (train: --set nonFinite=zero; preprocess: --non-finite zero)`,
       );
     }
     for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) d[i] = 0;
@@ -206,7 +219,7 @@ export async function readRasLabels(
   const key = `lab:${refPath(ref)}#${refFrame(ref) ?? ""}`;
   const hit = opts.cache?.get<RasLabels>(key);
   if (hit) return hit;
-  const lab = await readImageRef(ref, { id: opts.id, what: opts.what });
+  const lab = await readImageRef(ref, { id: opts.id, what: opts.what, label: true });
   checkLabelGeometry(
     { dims: image.sourceDims, affine: image.sourceAffine, path: image.path },
     { dims: lab.dims, affine: lab.affine, path: refPath(ref) },
@@ -266,7 +279,7 @@ export function resampleLabels(
 /**
  * Maps label file values to class indices. Values within 1e-3 of an integer are rounded (labels
  * stored as float); anything else, or a value not in the task's map, is an error naming the file.
- * Values mapped to "ignore" are stored as 255 (Uint8) or -1 (Int16).
+ * Values mapped to "ignore" (IGNORE_INDEX) are stored as `storedIgnore`: 255 (Uint8) or -1 (Int16).
  */
 export function mapLabels(
   img: NiftiImage,
@@ -275,6 +288,7 @@ export function mapLabels(
 ): Uint8Array | Int16Array {
   const k = Math.max(...map.values()) + 1;
   const out = k <= 255 ? new Uint8Array(img.data.length) : new Int16Array(img.data.length);
+  const ignored = storedIgnore(out);
   const src = img.data;
   const file = img.path ?? "label";
   let lastV = NaN, lastC = 0;
@@ -302,9 +316,8 @@ export function mapLabels(
         })`,
       );
     }
-    out[i] = c;
+    out[i] = lastC = c === IGNORE_INDEX ? ignored : c;
     lastV = v;
-    lastC = c;
   }
   return out;
 }

@@ -234,6 +234,26 @@ Deno.test("preprocess: bad inputs name the case, the file and the problem", asyn
   );
 });
 
+Deno.test("preprocess: NaN in a label file names the label file and what to do (nonFinite=zero is for images)", async () => {
+  const dir = `${tmp}/nanlab`;
+  await makeCase(dir, "nl");
+  const { readNifti } = await import("./nifti.ts");
+  const file = `${dir}/nl_label.nii.gz`;
+  const lab = await readNifti(file);
+  lab.data[7] = NaN;
+  await writeNifti(file, lab, { datatype: "float32" });
+  for (const nonFinite of ["error", "zero"] as const) {
+    const err = await assertRejects(
+      () => preprocessDataset(manifestFor(dir, ["nl"]), { outDir: `${tmp}/nanlab_${nonFinite}`, nonFinite }),
+      Error,
+      `Cannot preprocess case nl: label file ${file} has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = NaN); ` +
+        `nonFinite=zero applies to images only: fix the label file ${file}`,
+    );
+    assert(!/--set nonFinite=zero|--non-finite zero/.test(err.message), err.message);
+    assert(/labelMap/.test(err.message), err.message);
+  }
+});
+
 Deno.test("preprocess + cases: a case labelled only in a modality the run does not use loads as unlabeled", async () => {
   const { loadPreprocessedCases } = await import("./cases.ts");
   const dir = `${tmp}/partial`;
@@ -253,9 +273,10 @@ Deno.test("preprocess + cases: a case labelled only in a modality the run does n
   assertEquals([none.labeled.length, none.unlabeled.length], [0, 0]);
 });
 
-Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_LABEL in patches", async () => {
+Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_INDEX in patches", async () => {
   const { loadPreprocessedCases } = await import("./cases.ts");
-  const { PatchSampler, IGNORE_LABEL } = await import("./sampler.ts");
+  const { PatchSampler } = await import("./sampler.ts");
+  const { IGNORE_INDEX } = await import("../util/ignore.ts");
   const { Rng } = await import("./rng.ts");
   const dir = `${tmp}/ignore`;
   await makeCase(dir, "g");
@@ -272,7 +293,7 @@ Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_LABEL i
   const p = s.sampleLabeled(c, new Rng(1), { forceForeground: false }); // the whole volume
   const values = new Set(p.labels.MR);
   assert(
-    values.has(IGNORE_LABEL) && values.has(1) && !values.has(255),
+    values.has(IGNORE_INDEX) && values.has(1) && !values.has(255),
     `patch labels ${[...values]}`,
   );
 });

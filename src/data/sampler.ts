@@ -21,9 +21,7 @@ import {
 import type { LabeledCase, UnlabeledCase, Volume } from "./cases.ts";
 import { type IndexMap, sampleGrid } from "./geometry.ts";
 import type { Rng } from "./rng.ts";
-
-/** Label value of voxels that carry no supervision (a modality without a label map). */
-export const IGNORE_LABEL = -100;
+import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 export interface PatchSamplerOptions {
   /** [d, h, w] = voxels along z, y, x. */
@@ -47,7 +45,10 @@ export interface UnlabeledPatch {
 }
 
 export interface LabeledPatch extends UnlabeledPatch {
-  /** Class indices per modality; IGNORE_LABEL everywhere for a modality without a label map. */
+  /**
+   * Class indices per modality; IGNORE_INDEX where the task's label map says "ignore" and
+   * everywhere for a modality without a label map.
+   */
   labels: Record<string, Int32Array>;
   /** Whether the centre was drawn on foreground. */
   forcedForeground: boolean;
@@ -263,11 +264,12 @@ export class PatchSampler {
           const lab = new Int32Array(this.patchVoxels);
           const src = g.labels?.[m];
           if (src) {
+            // Nearest neighbour (the rotation/scaling included): an ignored voxel stays ignored,
+            // never interpolated into a class.
             extract(src, v.dims, size, map, "nearest", 0, lab);
-            // Voxels marked "ignore" in the task's label map (stored as 255 or -1).
-            const stored = src instanceof Uint8Array ? 255 : -1;
-            for (let i = 0; i < lab.length; i++) if (lab[i] === stored) lab[i] = IGNORE_LABEL;
-          } else lab.fill(IGNORE_LABEL);
+            const stored = storedIgnore(src);
+            for (let i = 0; i < lab.length; i++) if (lab[i] === stored) lab[i] = IGNORE_INDEX;
+          } else lab.fill(IGNORE_INDEX);
           out.labels[m] = lab;
         }
       }

@@ -2,7 +2,8 @@ import { assert, assertAlmostEquals, assertEquals, assertThrows } from "./testin
 import { apply4, type Mat4, type Vec3 } from "./affine.ts";
 import type { LabeledCase, UnlabeledCase, Volume } from "./cases.ts";
 import { foregroundLocations } from "./cases.ts";
-import { IGNORE_LABEL, PatchSampler } from "./sampler.ts";
+import { PatchSampler } from "./sampler.ts";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 import { NO_AUGMENT } from "./augment.ts";
 import { Rng } from "./rng.ts";
 
@@ -191,13 +192,13 @@ Deno.test("sampler: padding, ignore labels, unpaired sources and determinism", (
   const pads = Array.from(p.images.A).filter((v) => v === -1).length;
   assertEquals(pads, 400 - 72);
   assertEquals(Array.from(p.labels.A).filter((v) => v === 1).length, 72);
-  // A labeled case without a label map for B gives IGNORE_LABEL there.
+  // A labeled case without a label map for B gives IGNORE_INDEX there.
   const partial: LabeledCase = {
     ...small,
     labels: { A: small.labels.A },
     foreground: { A: small.foreground.A },
   };
-  assert(s.sampleLabeled(partial, new Rng(6)).labels.B.every((v) => v === IGNORE_LABEL));
+  assert(s.sampleLabeled(partial, new Rng(6)).labels.B.every((v) => v === IGNORE_INDEX));
   // Unpaired: A from one case, B from another.
   const other = labeledCase("o", [30, 30, 6], AFF_A);
   const up = s.sampleLabeled({ A: small, B: other }, new Rng(7));
@@ -234,4 +235,38 @@ Deno.test("cases: toCommonGrid puts every modality on the reference grid by worl
   assert(g.images.A === c.volumes.A.data);
   for (const i of [0, 77, 400, 2399]) assertAlmostEquals(g.images.B[i], g.images.A[i], 1e-4);
   assertThrows(() => toCommonGrid(c, "C"), Error, "has no C volume");
+});
+
+Deno.test("sampler: ignored voxels stay ignored under rotation/scaling and are never foreground", () => {
+  // Class 1 and 2 blocks with a band of ignored voxels (stored 255 in a Uint8 label map) through them.
+  const ignoredBand = (x: number, y: number, z: number) => (x >= 14 && x < 22 ? 255 : blocks(x, y, z));
+  const c = labeledCase("ig", [40, 36, 12], AFF_A, ignoredBand);
+  for (const m of ["A", "B"]) {
+    for (const [k, locs] of c.foreground[m].entries()) {
+      for (const v of locs) assert(k > 0 && c.labels[m][v] === k, `class ${k} location ${v} holds ${c.labels[m][v]}`);
+    }
+  }
+  // The same in an Int16 label map (stored -1).
+  const i16 = Int16Array.from(c.labels.A, (v) => (v === 255 ? -1 : v));
+  const fg16 = foregroundLocations(i16, 3, "ig16");
+  assertEquals(fg16.map((a) => a.length), c.foreground.A.map((a) => a.length));
+  // Heavy rotation and scaling on every draw (nearest neighbour for labels): patch labels hold
+  // only classes and IGNORE_INDEX, never the stored 255 nor a class interpolated from it.
+  const s = new PatchSampler({
+    patchSize: [4, 16, 16],
+    modalities: ["A", "B"],
+    augment: { rotateProb: 1, rotateDeg: 40, scaleProb: 1, intensityScaleProb: 0, intensityShiftProb: 0, gammaProb: 0, noiseProb: 0 },
+  });
+  const rng = new Rng(9);
+  let ignored = 0;
+  for (let t = 0; t < 30; t++) {
+    const p = s.sampleLabeled(c, rng, { forceForeground: t % 2 === 0 });
+    for (const m of ["A", "B"]) {
+      for (const v of p.labels[m]) {
+        assert(v === IGNORE_INDEX || (v >= 0 && v <= 2), `patch label ${v}`);
+        ignored += +(v === IGNORE_INDEX);
+      }
+    }
+  }
+  assert(ignored > 0, "no ignored voxel in 30 patches");
 });

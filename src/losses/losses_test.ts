@@ -1,11 +1,22 @@
 import assert from "node:assert/strict";
-import { backward, getBackend, parameter, softmax, tensor, tidy, zeroGrad } from "../engine.ts";
+import {
+  backward,
+  diceStats,
+  getBackend,
+  IGNORE_INDEX,
+  noGrad,
+  parameter,
+  softmax,
+  tensor,
+  tidy,
+  zeroGrad,
+} from "../engine.ts";
 import { Rng } from "../data/rng.ts";
-import { rampUp } from "./cac.ts";
+import { annotatedMask, rampUp } from "./cac.ts";
 import { cacPairLoss } from "./cac.ts";
 import { cscPairLoss } from "./csc.ts";
 import { ntXentCross, ntXentJoint } from "./ntxent.ts";
-import { supervisedLoss } from "./supervised.ts";
+import { DICE_SMOOTH, supervisedLoss } from "./supervised.ts";
 
 function randArray(n: number, rng: Rng, scale = 1): Float32Array {
   const a = new Float32Array(n);
@@ -86,6 +97,132 @@ Deno.test("supervised loss is near zero for confident correct logits and large f
   const lb = tidy(() => supervisedLoss(tensor(bad, [1, k, 4, 4, 4]), lab()).loss.item());
   assert.ok(lg < 1e-3, `good ${lg}`);
   assert.ok(lb > 10, `bad ${lb}`);
+});
+
+/** Labels [B, S] with every 3rd-ish voxel (seeded) set to IGNORE_INDEX, the others in 0..K-1. */
+function labelsWithIgnore(n: number, k: number, rng: Rng): Int32Array {
+  return Int32Array.from({ length: n }, () => (rng.next() < 0.3 ? IGNORE_INDEX : Math.floor(rng.next() * k)));
+}
+
+Deno.test("ignored voxels: CE + soft Dice unchanged by their logits, gradient exactly 0 there, Dice sums leave them out", () => {
+  const rng = new Rng(11);
+  const b = 2, k = 3, sp = [4, 4, 4], s = 64;
+  const shape = [b, k, ...sp];
+  const lab = labelsWithIgnore(b * s, k, rng);
+  const ignored = (n: number, v: number) => lab[n * s + v] === IGNORE_INDEX;
+  const base = randArray(b * k * s, rng, 3);
+  // The same logits except at ignored voxels, where they are replaced by large random values.
+  const moved = base.slice();
+  for (let n = 0; n < b; n++) {
+    for (let c = 0; c < k; c++) {
+      for (let v = 0; v < s; v++) if (ignored(n, v)) moved[(n * k + c) * s + v] = (rng.next() * 2 - 1) * 50;
+    }
+  }
+  const run = (logits: Float32Array) => {
+    const x = parameter(logits, shape);
+    const out = tidy(() => {
+      const t = supervisedLoss(x, tensor(lab, [b, 1, ...sp], { dtype: "i32" }));
+      backward(t.loss);
+      return { loss: t.loss.item(), ce: t.ce.item(), dice: t.dice.item() };
+    });
+    const grad = x.grad!.toArray() as Float32Array;
+    x.grad!.dispose();
+    x.dispose();
+    return { ...out, grad };
+  };
+  const a = run(base), m = run(moved);
+  assert.ok(Number.isFinite(a.loss) && a.loss > 0, `loss ${a.loss}`);
+  assert.equal(m.loss, a.loss, "loss depends on logits at ignored voxels");
+  assert.equal(m.ce, a.ce);
+  assert.equal(m.dice, a.dice);
+  for (const g of [a.grad, m.grad]) {
+    let annotated = 0;
+    for (let n = 0; n < b; n++) {
+      for (let c = 0; c < k; c++) {
+        for (let v = 0; v < s; v++) {
+          const i = (n * k + c) * s + v;
+          if (ignored(n, v)) assert.ok(g[i] === 0, `gradient ${g[i]} at ignored voxel ${n},${v} class ${c}`);
+          else if (g[i] !== 0) annotated++;
+        }
+      }
+    }
+    assert.ok(annotated > 0, "no gradient at annotated voxels");
+  }
+  for (let i = 0; i < a.grad.length; i++) assert.equal(m.grad[i], a.grad[i], `gradient ${i} differs`);
+
+  // Dice sums: sum p*g, sum p and sum g over the annotated voxels only (float64 reference).
+  const probs = tidy(() => noGrad(() => softmax(tensor(base, shape), 1).toArray())) as Float32Array;
+  const ref = new Float64Array(3 * k);
+  for (let n = 0; n < b; n++) {
+    for (let c = 0; c < k; c++) {
+      for (let v = 0; v < s; v++) {
+        if (ignored(n, v)) continue;
+        const p = probs[(n * k + c) * s + v], g = lab[n * s + v] === c ? 1 : 0;
+        ref[c] += p * g;
+        ref[k + c] += p;
+        ref[2 * k + c] += g;
+      }
+    }
+  }
+  const stats = tidy(() => diceStats(tensor(probs, shape), tensor(lab, [b, ...sp], { dtype: "i32" })).toArray());
+  for (let i = 0; i < 3 * k; i++) assert.ok(Math.abs(stats[i] - ref[i]) < 1e-5 * (1 + ref[i]), `stat ${i}: ${stats[i]} vs ${ref[i]}`);
+  // ... which is what the soft Dice term is made of.
+  const fg = [1, 2].map((c) => (2 * ref[c] + DICE_SMOOTH) / (ref[k + c] + ref[2 * k + c] + DICE_SMOOTH));
+  assert.ok(Math.abs(a.dice - (fg[0] + fg[1]) / 2) < 1e-5, `dice ${a.dice}`);
+
+  // Every voxel ignored: loss 0, gradient 0.
+  const x = parameter(base, shape);
+  const none = tidy(() => {
+    const t = supervisedLoss(x, tensor(new Int32Array(b * s).fill(IGNORE_INDEX), [b, 1, ...sp], { dtype: "i32" }));
+    backward(t.loss);
+    return t.loss.item();
+  });
+  assert.equal(none, 0);
+  assert.ok((x.grad!.toArray() as Float32Array).every((v) => v === 0));
+  x.grad!.dispose();
+  x.dispose();
+});
+
+Deno.test("L_cac with a valid mask: voxels left out take no part in prototypes or voxel-wise Dice", () => {
+  const rng = new Rng(12);
+  const b = 1, k = 3, c = 8, sp = [4, 4, 4], s = 64;
+  const lab = labelsWithIgnore(b * s, k, rng);
+  const out = (v: number) => lab[v] === IGNORE_INDEX;
+  const la = randArray(b * k * s, rng, 3), lb = randArray(b * k * s, rng, 3);
+  const ha = randArray(b * c * s, rng), hb = randArray(b * c * s, rng);
+  const disturb = (a: Float32Array, ch: number) => {
+    const o = a.slice();
+    for (let q = 0; q < ch; q++) for (let v = 0; v < s; v++) if (out(v)) o[q * s + v] = (rng.next() * 2 - 1) * 20;
+    return o;
+  };
+  const run = (xa: Float32Array, xb: Float32Array, fa: Float32Array, fb: Float32Array) => {
+    const ps = [parameter(xa, [b, k, ...sp]), parameter(xb, [b, k, ...sp]), parameter(fa, [b, c, ...sp]), parameter(fb, [b, c, ...sp])];
+    const loss = tidy(() => {
+      const valid = annotatedMask(tensor(lab, [b, 1, ...sp], { dtype: "i32" }));
+      const l = cacPairLoss(
+        { probs: softmax(ps[0], 1), features: ps[2], valid },
+        { probs: softmax(ps[1], 1), features: ps[3], valid },
+        { minMass: 0, voxelwise: true },
+      );
+      backward(l);
+      return l.item();
+    });
+    const grads = ps.map((p) => p.grad!.toArray() as Float32Array);
+    for (const p of ps) {
+      p.grad!.dispose();
+      p.dispose();
+    }
+    return { loss, grads };
+  };
+  const a = run(la, lb, ha, hb);
+  const m = run(disturb(la, k), disturb(lb, k), disturb(ha, c), disturb(hb, c));
+  assert.ok(Number.isFinite(a.loss) && a.loss > 0);
+  assert.ok(Math.abs(m.loss - a.loss) <= 1e-6 * Math.abs(a.loss), `${m.loss} vs ${a.loss}`);
+  for (const [g, ch] of a.grads.map((g, i) => [g, i < 2 ? k : c] as const)) {
+    for (let q = 0; q < ch; q++) {
+      for (let v = 0; v < s; v++) if (out(v)) assert.ok(g[q * s + v] === 0, `gradient ${g[q * s + v]} at a left-out voxel`);
+    }
+  }
 });
 
 Deno.test("L_csc and L_cac carry gradients into both modalities' features", () => {

@@ -2,7 +2,17 @@
  * NT-Xent (normalised temperature-scaled cross-entropy) over two sets of L2-normalised descriptors,
  * built from matmul + softmax cross-entropy so the memory is O(n^2) in the number of descriptors.
  */
-import { add, concat, matmul, mulScalar, reshape, softmaxCrossEntropy, type Tensor, tensor } from "../engine.ts";
+import {
+  add,
+  concat,
+  IGNORE_INDEX,
+  matmul,
+  mulScalar,
+  reshape,
+  softmaxCrossEntropy,
+  type Tensor,
+  tensor,
+} from "../engine.ts";
 
 const NEG_LARGE = -1e9;
 
@@ -37,7 +47,7 @@ export function ntXentCross(u: Tensor, v: Tensor, tau: number, valid?: boolean[]
   for (let s = 0; s < b; s++) {
     for (let i = 0; i < n; i++) {
       const ok = valid ? valid[s][i] : true;
-      labels[s * n + i] = ok ? i : -100;
+      labels[s * n + i] = ok ? i : IGNORE_INDEX;
       if (!ok) for (let r = 0; r < n; r++) mask[s * n * n + r * n + i] = NEG_LARGE;
     }
   }

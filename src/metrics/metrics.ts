@@ -300,8 +300,8 @@ export interface EvaluateCaseOptions {
   percentile?: number;
   mode?: HdMode;
   /**
-   * Reference values whose voxels carry no annotation (e.g. 255, or -1 for a task's "ignore"
-   * label): those voxels are excluded from both the reference and the prediction.
+   * Reference values whose voxels carry no annotation (e.g. 255 in a file, or IGNORE_INDEX for a
+   * task's "ignore" label): those voxels are excluded from both the reference and the prediction.
    */
   ignore?: readonly number[];
 }

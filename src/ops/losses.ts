@@ -12,10 +12,26 @@ import { exec1, execOp } from "./exec.ts";
 import { add } from "./binary.ts";
 import { reshape } from "./shape_ops.ts";
 import { softmaxBackward } from "./softmax.ts";
+import { IGNORE_INDEX } from "../util/ignore.ts";
 
 /** Options of softmaxCrossEntropy. */
 export interface CrossEntropyOptions {
+  /** Label of positions left out of the loss (default IGNORE_INDEX). */
   ignoreIndex?: number;
+}
+
+/** Options of diceStats. */
+export interface DiceStatsOptions {
+  /** With i32 labels: label of positions left out of every sum (default IGNORE_INDEX). */
+  ignoreIndex?: number;
+}
+
+function ignoreParam(fn: string, v: number | undefined): number {
+  const ignore = v ?? IGNORE_INDEX;
+  if (!Number.isInteger(ignore)) {
+    throw new Error(`${fn}: ignoreIndex must be an integer, got ${ignore}`);
+  }
+  return ignore;
 }
 
 function checkLabels(fn: string, x: Tensor, labels: Tensor): void {
@@ -51,11 +67,7 @@ export function softmaxCrossEntropy(
     throw new Error(`${fn}: logits ${logits.describe()} must have shape [N,K,...]`);
   }
   checkLabels(fn, logits, labels);
-  const ignore = opts.ignoreIndex ?? -100;
-  if (!Number.isInteger(ignore)) {
-    throw new Error(`${fn}: ignoreIndex must be an integer, got ${ignore}`);
-  }
-  const params = { ignore_index: ignore };
+  const params = { ignore_index: ignoreParam(fn, opts.ignoreIndex) };
   const [pl, pp] = execOp("SOFTMAX_CROSS_ENTROPY_FORWARD", fn, [logits, labels], [], params, [
     "logits",
     "labels",
@@ -90,9 +102,10 @@ export function softmaxCrossEntropy(
 /**
  * Batch Dice statistics of probs [N,K,...] against i32 labels ([N,...] or [N,1,...], one-hot
  * implied) or f32 soft targets [N,K,...]: a [3,K] tensor with rows sum(p*t), sum(p), sum(t).
+ * Positions labelled `ignoreIndex` are in none of the sums (and get zero gradient).
  * Differentiable with respect to probs.
  */
-export function diceStats(probs: Tensor, target: Tensor): Tensor {
+export function diceStats(probs: Tensor, target: Tensor, opts: DiceStatsOptions = {}): Tensor {
   const fn = "diceStats";
   checkF32(fn, "probs", probs);
   checkTensor(fn, "target", target);
@@ -106,7 +119,7 @@ export function diceStats(probs: Tensor, target: Tensor): Tensor {
     );
   }
   const k = probs.shape[1];
-  const params = { reserved: 0 };
+  const params = { ignore_index: ignoreParam(fn, opts.ignoreIndex) };
   const y = exec1("DICE_STATS_FORWARD", fn, [probs, target], params, [3, k], "f32", [
     "probs",
     "target",

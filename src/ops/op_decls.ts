@@ -45,7 +45,7 @@ export const PARAMS_STRUCTS: Readonly<Record<string, readonly ParamField[]>> = {
   cmo_pool_params: [i64("out_dims", 3), i64("in_dims", 3)],
   cmo_l2_normalize_params: [i64("axis"), f64("eps")],
   cmo_cross_entropy_params: [i64("ignore_index")],
-  cmo_dice_params: [i64("reserved")],
+  cmo_dice_params: [i64("ignore_index")],
   cmo_sgd_params: [f64("lr"), f64("momentum"), f64("weight_decay"), i64("nesterov")],
   cmo_adamw_params: [
     f64("lr"),

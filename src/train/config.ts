@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs";
 import YAML from "yaml";
 import { z } from "zod";
+import { labeledProblem } from "../data/manifest.ts";
 
 const triple = z.tuple([
   z.number().int().positive(),
@@ -76,8 +77,10 @@ export const TrainConfigSchema = z.strictObject({
   modalities: z.array(z.string()).optional(),
   /** For `supervised`: the one modality it trains on (default: the first). */
   supervisedModality: z.string().optional(),
-  /** Labeled training cases: a count (>= 1) or a ratio in (0, 1]. Default: every labeled case. */
-  labeled: z.number().positive().optional(),
+  /** Labeled training cases: a count (a whole number >= 1) or a ratio in (0, 1]. Default: every labeled case. */
+  labeled: z.number().refine((v) => labeledProblem(v) === null, {
+    error: (iss) => labeledProblem(Number(iss.input)) ?? "invalid",
+  }).optional(),
   seed: z.number().int().nonnegative().default(0),
   iterations: z.number().int().positive().default(600),
   /**

@@ -24,6 +24,7 @@ import {
   type Tensor,
   tensor,
   add,
+  IGNORE_INDEX,
   mulScalar,
 } from "../engine.ts";
 import { cacLoss, cacPairLoss, rampUp } from "../losses/cac.ts";
@@ -201,12 +202,13 @@ function supervisedDeep(
 /**
  * Mean supervised loss over the modalities that have labels in this batch (decoder outputs of the
  * labeled samples, one per modality, with their deep-supervision heads); records ce_m and dice_m.
+ * When no labeled sample has an annotated voxel (patches that lie wholly in an ignored region) the
+ * term is the masked loss over every voxel ignored: 0, with zero gradient.
  */
 function meanSupervised(
   outs: { logits: Tensor; deepLogits?: Tensor[] }[],
   batch: TrainBatch,
   terms: Record<string, number>,
-  who: string,
 ): Tensor {
   let sum: Tensor | null = null;
   let n = 0;
@@ -218,7 +220,7 @@ function meanSupervised(
     sum = sum ? add(sum, s.loss) : s.loss;
     n++;
   });
-  if (!sum) throw new Error(`${who} loss: no labeled sample in the batch has a label map for any modality`);
+  if (!sum) return supervisedLoss(outs[0].logits, batch.labeled.labels[0]).loss;
   return mulScalar(sum, 1 / n);
 }
 
@@ -275,7 +277,6 @@ class CmcMethod implements MethodModel {
       outs.map((o) => ({ logits: labeledPart(o.logits), deepLogits: o.deepLogits.map(labeledPart) })),
       batch,
       terms,
-      "CMC",
     );
     terms.sup = num(loss);
     const w = rampUp(it, c.loss.rampFraction * total);
@@ -358,8 +359,9 @@ class UNetMethod implements MethodModel {
   loss(batch: TrainBatch, it: number, total: number): LossResult {
     const out = this.student.forward(this.#input(batch.labeled.images));
     const o = this.outputs[0];
-    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o]);
-    if (!s) throw new Error(`${this.method} loss: no labeled sample in the batch has a label map for modality ${o}`);
+    // No annotated voxel in the batch (every one ignored): the masked loss, 0 with zero gradient.
+    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o]) ??
+      supervisedLoss(out.logits, batch.labeled.labels[o]);
     const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
     let loss = s.loss;
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
@@ -416,7 +418,7 @@ class MutualMethod implements MethodModel {
     const c = this.o.config;
     const terms: Record<string, number> = {};
     const outs = this.student.forward(batch.labeled.images);
-    let loss = meanSupervised(outs, batch, terms, "mutual");
+    let loss = meanSupervised(outs, batch, terms);
     terms.sup = num(loss);
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
     if (unl) {
@@ -448,19 +450,19 @@ class MutualMethod implements MethodModel {
   }
 }
 
-/** argmax labels with positions below the confidence threshold set to the ignore index (-100). */
+/** argmax labels with positions below the confidence threshold set to IGNORE_INDEX. */
 function pseudoLabels(logits: Tensor, threshold: number): Tensor {
   const probs = softmax(logits, 1);
   const conf = max(probs, [1], { keepDims: true }).toArray() as Float32Array;
   const lab = argmax(probs, 1).toArray() as Int32Array;
   const out = new Int32Array(lab.length);
-  for (let i = 0; i < lab.length; i++) out[i] = conf[i] >= threshold ? lab[i] : -100;
+  for (let i = 0; i < lab.length; i++) out[i] = conf[i] >= threshold ? lab[i] : IGNORE_INDEX;
   return tensor(out, [logits.shape[0], 1, ...logits.shape.slice(2)], { dtype: "i32" });
 }
 
 function supervisedLossCeOnly(logits: Tensor, labels: Tensor): { loss: Tensor } {
-  // Cross-entropy only: Dice on partially ignored pseudo-labels would count ignored voxels as background.
-  return { loss: softmaxCrossEntropy(logits, labels, { ignoreIndex: -100 }).loss };
+  // Cross-entropy only (the baseline's pseudo-label loss); unconfident voxels are ignored.
+  return { loss: softmaxCrossEntropy(logits, labels, { ignoreIndex: IGNORE_INDEX }).loss };
 }
 
 export function buildMethod(o: BuildOptions): MethodModel {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { backward, tidy, zeroGrad } from "../engine.ts";
+import { backward, IGNORE_INDEX, tidy, zeroGrad } from "../engine.ts";
 import { Rng } from "../data/rng.ts";
 import { planUNet } from "../nn/plan.ts";
 import { parseTrainConfig } from "./config.ts";
@@ -96,8 +96,30 @@ Deno.test("every method computes a finite loss and gradients on a tiny batch", (
 Deno.test("a modality without label maps contributes no supervised term", () => {
   const m = tinyModel("cmc", { loss: { lambdaCsc: 0, lambdaCac: 0 } });
   const b = batch(3, 1, 0);
-  b.labeled.labels[1].fill(-100);
+  b.labeled.labels[1].fill(IGNORE_INDEX);
   const terms = tidy(() => m.loss(toEngineBatch(b), 0, 10).terms);
   assert.ok("dice_0" in terms && !("dice_1" in terms), JSON.stringify(terms));
   m.dispose();
+});
+
+Deno.test("every method trains on labels with ignored voxels; a batch with every voxel ignored has sup 0", () => {
+  for (const method of ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"]) {
+    for (const everywhere of [false, true]) {
+      const m = tinyModel(method, method === "mutual" ? { loss: { pseudoThreshold: 0 } } : {});
+      const b = batch(4);
+      // A slab of ignored voxels in both modalities' labels (or all of them).
+      for (const lab of b.labeled.labels) lab.forEach((_, i) => { if (everywhere || i % 256 < 64) lab[i] = IGNORE_INDEX; });
+      const terms = tidy(() => {
+        const r = m.loss(toEngineBatch(b), 5, 10);
+        backward(r.loss);
+        return r.terms;
+      });
+      const what = `${method}${everywhere ? " (all ignored)" : ""}: ${JSON.stringify(terms)}`;
+      assert.ok(Number.isFinite(terms.loss), what);
+      if (everywhere) assert.equal(terms.sup, 0, what);
+      else assert.ok(terms.sup > 0, what);
+      zeroGrad(m.student.parameters());
+      m.dispose();
+    }
+  }
 });

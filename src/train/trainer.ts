@@ -4,9 +4,8 @@
  * validation, checkpoints). A non-finite loss stops the run with the iteration and the last finite
  * values; nothing already written is touched.
  */
-import { backward, emaUpdate, noGrad, tensor, type Tensor, tidy, zeroGrad } from "../engine.ts";
+import { backward, emaUpdate, IGNORE_INDEX, noGrad, tensor, type Tensor, tidy, zeroGrad } from "../engine.ts";
 import type { Module } from "../nn/module.ts";
-import { IGNORE_LABEL } from "../data/sampler.ts";
 import type { MethodModel, TrainBatch } from "./methods.ts";
 import { learningRate, type Optimizer, type ScheduleKind } from "./optim.ts";
 
@@ -74,7 +73,7 @@ export function toEngineBatch(b: HostBatch): TrainBatch {
   const img = (a: Float32Array, n: number) => tensor(a, [n, 1, d, h, w]);
   const nv = d * h * w;
   const hasLabels = b.labeled.labels.map((a) =>
-    [...Array(b.labeled.count).keys()].map((s) => a[s * nv] !== IGNORE_LABEL || a.subarray(s * nv, (s + 1) * nv).some((v) => v !== IGNORE_LABEL))
+    [...Array(b.labeled.count).keys()].map((s) => a[s * nv] !== IGNORE_INDEX || a.subarray(s * nv, (s + 1) * nv).some((v) => v !== IGNORE_INDEX))
   );
   return {
     labeled: {

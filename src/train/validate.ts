@@ -13,7 +13,6 @@ import { concat, noGrad, softmax, tensor, tidy } from "../engine.ts";
 import { inv4, mul4 } from "../data/affine.ts";
 import type { LabeledCase, Volume } from "../data/cases.ts";
 import { readNifti, writeNifti } from "../data/nifti.ts";
-import { IGNORE_CLASS } from "../data/manifest.ts";
 import { loadCaseRecord, probabilitiesToOriginal } from "../data/preprocess.ts";
 import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "../infer/labels.ts";
@@ -26,6 +25,7 @@ import type { TrainConfig } from "./config.ts";
 import type { PreparedData } from "./data.ts";
 import type { MethodModel } from "./methods.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
+import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 export interface ValidationOptions {
   patch: [number, number, number];
@@ -192,7 +192,7 @@ export function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): 
 }
 
 /**
- * A label file on its own grid as class indices (IGNORE_CLASS where the task's label map says
+ * A label file on its own grid as class indices (IGNORE_INDEX where the task's label map says
  * "ignore"), with the file's voxel spacing.
  */
 export async function originalLabels(file: string, map: Map<number, number>): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
@@ -225,7 +225,7 @@ export function evaluateOriginal(
     classes: [...Array(K - 1).keys()].map((k) => k + 1),
     names: Object.fromEntries(classes.map((n, k) => [k, n])),
     id,
-    ignore: [IGNORE_CLASS],
+    ignore: [IGNORE_INDEX],
   });
 }
 
@@ -256,7 +256,9 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
       const pred = finalLabels(p, K, vol.dims, opts.config);
       const ref = cs.labels[m];
       if (ref) quickDice(pred, ref, K).forEach((d, k) => perClass[k].push(d));
-      rows.push({ image: vol.data, dims: [vol.dims[2], vol.dims[1], vol.dims[0]] as const, pred, ref: ref ? Int32Array.from(ref) : undefined });
+      // Ignored voxels are drawn as background (no reference contour around them).
+      const shown = ref && Int32Array.from(ref, (v) => (v === storedIgnore(ref) ? 0 : v));
+      rows.push({ image: vol.data, dims: [vol.dims[2], vol.dims[1], vol.dims[0]] as const, pred, ref: shown });
       if (rec && dirs) {
         const pm = rec.modalities[m];
         const orig = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, opts.config);

@@ -4,6 +4,12 @@
  * skips what depends on a failure while independent branches go on, and records each finished
  * step in <workdir>/.comodal/state.json only after its process exited 0 and its output folder
  * was moved into place.
+ *
+ * A step's processes die with the orchestrator (see local.ts), and each running step holds a lock
+ * (<workdir>/.comodal/steps/<id>/lock: its pid and that process's start time). A rerun that finds
+ * a step still running from an earlier orchestrator waits for it (RunOptions.waitRunningSec) and
+ * then refuses, naming the step and its pid, instead of starting it a second time; a lock whose
+ * process is gone is taken over with a note.
  */
 import { dirname, join } from "node:path";
 import { totalmem } from "node:os";
@@ -11,11 +17,15 @@ import { type Plan, type PlannedStep, selectSteps, withAncestors } from "./plan.
 import { codeVersion, hashOutputs, STEP_META_FILE, stepHashes } from "./hash.ts";
 import {
   acquireLock,
+  acquireStepLock,
+  describeBusy,
+  listStepLocks,
   logPath,
   logsDir,
   readMeta,
   readState,
   type RunState,
+  stepLockHolder,
   type StepMeta,
   type StepRecord,
   tmpDir,
@@ -47,7 +57,9 @@ export interface RunSummary {
 export type EngineEvent =
   | { type: "start"; id: string; attempt: number; log: string }
   | { type: "retry"; id: string; attempt: number; reason: string; delaySec: number }
-  | { type: "finish"; result: StepResult };
+  | { type: "finish"; result: StepResult }
+  /** Something the user should know that is neither a start nor a result (a lock taken over). */
+  | { type: "note"; id?: string; message: string };
 
 export interface RunOptions {
   /** Step names or ids to run (with whatever they need that is not cached). */
@@ -65,6 +77,11 @@ export interface RunOptions {
   onEvent?: (e: EngineEvent) => void;
   /** Working directory of child processes (default: the current one). */
   cwd?: string;
+  /**
+   * How long to wait for a step left running by an earlier orchestrator (killed, its step not)
+   * before refusing to run (default 10 s).
+   */
+  waitRunningSec?: number;
 }
 
 /** What would happen to each step now (for --dry-run and status). */
@@ -285,7 +302,58 @@ export async function runLocal(plan: Plan, opts: RunOptions = {}): Promise<RunSu
   }
 }
 
+/**
+ * Deals with the step locks an earlier orchestrator left: a lock whose process is gone is removed
+ * with a note; a step still running is waited for, up to `waitRunningSec`, and then the run is
+ * refused (nothing has been started or deleted by then). Called with the folder's lock held, so no
+ * live orchestrator can take a step lock meanwhile.
+ */
+export async function settleStepLocks(
+  workdir: string,
+  opts: Pick<RunOptions, "waitRunningSec" | "onEvent" | "signal"> = {},
+): Promise<void> {
+  const waitMs = (opts.waitRunningSec ?? 10) * 1000;
+  const t0 = Date.now();
+  const told = new Set<string>();
+  for (const { path, lock } of listStepLocks(workdir)) {
+    if (!lock) {
+      opts.onEvent?.({ type: "note", message: `removed an unreadable step lock ${path}` });
+      Deno.removeSync(path);
+      continue;
+    }
+    for (;;) {
+      const h = stepLockHolder(lock);
+      if (!h.alive) {
+        opts.onEvent?.({
+          type: "note",
+          id: lock.step,
+          message:
+            `step ${lock.step}: took over the lock left by an earlier orchestrator (${h.why})`,
+        });
+        try {
+          Deno.removeSync(path);
+        } catch { /* gone meanwhile */ }
+        break;
+      }
+      if (Date.now() - t0 >= waitMs || opts.signal?.aborted || h.what === "other host") {
+        throw new Error(`Cannot run: ${describeBusy(lock, h, path)}`);
+      }
+      if (!told.has(path)) {
+        told.add(path);
+        opts.onEvent?.({
+          type: "note",
+          id: lock.step,
+          message: `step ${lock.step} is still running as pid ${h.pid} (left by an earlier ` +
+            `orchestrator); waiting up to ${+(waitMs / 1000).toFixed(1)}s for it to end`,
+        });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 async function runLocked(plan: Plan, opts: RunOptions, startedAt: number): Promise<RunSummary> {
+  await settleStepLocks(plan.workdir, opts);
   const p = prepare(plan, opts);
   const spec = plan.workflow.spec;
   const cpuCap = opts.cpus ?? spec.local?.cpus ?? navigator.hardwareConcurrency ?? 1;
@@ -405,6 +473,36 @@ async function runStep(p: Prepared, s: PlannedStep, opts: StepRunOptions): Promi
   if (opts.gpuIds.length > 0 || s.resources.gpus === 0) {
     env.CUDA_VISIBLE_DEVICES = opts.gpuIds.join(",");
   }
+  let lock;
+  try {
+    lock = acquireStepLock(workdir, s.id, (why) =>
+      opts.onEvent?.({
+        type: "note",
+        id: s.id,
+        message: `step ${s.id}: took over the lock left by an earlier orchestrator (${why})`,
+      }));
+  } catch (err) {
+    // Only reachable when a lock appeared after settleStepLocks (another run in this process).
+    const reason = `not started: ${(err as Error).message}`;
+    return { id: s.id, status: "failed", reason, log, durationMs: 0, attempts: 0 };
+  }
+  try {
+    return await runAttempts(p, s, opts, log, started, env, lock.setPid);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runAttempts(
+  p: Prepared,
+  s: PlannedStep,
+  opts: StepRunOptions,
+  log: string,
+  started: number,
+  env: Record<string, string>,
+  setPid: (pid: number, tmp: string) => void,
+): Promise<StepResult> {
+  const workdir = p.plan.workdir;
   let reason = "";
   const attempts = s.retries + 1;
   for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -427,6 +525,7 @@ async function runStep(p: Prepared, s: PlannedStep, opts: StepRunOptions): Promi
       timeoutSec: s.resources.timeSec,
       signal: opts.signal,
       env,
+      onSpawn: (pid) => setPid(pid, partial),
     });
     if (r.code === 0 && !r.timedOut && !r.aborted) {
       const missing = s.outputs.filter((o) => {

@@ -1,6 +1,7 @@
 /**
- * Interrupting the orchestrator: SIGKILL mid-run, then a rerun redoes no finished step; a lost
- * state file is rebuilt from the output folders' metadata.
+ * Interrupting the orchestrator: SIGKILL mid-run, then a rerun redoes no finished step; SIGKILL
+ * mid-step kills the step's processes too, so a rerun at once runs it exactly once; a lost state
+ * file is rebuilt from the output folders' metadata.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -74,6 +75,81 @@ Deno.test("resume: SIGKILL of the orchestrator mid-run, then a rerun redoes no f
   assert.equal(Deno.readTextFileSync(join(dir, "work", "s7", "v")), "7\n");
   const out = new TextDecoder().decode(rerun.stdout);
   assert.match(out, new RegExp(`${doneBefore.length} cached`));
+});
+
+/** Whether a process is gone (a zombie waiting to be reaped counts as gone). */
+function gone(pid: string): boolean {
+  try {
+    return /State:\s+Z/.test(Deno.readTextFileSync(`/proc/${pid}/status`));
+  } catch {
+    return true;
+  }
+}
+
+Deno.test("resume: SIGKILL of the orchestrator mid-step kills the step; a rerun at once runs each step exactly once", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wf_orphan_" });
+  const file = join(dir, "w.yaml");
+  // s1 sleeps (in a background child it waits for) and only then appends to the trace.
+  Deno.writeTextFileSync(
+    file,
+    `name: orphan\nworkdir: ${dir}/work\nsteps:\n` +
+      `  s0: {kind: command, run: 'echo s0 >> ${dir}/trace; echo 0 > "\${{ step.out }}/v"'}\n` +
+      `  s1:\n    kind: command\n    needs: s0\n` +
+      `    run: 'echo $$ > ${dir}/pid.tmp; sleep 3 & echo $! > ${dir}/bgpid; ` +
+      `mv ${dir}/pid.tmp ${dir}/pid; wait; echo s1 >> ${dir}/trace; echo 1 > "\${{ step.out }}/v"'\n` +
+      `  s2: {kind: command, needs: s1, run: 'echo s2 >> ${dir}/trace; ` +
+      `cat "\${{ steps.s1.out }}/v" > "\${{ step.out }}/v"'}\n`,
+  );
+  const cli = (stdout: "null" | "piped") =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", CLI, file],
+      stdout,
+      stderr: "piped",
+    }).spawn();
+  const first = cli("null");
+  let pid = "";
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && !pid) {
+    try {
+      pid = Deno.readTextFileSync(join(dir, "pid")).trim();
+    } catch { /* s1 not started yet */ }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(pid, "s1 started");
+  const bg = Deno.readTextFileSync(join(dir, "bgpid")).trim();
+  first.kill("SIGKILL");
+  await first.status;
+  await first.stderr.cancel();
+  // Rerun at once, while checking that the killed run's step went with its orchestrator.
+  const t0 = Date.now();
+  const rerun = cli("piped");
+  while (Date.now() - t0 < 2_000 && !(gone(pid) && gone(bg))) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(gone(pid), `the step's shell (pid ${pid}) outlived its orchestrator by 2 s`);
+  assert.ok(gone(bg), `the step's child (pid ${bg}) outlived its orchestrator by 2 s`);
+  const out = await rerun.output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr) + text);
+  assert.match(text, /note +step s1: took over the lock left by an earlier orchestrator/);
+  // Past the time the killed attempt would have taken: it never appends.
+  await new Promise((r) => setTimeout(r, Math.max(0, t0 + 3_500 - Date.now())));
+  assert.deepEqual(
+    Object.fromEntries(traceCounts(dir)),
+    { s0: 1, s1: 1, s2: 1 },
+    "each step ran exactly once in total",
+  );
+  const work = join(dir, "work");
+  assert.equal(Deno.readTextFileSync(join(work, "s0", "v")), "0\n");
+  assert.equal(Deno.readTextFileSync(join(work, "s1", "v")), "1\n");
+  assert.equal(Deno.readTextFileSync(join(work, "s2", "v")), "1\n");
+  const st = readState(work, "orphan");
+  for (const id of ["s0", "s1", "s2"]) assert.equal(st.steps[id]?.status, "done");
+  // No lock and no temporary folder is left behind.
+  assert.deepEqual([...Deno.readDirSync(join(work, ".comodal", "tmp"))], []);
+  for (const id of ["s0", "s1", "s2"]) {
+    assert.throws(() => Deno.statSync(join(work, ".comodal", "steps", id, "lock")));
+  }
 });
 
 Deno.test("resume: a lost state file is rebuilt from output metadata without rerunning", async () => {

@@ -8,7 +8,10 @@
  * exit 0 with the expected outputs present, and a status file with the reason of a failure. The
  * orchestrator records a step as done only after Slurm reports it COMPLETED and the output folder
  * is in place; if the orchestrator dies, a rerun adopts finished outputs and re-attaches to jobs
- * still queued or running instead of submitting them again.
+ * still queued or running (by the job id recorded in state.json, checked with squeue) instead of
+ * submitting them again. A job left by an earlier orchestrator that must not be adopted (the step's
+ * parameters changed since, or it waits on an upstream job that failed and so can never start) is
+ * cancelled and waited out before its step is submitted again, so a step never runs twice at once.
  */
 import { join } from "node:path";
 import type { Plan, PlannedStep } from "./plan.ts";
@@ -21,6 +24,7 @@ import {
   recordDone,
   recordFailed,
   type RunSummary,
+  settleStepLocks,
   type StepResult,
   summarise,
 } from "./engine.ts";
@@ -190,6 +194,8 @@ export async function runSlurm(plan: Plan, opts: SlurmOptions = {}): Promise<Run
 }
 
 async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Promise<RunSummary> {
+  // A step of an earlier local run of this folder that is still running is not submitted beside it.
+  await settleStepLocks(plan.workdir, opts);
   const p = prepare(plan, opts);
   const spec = plan.workflow.spec;
   const cfg = spec.slurm ?? {};
@@ -215,8 +221,11 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     if (!p.selected.has(s.id)) results.set(s.id, { id: s.id, status: "unselected" });
   }
 
-  // Jobs still queued or running from an earlier (killed) orchestrator, by job reference.
+  // Jobs still queued or running from an earlier (killed) orchestrator, by job reference; and
+  // those of them that are not to be adopted, with why.
   const earlier = new Map<string, string>();
+  const earlierState = new Map<string, string>();
+  const unwanted = new Map<string, { ref: string; why: string }>();
   const submittedBefore = plan.steps.filter((s) =>
     p.state.steps[s.id]?.status === "submitted" && p.state.steps[s.id]?.jobId
   );
@@ -227,8 +236,17 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     for (const s of submittedBefore) {
       const rec = p.state.steps[s.id];
       const st = states.get(rec.jobId!);
-      if (rec.hash === p.hashes.get(s.id) && st && !TERMINAL.has(st.state)) {
+      if (!st || TERMINAL.has(st.state)) continue;
+      if (rec.hash !== p.hashes.get(s.id)) {
+        unwanted.set(s.id, {
+          ref: rec.jobId!,
+          why: "its parameters, inputs or code changed since",
+        });
+      } else if (neverStarts(st)) {
+        unwanted.set(s.id, { ref: rec.jobId!, why: "it waits on a job that failed" });
+      } else {
         earlier.set(s.id, rec.jobId!);
+        earlierState.set(s.id, st.state);
       }
     }
   }
@@ -253,6 +271,44 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     }
     runs.add(s.id);
     toRun.push(s);
+  }
+  // An earlier job waits on the earlier jobs of the steps it needs; if one of those is submitted
+  // afresh, the old job would wait for a job that is gone (plan order, so this cascades).
+  for (const s of toRun) {
+    const ref = earlier.get(s.id);
+    if (!ref) continue;
+    const fresh = s.needs.filter((n) => runs.has(n) && !earlier.has(n));
+    if (fresh.length === 0) continue;
+    earlier.delete(s.id);
+    unwanted.set(s.id, { ref, why: `${fresh.join(", ")}, which it waits on, is submitted again` });
+  }
+  if (unwanted.size > 0) {
+    const refs = [...new Set([...unwanted.values()].map((u) => u.ref))];
+    const r = await tool("scancel", refs);
+    if (r.code !== 0) {
+      throw new Error(
+        `Cannot cancel the Slurm job(s) ${refs.join(", ")} left by an earlier run: scancel ` +
+          `failed (exit ${r.code}): ${r.err}; cancel them yourself, then rerun`,
+      );
+    }
+    for (const [id, u] of unwanted) {
+      opts.onEvent?.({
+        type: "note",
+        id,
+        message: `step ${id}: cancelled Slurm job ${u.ref} left by an earlier run (${u.why})`,
+      });
+    }
+    await waitEnded(refs, pollSec, opts.signal);
+  }
+  for (const [id, ref] of earlier) {
+    if (!runs.has(id)) continue;
+    opts.onEvent?.({
+      type: "note",
+      id,
+      message: `step ${id}: re-attached to Slurm job ${ref} (${
+        earlierState.get(id)
+      }) submitted by an earlier run`,
+    });
   }
 
   // 2. Submit in topological order; instances of one step with the same upstream jobs form an array.
@@ -411,7 +467,7 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
     for (const id of waiting) {
       const ref = jobRef.get(id)!;
       const st = states.get(ref);
-      if (st && TERMINAL.has(st.state)) finished.push(id);
+      if (st && (TERMINAL.has(st.state) || neverStarts(st))) finished.push(id);
       else if (!st) {
         // Not listed (purged or not yet visible): trust the job's status file after a grace time.
         const inst = instances.get(id)!;
@@ -441,7 +497,11 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
         const durationMs = Date.now() - (submittedAt.get(id) ?? startedAt);
         await recordDone(p, s, { log, jobId: jobRef.get(id), durationMs });
         emit({ id, status: "done", log, durationMs });
-      } else if (st?.state === "CANCELLED" && /Dependency/i.test(st.reason)) {
+      } else if (
+        st && (neverStarts(st) || st.state === "CANCELLED" && /Dependency/i.test(st.reason))
+      ) {
+        // Slurm without kill_invalid_depend leaves such a job pending for ever: cancel it.
+        if (neverStarts(st)) await tool("scancel", [jobRef.get(id)!]).catch(() => undefined);
         const failedUp = s.needs.filter((n) =>
           results.get(n)?.status === "failed" || results.get(n)?.status === "skipped"
         );
@@ -471,6 +531,23 @@ async function runLocked(plan: Plan, opts: SlurmOptions, startedAt: number): Pro
 interface JobState {
   state: string;
   reason: string;
+}
+
+/** A pending job whose afterok dependency failed: it can never start. */
+function neverStarts(st: JobState): boolean {
+  return st.state === "PENDING" && /DependencyNeverSatisfied/i.test(st.reason);
+}
+
+/** Waits until cancelled jobs have ended (a running one passes through COMPLETING first). */
+async function waitEnded(refs: string[], pollSec: number, signal?: AbortSignal): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline && !signal?.aborted) {
+    const states = await pollStates([...new Set(refs.map((r) => r.split("_")[0]))]);
+    if (refs.every((r) => !states.has(r) || TERMINAL.has(states.get(r)!.state))) return;
+    await new Promise((r) => setTimeout(r, Math.min(pollSec, 1) * 1000));
+  }
+  if (signal?.aborted) return; // the caller stops too
+  throw new Error(`Slurm job(s) ${refs.join(", ")} did not end within 2 minutes of scancel`);
 }
 
 /** Job states by reference ("123", "123_4") from squeue, completed jobs included. */

@@ -594,11 +594,20 @@ std::vector<Case> build_cases() {
     Dims pd = {2, 3, 20, 18, 16};
     HT probs = randf(pd, 0.f, 1.f), lab = randi({2, 20, 18, 16}, 0, 3), soft = randf(pd, 0.f, 1.f);
     HT ds = randf({3, 3});
-    cmo_dice_params p{0};
+    cmo_dice_params p{-100};
     cs.push_back(mk("dice stats fwd labels", CMO_OP_DICE_STATS_FORWARD, {probs, lab}, 1, pbytes(p), 1e-3, 1e-5));
     cs.push_back(mk("dice stats fwd soft", CMO_OP_DICE_STATS_FORWARD, {probs, soft}, 1, pbytes(p), 1e-3, 1e-5));
     cs.push_back(mk("dice stats bwd labels", CMO_OP_DICE_STATS_BACKWARD, {probs, lab, ds}, 1, pbytes(p), 1e-6, 1e-6));
     cs.push_back(mk("dice stats bwd soft", CMO_OP_DICE_STATS_BACKWARD, {probs, soft, ds}, 1, pbytes(p), 1e-6, 1e-6));
+    // Labels -1 ignored: in none of the sums, zero gradient.
+    HT lab_ig = randi({2, 20, 18, 16}, -1, 3);
+    cmo_dice_params pi{-1};
+    cs.push_back(mk("dice stats fwd (ignore -1)", CMO_OP_DICE_STATS_FORWARD, {probs, lab_ig}, 1, pbytes(pi), 1e-3, 1e-5));
+    cs.push_back(mk("dice stats bwd (ignore -1)", CMO_OP_DICE_STATS_BACKWARD, {probs, lab_ig, ds}, 1, pbytes(pi), 1e-6, 1e-6));
+    Case e = mk("dice stats fwd rejects label -1 (not ignore_index)", CMO_OP_DICE_STATS_FORWARD, {probs, lab_ig}, 1,
+                pbytes(p));
+    e.expect_status = CMO_ERR_INVALID_ARGUMENT;
+    cs.push_back(e);
   }
   // ---- optimisers (in place: compare the updated inputs)
   {
