@@ -49,7 +49,8 @@ export function register(program: Command): void {
     .option("--split <name>", "with --manifest/--data: only cases of this split (train, val, test)")
     .requiredOption("--out <dir>", "output folder")
     .option("--checkpoint <best|last|file>", "weights to use", "best")
-    .option("--mirror", "average over axis flips (slower, slightly better)")
+    .option("--mirror", "average over axis flips (the default of runs since mirroring became the default)")
+    .option("--no-mirror", "no flips: 8x fewer network calls")
     .option("--overlap <f>", "sliding-window overlap in [0, 0.95] (default: the run's)")
     .option("--device <cpu|cuda>", "compute backend (default: the run's)")
     .option("--threads <n>", "CPU threads (0 = all cores)")
@@ -99,7 +100,7 @@ export function register(program: Command): void {
         const r = await predictCases(run, cases, {
           outDir: o.out,
           overlap,
-          mirror: o.mirror ? true : undefined,
+          mirror: o.mirror === undefined ? undefined : o.mirror,
           labelValues: o.labelValues,
           onProgress: o.quiet ? undefined : (done, total, id) => {
             windows.stop();

@@ -297,3 +297,38 @@ Deno.test("preprocess + sampler: values mapped to 'ignore' become IGNORE_INDEX i
     `patch labels ${[...values]}`,
   );
 });
+
+Deno.test("resampleLabels: halving the resolution keeps a label's centre in place (no half-voxel shift)", async () => {
+  const { resampleLabels } = await import("./preprocess.ts");
+  const n = 32;
+  const lab = new Uint8Array(n * n * n);
+  const c = [13.5, 16.5, 17.5];
+  for (let z = 0; z < n; z++) {
+    for (let y = 0; y < n; y++) {
+      for (let x = 0; x < n; x++) {
+        if ((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= 36) lab[(z * n + y) * n + x] = 1;
+      }
+    }
+  }
+  const aff = [1, 0, 0, 5, 0, 1, 0, -3, 0, 0, 1, 2, 0, 0, 0, 1] as [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+  const centroid = (l: ArrayLike<number>, dims: number[], a: number[]) => {
+    const s = [0, 0, 0];
+    let k = 0;
+    for (let z = 0; z < dims[2]; z++) {
+      for (let y = 0; y < dims[1]; y++) {
+        for (let x = 0; x < dims[0]; x++) {
+          if (l[(z * dims[1] + y) * dims[0] + x] !== 1) continue;
+          for (let r = 0; r < 3; r++) s[r] += a[r * 4] * x + a[r * 4 + 1] * y + a[r * 4 + 2] * z + a[r * 4 + 3];
+          k++;
+        }
+      }
+    }
+    return s.map((v) => v / k);
+  };
+  const fine = centroid(lab, [n, n, n], aff);
+  const r = resampleLabels(lab, [n, n, n], aff, [2, 2, 2]);
+  const coarse = centroid(r.labels, r.dims, r.affine as unknown as number[]);
+  for (let a = 0; a < 3; a++) {
+    assert(Math.abs(coarse[a] - fine[a]) < 0.2, `axis ${a}: centre ${coarse[a]} vs ${fine[a]} mm`);
+  }
+});

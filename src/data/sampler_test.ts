@@ -270,3 +270,16 @@ Deno.test("sampler: ignored voxels stay ignored under rotation/scaling and are n
   }
   assert(ignored > 0, "no ignored voxel in 30 patches");
 });
+
+Deno.test("sampler: a forced-foreground patch lies inside the volume even for foreground at the border (no padding)", () => {
+  // Foreground only in the corner voxel region x < 3, y < 3, z < 2: a patch centred there would be
+  // mostly padding; clipped into the volume it has none.
+  const c = labeledCase("edge", [40, 36, 12], AFF_A, (x, y, z) => (x < 3 && y < 3 && z < 2 ? 1 : 0), ["A"]);
+  const s = new PatchSampler({ patchSize: [4, 16, 16], modalities: ["A"], augment: false });
+  const rng = new Rng(3);
+  for (let t = 0; t < 30; t++) {
+    const p = s.sampleLabeled(c, rng, { forceForeground: true });
+    assert(p.labels.A.some((v) => v === 1), "a forced patch holds foreground");
+    assert(!p.images.A.some((v) => v === -1), "no padding in a patch that fits in the volume");
+  }
+});

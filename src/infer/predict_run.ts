@@ -461,6 +461,7 @@ export async function predictCases(
       classes: plan.classes,
       labelMap: labelValueMap(manifest),
       targetSpacing: pp.targetSpacing,
+      stage: { stage: "fullres", spacing: pp.targetSpacing, why: "" },
       labeled: [],
       unlabeled: [],
       validation: [],

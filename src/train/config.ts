@@ -97,10 +97,15 @@ export const TrainConfigSchema = z.strictObject({
    * median shape and spacing within patchVoxels (nnU-Net style); the cardiac task uses [8, 80, 80].
    */
   patchSize: triple.optional(),
-  /** Voxel budget of the planned patch (default 8*80*80 = 51200 on the CPU, 128^3 on CUDA). */
+  /** Voxel budget of the planned patch (default 64^3 = 262144 on the CPU, 128^3 on CUDA). */
   patchVoxels: z.number().int().positive().optional(),
   /** Target spacing (D, H, W) in mm; default: the median spacing of the training set. */
   targetSpacing: tripleF.optional(),
+  /**
+   * "auto": nnU-Net's rule, a low-resolution stage (coarser spacing) when the planned patch covers
+   * less than a quarter of the median training image; "fullres": always the median spacing.
+   */
+  stage: z.enum(["auto", "fullres"]).default("auto"),
   /**
    * Train on at most this many training cases (a subset drawn with the seed; labeled cases first
    * come as they fall). For datasets too large for this machine's memory or time budget.
@@ -117,7 +122,11 @@ export const TrainConfigSchema = z.strictObject({
     mia: z.boolean().default(true),
     fusion: z.enum(["add", "concat", "none"]).default("add"),
     sharedDecoder: z.boolean().default(false),
-    deepSupervision: z.number().int().nonnegative().default(0),
+    /**
+     * Deep-supervision heads on the decoder levels below full resolution (at most levels - 2),
+     * weighted 1/2^i as nnU-Net does; 0 = off.
+     */
+    deepSupervision: z.number().int().nonnegative().default(2),
     norm: z.enum(["instance", "group"]).default("instance"),
     /** Initial weights: "kaiming" (normal, nnU-Net) or "pytorch" (PyTorch's default uniform). */
     init: z.enum(["kaiming", "pytorch"]).default("kaiming"),
@@ -131,7 +140,7 @@ export const TrainConfigSchema = z.strictObject({
     mia: true,
     fusion: "add",
     sharedDecoder: false,
-    deepSupervision: 0,
+    deepSupervision: 2,
     norm: "instance",
     init: "kaiming",
     backbone: "unet",
@@ -192,12 +201,13 @@ export const TrainConfigSchema = z.strictObject({
   validation: z.strictObject({
     every: z.number().int().nonnegative().default(200),
     overlap: z.number().min(0).max(0.95).default(0.5),
-    mirror: z.boolean().default(false),
+    /** Mirror test-time augmentation in the final evaluation and `predict` (not in the quick validations). */
+    mirror: z.boolean().default(true),
     /** Most validation cases evaluated during training (all at the end). */
     maxCases: z.number().int().positive().default(4),
     /** Keep only the largest connected component of every foreground class in predictions. */
     largestComponent: z.boolean().default(false),
-  }).default({ every: 200, overlap: 0.5, mirror: false, maxCases: 4, largestComponent: false }),
+  }).default({ every: 200, overlap: 0.5, mirror: true, maxCases: 4, largestComponent: false }),
   checkpointEvery: z.number().int().nonnegative().default(100),
   deterministic: z.boolean().default(false),
   threads: z.number().int().nonnegative().default(0),

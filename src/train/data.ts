@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { importDataset } from "../data/importers.ts";
 import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
-import { preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
+import { loadCaseRecord, preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
 import {
   type LabeledCase,
   loadedBytes,
@@ -19,6 +19,9 @@ import { Rng } from "../data/rng.ts";
 import { SYNTH_TASKS, synthesize, type SynthTask } from "../data/synth.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
+import { autoPatchSize } from "../nn/plan.ts";
+import type { Triple } from "../nn/layers.ts";
+import { defaultPatchVoxels } from "./patch.ts";
 
 /** Folder for generated and preprocessed data: $COMODAL_CACHE or <repo>/.cache. */
 export function cacheRoot(): string {
@@ -40,10 +43,71 @@ export interface PreparedData {
   labelMap: Map<number, number>;
   /** Target spacing (x, y, z) in mm. */
   targetSpacing: Vec3;
+  /** Full-resolution or low-resolution stage (nnU-Net 3d_fullres / 3d_lowres) and why. */
+  stage: StagePlan;
   labeled: LabeledCase[];
   unlabeled: UnlabeledCase[];
   validation: LabeledCase[];
   describe: Record<string, unknown>;
+}
+
+export interface StagePlan {
+  stage: "fullres" | "lowres";
+  /** Target spacing (x, y, z) in mm of the chosen stage. */
+  spacing: Vec3;
+  /** One line for the user: the coverage that decided it ("" when nothing was planned). */
+  why: string;
+}
+
+/** Below this share of the median image covered by the patch, a low-resolution stage is planned. */
+export const LOWRES_COVERAGE = 0.25;
+
+/**
+ * nnU-Net's choice between 3d_fullres and 3d_lowres. `shapes` are the training images' dims
+ * (x, y, z) at `spacing` (x, y, z) after the crop. When the patch planned within `budget` voxels
+ * covers less than LOWRES_COVERAGE of the median image, the spacing grows by 3% per step (only the
+ * finer axes while some axis is more than 2x finer than the coarsest, as nnU-Net does) until it does.
+ */
+export function planStage(shapes: readonly Vec3[], spacing: Vec3, budget: number): StagePlan {
+  const med = [0, 1, 2].map((a) => {
+    const s = shapes.map((x) => x[a]).sort((p, q) => p - q);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  }) as Vec3;
+  const at = (sp: Vec3) => med.map((n, a) => Math.max(1, (n * spacing[a]) / sp[a])) as Vec3;
+  const coverage = (sp: Vec3) => {
+    const m = at(sp);
+    const dhw: Triple = [Math.round(m[2]), Math.round(m[1]), Math.round(m[0])];
+    const p = autoPatchSize(dhw, [sp[2], sp[1], sp[0]], budget);
+    return { patch: p, median: dhw, share: Math.min(1, (p[0] * p[1] * p[2]) / (dhw[0] * dhw[1] * dhw[2])) };
+  };
+  const fmt = (v: readonly number[]) => `[${v.map((x) => +x.toFixed(2)).join(", ")}]`;
+  const full = coverage(spacing);
+  const pct = (x: number) => `${Math.round(100 * x)}%`;
+  if (full.share >= LOWRES_COVERAGE) {
+    return {
+      stage: "fullres",
+      spacing,
+      why: `Plan: full resolution ${fmt(spacing)} mm (x, y, z): the patch ${fmt(full.patch)} covers ` +
+        `${pct(full.share)} of the median image ${fmt(full.median)} (D, H, W)`,
+    };
+  }
+  const sp = [...spacing] as Vec3;
+  for (let i = 0; i < 500 && coverage(sp).share < LOWRES_COVERAGE; i++) {
+    const mx = Math.max(...sp);
+    const fine = sp.map((v) => mx / v > 2);
+    for (let a = 0; a < 3; a++) if (!fine.some((f) => f) || fine[a]) sp[a] *= 1.03;
+  }
+  const low = coverage(sp);
+  return {
+    stage: "lowres",
+    spacing: sp,
+    why: `Plan: low resolution ${fmt(sp)} mm (x, y, z), as nnU-Net's 3d_lowres: at ${fmt(spacing)} mm the ` +
+      `patch ${fmt(full.patch)} would cover ${pct(full.share)} of the median image ${fmt(full.median)} ` +
+      `(D, H, W; below ${pct(LOWRES_COVERAGE)}); at ${fmt(sp)} mm the patch ${fmt(low.patch)} covers ` +
+      `${pct(low.share)} of ${fmt(low.median)}; predictions are mapped back to the original grid. ` +
+      `Set stage=fullres or targetSpacing to choose`,
+  };
 }
 
 /** A short hash of the phantom generator's source, so a changed generator is not served stale data. */
@@ -175,28 +239,51 @@ export async function prepareData(
     );
   }
 
-  const ppDir = path.join(
-    cacheRoot(),
-    "preprocessed",
-    `${manifest.task}-${
-      shortHash(
-        source + JSON.stringify(c.targetSpacing ?? null) +
-          (c.nonFinite === "zero" ? "nonfinite=zero" : ""),
-      )
-    }`,
-  );
-  const plan = await preprocessDataset(manifest, {
-    outDir: ppDir,
-    nonFinite: c.nonFinite,
-    targetSpacing: c.targetSpacing
-      ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]]
-      : undefined,
-    onProgress: quiet ? undefined : (done, total, label) => {
-      if (done === total || done % 5 === 0) {
-        console.error(`  preprocessed ${done}/${total} ${label}`);
+  // Preprocessed data per target spacing (x, y, z); undefined = the fingerprint's median spacing.
+  const dirFor = (spacingXYZ: readonly number[] | undefined) =>
+    path.join(
+      cacheRoot(),
+      "preprocessed",
+      `${manifest.task}-${
+        shortHash(
+          source + JSON.stringify(spacingXYZ ? [spacingXYZ[2], spacingXYZ[1], spacingXYZ[0]] : null) +
+            (c.nonFinite === "zero" ? "nonfinite=zero" : ""),
+        )
+      }`,
+    );
+  const preprocessAt = (spacingXYZ: readonly number[] | undefined) =>
+    preprocessDataset(manifest, {
+      outDir: dirFor(spacingXYZ),
+      nonFinite: c.nonFinite,
+      targetSpacing: spacingXYZ ? [...spacingXYZ] : undefined,
+      onProgress: quiet ? undefined : (done, total, label) => {
+        if (done === total || done % 5 === 0) {
+          console.error(`  preprocessed ${done}/${total} ${label}`);
+        }
+      },
+    });
+  const given = c.targetSpacing ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]] : undefined;
+  let ppDir = dirFor(given);
+  let plan = await preprocessAt(given);
+  // nnU-Net's 3d_lowres rule: when the planned patch covers less than a quarter of the median
+  // training image, train (and predict) at a coarser spacing where it covers a quarter; predictions
+  // are mapped back to the original grid.
+  let stage: StagePlan = { stage: "fullres", spacing: plan.targetSpacing, why: "" };
+  if (!c.targetSpacing && !c.patchSize && c.stage === "auto") {
+    const shapes: Vec3[] = [];
+    for (const x of plan.cases.filter((x) => x.split === "train")) {
+      const rec = await loadCaseRecord(ppDir, x.id);
+      for (const m of modalities) if (rec.modalities[m]) shapes.push(rec.modalities[m].dims);
+    }
+    if (shapes.length) {
+      stage = planStage(shapes, plan.targetSpacing, c.patchVoxels ?? defaultPatchVoxels(c.device));
+      if (stage.stage === "lowres") {
+        ppDir = dirFor(stage.spacing);
+        plan = await preprocessAt(stage.spacing);
       }
-    },
-  });
+    }
+  }
+  if (stage.why && !quiet) console.error(stage.why);
 
   const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
   if (trainLabeled.length === 0) {
@@ -253,6 +340,7 @@ export async function prepareData(
     classes: plan.classes,
     labelMap: labelValueMap(manifest),
     targetSpacing: plan.targetSpacing,
+    stage,
     labeled: train.labeled,
     unlabeled: train.unlabeled,
     validation: val.labeled,
@@ -262,6 +350,7 @@ export async function prepareData(
       modalities,
       classes: plan.classes,
       targetSpacing: plan.targetSpacing,
+      stage: stage.stage,
       labeled: train.labeled.map((x) => x.id),
       unlabeled: train.unlabeled.length,
       validation: val.labeled.map((x) => x.id),

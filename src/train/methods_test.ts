@@ -123,3 +123,28 @@ Deno.test("every method trains on labels with ignored voxels; a batch with every
     }
   }
 });
+
+Deno.test("deep supervision: nnU-Net weights, labels at the coarse grid, and every method's heads get gradients", async () => {
+  const { deepSupervisionWeights, downsampleLabels } = await import("./methods.ts");
+  const { tensor } = await import("../engine.ts");
+  const w = deepSupervisionWeights(2);
+  assert.deepEqual(w.map((x) => +x.toFixed(6)), [4 / 7, 2 / 7, 1 / 7].map((x) => +x.toFixed(6)));
+  assert.deepEqual(deepSupervisionWeights(0), [1]);
+  // Coarse voxel i takes fine voxel 2i (the centre of the stride-2 convolution's window).
+  const lab = tensor(Int32Array.from({ length: 4 * 8 * 8 }, (_, i) => i), [1, 1, 4, 8, 8], { dtype: "i32" });
+  const coarse = tidy(() => downsampleLabels(lab, [1, 3, 2, 4, 4]).toArray() as Int32Array);
+  assert.deepEqual([...coarse.slice(0, 5)], [0, 2, 4, 6, 16]);
+  assert.equal(coarse[16], 2 * 64);
+  for (const method of ["supervised", "early-fusion", "cmc", "mutual", "mean-teacher"]) {
+    const m = tinyModel(method, { network: { baseWidth: 4, maxLevels: 3, deepSupervision: 1 } });
+    const heads = m.student.namedParameters().filter(([n]) => n.includes("deep_heads"));
+    assert.ok(heads.length > 0, `${method}: has deep-supervision heads`);
+    tidy(() => backward(m.loss(toEngineBatch(batch(2)), 5, 10).loss));
+    for (const [n, p] of heads) {
+      const g = p.grad?.toArray() as Float32Array | undefined;
+      assert.ok(g && g.some((v) => v !== 0), `${method}: ${n} has a gradient`);
+    }
+    zeroGrad(m.student.parameters());
+    m.dispose();
+  }
+});

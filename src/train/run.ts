@@ -84,7 +84,7 @@ export function modelSignature(
  * Network keys added after runs were already written, with the value that reproduces the older
  * behaviour: a stored signature without them means exactly these values.
  */
-const ADDED_NETWORK_DEFAULTS: Record<string, unknown> = { backbone: "unet" };
+const ADDED_NETWORK_DEFAULTS: Record<string, unknown> = { backbone: "unet", init: "kaiming" };
 const ADDED_VIT_DEFAULTS: Record<string, unknown> = {
   relPos: false,
   windowSize: 0,
@@ -174,6 +174,8 @@ export interface RunPlan {
   classes: string[];
   /** Target spacing (x, y, z) in mm. */
   targetSpacing: [number, number, number];
+  /** nnU-Net stage the spacing came from (absent in runs written before stages existed). */
+  stage?: "fullres" | "lowres";
   /** Patch size (D, H, W) the network was trained with. */
   patch: Triple;
   network: UNetPlan;
@@ -372,6 +374,7 @@ export async function trainTask(
     primary: data.primary,
     classes: data.classes,
     targetSpacing: [...data.targetSpacing],
+    stage: data.stage.stage,
     patch,
     network: plan,
     preprocessedDir: data.preprocessedDir,

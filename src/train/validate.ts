@@ -110,6 +110,8 @@ export async function predictCase(
   opts: {
     patch: [number, number, number];
     config: TrainConfig;
+    /** Mirror test-time augmentation (default: config.validation.mirror). */
+    mirror?: boolean;
     /** Stand-ins for modalities the case lacks (default: `partnerSource`'s training volumes). */
     partners?: Readonly<Record<string, Volume>>;
     /** Sliding-window progress (network calls done, total), over every grid of the case. */
@@ -146,7 +148,7 @@ export async function predictCase(
       patchSize: opts.patch,
       numClasses: K * outs.length,
       overlap: opts.config.validation.overlap,
-      mirror: opts.config.validation.mirror,
+      mirror: opts.mirror ?? opts.config.validation.mirror,
       outputs: "probabilities",
       // Windows that reach past the volume are padded as training patches are.
       padValue: sources.map((v) => v.padValue),
@@ -246,6 +248,9 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
   for (const cs of cases) {
     const probs = await predictCase(model, data, cs, {
       ...opts,
+      // The quick validations during training go without mirroring (8x the windows); the final
+      // evaluation mirrors as configured (nnU-Net's default).
+      mirror: opts.quick ? false : opts.config.validation.mirror,
       onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, cs.id) : undefined,
     });
     const rows = [];
