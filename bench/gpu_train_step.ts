@@ -97,7 +97,8 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     task: "bench",
     method,
     patchSize: [o.size, o.size, o.size],
-    network: { maxLevels: o.levels },
+    // The PyTorch twins have no deep-supervision heads.
+    network: { maxLevels: o.levels, deepSupervision: 0 },
     optimizer: { kind: "sgd", lr: 0.01 },
   });
   const plan = planUNet({

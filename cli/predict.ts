@@ -25,6 +25,7 @@ interface PredictFlags {
   out: string;
   checkpoint: string;
   mirror?: boolean;
+  perModality?: boolean;
   overlap?: string;
   device?: "cpu" | "cuda";
   threads?: string;
@@ -51,6 +52,10 @@ export function register(program: Command): void {
     .option("--checkpoint <best|last|file>", "weights to use", "best")
     .option("--mirror", "average over axis flips (the default of runs since mirroring became the default)")
     .option("--no-mirror", "no flips: 8x fewer network calls")
+    .option(
+      "--per-modality",
+      "co-registered cases: also write each modality decoder's map (<case>_<modality>.nii.gz) beside the fused <case>.nii.gz",
+    )
     .option("--overlap <f>", "sliding-window overlap in [0, 0.95] (default: the run's)")
     .option("--device <cpu|cuda>", "compute backend (default: the run's)")
     .option("--threads <n>", "CPU threads (0 = all cores)")
@@ -101,6 +106,7 @@ export function register(program: Command): void {
           outDir: o.out,
           overlap,
           mirror: o.mirror === undefined ? undefined : o.mirror,
+          perModality: Boolean(o.perModality),
           labelValues: o.labelValues,
           onProgress: o.quiet ? undefined : (done, total, id) => {
             windows.stop();

@@ -47,13 +47,15 @@ Deno.test({
       Object.keys(metrics.summary.perClass).sort(),
       ["edema", "enhancing_tumour", "necrotic_core"],
     );
-    // One prediction per modality of the validation case, on the file's (LPS) grid.
+    // One fused prediction of the co-registered validation case (the decoders' mean), on the
+    // file's (LPS) grid, and no per-modality maps.
     const val = m.cases.find((c) => c.split === "val")!;
     const seg = await readNifti(path.join(data, val.id, `${val.id}_seg.nii.gz`));
+    const p = await readNifti(path.join(out, "predictions", `${val.id}.nii.gz`));
+    assert.deepEqual(p.dims, seg.dims);
+    assert.ok(p.affine.every((v, i) => Math.abs(v - seg.affine[i]) < 1e-4), "fused affine");
     for (const mod of m.modalities) {
-      const p = await readNifti(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`));
-      assert.deepEqual(p.dims, seg.dims);
-      assert.ok(p.affine.every((v, i) => Math.abs(v - seg.affine[i]) < 1e-4), `${mod} affine`);
+      assert.ok(!existsSync(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`)), `no ${mod} map`);
     }
 
     // predict on one case folder as users get it (seg file beside the images is skipped) and on
@@ -76,11 +78,8 @@ Deno.test({
       "predict --input",
     );
     const names = [...Deno.readDirSync(preds)].map((e) => e.name).sort();
-    assert.deepEqual(
-      names,
-      ["t1", "t1ce", "t2", "flair"].map((x) => `${ids[0]}_${x}.nii.gz`).sort(),
-    );
-    const p0 = await readNifti(path.join(preds, `${ids[0]}_t1ce.nii.gz`));
+    assert.deepEqual(names, [`${ids[0]}.nii.gz`]);
+    const p0 = await readNifti(path.join(preds, `${ids[0]}.nii.gz`));
     assert.ok(p0.data.every((v) => v === 0 || v === 1 || v === 2 || v === 4), "file label values");
     // BraTS 2023-style names (<case>-<modality>) are read too.
     const dashed = path.join(root, "dashed");
@@ -96,10 +95,7 @@ Deno.test({
       await runCli(["predict", "--run", out, "--input", dashed, "--out", predsDashed, "--quiet"]),
       "predict dashed names",
     );
-    assert.equal(
-      [...Deno.readDirSync(predsDashed)].filter((e) => e.name.startsWith("X-1_")).length,
-      4,
-    );
+    assert.deepEqual([...Deno.readDirSync(predsDashed)].map((e) => e.name), ["X-1.nii.gz"]);
     const predsAll = path.join(root, "preds_all");
     ok(
       await runCli([
@@ -116,7 +112,7 @@ Deno.test({
       ]),
       "predict --data",
     );
-    assert.ok(existsSync(path.join(predsAll, `${val.id}_flair.nii.gz`)));
+    assert.ok(existsSync(path.join(predsAll, `${val.id}.nii.gz`)));
 
     // evaluate the file-valued prediction against the BraTS seg with named classes and regions.
     const mjson = path.join(root, "m.json");
@@ -124,7 +120,7 @@ Deno.test({
       await runCli([
         "evaluate",
         "--pred",
-        path.join(preds, `${ids[0]}_t1ce.nii.gz`),
+        path.join(preds, `${ids[0]}.nii.gz`),
         "--ref",
         path.join(caseDir, `${ids[0]}_seg.nii.gz`),
         "--labels",
@@ -190,7 +186,7 @@ Deno.test({
     );
     const first = m.cases[0].id;
     const label = await readNifti(path.join(data, "labelsTr", `${first}.nii.gz`));
-    const pred = await readNifti(path.join(preds, `${first}_ADC.nii.gz`));
+    const pred = await readNifti(path.join(preds, `${first}.nii.gz`));
     assert.deepEqual(pred.dims, label.dims);
     assert.equal(pred.frames, 1);
     // A Decathlon imagesTs-like folder: 4-D files without a modality tag, and the macOS "._" copies
@@ -215,9 +211,9 @@ Deno.test({
     );
     assert.deepEqual(
       [...Deno.readDirSync(predsTs)].map((e) => e.name).sort(),
-      m.cases.slice(0, 2).flatMap((c) => [`${c.id}_ADC.nii.gz`, `${c.id}_T2.nii.gz`]).sort(),
+      m.cases.slice(0, 2).map((c) => `${c.id}.nii.gz`).sort(),
     );
-    // Every case's T2 prediction against the shared label folder.
+    // Every case's fused prediction against the shared label folder.
     const mAll = path.join(root, "m_all.json");
     ok(
       await runCli([
@@ -226,8 +222,6 @@ Deno.test({
         preds,
         "--ref",
         path.join(data, "labelsTr"),
-        "--modality",
-        "T2",
         "--labels",
         "PZ=1,TZ=2",
         "--out",
@@ -242,7 +236,7 @@ Deno.test({
       await runCli([
         "evaluate",
         "--pred",
-        path.join(preds, `${first}_T2.nii.gz`),
+        path.join(preds, `${first}.nii.gz`),
         "--ref",
         path.join(data, "labelsTr", `${first}.nii.gz`),
         "--labels",

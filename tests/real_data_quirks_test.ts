@@ -109,8 +109,9 @@ Deno.test({
     const metrics = JSON.parse(readFileSync(path.join(out, "metrics.json"), "utf8"));
     const val = m.cases.find((c) => c.split === "val")!;
     const ref = await readNifti(path.join(data, "labelsTr", `${val.id}.nii.gz`));
-    for (const mod of ["CT", "T1", "T2"]) {
-      const pred = await readNifti(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`));
+    // Co-registered modalities: one fused prediction per case, scored as <case>/fused.
+    for (const mod of ["fused"]) {
+      const pred = await readNifti(path.join(out, "predictions", `${val.id}.nii.gz`));
       const row = metrics.cases.find((c: { id: string }) => c.id === `${val.id}/${mod}`);
       assert.ok(row, `metrics for ${val.id}/${mod}`);
       for (const [k, name] of [[1, "organ"], [2, "lesion"]] as const) {
@@ -125,8 +126,8 @@ Deno.test({
       }
     }
 
-    // predict nnU-Net-named inputs (_0000, _0001, _0002), evaluate per modality against the shared
-    // labels; "ignore" in the label map leaves the slab out.
+    // predict nnU-Net-named inputs (_0000, _0001, _0002) with the decoders' own maps too, evaluate
+    // per modality against the shared labels; "ignore" in the label map leaves the slab out.
     const preds = path.join(root, "preds");
     ok(
       await runCli([
@@ -137,10 +138,15 @@ Deno.test({
         path.join(data, "imagesTr"),
         "--out",
         preds,
+        "--per-modality",
         "--quiet",
       ]),
       "predict",
     );
+    const fusedNames = [...Deno.readDirSync(preds)].map((e) => e.name).filter((n) => /^[^_]+_\d+\.nii\.gz$/.test(n));
+    assert.equal(fusedNames.length, 5, `one fused map per case: ${fusedNames}`);
+    Deno.mkdirSync(path.join(root, "fused"));
+    for (const n of fusedNames) Deno.renameSync(path.join(preds, n), path.join(root, "fused", n));
     const mjson = path.join(root, "m.json");
     const noModality = await runCli([
       "evaluate",

@@ -42,7 +42,7 @@ import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
 import type { PreparedData } from "../train/data.ts";
-import { finalLabels, predictCase } from "../train/validate.ts";
+import { finalLabels, FUSED_OUTPUT, predictCase } from "../train/validate.ts";
 import type { Volume } from "../data/cases.ts";
 import { loadPartners, partnerFiles } from "./partners.ts";
 
@@ -83,6 +83,11 @@ export interface PredictOptions {
   overlap?: number;
   /** Average over axis flips (default: the run's validation setting). */
   mirror?: boolean;
+  /**
+   * Also write each modality decoder's own map (<case>_<modality>.nii.gz) for co-registered cases,
+   * which otherwise get one fused <case>.nii.gz.
+   */
+  perModality?: boolean;
   /** Called after each case with the files written for it. */
   onProgress?: (done: number, total: number, caseId: string) => void;
   /** Sliding-window progress within the current case (windows done, total, case id). */
@@ -481,11 +486,15 @@ export async function predictCases(
         onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, c.id) : undefined,
       });
       const files: Record<string, string> = {};
+      const fused = probs.has(FUSED_OUTPUT);
       for (const [o, p] of probs) {
-        const m = plan.modalities[o];
+        // Co-registered cases of multi-decoder models: one fused <case>.nii.gz, and the decoders'
+        // own maps only on request (perModality).
+        if (fused && o !== FUSED_OUTPUT && !opts.perModality) continue;
+        const m = plan.modalities[o === FUSED_OUTPUT ? run.model.outputs[0] : o];
         const pm = rec.modalities[m];
         const labels = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, config);
-        const file = path.join(outDir, `${c.id}_${m}.nii.gz`);
+        const file = path.join(outDir, o === FUSED_OUTPUT ? `${c.id}.nii.gz` : `${c.id}_${m}.nii.gz`);
         const data = datatype === "uint8"
           ? new Uint8Array(labels.length)
           : new Int16Array(labels.length);
@@ -493,7 +502,7 @@ export async function predictCases(
         await writeNifti(file, { data, dims: pm.source.dims, affine: pm.source.affine }, {
           datatype,
         });
-        files[m] = file;
+        files[o === FUSED_OUTPUT ? "fused" : m] = file;
       }
       result.cases.push({ id: c.id, files });
       opts.onProgress?.(result.cases.length, cases.length, c.id);

@@ -102,7 +102,18 @@ function partnerVolume(
   return recentreOn(src, ref);
 }
 
-/** Probabilities [K, z, y, x] on the preprocessed grid of each predicted modality the case has. */
+/**
+ * Key of the fused prediction in predictCase's result: the mean of every decoder's probabilities,
+ * present when the model has several outputs (CMC, mutual learning) and the case has all of the
+ * model's modalities on one grid (co-registered data). That is the case's one prediction; the
+ * per-modality outputs are auxiliary.
+ */
+export const FUSED_OUTPUT = -1;
+
+/**
+ * Probabilities [K, z, y, x] on the preprocessed grid of each predicted modality the case has, and
+ * under FUSED_OUTPUT their mean for co-registered cases of multi-output models.
+ */
 export async function predictCase(
   model: MethodModel,
   data: PreparedData,
@@ -159,6 +170,16 @@ export async function predictCase(
     });
     const n = dims[0] * dims[1] * dims[2];
     outs.forEach((o, i) => result.set(o, probs.slice(i * K * n, (i + 1) * K * n)));
+  }
+  const outs = [...result.keys()];
+  if (outs.length > 1 && groups.size === 1 && mods.every((m) => cs.volumes[m])) {
+    const fused = new Float32Array(result.get(outs[0])!.length);
+    for (const o of outs) {
+      const p = result.get(o)!;
+      for (let i = 0; i < fused.length; i++) fused[i] += p[i];
+    }
+    for (let i = 0; i < fused.length; i++) fused[i] /= outs.length;
+    result.set(FUSED_OUTPUT, fused);
   }
   return result;
 }
@@ -255,8 +276,15 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
     });
     const rows = [];
     const rec = opts.quick ? null : await loadCaseRecord(data.preprocessedDir, cs.id);
+    // A co-registered case of a multi-decoder model is scored (and written) once, on its fused
+    // prediction, as <case>.nii.gz; otherwise each predicted modality as <case>_<modality>.nii.gz.
+    const fusedOnly = probs.has(FUSED_OUTPUT);
     for (const [o, p] of probs) {
-      const m = mods[o];
+      if (fusedOnly && o !== FUSED_OUTPUT) continue;
+      // The fused map is scored against the label of the first output modality that has one.
+      const m = o === FUSED_OUTPUT
+        ? mods[model.outputs.find((q) => cs.labels[mods[q]]) ?? model.outputs[0]]
+        : mods[o];
       const vol = cs.volumes[m];
       const pred = finalLabels(p, K, vol.dims, opts.config);
       const ref = cs.labels[m];
@@ -267,10 +295,11 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
       if (rec && dirs) {
         const pm = rec.modalities[m];
         const orig = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, opts.config);
-        await writeNifti(path.join(dirs.pred, `${cs.id}_${m}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
+        const name = o === FUSED_OUTPUT ? cs.id : `${cs.id}_${m}`;
+        await writeNifti(path.join(dirs.pred, `${name}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
         if (pm.source.labelPath) {
           const refOrig = await originalLabels(pm.source.labelPath, data.labelMap);
-          caseMetrics.push(evaluateOriginal(orig, refOrig, pm.source.dims, data.classes, `${cs.id}/${m}`));
+          caseMetrics.push(evaluateOriginal(orig, refOrig, pm.source.dims, data.classes, o === FUSED_OUTPUT ? `${cs.id}/fused` : `${cs.id}/${m}`));
         }
       }
     }
