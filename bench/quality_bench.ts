@@ -74,20 +74,17 @@ interface Measured {
   peakMiB: number | null;
 }
 
-/** Runs a command, streaming its output to a log file; wall time and peak RSS via /usr/bin/time. */
+/** Runs a command, its output going to a log file; wall time and peak RSS via /usr/bin/time. */
 async function run(cmd: string[], log: string): Promise<Measured> {
   const timeBin = existsSync("/usr/bin/time") ? ["/usr/bin/time", "-f", "%M", "-o", log + ".rss"] : [];
   const t0 = performance.now();
-  const file = await Deno.open(log, { write: true, create: true, truncate: true });
-  const p = new Deno.Command(timeBin[0] ?? cmd[0], {
-    args: [...timeBin.slice(1), ...(timeBin.length ? cmd : cmd.slice(1))],
+  const p = new Deno.Command("bash", {
+    args: ["-c", 'log="$1"; shift; exec "$@" > "$log" 2>&1', "run", log, ...timeBin, ...cmd],
     cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
+    stdout: "null",
+    stderr: "null",
   }).spawn();
-  await Promise.all([p.stdout.pipeTo(file.writable, { preventClose: true }), p.stderr.pipeTo(file.writable, { preventClose: true })]);
   const st = await p.status;
-  file.close();
   const seconds = (performance.now() - t0) / 1000;
   let peakMiB: number | null = null;
   try {
@@ -298,7 +295,7 @@ export function qualityTable(records: RunRecord[]): { columns: string[]; rows: C
   const rows = keys.map((k) => {
     const rs = records.filter((r) => `${r.recipe}\t${r.method}\t${r.output}` === k);
     const [recipe, method, output] = k.split("\t");
-    const cells: Cell[] = [recipe, method, output, rs.length];
+    const cells: Cell[] = [recipe, method, output, String(rs.length)];
     for (const g of groups) {
       cells.push(meanSd(rs.map((r) => r.summary[g]?.dice).filter((x): x is number => x !== null && x !== undefined)));
       const h = rs.map((r) => r.summary[g]?.hd95).filter((x): x is number => x !== null && x !== undefined);
