@@ -46,20 +46,27 @@ export class MiaBlock extends Module {
 
 export type FusionMode = "add" | "concat" | "none";
 
-/** G = sigmoid(B2(B1(concat_m Y^m))); Z^m = Y^m + G ("add") or conv1x1(act(norm(concat(G, Y^m)))) ("concat"). */
+/**
+ * G = sigmoid(B2(B1(concat_m Y^m))); Z^m = Y^m + G ("add") or conv1x1(act(norm(concat(G, Y^m))))
+ * ("concat"). With `zeroGate` (ours, the default), "add" is Z^m = Y^m + alpha * G with a learnable
+ * scalar alpha initialised to 0, so the layer starts as the identity like MIA: at step 0 it does
+ * not add 0.5-0.98 to every decoder input.
+ */
 export class FusionLayer extends Module {
   readonly b1: ConvBlock;
   readonly b2: ConvBlock;
   readonly mixNorms: ModuleList<Norm3d>;
   readonly mixConvs: ModuleList<Conv3d>;
+  readonly alpha: Tensor | null;
 
   constructor(
     readonly modalities: number,
     readonly channels: number,
     readonly mode: "add" | "concat",
-    opts: { kernel?: [number, number, number]; norm?: NormKind; rng: RandomSource },
+    opts: { kernel?: [number, number, number]; norm?: NormKind; rng: RandomSource; zeroGate?: boolean },
   ) {
     super();
+    this.alpha = mode === "add" && opts.zeroGate ? this.param("alpha", new Float32Array(1), [1]) : null;
     const kernel = opts.kernel ?? [3, 3, 3];
     this.b1 = this.child(
       "b1",
@@ -86,7 +93,10 @@ export class FusionLayer extends Module {
       throw new Error(`Fusion layer: got ${ys.length} modalities, built for ${this.modalities}`);
     }
     const g = sigmoid(this.b2.forward(this.b1.forward(concat(ys, 1))));
-    if (this.mode === "add") return ys.map((y) => add(y, g));
+    if (this.mode === "add") {
+      const gated = this.alpha ? mul(g, this.alpha) : g;
+      return ys.map((y) => add(y, gated));
+    }
     return ys.map((y, m) =>
       this.mixConvs.items[m].forward(
         this.mixNorms.items[m].forward(concat([g, y], 1), "leaky_relu"),
@@ -103,6 +113,8 @@ export interface CmcOptions {
   mia?: boolean;
   /** Fusion of the branches: "add" (paper), "concat" (authors' code), "none" (ablation). */
   fusion?: FusionMode;
+  /** "add" fusion starts as the identity (a learnable gate scale initialised to 0). */
+  fusionZeroGate?: boolean;
   /** One decoder for all modalities instead of one per modality. */
   sharedDecoder?: boolean;
   /** Number of extra lower-resolution heads for deep supervision (0 = off). */
@@ -137,6 +149,7 @@ export class CmcNet extends Module {
       plan: opts.plan,
       mia: opts.mia ?? true,
       fusion: opts.fusion ?? "add",
+      fusionZeroGate: opts.fusionZeroGate ?? false,
       sharedDecoder: opts.sharedDecoder ?? false,
       deepSupervision: opts.deepSupervision ?? 0,
       norm: opts.norm ?? "instance",
@@ -160,7 +173,12 @@ export class CmcNet extends Module {
     const deepKernel = plan.levels[plan.levels.length - 1].kernel;
     this.fusion = this.options.fusion === "none" ? null : this.child(
       "fusion",
-      new FusionLayer(modalities, deepC, this.options.fusion, { kernel: deepKernel, norm, rng }),
+      new FusionLayer(modalities, deepC, this.options.fusion, {
+        kernel: deepKernel,
+        norm,
+        rng,
+        zeroGate: this.options.fusionZeroGate,
+      }),
     );
     const decs: UNetDecoder[] = [];
     const nDec = this.options.sharedDecoder ? 1 : modalities;

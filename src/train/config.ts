@@ -121,6 +121,8 @@ export const TrainConfigSchema = z.strictObject({
     maxLevels: z.number().int().min(2).max(7).default(5),
     mia: z.boolean().default(true),
     fusion: z.enum(["add", "concat", "none"]).default("add"),
+    /** "add" fusion starts as the identity (gate scaled by a learnable scalar from 0; ours). */
+    fusionZeroGate: z.boolean().default(true),
     sharedDecoder: z.boolean().default(false),
     /**
      * Deep-supervision heads on the decoder levels below full resolution (at most levels - 2),
@@ -139,6 +141,7 @@ export const TrainConfigSchema = z.strictObject({
     maxLevels: 5,
     mia: true,
     fusion: "add",
+    fusionZeroGate: true,
     sharedDecoder: false,
     deepSupervision: 2,
     norm: "instance",
@@ -170,6 +173,11 @@ export const TrainConfigSchema = z.strictObject({
     cscTau: z.number().positive().default(0.5),
     cacTau: z.number().positive().default(0.1),
     cacMinMass: z.number().nonnegative().default(1),
+    /**
+     * A class enters L_cac only with a soft mass of at least max(cacMinMass, cacMinFraction x the
+     * patch's voxels) in both branches (ours: a fixed mass of 1 almost never leaves out an absent class).
+     */
+    cacMinFraction: z.number().min(0).max(1).default(0.001),
     /** Add 1 - softDice(p^a, p^b) for aligned pairs. */
     voxelwise: z.boolean().default(false),
     /** Mutual learning: confidence threshold for pseudo-labels. */
@@ -182,6 +190,7 @@ export const TrainConfigSchema = z.strictObject({
     cscTau: 0.5,
     cacTau: 0.1,
     cacMinMass: 1,
+    cacMinFraction: 0.001,
     voxelwise: false,
     pseudoThreshold: 0.7,
   }),

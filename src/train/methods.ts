@@ -252,6 +252,7 @@ class CmcMethod implements MethodModel {
         plan: o.plan,
         mia: c.network.mia,
         fusion: c.network.fusion,
+        fusionZeroGate: c.network.fusionZeroGate,
         sharedDecoder: c.network.sharedDecoder,
         deepSupervision: c.network.deepSupervision,
         norm: c.network.norm,
@@ -292,7 +293,12 @@ class CmcMethod implements MethodModel {
         probs: softmax(slice(o.logits, 0, bl, bu), 1),
         features: slice(o.features, 0, bl, bu),
       }));
-      const opts = { tau: c.loss.cacTau, minMass: c.loss.cacMinMass, voxelwise: c.loss.voxelwise };
+      const voxels = branches[0].probs.shape.slice(2).reduce((x, y) => x * y, 1);
+      const opts = {
+        tau: c.loss.cacTau,
+        minMass: Math.max(c.loss.cacMinMass, c.loss.cacMinFraction * voxels),
+        voxelwise: c.loss.voxelwise,
+      };
       let lcac: Tensor;
       if (this.teacher) {
         const t = noGrad(() =>

@@ -84,7 +84,11 @@ export function modelSignature(
  * Network keys added after runs were already written, with the value that reproduces the older
  * behaviour: a stored signature without them means exactly these values.
  */
-const ADDED_NETWORK_DEFAULTS: Record<string, unknown> = { backbone: "unet", init: "kaiming" };
+const ADDED_NETWORK_DEFAULTS: Record<string, unknown> = {
+  backbone: "unet",
+  init: "kaiming",
+  fusionZeroGate: false,
+};
 const ADDED_VIT_DEFAULTS: Record<string, unknown> = {
   relPos: false,
   windowSize: 0,
