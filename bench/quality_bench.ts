@@ -9,7 +9,7 @@
  * writes <work>/f<f>/manifest.json and runs, for each seed:
  * - `--recipe defaults`: `deno task train` of every `--methods` method with the defaults and
  *   `--time`, then `deno task predict` on the test cases (label file values);
- * - `--recipe reference`: the plain U-Net recipe (../shared/REFERENCE_UNET.md): its preprocessing
+ * - `--recipe reference`: the plain U-Net recipe (bench/quality/RECIPE.md): its preprocessing
  *   once (bench/quality/reference_prep.py), the PyTorch U-Net (bench/quality/torch_reference_unet.py)
  *   and comodal's early fusion set to the same recipe on the same arrays.
  * Predictions are scored by bench/quality/score.py (an independent scorer: Dice and HD95 per class
@@ -358,7 +358,7 @@ export const qualityBench: BenchModule = {
       notes: [
         "mean ± standard deviation over folds x seeds; Dice 1 where prediction and reference are both empty;",
         "HD95 mean over the cases where it is defined, (n) = cases where exactly one mask is empty;",
-        "reference = the plain PyTorch U-Net recipe (REFERENCE_UNET) on its own preprocessing, comodal early fusion on the same arrays;",
+        "reference = the plain PyTorch U-Net recipe (bench/quality/RECIPE.md) on its own preprocessing, comodal early fusion on the same arrays;",
         "scored by bench/quality/score.py at the original grid; train s = wall time of the training command.",
       ],
       details: { args: a, records },

@@ -1,4 +1,4 @@
-"""Preprocessing of the plain PyTorch U-Net recipe (../shared/REFERENCE_UNET.md "Data"), written once so
+"""Preprocessing of the plain PyTorch U-Net recipe (bench/quality/RECIPE.md, "Data"), written once so
 that the PyTorch reference and comodal train on the very same arrays.
 
     python bench/quality/reference_prep.py --manifest FOLD.json --out OUT [--zscore] [--mask-modality M]

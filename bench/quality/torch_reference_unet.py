@@ -1,4 +1,4 @@
-"""The plain PyTorch 3D U-Net that comodal is compared with on real data (../shared/REFERENCE_UNET.md):
+"""The plain PyTorch 3D U-Net that comodal is compared with on real data (bench/quality/RECIPE.md):
 network, loss, sampling, augmentation, schedule and sliding-window inference of that recipe, on the
 arrays bench/quality/reference_prep.py wrote.
 
