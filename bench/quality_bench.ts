@@ -203,11 +203,22 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
     // References for the scorer only: the test cases' label files, never given to training.
     const refDir = path.join(fd, "ref");
     mkdirSync(refDir, { recursive: true });
+    // A per-modality label (MS-CMRSeg: one per sequence, on its own grid) also gets ref_<modality>/.
+    const refFor = (output: string) => {
+      const d = path.join(fd, `ref_${output}`);
+      return existsSync(d) ? d : refDir;
+    };
     for (const id of fm.test) {
       const c = src.cases.find((x) => x.id === id)!;
       const lab = c.labels!.shared ?? Object.values(c.labels!)[0];
       const to = path.join(refDir, `${id}.nii.gz`);
       if (!existsSync(to)) symlinkSync(path.resolve(refPath(lab)), to);
+      for (const [m, l] of Object.entries(c.labels!)) {
+        if (m === "shared") continue;
+        mkdirSync(path.join(fd, `ref_${m}`), { recursive: true });
+        const tm = path.join(fd, `ref_${m}`, `${id}.nii.gz`);
+        if (!existsSync(tm)) symlinkSync(path.resolve(refPath(l)), tm);
+      }
     }
     log(`[quality] fold ${f}: test ${fm.test.join(",")}; labeled ${fm.labeled.join(",")}; unlabeled ${fm.unlabeled.join(",") || "-"}`);
     for (const seed of a.seeds) {
@@ -276,7 +287,7 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
             records.push({
               recipe: "defaults", method, output: out, fold: f, seed, seconds: r.seconds, peakMiB: r.peakMiB,
               summary: await score(py, linkAs(path.join(dir, "test"), suffix, fm.test, path.join(dir, `scored_${out}`)),
-                refDir, `${dir}.${out}.scores.json`, { regions: a.regions }),
+                refFor(out), `${dir}.${out}.scores.json`, { regions: a.regions }),
             });
             log(`[quality] fold ${f} seed ${seed} ${method} (${out}): ${JSON.stringify(records.at(-1)!.summary)}`);
           }
