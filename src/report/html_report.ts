@@ -13,7 +13,10 @@ import { escapeXml, lineChartSvg, type Series } from "./svg_plot.ts";
 
 export interface ClassScores {
   dice?: number;
+  /** Mean over the (case, class) pairs where it is defined. */
   hd95?: number;
+  /** Pairs left out of the HD95 mean: exactly one of prediction and reference empty. */
+  hd95Undefined?: number;
   assd?: number;
 }
 
@@ -72,6 +75,8 @@ export function extractMetrics(
   if (typeof json !== "object" || json === null || depth > 3) return { perClass: {} };
   const o = json as Record<string, unknown>;
   const mean = scores(o.mean);
+  const nf = o.nonFinite as Record<string, unknown> | undefined;
+  if (mean && nf && typeof nf.hd95 === "number") mean.hd95Undefined = nf.hd95;
   const classTable = (o.perClass ?? o.per_class ?? o.classes) as
     | Record<string, unknown>
     | undefined;
@@ -325,14 +330,16 @@ function metricsTables(runs: RunInfo[]): string {
     const head = [
       showStep ? `<th class="l">${keys.length ? "step" : "run"}</th>` : "",
       ...keys.map((k) => `<th class="l">${escapeXml(k)}</th>`),
-      "<th>mean Dice</th><th>HD95 (mm)</th><th>ASSD (mm)</th>",
+      "<th>mean Dice</th><th>HD95 (mm; undefined)</th><th>ASSD (mm)</th>",
       ...classes.map((c) => `<th>Dice ${escapeXml(c)}</th>`),
     ].join("");
     const rows = rs.map((r) => {
       const cells = [
         showStep ? `<td class="l">${escapeXml(keys.length ? (r.step ?? r.id) : r.id)}</td>` : "",
         ...keys.map((k) => `<td class="l">${escapeXml(String(r.settings[k] ?? "–"))}</td>`),
-        `<td>${f(r.mean?.dice)}</td><td>${f(r.mean?.hd95, 2)}</td><td>${f(r.mean?.assd, 2)}</td>`,
+        `<td>${f(r.mean?.dice)}</td><td>${f(r.mean?.hd95, 2)}${
+          r.mean?.hd95Undefined ? ` (${r.mean.hd95Undefined} undefined, left out)` : ""
+        }</td><td>${f(r.mean?.assd, 2)}</td>`,
         ...classes.map((c) => `<td>${f(r.perClass[c]?.dice)}</td>`),
       ];
       return `<tr>${cells.join("")}</tr>`;

@@ -103,3 +103,18 @@ Deno.test("report: tables, Dice-vs-ratio plot per method, training curves and ov
     /Cannot report on .*nope: folder not found/,
   );
 });
+
+Deno.test("report: the HD95 mean says how many cases it leaves out (one mask empty)", () => {
+  const root = Deno.makeTempDirSync({ prefix: "report_hd_" });
+  fakeRun(join(root, "a"), { ratio: 0.1, method: "cmc" }, 0.6);
+  const m = JSON.parse(Deno.readTextFileSync(join(root, "a", "metrics.json")));
+  m.nonFinite = { hd95: 2, assd: 2 };
+  Deno.writeTextFileSync(join(root, "a", "metrics.json"), JSON.stringify(m));
+  const ex = extractMetrics(m);
+  assert.equal(ex.mean?.hd95Undefined, 2);
+  const html = renderReport(collectRuns([root]), { title: "t" });
+  assert.match(html, /4\.50 \(2 undefined, left out\)/);
+  fakeRun(join(root, "b"), { ratio: 0.4, method: "cmc" }, 0.7);
+  const html2 = renderReport(collectRuns([join(root, "b")]), { title: "t" });
+  assert.ok(!/undefined, left out/.test(html2), "nothing said when every case has a distance");
+});
