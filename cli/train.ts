@@ -29,8 +29,8 @@ export function register(program: Command): void {
       "train a segmentation model on a task (cardiac, abdomen, orbit) or a manifest file",
     )
     .argument(
-      "<task>",
-      "task name, a manifest (.yaml/.json) or a dataset folder (imported on the fly)",
+      "[task]",
+      "task name, a manifest (.yaml/.json) or a dataset folder (imported on the fly); with --resume, the run's",
     )
     .option(
       "--data <dir>",
@@ -50,15 +50,22 @@ export function register(program: Command): void {
     )
     .option("--seed <n>", "random seed", intArg("--seed"))
     .option("--out <dir>", "run folder")
-    .option("--resume", "continue from <out>/last.ckpt")
+    .option(
+      "--resume",
+      "continue <out>/last.ckpt with the run's config and data (only --threads, --device and other " +
+        "execution keys may change; other differing settings are refused)",
+    )
     .option("--config <file>", "YAML/JSON file with config keys")
     .option("--device <cpu|cuda>", "compute backend")
     .option("--threads <n>", "CPU threads (0 = all cores)", intArg("--threads"))
     .option("--deterministic", "bit-reproducible run on the same backend")
     .option("--set <key=value...>", "override any config key, e.g. --set loss.lambdaCsc=0.2")
-    .action(async (task: string, o: Record<string, unknown>) => {
+    .action(async (task: string | undefined, o: Record<string, unknown>) => {
+      if (task === undefined && !o.resume) {
+        throw new Error("train: give a task, a manifest or a dataset folder");
+      }
       let cfg: Record<string, unknown> = o.config ? readConfigFile(String(o.config)) : {};
-      cfg.task = task;
+      if (task !== undefined) cfg.task = task;
       for (
         const k of [
           "data",

@@ -125,7 +125,7 @@ Deno.test({
     r.model.dispose();
     await assert.rejects(
       () => trainTask(tiny(out, { network: { baseWidth: 16, maxLevels: 3 } }), { quiet: true, resume: true }),
-      /different model config/,
+      /network.baseWidth: 8 in the run, 16 given/,
     );
   },
 });

@@ -38,6 +38,7 @@ import { loadCaseRecord, preprocessDataset, probabilitiesToOriginal } from "../d
 import { loadUnlabeledCase } from "../data/cases.ts";
 import { readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
+import { signatureDifferences } from "../train/run.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
@@ -169,7 +170,9 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   if (!sameModel(signature, plan.signature)) {
     fail(
       what,
-      `config.json and plan.json describe different models (config: ${signature}; plan: ${plan.signature})`,
+      `config.json and plan.json describe different models (${
+        signatureDifferences(signature, plan.signature, "in config.json", "in plan.json").join("; ")
+      })`,
     );
   }
   const file = resolveCheckpoint(dir, opts.checkpoint);

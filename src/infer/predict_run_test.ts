@@ -239,7 +239,7 @@ Deno.test({
     });
     await assert.rejects(
       () => loadRun(other),
-      /last\.ckpt: it was written for a different model config/,
+      /last\.ckpt: it was written for a different model config \(network\.baseWidth: \d+ in the checkpoint, 16 in this run\)$/,
     );
 
     const run = await loadRun(dir);

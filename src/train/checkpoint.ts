@@ -1,12 +1,13 @@
 /**
  * Checkpoints: model parameters, optimiser state, EMA weights, schedule position, RNG states and the
- * config in one file, written atomically (temporary file, fsync, rename), so a crash never leaves a
- * half-written checkpoint in place of a good one.
+ * config in one file, written atomically (temporary file, fsync, rename, fsync of the folder), so a
+ * crash (even kill -9 mid-write) never leaves a half-written checkpoint in place of a good one; at
+ * worst a stale <name>.tmp-<pid>-<random> stays beside it, which resuming removes.
  *
  * Format: "CMOCKPT1", u32 little-endian JSON header length, JSON header
  * { meta, tensors: [{ name, shape, offset }] }, then float32 little-endian data.
  */
-import { readFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import type { Tensor } from "../engine.ts";
 
@@ -76,4 +77,43 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
     tensors.set(t.name, { shape: t.shape, data: copy });
   }
   return { meta: header.meta, tensors };
+}
+
+
+/**
+ * The meta of a checkpoint without reading its tensors (the header only), after checking that the
+ * file is as long as its header says: a cheap check that it is complete.
+ */
+export function readCheckpointMeta(path: string): CheckpointMeta {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw new Error(`Cannot read checkpoint ${path}: ${(e as Error).message}`);
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const head = new Uint8Array(12);
+    if (readSync(fd, head, 0, 12, 0) < 12 || new TextDecoder().decode(head.subarray(0, 8)) !== MAGIC) {
+      throw new Error(`Cannot read checkpoint ${path}: not a comodal checkpoint (bad magic)`);
+    }
+    const hlen = new DataView(head.buffer).getUint32(8, true);
+    if (12 + hlen > size) throw new Error(`Cannot read checkpoint ${path}: truncated header`);
+    const bytes = new Uint8Array(hlen);
+    readSync(fd, bytes, 0, hlen, 12);
+    let header: { meta: CheckpointMeta; tensors: { shape: number[]; offset: number }[] };
+    try {
+      header = JSON.parse(new TextDecoder().decode(bytes));
+    } catch (e) {
+      throw new Error(`Cannot read checkpoint ${path}: corrupt header (${(e as Error).message})`);
+    }
+    const end = Math.max(
+      0,
+      ...header.tensors.map((t) => t.offset + 4 * t.shape.reduce((p, s) => p * s, 1)),
+    );
+    if (12 + hlen + end > size) throw new Error(`Cannot read checkpoint ${path}: truncated data`);
+    return header.meta;
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -35,6 +35,15 @@ import { progressBar } from "../data/progress.ts";
 import { everyHook, JsonlLog, logHook, progressHook, timeBudgetHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
 import { prepareData, type PreparedData } from "./data.ts";
+import {
+  checkResumedData,
+  commitRunFolder,
+  datasetIdentity,
+  differenceLines,
+  readRunForResume,
+  valueDifferences,
+} from "./resume.ts";
+import { SYNTH_TASKS as BUILT_IN_TASKS } from "../data/synth.ts";
 import { evaluateValidation, type ValidationResult } from "./validate.ts";
 import type { MetricsSummary } from "../metrics/metrics.ts";
 import { writePartners } from "../infer/partners.ts";
@@ -143,6 +152,18 @@ export function sameModel(a: string, b: string): boolean {
   return a === b || canonicalSignature(a) === canonicalSignature(b);
 }
 
+/** Why two model signatures differ, one "key: A in <aName>, B in <bName>" line per key. */
+export function signatureDifferences(a: string, b: string, aName: string, bName: string): string[] {
+  const parse = (s: string) => {
+    try {
+      return JSON.parse(canonicalSignature(s));
+    } catch {
+      return s;
+    }
+  };
+  return differenceLines(valueDifferences(parse(a), parse(b)), aName, bName);
+}
+
 function makeOptimizer(c: TrainConfig, model: MethodModel): Optimizer {
   const params = model.student.namedParameters();
   return c.optimizer.kind === "adamw"
@@ -213,9 +234,14 @@ function loadInto(
 ): CheckpointMeta {
   const ck = loadCheckpoint(file);
   if (typeof ck.meta.signature !== "string" || !sameModel(ck.meta.signature, signature)) {
+    const why = signatureDifferences(
+      String(ck.meta.signature),
+      signature,
+      "in the checkpoint",
+      "in this run",
+    );
     throw new Error(
-      `Cannot ${what} ${file}: it was written for a different model config ` +
-        `(checkpoint: ${ck.meta.signature}; this run: ${signature})`,
+      `Cannot ${what} ${file}: it was written for a different model config (${why.join("; ")})`,
     );
   }
   for (const [name, t] of Object.entries(targets)) {
@@ -289,6 +315,9 @@ export async function trainTask(
   opts: TrainTaskOptions = {},
 ): Promise<TrainResult> {
   const t0 = performance.now();
+  // --resume: the run folder's config, plan and data rule; nothing is written before they check out.
+  const resumed = opts.resume ? readRunForResume(input as Record<string, unknown>) : null;
+  if (resumed) input = resumed.input;
   const c = parseTrainConfig(input);
   const raw = input as Record<string, unknown>;
   // Real data (a dataset folder or manifest, or --data) without an iteration count trains for a
@@ -316,10 +345,12 @@ export async function trainTask(
     );
   }
   if (opts.resume && !existsSync(last)) throw new Error(`Cannot resume: ${last} does not exist`);
-  writeFileAtomicSync(
-    path.join(outDir, "config.json"),
-    new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
-  );
+  if (!resumed) {
+    writeFileAtomicSync(
+      path.join(outDir, "config.json"),
+      new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
+    );
+  }
 
   initBackend({
     device: c.device,
@@ -395,12 +426,26 @@ export async function trainTask(
     })),
     fingerprint: data.plan.fingerprint,
   };
-  writeFileAtomicSync(
-    path.join(outDir, "plan.json"),
-    new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"),
-  );
+  const inputs = datasetIdentity(data, {
+    builtIn: !c.data && (BUILT_IN_TASKS as readonly string[]).includes(c.task),
+  });
+  if (resumed) checkResumedData(resumed, runPlan, inputs);
+  if (!resumed) {
+    writeFileAtomicSync(
+      path.join(outDir, "plan.json"),
+      new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"),
+    );
+  }
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
+  commitRunFolder(outDir, {
+    resumed,
+    iteration: startIt,
+    config: c,
+    plan: runPlan,
+    inputs,
+    quiet: opts.quiet,
+  });
 
   // Batch i of the stream depends only on (seed, i), so a resumed run continues with batch startIt.
   const loader = PatchLoader.fromCases({ labeled: data.labeled, unlabeled: data.unlabeled }, {
