@@ -12,7 +12,7 @@
  *    and ASSD against the original label files, and writes metrics and PNG overlays.
  */
 import { FLIPS_ONLY } from "../data/augment.ts";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { assign, getBackend, initBackend, type Tensor } from "../engine.ts";
 import { Rng } from "../data/rng.ts";
@@ -310,6 +310,20 @@ function fitPatch(patch: Triple, plan: UNetPlan): Triple {
   return patch.map((p, a) => Math.ceil(p / f[a]) * f[a]) as Triple;
 }
 
+/** Seconds the iterations 1..upTo of log.jsonl took (what a resumed time budget has used up). */
+function trainedSeconds(logFile: string, upTo: number): number {
+  if (upTo <= 0 || !existsSync(logFile)) return 0;
+  let s = 0;
+  for (const line of readFileSync(logFile, "utf8").split("\n")) {
+    if (!line.includes('"iteration"')) continue;
+    try {
+      const r = JSON.parse(line);
+      if (r.event === "iteration" && r.iteration <= upTo && typeof r.seconds === "number") s += r.seconds;
+    } catch { /* a cut line */ }
+  }
+  return s;
+}
+
 export async function trainTask(
   input: TrainConfigInput | Record<string, unknown>,
   opts: TrainTaskOptions = {},
@@ -510,7 +524,7 @@ export async function trainTask(
       : []),
     ...(opts.hooks ?? []),
     ...(c.time !== undefined
-      ? [timeBudgetHook(c.time, {
+      ? [timeBudgetHook(Math.max(1, c.time - trainedSeconds(path.join(outDir, "log.jsonl"), startIt)), {
         onChange: (total, secPerIt) => {
           log.write({ event: "budget", total, secondsPerIteration: secPerIt, budget: c.time });
         },
