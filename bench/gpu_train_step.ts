@@ -97,8 +97,8 @@ function benchModel(kind: "unet" | "cmc", o: Opts): StepResult {
     task: "bench",
     method,
     patchSize: [o.size, o.size, o.size],
-    // The PyTorch twins have no deep-supervision heads.
-    network: { maxLevels: o.levels, deepSupervision: 0 },
+    // The PyTorch twins have no deep-supervision heads and the paper's fusion (no gate scale).
+    network: { maxLevels: o.levels, deepSupervision: 0, fusionZeroGate: false },
     optimizer: { kind: "sgd", lr: 0.01 },
   });
   const plan = planUNet({

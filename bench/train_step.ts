@@ -230,7 +230,7 @@ function buildCmcStepper(size: number): Stepper {
     task: "bench",
     method: "cmc",
     patchSize: patch,
-    network: { maxLevels: 4, deepSupervision: 0 }, // as the PyTorch twin
+    network: { maxLevels: 4, deepSupervision: 0, fusionZeroGate: false }, // as the PyTorch twin
   });
   const plan = planUNet({ patchSize: patch, spacing: [1, 1, 1], maxLevels: 4 });
   const seeds = lcg(11);
