@@ -11,7 +11,10 @@ summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '^(ok|FAILED) \| [0-9]+ pas
 passed=$(echo "$summary" | sed -nE 's/.* ([0-9]+) passed.*/\1/p')
 failed=$(echo "$summary" | sed -nE 's/.* ([0-9]+) failed.*/\1/p')
 ignored=$(echo "$summary" | sed -nE 's/.* ([0-9]+) ignored.*/\1/p')
+# Name every failed test just above the closing line (deno lists them under " FAILURES ").
+failures=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '/^ FAILURES *$/ {on=1; next} /^(ok|FAILED) \|/ {on=0} on && /=>/ {print "failed test: " $0}')
 rm -f "$log"
+[ -n "$failures" ] && echo "$failures"
 if [ -z "$passed" ]; then
   echo "0 passed, 1 failed"
   exit $(( rc == 0 ? 1 : rc ))
