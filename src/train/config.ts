@@ -180,6 +180,12 @@ export const TrainConfigSchema = z.strictObject({
     cacMinFraction: z.number().min(0).max(1).default(0.001),
     /** Add 1 - softDice(p^a, p^b) for aligned pairs. */
     voxelwise: z.boolean().default(false),
+    /** Mean teacher: weight of the softmax-MSE consistency (its own, not lambdaCac's). */
+    lambdaMt: z.number().nonnegative().default(1),
+    /** Mean teacher: std of the Gaussian noise added to student and teacher inputs (independently). */
+    mtNoise: z.number().nonnegative().default(0.1),
+    /** Mutual learning: weight of the pseudo-label cross-entropy. */
+    lambdaMutual: z.number().nonnegative().default(1),
     /** Mutual learning: confidence threshold for pseudo-labels. */
     pseudoThreshold: z.number().min(0).max(1).default(0.7),
   }).default({
@@ -192,6 +198,9 @@ export const TrainConfigSchema = z.strictObject({
     cacMinMass: 1,
     cacMinFraction: 0.001,
     voxelwise: false,
+    lambdaMt: 1,
+    mtNoise: 0.1,
+    lambdaMutual: 1,
     pseudoThreshold: 0.7,
   }),
   /** EMA teacher for L_cac targets (the mean-teacher method always uses one). */

@@ -10,6 +10,7 @@
  *   confident pseudo-labels (assumes the modalities are roughly aligned, as that baseline does)
  */
 import { withInitScheme } from "../nn/layers.ts";
+import { Rng } from "../data/rng.ts";
 import {
   argmax,
   softmaxCrossEntropy,
@@ -374,12 +375,18 @@ class UNetMethod implements MethodModel {
     if (this.teacher && unl) {
       const x = this.#input(unl.images);
       const w = rampUp(it, this.o.config.loss.rampFraction * total);
-      const studentLogits = this.student.forward(x).logits;
-      const teacherLogits = noGrad(() => this.teacher!.forward(x).logits);
+      // Student and teacher see the patch under independent Gaussian noise (Tarvainen & Valpola's
+      // input perturbation; without it the consistency target is the student's own input).
+      const sd = this.o.config.loss.mtNoise;
+      const rng = new Rng(this.o.config.seed, `mt-noise-${it}`);
+      const noisy = (t: Tensor) =>
+        sd > 0 ? add(t, tensor(Float32Array.from({ length: t.size }, () => sd * rng.normal()), t.shape)) : t;
+      const studentLogits = this.student.forward(noisy(x)).logits;
+      const teacherLogits = noGrad(() => this.teacher!.forward(noisy(x)).logits);
       const cons = softmaxMse(studentLogits, teacherLogits);
       terms.consistency = num(cons);
       terms.w = w;
-      loss = add(loss, mulScalar(cons, w * 10 * this.o.config.loss.lambdaCac));
+      loss = add(loss, mulScalar(cons, w * this.o.config.loss.lambdaMt));
     }
     terms.loss = num(loss);
     return { loss, terms };
@@ -441,7 +448,7 @@ class MutualMethod implements MethodModel {
       const lm = mulScalar(mut!, 1 / M);
       terms.mutual = num(lm);
       terms.w = w;
-      loss = add(loss, mulScalar(lm, w * 10 * c.loss.lambdaCac));
+      loss = add(loss, mulScalar(lm, w * c.loss.lambdaMutual));
     }
     terms.loss = num(loss);
     return { loss, terms };
