@@ -148,3 +148,16 @@ Deno.test("deep supervision: nnU-Net weights, labels at the coarse grid, and eve
     m.dispose();
   }
 });
+
+Deno.test("mean teacher: student and teacher see independently perturbed inputs (consistency 0 only without noise)", async () => {
+  const { updateEma } = await import("./trainer.ts");
+  const cons = (mtNoise: number) => {
+    const m = tinyModel("mean-teacher", { loss: { mtNoise, rampFraction: 0 } });
+    updateEma(m.teacher!, m.student, 0); // teacher = student, as at the start of training
+    const c = tidy(() => m.loss(toEngineBatch(batch(3)), 5, 10).terms.consistency);
+    m.dispose();
+    return c;
+  };
+  assert.equal(cons(0), 0);
+  assert.ok(cons(0.1) > 0, "noise makes the target differ from the student's own output");
+});
