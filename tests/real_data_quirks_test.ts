@@ -17,6 +17,7 @@ import { labelValueMap } from "../src/data/manifest.ts";
 import { IGNORE_INDEX } from "../src/util/ignore.ts";
 import { evaluateCase } from "../src/metrics/metrics.ts";
 import { evaluateOriginal, originalLabels, quickDice } from "../src/train/validate.ts";
+import { LabelAccess } from "../src/data/label_access.ts";
 import {
   ok,
   runCli,
@@ -235,7 +236,7 @@ Deno.test("ignore label: evaluateCase, quickDice and the original-grid evaluatio
     labelMap: { "255": "ignore" },
     cases: [],
   });
-  const lab = await originalLabels(file, map);
+  const lab = await originalLabels(file, map, new LabelAccess([file], "evaluation"));
   const I = IGNORE_INDEX;
   assert.deepEqual([...lab.labels], [1, 1, 1, 0, 0, I, I, I]);
   const cm = evaluateOriginal(Int32Array.from(pred), lab, [8, 1, 1], ["background", "organ"], "c");
@@ -249,7 +250,7 @@ Deno.test("ignore label: evaluateCase, quickDice and the original-grid evaluatio
     datatype: "uint8",
   });
   await assert.rejects(
-    () => originalLabels(file, map),
+    () => originalLabels(file, map, new LabelAccess([file], "evaluation")),
     /lab\.nii\.gz: label value 7 is not in the task's label map/,
   );
 });

@@ -449,8 +449,16 @@ function qformAffine(h: nifti.NIFTI1 | nifti.NIFTI2): Mat4 {
   return fromLinear(l, [Number(h.qoffset_x), Number(h.qoffset_y), Number(h.qoffset_z)]);
 }
 
+let readHook: ((path: string) => void) | null = null;
+
+/** Test hook: `fn` sees the path of every file readNifti opens, before it is opened (null: none). */
+export function setNiftiReadHook(fn: ((path: string) => void) | null): void {
+  readHook = fn;
+}
+
 /** Reads a .nii or .nii.gz file. Errors name the file and what is wrong with it. */
 export async function readNifti(path: string, opts: ReadNiftiOptions = {}): Promise<NiftiImage> {
+  readHook?.(path);
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(path);

@@ -36,6 +36,7 @@ import {
   refPath,
 } from "./manifest.ts";
 import { Rng } from "./rng.ts";
+import { LabelAccess } from "./label_access.ts";
 import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 /** Bumped whenever the on-disk format or the processing changes meaning. */
@@ -78,6 +79,8 @@ export interface FingerprintOptions {
   /** Seed for the voxel subsample used for percentiles. */
   seed?: number;
   cache?: ImageCache;
+  /** The label files it may open (default: those of every case marked labeled). */
+  labels?: LabelAccess;
 }
 
 function fail(id: string, why: string): never {
@@ -140,10 +143,16 @@ export async function readImageRef(
     nonFinite?: "error" | "zero";
     cache?: ImageCache;
     label?: boolean;
+    /** Required with `label`: label files are opened only through it. */
+    labels?: LabelAccess;
   },
 ): Promise<NiftiImage> {
   const p = refPath(ref), frame = refFrame(ref);
-  let img = opts.cache ? await opts.cache.raw(p) : await readNifti(p);
+  let img = opts.label
+    ? await (opts.labels ?? LabelAccess.none("this reader")).read(p)
+    : opts.cache
+    ? await opts.cache.raw(p)
+    : await readNifti(p);
   if (frame === undefined && img.frames > 1) {
     throw new Error(
       `Cannot read ${p}: header says 4 dimensions (${
@@ -214,12 +223,23 @@ export async function readRasImage(
 export async function readRasLabels(
   ref: ImageRef,
   image: RasImage,
-  opts: { id: string; what: string; map: Map<number, number>; cache?: ImageCache },
+  opts: {
+    id: string;
+    what: string;
+    map: Map<number, number>;
+    cache?: ImageCache;
+    labels: LabelAccess;
+  },
 ): Promise<RasLabels> {
   const key = `lab:${refPath(ref)}#${refFrame(ref) ?? ""}`;
-  const hit = opts.cache?.get<RasLabels>(key);
+  const hit = opts.labels.allows(refPath(ref)) ? opts.cache?.get<RasLabels>(key) : undefined;
   if (hit) return hit;
-  const lab = await readImageRef(ref, { id: opts.id, what: opts.what, label: true });
+  const lab = await readImageRef(ref, {
+    id: opts.id,
+    what: opts.what,
+    label: true,
+    labels: opts.labels,
+  });
   checkLabelGeometry(
     { dims: image.sourceDims, affine: image.sourceAffine, path: image.path },
     { dims: lab.dims, affine: lab.affine, path: refPath(ref) },
@@ -406,6 +426,9 @@ export async function fingerprint(
   const splits = opts.splits ?? ["train"];
   let cases = manifest.cases.filter((c) => splits.includes(c.split));
   if (cases.length === 0) cases = manifest.cases;
+  // A case whose labels are not allowed counts as unlabeled (its files are never opened).
+  const labels = opts.labels ?? LabelAccess.forManifest(manifest);
+  cases = cases.map((c) => labels.view(c));
   const names = classNames(manifest);
   const map = labelValueMap(manifest);
   const classVoxels = new Array<number>(names.length).fill(0);
@@ -448,6 +471,7 @@ export async function fingerprint(
           what: `labels.${m}`,
           map,
           cache: opts.cache,
+          labels,
         })).labels;
         // Count each label map once (a shared map would otherwise count per modality).
         if (c.labels?.[m] || m === Object.keys(c.images)[0]) {
@@ -540,6 +564,12 @@ export interface PreprocessOptions {
   onProgress?: ProgressFn;
   /** Memory for decoded images kept between the two passes (default 2 GiB). */
   cacheBytes?: number;
+  /**
+   * The label files preprocessing may open (default: those of every case marked labeled). Any other
+   * case is preprocessed as unlabeled: its labels shape neither its crop nor the statistics, and
+   * its cache entry is keyed (and stored) as unlabeled.
+   */
+  labels?: LabelAccess;
   /**
    * Dataset statistics to use instead of a fingerprint of the training split (prediction on new
    * data uses the training run's, so CT is clipped and scaled exactly as in training).
@@ -718,6 +748,10 @@ export async function preprocessDataset(
   const outDir = path.resolve(opts.outDir);
   await Deno.mkdir(path.join(outDir, "cases"), { recursive: true });
   const splits = opts.splits ?? ["train", "val", "test"];
+  // From here on, a case whose labels are not allowed is unlabeled and names no label file; its
+  // case hash (which covers the case) and its stored record say so.
+  const labels = opts.labels ?? LabelAccess.forManifest(manifest);
+  manifest = labels.restrict(manifest);
   const cases = manifest.cases.filter((c) => splits.includes(c.split));
   if (cases.length === 0) {
     throw new Error(`Cannot preprocess ${manifest.task}: no cases in splits ${splits.join(", ")}`);
@@ -728,7 +762,7 @@ export async function preprocessDataset(
 
   const cache = new ImageCache(opts.cacheBytes);
   const fingerprintData = opts.fingerprint ??
-    await cachedFingerprint(manifest, outDir, opts, cache);
+    await cachedFingerprint(manifest, outDir, { ...opts, labels }, cache);
   const target =
     (opts.targetSpacing ? [...opts.targetSpacing] : fingerprintData.targetSpacing) as Vec3;
   if (target.length !== 3 || target.some((v) => !(v > 0))) {
@@ -778,6 +812,7 @@ export async function preprocessDataset(
     let rec: PreprocessedCase;
     if (!opts.force && old && old.hash === caseHash && (await allFilesExist(outDir, old))) {
       rec = { ...old, split: c.split, labeled: c.labeled };
+      await dropStaleLabels(outDir, rec);
       if (old.split !== c.split || old.labeled !== c.labeled) {
         await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
       }
@@ -793,7 +828,9 @@ export async function preprocessDataset(
         hash: caseHash,
         k: names.length,
         cache,
+        labels,
       });
+      await dropStaleLabels(outDir, rec);
       await writeFileAtomic(sidecar, new TextEncoder().encode(JSON.stringify(rec, null, 1)));
     }
     plan.cases.push({
@@ -810,6 +847,14 @@ export async function preprocessDataset(
     new TextEncoder().encode(JSON.stringify(plan, null, 1)),
   );
   return plan;
+}
+
+/** Removes label files left in the cache by an earlier labeled preprocessing of an unlabeled case. */
+async function dropStaleLabels(outDir: string, rec: PreprocessedCase): Promise<void> {
+  for (const [m, pm] of Object.entries(rec.modalities)) {
+    if (pm.labelFile) continue;
+    await Deno.remove(path.join(outDir, "cases", `${rec.id}_${m}.lab`)).catch(() => {});
+  }
 }
 
 async function allFilesExist(outDir: string, rec: PreprocessedCase): Promise<boolean> {
@@ -831,6 +876,7 @@ interface CaseSettings {
   hash: string;
   k: number;
   cache: ImageCache;
+  labels: LabelAccess;
 }
 
 async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<PreprocessedCase> {
@@ -850,6 +896,7 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
         what: `labels.${m}`,
         map: s.map,
         cache: s.cache,
+        labels: s.labels,
       });
       label = resampleLabels(lab.labels, lab.dims, lab.affine, s.target).labels;
     }
@@ -1092,6 +1139,7 @@ async function cachedFingerprint(
       onProgress: opts.onProgress,
       nonFinite: opts.nonFinite,
       cache,
+      labels: opts.labels,
     });
     fp = { key: fpKey, fingerprint: fingerprintData };
     await writeFileAtomic(fpFile, new TextEncoder().encode(JSON.stringify(fp, null, 1)));

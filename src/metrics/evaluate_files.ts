@@ -11,6 +11,7 @@
 import { basename, join } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { type NiftiImage, readNifti } from "../data/nifti.ts";
+import { LabelAccess } from "../data/label_access.ts";
 import {
   type CaseMetrics,
   type ClassSpec,
@@ -332,12 +333,14 @@ export async function evaluateNiftiCases(
       throw new Error(`Cannot evaluate: ignore value ${v} is not an integer`);
     }
   }
+  // Evaluation after prediction is where reference labels are read: exactly the pairs' references.
+  const refs = new LabelAccess(pairs.map((p) => p.ref), "evaluation");
   let classes = opts.classes;
   if (classes === undefined) {
     // Classes default to the non-zero labels of the references (a first pass over them).
     const found = new Set<number>();
     for (const pair of pairs) {
-      const ref = toLabels(await readNifti(pair.ref, { expectDims: 3 }), pair.ref);
+      const ref = toLabels(await refs.read(pair.ref, { expectDims: 3 }), pair.ref);
       for (let i = 0; i < ref.length; i++) if (ref[i] !== 0) found.add(ref[i]);
     }
     for (const v of ignore) found.delete(v);
@@ -358,7 +361,7 @@ export async function evaluateNiftiCases(
   for (const pair of pairs) {
     const [pi, ri] = await Promise.all([
       readNifti(pair.pred, { expectDims: 3 }),
-      readNifti(pair.ref, { expectDims: 3 }),
+      refs.read(pair.ref, { expectDims: 3 }),
     ]);
     geometryCheck(pi, ri, pair, warnings);
     const pred = toLabels(pi, pair.pred), ref = toLabels(ri, pair.ref);

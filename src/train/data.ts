@@ -1,7 +1,8 @@
 /**
  * Data for a training run: resolve the dataset (built-in synthetic phantoms, a folder in a known
  * layout, or a manifest), preprocess it (cached on disk), pick the labeled cases, and load the
- * training and validation cases. Labels of cases the run treats as unlabeled are never loaded.
+ * training and validation cases. Label files of cases the run treats as unlabeled, and of test
+ * cases, are never opened: see labelsInUse.
  */
 import { existsSync } from "node:fs";
 import * as path from "node:path";
@@ -16,6 +17,7 @@ import {
   type UnlabeledCase,
 } from "../data/cases.ts";
 import { Rng } from "../data/rng.ts";
+import { LabelAccess } from "../data/label_access.ts";
 import { SYNTH_TASKS, synthesize, type SynthTask } from "../data/synth.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
@@ -48,6 +50,11 @@ export interface PreparedData {
   labeled: LabeledCase[];
   unlabeled: UnlabeledCase[];
   validation: LabeledCase[];
+  /**
+   * The label files the run may open (labeled training cases in use, labeled validation cases);
+   * `manifest` names no other label file. Absent: none (prediction).
+   */
+  labels?: LabelAccess;
   describe: Record<string, unknown>;
 }
 
@@ -207,7 +214,11 @@ export async function prepareData(
   opts: { quiet?: boolean } = {},
 ): Promise<PreparedData> {
   const quiet = opts.quiet ?? false;
-  const { manifest, source } = await resolveManifest(c, quiet);
+  const { manifest: found, source } = await resolveManifest(c, quiet);
+  // Unlabeled means never opened: the run's label files are decided here, once, and from here on
+  // the manifest names no label file of an unlabeled or test case (see labelsInUse).
+  const { labels, labeledIds } = labelsInUse(found, c);
+  const manifest = labels.restrict(found);
   // Every modality of the data by default (BraTS: four sequences), except on the cardiac task, whose
   // default is the paper's pair (the first two sequences, bSSFP and LGE); `modalities` overrides.
   const modalities = c.modalities ??
@@ -285,18 +296,6 @@ export async function prepareData(
   }
   if (stage.why && !quiet) console.error(stage.why);
 
-  const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
-  if (trainLabeled.length === 0) {
-    throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
-  }
-  // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
-  // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
-  // (A synthetic task's name is never read as a dataset folder: see isDatasetFolder.)
-  const builtIn = !c.data && (SYNTH_TASKS as readonly string[]).includes(c.task);
-  const labeled = c.labeled ?? (builtIn ? 0.5 : undefined);
-  const labeledIds = labeled === undefined
-    ? trainLabeled.map((x) => x.id)
-    : selectLabeled(manifest.cases, { labeled, seed: c.seed });
   // Subsets (maxTrainCases / maxValidationCases), then a memory check before anything is loaded.
   const inUse = (split: string) =>
     plan.cases.filter((x) => x.split === split && x.modalities.some((m) => modalities.includes(m)));
@@ -344,6 +343,7 @@ export async function prepareData(
     labeled: train.labeled,
     unlabeled: train.unlabeled,
     validation: val.labeled,
+    labels,
     describe: {
       source,
       preprocessed: ppDir,
@@ -356,6 +356,34 @@ export async function prepareData(
       validation: val.labeled.map((x) => x.id),
     },
   };
+}
+
+/**
+ * The label files a run may open: those of the labeled training cases it keeps (every labeled one,
+ * or the `labeled` count or ratio drawn with the seed) and of the labeled validation cases. Test
+ * cases' labels are for evaluation after prediction (`evaluate`), never for training.
+ */
+function labelsInUse(
+  manifest: Manifest,
+  c: TrainConfig,
+): { labels: LabelAccess; labeledIds: string[] } {
+  const trainLabeled = manifest.cases.filter((x) => x.split === "train" && x.labeled);
+  if (trainLabeled.length === 0) {
+    throw new Error(`Cannot train on ${manifest.task}: no labeled training cases`);
+  }
+  // Built-in synthetic data is fully labeled; unless told otherwise, half of its training cases
+  // keep their labels so the default run is semi-supervised. Real data keeps its own flags.
+  // (A synthetic task's name is never read as a dataset folder: see isDatasetFolder.)
+  const builtIn = !c.data && (SYNTH_TASKS as readonly string[]).includes(c.task);
+  const labeled = c.labeled ?? (builtIn ? 0.5 : undefined);
+  const labeledIds = labeled === undefined
+    ? trainLabeled.map((x) => x.id)
+    : selectLabeled(manifest.cases, { labeled, seed: c.seed });
+  const keep = new Set(labeledIds);
+  const cases = manifest.cases.filter((x) =>
+    x.split === "train" ? keep.has(x.id) : x.split === "val" && x.labeled
+  );
+  return { labels: LabelAccess.forCases(cases, "this training run"), labeledIds };
 }
 
 /**

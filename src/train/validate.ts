@@ -12,7 +12,8 @@ import * as path from "node:path";
 import { concat, noGrad, softmax, tensor, tidy } from "../engine.ts";
 import { inv4, mul4 } from "../data/affine.ts";
 import type { LabeledCase, Volume } from "../data/cases.ts";
-import { readNifti, writeNifti } from "../data/nifti.ts";
+import { writeNifti } from "../data/nifti.ts";
+import { LabelAccess } from "../data/label_access.ts";
 import { loadCaseRecord, probabilitiesToOriginal } from "../data/preprocess.ts";
 import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "../infer/labels.ts";
@@ -216,10 +217,10 @@ export function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): 
 
 /**
  * A label file on its own grid as class indices (IGNORE_INDEX where the task's label map says
- * "ignore"), with the file's voxel spacing.
+ * "ignore"), with the file's voxel spacing. The file is opened through `access` (the run's labels).
  */
-export async function originalLabels(file: string, map: Map<number, number>): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
-  const img = await readNifti(file, { expectDims: 3 });
+export async function originalLabels(file: string, map: Map<number, number>, access: LabelAccess): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
+  const img = await access.read(file, { expectDims: 3 });
   const out = new Int32Array(img.data.length);
   for (let i = 0; i < img.data.length; i++) {
     const v = Math.round(img.data[i]);
@@ -298,7 +299,7 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
         const name = o === FUSED_OUTPUT ? cs.id : `${cs.id}_${m}`;
         await writeNifti(path.join(dirs.pred, `${name}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
         if (pm.source.labelPath) {
-          const refOrig = await originalLabels(pm.source.labelPath, data.labelMap);
+          const refOrig = await originalLabels(pm.source.labelPath, data.labelMap, data.labels ?? LabelAccess.none("validation"));
           caseMetrics.push(evaluateOriginal(orig, refOrig, pm.source.dims, data.classes, o === FUSED_OUTPUT ? `${cs.id}/fused` : `${cs.id}/${m}`));
         }
       }
