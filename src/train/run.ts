@@ -310,6 +310,11 @@ function fitPatch(patch: Triple, plan: UNetPlan): Triple {
   return patch.map((p, a) => Math.ceil(p / f[a]) * f[a]) as Triple;
 }
 
+/** Kept from the default budget for the final sliding-window evaluation of the validation cases. */
+const FINAL_EVALUATION_RESERVE_S = 150;
+/** The training loop of the default budget never gets less than this. */
+const MIN_LOOP_S = 300;
+
 /** Seconds the iterations 1..upTo of log.jsonl took (what a resumed time budget has used up). */
 function trainedSeconds(logFile: string, upTo: number): number {
   if (upTo <= 0 || !existsSync(logFile)) return 0;
@@ -337,9 +342,10 @@ export async function trainTask(
   // Real data (a dataset folder or manifest, or --data) without an iteration count trains for a
   // wall-clock budget: the user says how long, the schedule follows the measured speed.
   const realData = c.data !== undefined || !(SYNTH_TASKS as readonly string[]).includes(c.task);
-  if (c.time === undefined && raw.iterations === undefined && realData && !opts.resume) {
-    c.time = DEFAULT_REAL_DATA_TIME_S;
-  }
+  // The default budget is for the whole command (preprocessing and the final evaluation
+  // included); a --time the user gives is for the training loop alone.
+  const wholeCommand = c.time === undefined && raw.iterations === undefined && realData && !opts.resume;
+  if (wholeCommand) c.time = DEFAULT_REAL_DATA_TIME_S;
   if (!c.out && opts.resume) {
     throw new Error("Cannot resume: give the run folder to continue with --out");
   }
@@ -515,6 +521,13 @@ export async function trainTask(
     }
   };
 
+  // Seconds for the training loop: the rest of the default budget after what the run has spent
+  // so far, less FINAL_EVALUATION_RESERVE_S (at least MIN_LOOP_S); or the user's --time less what
+  // a resumed run already trained.
+  const loopBudget = (time: number) =>
+    wholeCommand
+      ? Math.max(MIN_LOOP_S, time - (performance.now() - t0) / 1000 - FINAL_EVALUATION_RESERVE_S)
+      : Math.max(1, time - trainedSeconds(path.join(outDir, "log.jsonl"), startIt));
   const hooks: TrainerHook[] = [
     logHook(log),
     ...(opts.quiet ? [] : [progressHook({ label: `${c.method} ${c.task}` })]),
@@ -524,7 +537,7 @@ export async function trainTask(
       : []),
     ...(opts.hooks ?? []),
     ...(c.time !== undefined
-      ? [timeBudgetHook(Math.max(1, c.time - trainedSeconds(path.join(outDir, "log.jsonl"), startIt)), {
+      ? [timeBudgetHook(loopBudget(c.time), {
         onChange: (total, secPerIt) => {
           log.write({ event: "budget", total, secondsPerIteration: secPerIt, budget: c.time });
         },
