@@ -42,6 +42,13 @@ Deno.test({
     const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
     assert.deepEqual(plan.modalities, ["t1", "t1ce", "t2", "flair"]);
     assert.deepEqual(plan.classes, ["background", "necrotic_core", "edema", "enhancing_tumour"]);
+    // BraTS classes train as nested regions by default; the run stores them.
+    const cfg = JSON.parse(readFileSync(path.join(out, "config.json"), "utf8"));
+    assert.deepEqual(cfg.regions, {
+      whole_tumour: ["necrotic_core", "edema", "enhancing_tumour"],
+      tumour_core: ["necrotic_core", "enhancing_tumour"],
+      enhancing_tumour: ["enhancing_tumour"],
+    });
     const metrics = JSON.parse(readFileSync(path.join(out, "metrics.json"), "utf8"));
     assert.deepEqual(
       Object.keys(metrics.summary.perClass).sort(),

@@ -40,6 +40,7 @@ import { readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
 import { signatureDifferences } from "../train/run.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
+import { resolveRegions } from "../train/regions.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
 import type { PreparedData } from "../train/data.ts";
@@ -150,7 +151,12 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
   const rawConfig = await readJson<Record<string, unknown>>(path.join(dir, "config.json"), what);
   let config: TrainConfig;
   try {
-    config = parseTrainConfig(rawConfig);
+    // Runs written before region outputs existed have none.
+    config = parseTrainConfig(
+      rawConfig && typeof rawConfig === "object" && !("regions" in rawConfig)
+        ? { ...rawConfig, regions: "none" }
+        : rawConfig,
+    );
   } catch (e) {
     fail(what, `config.json is not a valid training config (${(e as Error).message})`);
   }
@@ -187,6 +193,7 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
     config,
     plan: plan.network,
     numClasses: plan.classes.length,
+    regions: config.method === "mutual" ? null : resolveRegions(config.regions, plan.classes),
     modalities: plan.modalities.length,
     primary: plan.primary,
     rng: () => {

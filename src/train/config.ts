@@ -113,6 +113,15 @@ export const TrainConfigSchema = z.strictObject({
   maxTrainCases: z.number().int().positive().optional(),
   /** Load and evaluate at most this many validation cases (a subset drawn with the seed). */
   maxValidationCases: z.number().int().positive().optional(),
+  /**
+   * Region-based outputs (src/train/regions.ts): "auto" (BraTS's whole tumour / core / enhancing
+   * when the classes are BraTS's), "none", or name -> classes (names or indices), nested.
+   */
+  regions: z.union([
+    z.literal("auto"),
+    z.literal("none"),
+    z.record(z.string(), z.array(z.union([z.string(), z.number().int()]))),
+  ]).default("auto"),
   /** NaN/Inf voxels in an image: "error" (default; names the file and the first voxel) or "zero". */
   nonFinite: z.enum(["error", "zero"]).default("error"),
   network: z.strictObject({

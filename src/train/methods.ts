@@ -10,6 +10,7 @@
  *   confident pseudo-labels (assumes the modalities are roughly aligned, as that baseline does)
  */
 import { withInitScheme } from "../nn/layers.ts";
+import { type Regions, regionSupervisedLoss } from "./regions.ts";
 import { Rng } from "../data/rng.ts";
 import {
   argmax,
@@ -20,6 +21,7 @@ import {
   mul,
   noGrad,
   slice,
+  sigmoid,
   softmax,
   sub,
   type Tensor,
@@ -56,6 +58,8 @@ export interface LossResult {
 
 export interface MethodModel {
   readonly method: TrainConfig["method"];
+  /** Region outputs (sigmoid per nested region, src/train/regions.ts), or null for class softmax. */
+  readonly regions: Regions | null;
   /** Trained parameters. */
   readonly student: Module;
   /** EMA copy, when the method keeps one. */
@@ -77,6 +81,8 @@ export interface BuildOptions {
   modalities: number;
   /** Index of the modality the single-modality methods use. */
   primary: number;
+  /** Region-based outputs (resolveRegions), or null/absent for one softmax over the classes. */
+  regions?: Regions | null;
   rng: () => RandomSource;
   /**
    * Load the pretrained backbone weights named by network.vit.weights into the student (default
@@ -133,11 +139,17 @@ function num(t: Tensor): number {
  * Supervised loss of one modality over the labeled samples that have a label map for it (samples
  * of a modality without labels are left out); null when no sample has one.
  */
-function supervisedOver(logits: Tensor, labels: Tensor, has: boolean[]): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
-  if (has.every((h) => h)) return supervisedLoss(logits, labels);
+function supervisedOver(
+  logits: Tensor,
+  labels: Tensor,
+  has: boolean[],
+  regions: Regions | null = null,
+): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
+  const sup = (l: Tensor, y: Tensor) => regions ? regionSupervisedLoss(l, y, regions) : supervisedLoss(l, y);
+  if (has.every((h) => h)) return sup(logits, labels);
   const idx = has.flatMap((h, i) => (h ? [i] : []));
   if (idx.length === 0) return null;
-  const parts = idx.map((i) => supervisedLoss(slice(logits, 0, i, 1), slice(labels, 0, i, 1)));
+  const parts = idx.map((i) => sup(slice(logits, 0, i, 1), slice(labels, 0, i, 1)));
   const avg = (f: (p: typeof parts[number]) => Tensor) =>
     mulScalar(parts.slice(1).reduce((a, p) => add(a, f(p)), f(parts[0])), 1 / parts.length);
   return { loss: avg((p) => p.loss), ce: avg((p) => p.ce), dice: avg((p) => p.dice) };
@@ -187,14 +199,15 @@ function supervisedDeep(
   out: { logits: Tensor; deepLogits?: Tensor[] },
   labels: Tensor,
   has: boolean[],
+  regions: Regions | null = null,
 ): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
-  const main = supervisedOver(out.logits, labels, has);
+  const main = supervisedOver(out.logits, labels, has, regions);
   const heads = out.deepLogits ?? [];
   if (!main || heads.length === 0) return main;
   const w = deepSupervisionWeights(heads.length);
   let loss = mulScalar(main.loss, w[0]);
   heads.forEach((l, j) => {
-    const s = supervisedOver(l, downsampleLabels(labels, l.shape), has);
+    const s = supervisedOver(l, downsampleLabels(labels, l.shape), has, regions);
     if (s) loss = add(loss, mulScalar(s.loss, w[j + 1]));
   });
   return { loss, ce: main.ce, dice: main.dice };
@@ -210,11 +223,12 @@ function meanSupervised(
   outs: { logits: Tensor; deepLogits?: Tensor[] }[],
   batch: TrainBatch,
   terms: Record<string, number>,
+  regions: Regions | null = null,
 ): Tensor {
   let sum: Tensor | null = null;
   let n = 0;
   outs.forEach((l, m) => {
-    const s = supervisedDeep(l, batch.labeled.labels[m], batch.labeled.hasLabels[m]);
+    const s = supervisedDeep(l, batch.labeled.labels[m], batch.labeled.hasLabels[m], regions);
     if (!s) return;
     terms[`ce_${m}`] = num(s.ce);
     terms[`dice_${m}`] = num(s.dice);
@@ -229,14 +243,27 @@ function pick(ts: Tensor[], idx: number[]): Tensor[] {
   return idx.map((i) => ts[i]);
 }
 
-/** Softmax-MSE consistency between student and teacher logits. */
-function softmaxMse(student: Tensor, teacher: Tensor): Tensor {
-  const d = sub(softmax(student, 1), softmax(teacher, 1));
+/** Per-voxel output probabilities: softmax over classes, or a sigmoid per region. */
+function probsOf(logits: Tensor, regions: Regions | null): Tensor {
+  return regions ? sigmoid(logits) : softmax(logits, 1);
+}
+
+/** Number of output channels: the classes, or one per region. */
+function outChannels(o: BuildOptions): number {
+  return o.regions ? o.regions.classes.length : o.numClasses;
+}
+
+/** Softmax-MSE consistency between student and teacher logits (sigmoid-MSE with regions). */
+function softmaxMse(student: Tensor, teacher: Tensor, regions: Regions | null = null): Tensor {
+  const d = sub(probsOf(student, regions), probsOf(teacher, regions));
   return mean(mul(d, d), "all");
 }
 
 class CmcMethod implements MethodModel {
   readonly method = "cmc" as const;
+  get regions(): Regions | null {
+    return this.o.regions ?? null;
+  }
   readonly student: CmcNet;
   readonly teacher: CmcNet | null;
   /** What loading network.vit.weights matched, per encoder (empty without weights). */
@@ -249,7 +276,7 @@ class CmcMethod implements MethodModel {
     const make = (rng: RandomSource) =>
       new CmcNet({
         modalities: o.modalities,
-        numClasses: o.numClasses,
+        numClasses: outChannels(o),
         plan: o.plan,
         mia: c.network.mia,
         fusion: c.network.fusion,
@@ -279,6 +306,7 @@ class CmcMethod implements MethodModel {
       outs.map((o) => ({ logits: labeledPart(o.logits), deepLogits: o.deepLogits.map(labeledPart) })),
       batch,
       terms,
+      this.regions,
     );
     terms.sup = num(loss);
     const w = rampUp(it, c.loss.rampFraction * total);
@@ -291,7 +319,7 @@ class CmcMethod implements MethodModel {
     if (unl && c.loss.lambdaCac > 0) {
       const bu = unl.images[0].shape[0];
       const branches = outs.map((o) => ({
-        probs: softmax(slice(o.logits, 0, bl, bu), 1),
+        probs: probsOf(slice(o.logits, 0, bl, bu), this.regions),
         features: slice(o.features, 0, bl, bu),
       }));
       const voxels = branches[0].probs.shape.slice(2).reduce((x, y) => x * y, 1);
@@ -303,7 +331,7 @@ class CmcMethod implements MethodModel {
       let lcac: Tensor;
       if (this.teacher) {
         const t = noGrad(() =>
-          this.teacher!.forward(unl.images).map((o) => ({ probs: softmax(o.logits, 1), features: o.features }))
+          this.teacher!.forward(unl.images).map((o) => ({ probs: probsOf(o.logits, this.regions), features: o.features }))
         );
         let acc: Tensor | null = null;
         let pairs = 0;
@@ -343,6 +371,10 @@ class UNetMethod implements MethodModel {
   readonly inputs: number[];
   readonly outputs: number[];
 
+  get regions(): Regions | null {
+    return this.o.regions ?? null;
+  }
+
   constructor(readonly method: "supervised" | "early-fusion" | "mean-teacher", readonly o: BuildOptions) {
     const c = o.config;
     this.inputs = method === "early-fusion" ? [...Array(o.modalities).keys()] : [o.primary];
@@ -351,8 +383,8 @@ class UNetMethod implements MethodModel {
     const opts = { norm: c.network.norm, deepSupervision: c.network.deepSupervision };
     const make = (rng: RandomSource) =>
       vit
-        ? new VitUNet(this.inputs.length, o.numClasses, o.plan, vit, { ...opts, rng })
-        : new UNet(this.inputs.length, o.numClasses, o.plan, { ...opts, rng });
+        ? new VitUNet(this.inputs.length, outChannels(o), o.plan, vit, { ...opts, rng })
+        : new UNet(this.inputs.length, outChannels(o), o.plan, { ...opts, rng });
     this.student = make(o.rng());
     this.teacher = method === "mean-teacher" ? make(o.rng()) : null;
     this.pretrained = loadPretrained(o, this.student instanceof VitUNet ? [this.student.encoder] : []);
@@ -367,7 +399,7 @@ class UNetMethod implements MethodModel {
     const out = this.student.forward(this.#input(batch.labeled.images));
     const o = this.outputs[0];
     // No annotated voxel in the batch (every one ignored): the masked loss, 0 with zero gradient.
-    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o]) ??
+    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o], this.regions) ??
       supervisedLoss(out.logits, batch.labeled.labels[o]);
     const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
     let loss = s.loss;
@@ -383,7 +415,7 @@ class UNetMethod implements MethodModel {
         sd > 0 ? add(t, tensor(Float32Array.from({ length: t.size }, () => sd * rng.normal()), t.shape)) : t;
       const studentLogits = this.student.forward(noisy(x)).logits;
       const teacherLogits = noGrad(() => this.teacher!.forward(noisy(x)).logits);
-      const cons = softmaxMse(studentLogits, teacherLogits);
+      const cons = softmaxMse(studentLogits, teacherLogits, this.regions);
       terms.consistency = num(cons);
       terms.w = w;
       loss = add(loss, mulScalar(cons, w * this.o.config.loss.lambdaMt));
@@ -404,6 +436,7 @@ class UNetMethod implements MethodModel {
 
 class MutualMethod implements MethodModel {
   readonly method = "mutual" as const;
+  readonly regions = null;
   readonly student: CmcNet;
   readonly teacher = null;
   readonly pretrained: LoadWeightsReport[];

@@ -26,6 +26,7 @@ import {
   type TrainConfigInput,
 } from "./config.ts";
 import { SYNTH_TASKS } from "../data/synth.ts";
+import { regionsToSetting, resolveRegions } from "./regions.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
@@ -86,6 +87,8 @@ export function modelSignature(
     numClasses,
     plan: plan.levels,
     meanTeacher: c.meanTeacher,
+    // Region outputs change the heads; runs without regions keep their old signature.
+    ...(c.regions !== "none" && c.regions !== "auto" ? { regions: c.regions } : {}),
   });
 }
 
@@ -379,6 +382,29 @@ export async function trainTask(
   });
   const data = await prepareData(c, { quiet: opts.quiet });
   const numClasses = data.classes.length;
+  // Regions resolved once and stored (config.json then says which outputs the model has).
+  if (c.method === "mutual" && c.regions !== "auto" && c.regions !== "none") {
+    throw new Error(
+      "regions: mutual learning trains on exclusive pseudo-labels and has no region outputs; use another method or regions=none",
+    );
+  }
+  const regions = c.method === "mutual" ? null : resolveRegions(c.regions, data.classes);
+  const resolvedRegions = regionsToSetting(regions, data.classes);
+  if (JSON.stringify(resolvedRegions) !== JSON.stringify(c.regions)) {
+    c.regions = resolvedRegions;
+    if (!resumed) {
+      writeFileAtomicSync(
+        path.join(outDir, "config.json"),
+        new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
+      );
+    }
+  }
+  if (regions && !opts.quiet) {
+    console.error(
+      `Regions: ${regions.names.map((n, i) => `${n} = {${regions.classes[i].map((k) => data.classes[k]).join(", ")}}`).join("; ")} ` +
+        `(sigmoid outputs, as nnU-Net trains BraTS; set regions=none for one softmax over the classes)`,
+    );
+  }
 
   // Network plan from the patch size (D, H, W) and the target spacing (x, y, z) reversed to (D, H, W).
   const spacingDHW = [
@@ -411,6 +437,7 @@ export async function trainTask(
     config: c,
     plan,
     numClasses,
+    regions,
     modalities: data.modalities.length,
     primary: data.primary,
     rng: () => {

@@ -25,6 +25,7 @@ import { montagePng } from "../viz/overlay.ts";
 import type { TrainConfig } from "./config.ts";
 import type { PreparedData } from "./data.ts";
 import type { MethodModel } from "./methods.ts";
+import { regionProbabilities } from "./regions.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
@@ -152,7 +153,10 @@ export async function predictCase(
           const [d, h, w] = batch.patchSize;
           const imgs = batch.patches.map((a) => tensor(a, [batch.batchSize, 1, d, h, w]));
           const logits = model.predict(imgs);
-          const probs = outs.map((o) => softmax(logits[model.outputs.indexOf(o)], 1));
+          const probs = outs.map((o) => {
+            const l = logits[model.outputs.indexOf(o)];
+            return model.regions ? regionProbabilities(l, model.regions, K) : softmax(l, 1);
+          });
           return (probs.length === 1 ? probs[0] : concat(probs, 1)).toArray() as Float32Array;
         })
       ));
