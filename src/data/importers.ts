@@ -177,7 +177,7 @@ function labelsFromJson(
     else if (typeof v === "number") [value, name] = [v, k];
     else if (Array.isArray(v)) {
       throw new Error(
-        `Cannot import: ${file}: labels.${k} is a region (list of values); region-based labels are not supported`,
+        `Cannot import: ${file}: labels.${k} is a region (list of values); regions are read from nnU-Net v2 dataset.json files only`,
       );
     } else {throw new Error(
         `Cannot import: ${file}: labels.${k} has unexpected value ${JSON.stringify(v)}`,
@@ -338,6 +338,51 @@ export async function importDecathlon(dir: string, opts: ImportOptions = {}): Pr
   };
 }
 
+/**
+ * nnU-Net v2 region labels ("whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3):
+ * every non-background entry is a region. Each file value becomes a class named after the innermost
+ * region that holds it; the regions are returned by class name (for the `regions` config key).
+ * Null when no label is a list (plain classes).
+ */
+export function regionLabelsFromJson(
+  labels: unknown,
+  file: string,
+): { classes: Record<string, number>; regions: Record<string, string[]> } | null {
+  if (!labels || typeof labels !== "object") return null;
+  const entries = Object.entries(labels as Record<string, unknown>);
+  if (!entries.some(([, v]) => Array.isArray(v))) return null;
+  const regions: { name: string; values: number[] }[] = [];
+  for (const [k, v] of entries) {
+    const values = Array.isArray(v) ? v : [v];
+    if (!values.every((x) => typeof x === "number" && Number.isInteger(x))) {
+      throw new Error(`Cannot import: ${file}: labels.${k}: a region must list integer label values`);
+    }
+    if (values.length === 1 && values[0] === 0) continue; // background
+    regions.push({ name: className(k), values: [...new Set(values as number[])].sort((a, b) => a - b) });
+  }
+  const classes: Record<string, number> = {};
+  const all = [...new Set(regions.flatMap((r) => r.values))].sort((a, b) => a - b);
+  const inner = new Map<number, string>();
+  for (const v of all) {
+    const holders = regions.filter((r) => r.values.includes(v)).sort((a, b) => a.values.length - b.values.length);
+    if (holders.length > 1 && holders[0].values.length === holders[1].values.length) {
+      throw new Error(`Cannot import: ${file}: labels ${holders[0].name} and ${holders[1].name} hold value ${v} and have the same size; regions must be nested`);
+    }
+    inner.set(v, holders[0].name);
+  }
+  for (const v of all) {
+    // A region whose own ring holds several values names them <region>_<value>.
+    const name = inner.get(v)!;
+    const shared = all.filter((w) => inner.get(w) === name).length > 1;
+    classes[shared ? `${name}_${v}` : name] = v;
+  }
+  const nameOf = new Map(Object.entries(classes).map(([n, v]) => [v, n]));
+  return {
+    classes,
+    regions: Object.fromEntries(regions.map((r) => [r.name, r.values.map((v) => nameOf.get(v)!)])),
+  };
+}
+
 /** nnU-Net raw dataset (v2 dataset.json with channel_names, or v1 with modality): one file per channel. */
 export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Promise<Manifest> {
   const jsonPath = path.join(dir, "dataset.json");
@@ -346,7 +391,8 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
     ? modalityNames(ds, "channel_names", jsonPath)
     : modalityNames(ds, "modality", jsonPath);
   const ignore: number[] = [];
-  const classes = labelsFromJson(ds.labels, jsonPath, ignore);
+  const regionLabels = regionLabelsFromJson(ds.labels, jsonPath);
+  const classes = regionLabels ? regionLabels.classes : labelsFromJson(ds.labels, jsonPath, ignore);
   const ending = typeof ds.file_ending === "string" ? ds.file_ending : ".nii.gz";
   if (!/^\.nii(\.gz)?$/.test(ending)) {
     throw new Error(
@@ -420,6 +466,7 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
     modalities: mods,
     modalityKinds: kinds(mods),
     classes,
+    ...(regionLabels ? { regions: regionLabels.regions } : {}),
     ...ignoreMap(ignore),
     cases: splitCases(cases, fixed, opts),
   };

@@ -49,6 +49,11 @@ export const ManifestSchema = z.strictObject({
    * like nnU-Net's ignore label), e.g. classes a task merges or leaves out.
    */
   labelMap: z.record(z.string(), z.string()).optional(),
+  /**
+   * Nested regions by class name (nnU-Net v2 region labels, BraTS): the default of the `regions`
+   * config key for this data (src/train/regions.ts).
+   */
+  regions: z.record(z.string(), z.array(z.string())).optional(),
   /** Base folder for relative paths (default: the manifest's own folder). */
   root: z.string().optional(),
   cases: z.array(CaseSchema),

@@ -300,7 +300,10 @@ Deno.test("importers: Decathlon (4-D multichannel) and nnU-Net raw (v2 and v1)",
     `${nn}/dataset.json`,
     JSON.stringify({ channel_names: { "0": "T2" }, labels: { background: 0, whole: [1, 2] } }),
   );
-  await assertRejects(() => importNnUnetRaw(nn), Error, "labels.whole is a region");
+  // nnU-Net v2 region labels: each value becomes a class of its innermost region.
+  const withRegions = await importNnUnetRaw(nn);
+  assertEquals(withRegions.classes, { whole_1: 1, whole_2: 2 });
+  assertEquals(withRegions.regions, { whole: ["whole_1", "whole_2"] });
 
   const v1dir = `${tmp}/Task002_Heart`;
   await touch(`${v1dir}/imagesTr/la_003_0000.nii.gz`);

@@ -4,8 +4,8 @@
  * classes, each trained with its own binary cross-entropy + soft Dice. Predictions are turned back
  * into the class map: a voxel takes the innermost region it lies in.
  *
- * Regions are a config key (`regions`): "auto" (the default: BraTS's three regions when the classes
- * are BraTS's, none otherwise), "none", or a mapping name -> classes (names or indices), e.g.
+ * Regions are a config key (`regions`): "auto" (the default: the data's own regions, from an
+ * nnU-Net v2 dataset.json that defines them; BraTS's three when the classes are BraTS's; else none), "none", or a mapping name -> classes (names or indices), e.g.
  * `--set 'regions={WT: [necrotic_core, edema, enhancing_tumour], TC: [necrotic_core, enhancing_tumour], ET: [enhancing_tumour]}'`.
  * A training run stores the resolved regions in config.json, so prediction uses the same outputs.
  *
@@ -42,8 +42,16 @@ function bratsRegions(classes: readonly string[]): Record<string, string[]> | nu
  * Errors name the region and the unknown class. Regions must be nested (each inside the previous
  * one once sorted by size), as BraTS's are: then every class has one innermost region.
  */
-export function resolveRegions(setting: RegionsSetting, classes: readonly string[]): Regions | null {
-  const spec = setting === "none" ? null : setting === "auto" ? bratsRegions(classes) : setting;
+export function resolveRegions(
+  setting: RegionsSetting,
+  classes: readonly string[],
+  dataRegions?: Record<string, string[]>,
+): Regions | null {
+  const spec = setting === "none"
+    ? null
+    : setting === "auto"
+    ? dataRegions ?? bratsRegions(classes)
+    : setting;
   if (!spec) return null;
   const entries = Object.entries(spec).map(([name, list]) => {
     if (!Array.isArray(list) || list.length === 0) {

@@ -66,3 +66,34 @@ Deno.test("regions: class probabilities from region sigmoids sum to 1 and pick t
     assert.equal(col.indexOf(Math.max(...col)), want[i], `voxel ${i}: ${col}`);
   }
 });
+
+Deno.test("regions: an nnU-Net v2 dataset.json with region labels imports as classes by innermost region, and its regions are the default", async () => {
+  const { regionLabelsFromJson, importNnUnetRaw } = await import("../data/importers.ts");
+  const { writeNifti } = await import("../data/nifti.ts");
+  const labels = { background: 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3 };
+  const r = regionLabelsFromJson(labels, "dataset.json")!;
+  assert.deepEqual(r.classes, { whole_tumor: 1, tumor_core: 2, enhancing_tumor: 3 });
+  assert.deepEqual(r.regions.tumor_core, ["tumor_core", "enhancing_tumor"]);
+  assert.equal(regionLabelsFromJson({ background: 0, liver: 1 }, "d.json"), null);
+  assert.throws(() => regionLabelsFromJson({ a: [1, 2], b: [2, 3] }, "d.json"), /same size; regions must be nested/);
+  const dir = Deno.makeTempDirSync({ prefix: "regions_nnunet_" });
+  Deno.mkdirSync(`${dir}/imagesTr`);
+  Deno.mkdirSync(`${dir}/labelsTr`);
+  Deno.writeTextFileSync(`${dir}/dataset.json`, JSON.stringify({
+    channel_names: { "0": "T1", "1": "FLAIR" },
+    labels,
+    regions_class_order: [1, 2, 3],
+    numTraining: 1,
+    file_ending: ".nii.gz",
+  }));
+  const aff = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1] as Parameters<typeof writeNifti>[1]["affine"];
+  const dims: [number, number, number] = [4, 4, 4];
+  for (const c of ["0000", "0001"]) await writeNifti(`${dir}/imagesTr/b1_${c}.nii.gz`, { data: new Float32Array(64).fill(1), dims, affine: aff });
+  await writeNifti(`${dir}/labelsTr/b1.nii.gz`, { data: Uint8Array.from({ length: 64 }, (_, i) => i % 4), dims, affine: aff }, { datatype: "uint8" });
+  const m = await importNnUnetRaw(dir);
+  assert.deepEqual(m.classes, r.classes);
+  const classes = ["background", "whole_tumor", "tumor_core", "enhancing_tumor"];
+  const res = resolveRegions("auto", classes, m.regions)!;
+  assert.deepEqual(res.classes, [[1, 2, 3], [2, 3], [3]]);
+  assert.equal(resolveRegions("none", classes, m.regions), null);
+});

@@ -388,7 +388,7 @@ export async function trainTask(
       "regions: mutual learning trains on exclusive pseudo-labels and has no region outputs; use another method or regions=none",
     );
   }
-  const regions = c.method === "mutual" ? null : resolveRegions(c.regions, data.classes);
+  const regions = c.method === "mutual" ? null : resolveRegions(c.regions, data.classes, data.manifest.regions);
   const resolvedRegions = regionsToSetting(regions, data.classes);
   if (JSON.stringify(resolvedRegions) !== JSON.stringify(c.regions)) {
     c.regions = resolvedRegions;
