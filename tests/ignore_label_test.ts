@@ -14,8 +14,9 @@ import { readNifti, writeNifti } from "../src/data/nifti.ts";
 import { synthesize } from "../src/data/synth.ts";
 import { METHODS } from "../src/train/config.ts";
 import { trainTask } from "../src/train/run.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
-Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-ignore-cache-" }));
+setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-ignore-cache-" }));
 
 const IGNORED_VALUE = 600;
 const CLASSES = { lv_myocardium: 200, lv_blood_pool: 500 };

@@ -18,9 +18,10 @@ import {
 } from "../src/infer/predict_run.ts";
 import { PARTNER_MAX_VOXELS } from "../src/infer/partners.ts";
 import { main } from "../cli/main.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-unpaired-cache-" });
-Deno.env.set("COMODAL_CACHE", cache);
+setCacheRoot(cache);
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
 let run: { dir: string; synth: string } | null = null;

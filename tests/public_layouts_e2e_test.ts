@@ -13,8 +13,9 @@ import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
 import { ok, runCli, tinyTrainArgs, writeBrats2021, writeProstate } from "./real_layouts.ts";
+import { setCacheRoot, setAvailableMemory } from "../src/train/data.ts";
 
-Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
+setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
 
 Deno.test({
   name: "BraTS 2021 layout: import, CMC on 4 modalities, predict, evaluate with labels 1/2/4",
@@ -319,7 +320,7 @@ Deno.test({
     assert.ok(config.data.labeled.length >= 1);
     assert.equal(config.data.validation.length, 1);
     // The same data with a 64 KiB memory budget: stops before loading, naming the remedy.
-    Deno.env.set("COMODAL_AVAILABLE_MEMORY", String(2 ** 16));
+    setAvailableMemory(2 ** 16);
     try {
       const r = await runCli(tinyTrainArgs(data, path.join(root, "r2")));
       assert.equal(r.code, 1);
@@ -328,7 +329,7 @@ Deno.test({
         /need [0-9.]+ GiB in memory after preprocessing, .* use a subset with --set maxTrainCases=N/,
       );
     } finally {
-      Deno.env.delete("COMODAL_AVAILABLE_MEMORY");
+      setAvailableMemory(null);
     }
   },
 });

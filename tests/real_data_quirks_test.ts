@@ -26,8 +26,9 @@ import {
   writeNiftiWithHeader,
   writeNnUnetCtMr,
 } from "./real_layouts.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
-Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-quirks-cache-" }));
+setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-quirks-cache-" }));
 
 Deno.test("NIfTI headers as scanners write them: scl_inter -1024, scl_slope 0, uint16, qform only with qfac -1", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "comodal-headers-" });

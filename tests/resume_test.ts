@@ -19,9 +19,10 @@ import { synthesize } from "../src/data/synth.ts";
 import { casesFromDataset, loadRun, predictCases } from "../src/infer/predict_run.ts";
 import { loadCheckpoint } from "../src/train/checkpoint.ts";
 import { trainTask } from "../src/train/run.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-resume-cache-" });
-Deno.env.set("COMODAL_CACHE", cache);
+setCacheRoot(cache);
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
 function tiny(out: string, extra: Record<string, unknown> = {}) {

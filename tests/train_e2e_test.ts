@@ -8,9 +8,10 @@ import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { loadCheckpoint } from "../src/train/checkpoint.ts";
 import { trainTask } from "../src/train/run.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-e2e-cache-" });
-Deno.env.set("COMODAL_CACHE", cache);
+setCacheRoot(cache);
 
 function tiny(out: string, extra: Record<string, unknown> = {}) {
   return {

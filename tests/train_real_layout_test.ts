@@ -12,8 +12,9 @@ import { importDataset } from "../src/data/importers.ts";
 import { saveManifest } from "../src/data/manifest.ts";
 import { Rng } from "../src/data/rng.ts";
 import { trainTask } from "../src/train/run.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
-Deno.env.set("COMODAL_CACHE", Deno.makeTempDirSync({ prefix: "comodal-real-cache-" }));
+setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-real-cache-" }));
 
 async function decathlonTree(dir: string, cases: number): Promise<void> {
   await Deno.mkdir(path.join(dir, "imagesTr"), { recursive: true });

@@ -19,6 +19,7 @@ import { readNifti, setNiftiReadHook, writeNifti } from "../src/data/nifti.ts";
 import { Rng } from "../src/data/rng.ts";
 import { loadCheckpoint } from "../src/train/checkpoint.ts";
 import { trainTask } from "../src/train/run.ts";
+import { setCacheRoot } from "../src/train/data.ts";
 
 const DIMS: [number, number, number] = [24, 20, 10];
 const AFFINE = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1];
@@ -101,7 +102,7 @@ function tiny(task: string, out: string, labeled: number) {
 
 /** Trains with its own cache folder (a fresh preprocessing unless `cache` is shared). */
 async function train(task: string, out: string, labeled: number, cache: string) {
-  Deno.env.set("COMODAL_CACHE", cache);
+  setCacheRoot(cache);
   const r = await trainTask(tiny(task, out, labeled), { quiet: true });
   r.model.dispose();
   return out;

@@ -15,9 +15,10 @@ import { apply4 } from "../data/affine.ts";
 import { cropCentre } from "./partners.ts";
 import { main } from "../../cli/main.ts";
 import { casesFromDataset, casesFromFolder, loadRun, predictCases } from "./predict_run.ts";
+import { setCacheRoot } from "../train/data.ts";
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-predict-cache-" });
-Deno.env.set("COMODAL_CACHE", cache);
+setCacheRoot(cache);
 let runDir: string | null = null;
 /** The synthetic data folder the run used (from the config event at the top of its log). */
 let synthDir = "";

@@ -26,7 +26,25 @@ import type { Triple } from "../nn/layers.ts";
 import { defaultPatchVoxels } from "./patch.ts";
 
 /** Folder for generated and preprocessed data: $COMODAL_CACHE or <repo>/.cache. */
+let cacheOverride: string | null = null;
+let memoryOverride: number | null = null;
+
+/**
+ * Sets this module's cache folder (null: back to $COMODAL_CACHE or .cache/). Tests use it instead
+ * of the environment: `deno test --parallel` runs every test file in one process, so an
+ * environment variable one file sets is seen by the others.
+ */
+export function setCacheRoot(dir: string | null): void {
+  cacheOverride = dir === null ? null : path.resolve(dir);
+}
+
+/** Stands in for the available memory in bytes (null: the system's, or $COMODAL_AVAILABLE_MEMORY). */
+export function setAvailableMemory(bytes: number | null): void {
+  memoryOverride = bytes;
+}
+
 export function cacheRoot(): string {
+  if (cacheOverride) return cacheOverride;
   const env = Deno.env.get("COMODAL_CACHE");
   if (env) return path.resolve(env);
   return path.resolve(path.dirname(new URL(import.meta.url).pathname), "../../.cache");
@@ -309,7 +327,7 @@ export async function prepareData(
   const valIds = subset(inUse("val").map((x) => x.id), c.maxValidationCases, c.seed, "val");
   const need = await loadedBytes(ppDir, [...trainIds, ...valIds], modalities);
   // COMODAL_AVAILABLE_MEMORY (bytes) stands in for the system's figure (tests; shared machines).
-  const limit = Number(Deno.env.get("COMODAL_AVAILABLE_MEMORY"));
+  const limit = memoryOverride ?? Number(Deno.env.get("COMODAL_AVAILABLE_MEMORY"));
   const available = limit > 0 ? limit : Deno.systemMemoryInfo().available;
   if (need > 0.8 * available) {
     const gb = (b: number) => (b / 2 ** 30).toFixed(1);
