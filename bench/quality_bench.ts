@@ -279,7 +279,9 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
           // One map per case (fused or single-output methods) or one per modality decoder.
           const outputs = new Set<string>();
           for (const e of Deno.readDirSync(path.join(dir, "test"))) {
-            const id = fm.test.find((t) => e.name.startsWith(t));
+            // The longest test id the file belongs to (patient1 must not take patient10_C0).
+            const id = fm.test.filter((t) => e.name === `${t}.nii.gz` || e.name.startsWith(`${t}_`))
+              .sort((x, y) => y.length - x.length)[0];
             if (id && e.name.endsWith(".nii.gz")) outputs.add(e.name.slice(id.length, -".nii.gz".length));
           }
           for (const suffix of [...outputs].sort()) {
