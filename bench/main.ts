@@ -22,12 +22,30 @@ import { trainStepBench } from "./train_step.ts";
 import { qualityBench } from "./quality_bench.ts";
 
 /** Every benchmark module, in run order (quality only with --only quality: it trains for hours). */
-export const BENCHMARKS: readonly BenchModule[] = [ffiBench, convBench, dataBench, trainStepBench, qualityBench];
+export const BENCHMARKS: readonly BenchModule[] = [
+  ffiBench,
+  convBench,
+  dataBench,
+  trainStepBench,
+  qualityBench,
+];
 const ON_REQUEST = new Set(["quality"]);
 
 /** Flags of the quality bench (bench/quality_bench.ts). */
 const QUALITY_FLAGS = [
-  "data", "methods", "seeds", "folds", "labeled", "unlabeled", "test", "time", "recipe", "work", "regions", "set",
+  "data",
+  "methods",
+  "seeds",
+  "folds",
+  "fold",
+  "labeled",
+  "unlabeled",
+  "test",
+  "time",
+  "recipe",
+  "work",
+  "regions",
+  "set",
 ] as const;
 
 function positiveInt(flag: string, v: string | undefined, dflt: number, min: number): number {
@@ -66,7 +84,9 @@ export async function main(args: string[]): Promise<number> {
     threads: positiveInt("threads", values.threads, 2, 1),
     quick: values.quick ?? false,
     extra: {
-      ...Object.fromEntries(QUALITY_FLAGS.map((f) => [f, (values as unknown as Record<string, string | undefined>)[f]])),
+      ...Object.fromEntries(
+        QUALITY_FLAGS.map((f) => [f, (values as unknown as Record<string, string | undefined>)[f]]),
+      ),
       zscore: values.zscore,
     },
   };
@@ -79,7 +99,9 @@ export async function main(args: string[]): Promise<number> {
       }`,
     );
   }
-  const selected = BENCHMARKS.filter((m) => wanted ? wanted.includes(m.name) : !ON_REQUEST.has(m.name));
+  const selected = BENCHMARKS.filter((m) =>
+    wanted ? wanted.includes(m.name) : !ON_REQUEST.has(m.name)
+  );
   let failed = 0;
   for (const m of selected) {
     try {

@@ -52,6 +52,8 @@ export interface QualityArgs {
   methods: string[];
   seeds: number[];
   folds: number;
+  /** Run only this fold of the rotation (default: all). */
+  fold?: number;
   labeled: number;
   unlabeled: number;
   test: number;
@@ -76,7 +78,9 @@ interface Measured {
 
 /** Runs a command, its output going to a log file; wall time and peak RSS via /usr/bin/time. */
 async function run(cmd: string[], log: string): Promise<Measured> {
-  const timeBin = existsSync("/usr/bin/time") ? ["/usr/bin/time", "-f", "%M", "-o", log + ".rss"] : [];
+  const timeBin = existsSync("/usr/bin/time")
+    ? ["/usr/bin/time", "-f", "%M", "-o", log + ".rss"]
+    : [];
   const t0 = performance.now();
   const p = new Deno.Command("bash", {
     args: ["-c", 'log="$1"; shift; exec "$@" > "$log" 2>&1', "run", log, ...timeBin, ...cmd],
@@ -104,14 +108,18 @@ export function foldManifest(
   fold: number,
   opts: { labeled: number; unlabeled: number; test: number },
 ): { manifest: Manifest; test: string[]; labeled: string[]; unlabeled: string[] } {
-  const pool = m.cases.filter((c) => c.labels && Object.keys(c.labels).length).map((c) => c.id).sort();
+  const pool = m.cases.filter((c) => c.labels && Object.keys(c.labels).length).map((c) => c.id)
+    .sort();
   const need = opts.test + opts.labeled;
   if (pool.length < need) {
     throw new Error(
       `quality bench: ${pool.length} labeled cases, need at least ${need} (--test ${opts.test} + --labeled ${opts.labeled})`,
     );
   }
-  const rot = [...pool.slice((fold * opts.test) % pool.length), ...pool.slice(0, (fold * opts.test) % pool.length)];
+  const rot = [
+    ...pool.slice((fold * opts.test) % pool.length),
+    ...pool.slice(0, (fold * opts.test) % pool.length),
+  ];
   const test = rot.slice(0, opts.test);
   const labeled = rot.slice(opts.test, need);
   const unlabeled = rot.slice(need, need + opts.unlabeled);
@@ -180,21 +188,29 @@ function linkAs(src: string, suffix: string, ids: string[], dir: string): string
 function meanSd(xs: number[]): string {
   if (!xs.length) return "-";
   const m = xs.reduce((a, b) => a + b, 0) / xs.length;
-  const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1)) : 0;
+  const sd = xs.length > 1
+    ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1))
+    : 0;
   return `${m.toFixed(3)} ± ${sd.toFixed(3)}`;
 }
 
 /** Runs the whole comparison; returns every run's record. */
-export async function runQuality(a: QualityArgs, log: (s: string) => void = console.error): Promise<RunRecord[]> {
+export async function runQuality(
+  a: QualityArgs,
+  log: (s: string) => void = console.error,
+): Promise<RunRecord[]> {
   const py = torchPython();
   if (!py) {
     throw new Error(
       "quality bench: no Python with torch, nibabel and scipy (set COMODAL_TORCH_PYTHON); the scorer needs it",
     );
   }
-  const src = /\.(ya?ml|json)$/i.test(a.data) ? await loadManifest(a.data) : await importDataset(a.data);
+  const src = /\.(ya?ml|json)$/i.test(a.data)
+    ? await loadManifest(a.data)
+    : await importDataset(a.data);
   const records: RunRecord[] = [];
   for (let f = 0; f < a.folds; f++) {
+    if (a.fold !== undefined && f !== a.fold) continue;
     const fd = path.resolve(a.work, `f${f}`);
     mkdirSync(fd, { recursive: true });
     const fm = foldManifest(src, f, a);
@@ -220,13 +236,25 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
         if (!existsSync(tm)) symlinkSync(path.resolve(refPath(l)), tm);
       }
     }
-    log(`[quality] fold ${f}: test ${fm.test.join(",")}; labeled ${fm.labeled.join(",")}; unlabeled ${fm.unlabeled.join(",") || "-"}`);
+    log(
+      `[quality] fold ${f}: test ${fm.test.join(",")}; labeled ${fm.labeled.join(",")}; unlabeled ${
+        fm.unlabeled.join(",") || "-"
+      }`,
+    );
     for (const seed of a.seeds) {
       if (a.recipe.includes("reference")) {
         const prep = path.join(fd, "prep");
         if (!existsSync(path.join(prep, "crops.json"))) {
           const r = await run(
-            [py, path.join(HERE, "reference_prep.py"), "--manifest", manFile, "--out", prep, ...(a.zscore ? ["--zscore"] : [])],
+            [
+              py,
+              path.join(HERE, "reference_prep.py"),
+              "--manifest",
+              manFile,
+              "--out",
+              prep,
+              ...(a.zscore ? ["--zscore"] : []),
+            ],
             path.join(fd, "prep.log"),
           );
           if (r.code !== 0) throw new Error(`reference preprocessing failed: see ${fd}/prep.log`);
@@ -234,46 +262,142 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
         const crops = path.join(prep, "crops.json");
         const tdir = path.join(fd, `torch_s${seed}`);
         const t = await run(
-          [py, path.join(HERE, "torch_reference_unet.py"), "--data", prep, "--out", tdir, "--seed", String(seed)],
+          [
+            py,
+            path.join(HERE, "torch_reference_unet.py"),
+            "--data",
+            prep,
+            "--out",
+            tdir,
+            "--seed",
+            String(seed),
+          ],
           tdir + ".log",
         );
         if (t.code !== 0) throw new Error(`PyTorch reference failed: see ${tdir}.log`);
         records.push({
-          recipe: "reference", method: "pytorch-unet", output: "-", fold: f, seed, seconds: t.seconds, peakMiB: t.peakMiB,
-          summary: await score(py, tdir, refDir, tdir + ".scores.json", { crops, regions: a.regions }),
+          recipe: "reference",
+          method: "pytorch-unet",
+          output: "-",
+          fold: f,
+          seed,
+          seconds: t.seconds,
+          peakMiB: t.peakMiB,
+          summary: await score(py, tdir, refDir, tdir + ".scores.json", {
+            crops,
+            regions: a.regions,
+          }),
         });
-        log(`[quality] fold ${f} seed ${seed} pytorch-unet: ${JSON.stringify(records.at(-1)!.summary)}`);
+        log(
+          `[quality] fold ${f} seed ${seed} pytorch-unet: ${
+            JSON.stringify(records.at(-1)!.summary)
+          }`,
+        );
         const cdir = path.join(fd, `recipe_early-fusion_s${seed}`);
         const c = await run([
-          deno(), "run", "-A", "cli/main.ts", "train", prep, "--method", "early-fusion", "--iterations", "400",
-          "--seed", String(seed), "--out", cdir, "--threads", "2",
-          "--set", "targetSpacing=[2,2,2]", ...REFERENCE_RECIPE_SETS, ...a.sets,
+          deno(),
+          "run",
+          "-A",
+          "cli/main.ts",
+          "train",
+          prep,
+          "--method",
+          "early-fusion",
+          "--iterations",
+          "400",
+          "--seed",
+          String(seed),
+          "--out",
+          cdir,
+          "--threads",
+          "2",
+          "--set",
+          "targetSpacing=[2,2,2]",
+          ...REFERENCE_RECIPE_SETS,
+          ...a.sets,
         ], cdir + ".log");
-        if (c.code !== 0) throw new Error(`comodal at the reference recipe failed: see ${cdir}.log`);
+        if (c.code !== 0) {
+          throw new Error(`comodal at the reference recipe failed: see ${cdir}.log`);
+        }
         const p = await run([
-          deno(), "run", "-A", "cli/main.ts", "predict", "--run", cdir, "--data", prep, "--split", "test",
-          "--checkpoint", "last", "--out", path.join(cdir, "test"),
+          deno(),
+          "run",
+          "-A",
+          "cli/main.ts",
+          "predict",
+          "--run",
+          cdir,
+          "--data",
+          prep,
+          "--split",
+          "test",
+          "--checkpoint",
+          "last",
+          "--out",
+          path.join(cdir, "test"),
         ], cdir + ".predict.log");
         if (p.code !== 0) throw new Error(`comodal predict failed: see ${cdir}.predict.log`);
-        const m0 = JSON.parse(readFileSync(path.join(prep, "dataset.json"), "utf8")).channel_names["0"];
+        const m0 =
+          JSON.parse(readFileSync(path.join(prep, "dataset.json"), "utf8")).channel_names["0"];
         records.push({
-          recipe: "reference", method: "early-fusion", output: "-", fold: f, seed, seconds: c.seconds, peakMiB: c.peakMiB,
-          summary: await score(py, linkAs(path.join(cdir, "test"), `_${m0}`, fm.test, path.join(cdir, "scored")), refDir,
-            cdir + ".scores.json", { crops, regions: a.regions }),
+          recipe: "reference",
+          method: "early-fusion",
+          output: "-",
+          fold: f,
+          seed,
+          seconds: c.seconds,
+          peakMiB: c.peakMiB,
+          summary: await score(
+            py,
+            linkAs(path.join(cdir, "test"), `_${m0}`, fm.test, path.join(cdir, "scored")),
+            refDir,
+            cdir + ".scores.json",
+            { crops, regions: a.regions },
+          ),
         });
-        log(`[quality] fold ${f} seed ${seed} comodal early-fusion (recipe): ${JSON.stringify(records.at(-1)!.summary)}`);
+        log(
+          `[quality] fold ${f} seed ${seed} comodal early-fusion (recipe): ${
+            JSON.stringify(records.at(-1)!.summary)
+          }`,
+        );
       }
       if (a.recipe.includes("defaults")) {
         for (const method of a.methods) {
           const dir = path.join(fd, `${method}_s${seed}`);
           const r = await run([
-            deno(), "run", "-A", "cli/main.ts", "train", manFile, "--method", method, "--seed", String(seed),
-            "--time", a.time, "--out", dir, ...(a.sets.length ? ["--set", ...a.sets] : []),
+            deno(),
+            "run",
+            "-A",
+            "cli/main.ts",
+            "train",
+            manFile,
+            "--method",
+            method,
+            "--seed",
+            String(seed),
+            "--time",
+            a.time,
+            "--out",
+            dir,
+            ...(a.sets.length ? ["--set", ...a.sets] : []),
           ], dir + ".log");
           if (r.code !== 0) throw new Error(`train ${method} failed: see ${dir}.log`);
           const p = await run([
-            deno(), "run", "-A", "cli/main.ts", "predict", "--run", dir, "--manifest", manFile, "--split", "test",
-            "--label-values", "file", "--out", path.join(dir, "test"),
+            deno(),
+            "run",
+            "-A",
+            "cli/main.ts",
+            "predict",
+            "--run",
+            dir,
+            "--manifest",
+            manFile,
+            "--split",
+            "test",
+            "--label-values",
+            "file",
+            "--out",
+            path.join(dir, "test"),
           ], dir + ".predict.log");
           if (p.code !== 0) throw new Error(`predict ${method} failed: see ${dir}.predict.log`);
           // One map per case (fused or single-output methods) or one per modality decoder.
@@ -282,16 +406,33 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
             // The longest test id the file belongs to (patient1 must not take patient10_C0).
             const id = fm.test.filter((t) => e.name === `${t}.nii.gz` || e.name.startsWith(`${t}_`))
               .sort((x, y) => y.length - x.length)[0];
-            if (id && e.name.endsWith(".nii.gz")) outputs.add(e.name.slice(id.length, -".nii.gz".length));
+            if (id && e.name.endsWith(".nii.gz")) {
+              outputs.add(e.name.slice(id.length, -".nii.gz".length));
+            }
           }
           for (const suffix of [...outputs].sort()) {
             const out = suffix === "" ? "fused" : suffix.replace(/^_/, "");
             records.push({
-              recipe: "defaults", method, output: out, fold: f, seed, seconds: r.seconds, peakMiB: r.peakMiB,
-              summary: await score(py, linkAs(path.join(dir, "test"), suffix, fm.test, path.join(dir, `scored_${out}`)),
-                refFor(out), `${dir}.${out}.scores.json`, { regions: a.regions }),
+              recipe: "defaults",
+              method,
+              output: out,
+              fold: f,
+              seed,
+              seconds: r.seconds,
+              peakMiB: r.peakMiB,
+              summary: await score(
+                py,
+                linkAs(path.join(dir, "test"), suffix, fm.test, path.join(dir, `scored_${out}`)),
+                refFor(out),
+                `${dir}.${out}.scores.json`,
+                { regions: a.regions },
+              ),
             });
-            log(`[quality] fold ${f} seed ${seed} ${method} (${out}): ${JSON.stringify(records.at(-1)!.summary)}`);
+            log(
+              `[quality] fold ${f} seed ${seed} ${method} (${out}): ${
+                JSON.stringify(records.at(-1)!.summary)
+              }`,
+            );
           }
         }
       }
@@ -304,14 +445,30 @@ export async function runQuality(a: QualityArgs, log: (s: string) => void = cons
 export function qualityTable(records: RunRecord[]): { columns: string[]; rows: Cell[][] } {
   const groups = [...new Set(records.flatMap((r) => Object.keys(r.summary)))];
   const keys = [...new Set(records.map((r) => `${r.recipe}\t${r.method}\t${r.output}`))];
-  const columns = ["recipe", "method", "output", "runs", ...groups.flatMap((g) => [`Dice ${g}`, `HD95 ${g} (undef.)`]), "train s", "peak MiB"];
+  const columns = [
+    "recipe",
+    "method",
+    "output",
+    "runs",
+    ...groups.flatMap((g) => [`Dice ${g}`, `HD95 ${g} (undef.)`]),
+    "train s",
+    "peak MiB",
+  ];
   const rows = keys.map((k) => {
     const rs = records.filter((r) => `${r.recipe}\t${r.method}\t${r.output}` === k);
     const [recipe, method, output] = k.split("\t");
     const cells: Cell[] = [recipe, method, output, String(rs.length)];
     for (const g of groups) {
-      cells.push(meanSd(rs.map((r) => r.summary[g]?.dice).filter((x): x is number => x !== null && x !== undefined)));
-      const h = rs.map((r) => r.summary[g]?.hd95).filter((x): x is number => x !== null && x !== undefined);
+      cells.push(
+        meanSd(
+          rs.map((r) => r.summary[g]?.dice).filter((x): x is number =>
+            x !== null && x !== undefined
+          ),
+        ),
+      );
+      const h = rs.map((r) => r.summary[g]?.hd95).filter((x): x is number =>
+        x !== null && x !== undefined
+      );
       const undef = rs.reduce((a, r) => a + (r.summary[g]?.hd95_undefined ?? 0), 0);
       cells.push(`${meanSd(h)} (${undef})`);
     }
@@ -329,20 +486,27 @@ export function parseQualityArgs(v: Record<string, string | boolean | undefined>
     const s = str(k);
     if (s === undefined) return d;
     const n = Number(s);
-    if (!Number.isInteger(n) || n < 0) throw new Error(`--${k} must be a non-negative integer, got "${s}"`);
+    if (!Number.isInteger(n) || n < 0) {
+      throw new Error(`--${k} must be a non-negative integer, got "${s}"`);
+    }
     return n;
   };
   const data = str("data");
   if (!data) throw new Error("bench quality: give --data DIR (a dataset folder or manifest)");
   const recipe = (str("recipe") ?? "defaults,reference").split(",").map((s) => s.trim());
   for (const r of recipe) {
-    if (r !== "defaults" && r !== "reference") throw new Error(`--recipe: "${r}" is not defaults or reference`);
+    if (r !== "defaults" && r !== "reference") {
+      throw new Error(`--recipe: "${r}" is not defaults or reference`);
+    }
   }
   return {
     data,
-    methods: (str("methods") ?? "supervised,early-fusion,mean-teacher,mutual,cmc").split(",").map((s) => s.trim()),
+    methods: (str("methods") ?? "supervised,early-fusion,mean-teacher,mutual,cmc").split(",").map((
+      s,
+    ) => s.trim()),
     seeds: (str("seeds") ?? "0,1,2").split(",").map(Number),
     folds: int("folds", 1),
+    fold: str("fold") === undefined ? undefined : int("fold", 0),
     labeled: int("labeled", 2),
     unlabeled: int("unlabeled", 2),
     test: int("test", 2),
@@ -357,14 +521,16 @@ export function parseQualityArgs(v: Record<string, string | boolean | undefined>
 
 export const qualityBench: BenchModule = {
   name: "quality",
-  description: "segmentation quality on real data: every method and the PyTorch U-Net, same split and budget (--data DIR)",
+  description:
+    "segmentation quality on real data: every method and the PyTorch U-Net, same split and budget (--data DIR)",
   async run(opts: BenchOptions): Promise<BenchResult> {
     const a = parseQualityArgs(opts.extra ?? {});
     const records = await runQuality(a);
     const t = qualityTable(records);
     return {
       name: "quality",
-      title: `Segmentation quality on ${a.data}: ${a.labeled} labeled + ${a.unlabeled} unlabeled, ${a.test} test cases, ` +
+      title:
+        `Segmentation quality on ${a.data}: ${a.labeled} labeled + ${a.unlabeled} unlabeled, ${a.test} test cases, ` +
         `${a.folds} fold(s) x seeds ${a.seeds.join(",")}, budget ${a.time} (defaults)`,
       columns: t.columns,
       rows: t.rows,

@@ -76,7 +76,7 @@ def main():
         cases = [c for c in cases if c in crops]
     refs = {c: nib.load(os.path.join(a.ref, c + ".nii.gz")) for c in cases}
     if a.labels:
-        groups = {k: v for k, v in ((n, vs) for n, vs in parse_groups(a.labels.replace(",", ";")).items())}
+        groups = parse_groups(a.labels.replace(",", ";"))
     else:
         vals = sorted({int(v) for c in cases for v in np.unique(np.rint(refs[c].get_fdata())) if v != 0})
         groups = {f"class{v}": [v] for v in vals}

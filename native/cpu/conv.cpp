@@ -762,15 +762,9 @@ void backward_weights_kernel(const KernelArgs& a) {
     e->prim.execute(strm, args);
     serially([&] { e->to_user.execute(strm, dwm, uw); });
     strm.wait();
-    TempBuffer dwt;
-    Buffer* dwp = dw;
-    if (dw->layout != CMO_LAYOUT_PLAIN) {
-      dwt.buf = alloc_buffer(be, dw->shape, CMO_DTYPE_F32, CMO_LAYOUT_PLAIN);
-      reorder(dw, dwt.buf);
-      dwp = dwt.buf;
-    }
+    // dw has Ci < 16 input channels, so it is always plain (blocked weights need dims[1] % 16 == 0).
     const int64_t K = g.k[0] * g.k[1] * g.k[2];
-    float* d = dwp->f32();
+    float* d = dw->f32();
     for (int64_t co = 0; co < g.Co; co++)
       for (int64_t ci = 0; ci < Ci; ci++)
         for (int64_t k = 0; k < K; k++) {
@@ -778,7 +772,6 @@ void backward_weights_kernel(const KernelArgs& a) {
           float& t = d[(co * Ci + ci) * K + k];
           t = dw_alloc ? v : t + v;
         }
-    if (dwp != dw) reorder(dwp, dw);
     if (with_bias) {
       float* b = db->f32();
       for (int64_t c = 0; c < g.Co; c++) b[c] = db_alloc ? db_tmp[(size_t)c] : b[c] + db_tmp[(size_t)c];

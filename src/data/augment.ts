@@ -63,17 +63,7 @@ export const FLIPS_ONLY: Required<AugmentOptions> = {
 };
 
 /** No augmentation at all (validation patches). */
-export const NO_AUGMENT: Required<AugmentOptions> = {
-  ...DEFAULT_AUGMENT,
-  flipProb: 0,
-  rot90Prob: 0,
-  rotateProb: 0,
-  scaleProb: 0,
-  intensityScaleProb: 0,
-  intensityShiftProb: 0,
-  gammaProb: 0,
-  noiseProb: 0,
-};
+export const NO_AUGMENT: Required<AugmentOptions> = { ...FLIPS_ONLY, flipProb: 0 };
 
 export interface MisalignOptions {
   /** Largest translation in mm (each axis drawn in [-T, T], then the vector limited to length T). */

@@ -19,7 +19,13 @@ export function logHook(log: JsonlLog, every = 1): TrainerHook {
     onStart: (ctx) => log.write({ event: "start", iteration: ctx.iteration, total: ctx.total }),
     onIteration: (_ctx, info) => {
       if (info.iteration % every === 0 || info.iteration === info.total) {
-        log.write({ event: "iteration", iteration: info.iteration, lr: info.lr, seconds: info.seconds, ...info.terms });
+        log.write({
+          event: "iteration",
+          iteration: info.iteration,
+          lr: info.lr,
+          seconds: info.seconds,
+          ...info.terms,
+        });
       }
     },
     onEnd: (ctx, { completed }) => log.write({ event: "end", iteration: ctx.iteration, completed }),
@@ -35,7 +41,9 @@ function shortTerms(terms: Record<string, number>): string {
  * A progress bar with loss terms, it/s and ETA on a terminal; on a pipe (CI, workflow logs) a plain
  * line every `lineEvery` iterations.
  */
-export function progressHook(opts: { label?: string; lineEvery?: number; quiet?: boolean } = {}): TrainerHook {
+export function progressHook(
+  opts: { label?: string; lineEvery?: number; quiet?: boolean } = {},
+): TrainerHook {
   const tty = Deno.stderr.isTerminal();
   let bar: cliProgress.SingleBar | null = null;
   let t0 = 0;
@@ -48,7 +56,9 @@ export function progressHook(opts: { label?: string; lineEvery?: number; quiet?:
       start = ctx.iteration;
       if (tty) {
         bar = new cliProgress.SingleBar({
-          format: `${opts.label ?? "train"} [{bar}] {value}/{total} | {terms} | {rate} it/s | ETA {eta_formatted}`,
+          format: `${
+            opts.label ?? "train"
+          } [{bar}] {value}/{total} | {terms} | {rate} it/s | ETA {eta_formatted}`,
           barsize: 24,
           hideCursor: true,
           etaBuffer: 20,
@@ -66,7 +76,9 @@ export function progressHook(opts: { label?: string; lineEvery?: number; quiet?:
       } else if (info.iteration % lineEvery === 0 || info.iteration === info.total) {
         const eta = (info.total - info.iteration) / Math.max(rate, 1e-9);
         console.error(
-          `${opts.label ?? "train"} ${info.iteration}/${info.total} | ${shortTerms(info.terms)} | lr ${info.lr.toExponential(2)} | ${rate.toFixed(2)} it/s | ETA ${Math.round(eta)} s`,
+          `${opts.label ?? "train"} ${info.iteration}/${info.total} | ${
+            shortTerms(info.terms)
+          } | lr ${info.lr.toExponential(2)} | ${rate.toFixed(2)} it/s | ETA ${Math.round(eta)} s`,
         );
       }
     },
@@ -84,7 +96,9 @@ export function everyHook(
 ): TrainerHook {
   return {
     onIteration: async (ctx, info) => {
-      if (every > 0 && info.iteration % every === 0 && info.iteration !== info.total) await fn(ctx, false);
+      if (every > 0 && info.iteration % every === 0 && info.iteration !== info.total) {
+        await fn(ctx, false);
+      }
     },
     onEnd: async (ctx, { completed }) => {
       if (opts.atEnd && completed) await fn(ctx, true);
@@ -101,7 +115,11 @@ export function everyHook(
  */
 export function timeBudgetHook(
   budgetS: number,
-  opts: { warmup?: number; now?: () => number; onChange?: (total: number, secPerIt: number) => void } = {},
+  opts: {
+    warmup?: number;
+    now?: () => number;
+    onChange?: (total: number, secPerIt: number) => void;
+  } = {},
 ): TrainerHook {
   const now = opts.now ?? (() => performance.now() / 1000);
   const warmup = opts.warmup ?? 3;
@@ -126,8 +144,7 @@ export function timeBudgetHook(
       }
       if (itMeasure < 0 || it < nextCheck) return;
       const secPerIt = (t - tMeasure) / (it - itMeasure);
-      const left = Math.max(0, Math.floor((budgetS - (t - t0)) / secPerIt));
-      const total = Math.max(it + (left > 0 ? 1 : 0), it + left);
+      const total = it + Math.max(0, Math.floor((budgetS - (t - t0)) / secPerIt));
       if (total !== ctx.total) {
         ctx.total = total;
         opts.onChange?.(total, secPerIt);

@@ -11,7 +11,17 @@
  *
  * @module
  */
-import { add, affine, concat, mul, mulScalar, sigmoid, slice, tensor, type Tensor } from "../engine.ts";
+import {
+  add,
+  affine,
+  concat,
+  mul,
+  mulScalar,
+  sigmoid,
+  slice,
+  type Tensor,
+  tensor,
+} from "../engine.ts";
 import { IGNORE_INDEX } from "../util/ignore.ts";
 import { supervisedLoss } from "../losses/supervised.ts";
 
@@ -61,7 +71,9 @@ export function resolveRegions(
       const k = typeof c === "number" ? c : classes.indexOf(c);
       if (!Number.isInteger(k) || k < 1 || k >= classes.length) {
         throw new Error(
-          `regions.${name}: "${c}" is not a foreground class (${classes.slice(1).join(", ")} or 1..${classes.length - 1})`,
+          `regions.${name}: "${c}" is not a foreground class (${
+            classes.slice(1).join(", ")
+          } or 1..${classes.length - 1})`,
         );
       }
       return k;
@@ -72,9 +84,14 @@ export function resolveRegions(
   entries.sort((a, b) => b.classes.length - a.classes.length);
   for (let i = 1; i < entries.length; i++) {
     const outer = new Set(entries[i - 1].classes);
-    if (!entries[i].classes.every((c) => outer.has(c)) || entries[i].classes.length === entries[i - 1].classes.length) {
+    if (
+      !entries[i].classes.every((c) => outer.has(c)) ||
+      entries[i].classes.length === entries[i - 1].classes.length
+    ) {
       throw new Error(
-        `regions: ${entries[i].name} is not strictly inside ${entries[i - 1].name}; regions must be nested (as BraTS's whole tumour > core > enhancing)`,
+        `regions: ${entries[i].name} is not strictly inside ${
+          entries[i - 1].name
+        }; regions must be nested (as BraTS's whole tumour > core > enhancing)`,
       );
     }
   }
@@ -87,16 +104,19 @@ export function regionsToSetting(r: Regions | null, classes: readonly string[]):
   return Object.fromEntries(r.names.map((n, i) => [n, r.classes[i].map((k) => classes[k])]));
 }
 
-/** Labels [B,1,...] (class indices, IGNORE_INDEX kept) -> 0/1 membership of one region. */
-function regionLabels(labels: Tensor, members: readonly number[]): Tensor {
-  const src = labels.toArray() as Int32Array;
+/** Labels (class indices, IGNORE_INDEX kept) -> 0/1 membership of one region, as a tensor of `shape`. */
+function regionLabels(
+  src: Int32Array,
+  shape: readonly number[],
+  members: readonly number[],
+): Tensor {
   const set = new Set(members);
   const out = new Int32Array(src.length);
   for (let i = 0; i < src.length; i++) {
     const v = src[i];
     out[i] = v === IGNORE_INDEX ? IGNORE_INDEX : set.has(v) ? 1 : 0;
   }
-  return tensor(out, labels.shape, { dtype: "i32" });
+  return tensor(out, [...shape], { dtype: "i32" });
 }
 
 /**
@@ -111,15 +131,20 @@ export function regionSupervisedLoss(
 ): { loss: Tensor; ce: Tensor; dice: Tensor } {
   let loss: Tensor | null = null, ce: Tensor | null = null, dice: Tensor | null = null;
   const R = regions.classes.length;
+  const src = labels.toArray() as Int32Array; // read from the backend once for every region
   regions.classes.forEach((members, r) => {
     const z = sliceChannel(logits, r);
     const two = concat([mulScalar(z, 0), z], 1);
-    const s = supervisedLoss(two, regionLabels(labels, members));
+    const s = supervisedLoss(two, regionLabels(src, labels.shape, members));
     loss = loss ? add(loss, s.loss) : s.loss;
     ce = ce ? add(ce, s.ce) : s.ce;
     dice = dice ? add(dice, s.dice) : s.dice;
   });
-  return { loss: mulScalar(loss!, 1 / R), ce: mulScalar(ce!, 1 / R), dice: mulScalar(dice!, 1 / R) };
+  return {
+    loss: mulScalar(loss!, 1 / R),
+    ce: mulScalar(ce!, 1 / R),
+    dice: mulScalar(dice!, 1 / R),
+  };
 }
 
 /** Channel c of [B,C,...] as [B,1,...]. */
