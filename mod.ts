@@ -24,8 +24,8 @@
 export * from "./src/engine.ts";
 
 export { Module, ModuleList, type RandomSource } from "./src/nn/module.ts";
-export { ConvBlock, Conv3d, ConvTranspose3d, Norm3d } from "./src/nn/layers.ts";
-export { planDivisor, planUNet, type PlanOptions, type UNetPlan } from "./src/nn/plan.ts";
+export { Conv3d, ConvBlock, ConvTranspose3d, Norm3d } from "./src/nn/layers.ts";
+export { planDivisor, type PlanOptions, planUNet, type UNetPlan } from "./src/nn/plan.ts";
 export { type Encoder, UNet, UNetDecoder, UNetEncoder } from "./src/nn/unet.ts";
 export { CmcNet, type CmcOptions, FusionLayer, MiaBlock } from "./src/nn/cmc.ts";
 export {
@@ -55,29 +55,34 @@ export { channelDescriptors, cscLoss, cscPairLoss } from "./src/losses/csc.ts";
 export { cacLoss, cacPairLoss, classPrototypes, rampUp } from "./src/losses/cac.ts";
 export { ntXentCross, ntXentJoint } from "./src/losses/ntxent.ts";
 
-export { METHODS, parseTrainConfig, type TrainConfig, type TrainConfigInput } from "./src/train/config.ts";
-export { trainTask, type TrainResult, type TrainTaskOptions } from "./src/train/run.ts";
-export { Trainer, type TrainerHook, type IterationInfo } from "./src/train/trainer.ts";
+export {
+  METHODS,
+  parseTrainConfig,
+  type TrainConfig,
+  type TrainConfigInput,
+} from "./src/train/config.ts";
+export { type TrainResult, trainTask, type TrainTaskOptions } from "./src/train/run.ts";
+export { type IterationInfo, Trainer, type TrainerHook } from "./src/train/trainer.ts";
 export { AdamW, learningRate, Sgd } from "./src/train/optim.ts";
 export { loadCheckpoint, saveCheckpoint } from "./src/train/checkpoint.ts";
 export { buildMethod, type MethodModel } from "./src/train/methods.ts";
 export { evaluateValidation, predictCase } from "./src/train/validate.ts";
 
-export { readNifti, writeNifti, type NiftiImage } from "./src/data/nifti.ts";
+export { type NiftiImage, readNifti, writeNifti } from "./src/data/nifti.ts";
 export { loadManifest, type Manifest } from "./src/data/manifest.ts";
 export { importDataset } from "./src/data/importers.ts";
 export { preprocessDataset } from "./src/data/preprocess.ts";
 export { loadPreprocessedCases } from "./src/data/cases.ts";
 export { PatchSampler } from "./src/data/sampler.ts";
 export { Rng } from "./src/data/rng.ts";
-export { synthesize, SYNTH_TASKS } from "./src/data/synth.ts";
+export { SYNTH_TASKS, synthesize } from "./src/data/synth.ts";
 
 export { slidingWindowInference } from "./src/infer/sliding_window.ts";
 export { argmaxLabels } from "./src/infer/labels.ts";
 export { assd, dice, evaluateCase, hd95, summarise } from "./src/metrics/metrics.ts";
 export {
-  type EvaluateNiftiOptions,
   evaluateNiftiCases,
+  type EvaluateNiftiOptions,
   type EvaluationReport,
   formatSummaryTable,
   loadLabelMap,

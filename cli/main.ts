@@ -4,11 +4,21 @@
  */
 import { Command } from "commander";
 
-const COMMANDS: string[] = ["train", "predict", "evaluate", "synth", "import", "preprocess", "workflow"];
+const COMMANDS: string[] = [
+  "train",
+  "predict",
+  "evaluate",
+  "synth",
+  "import",
+  "preprocess",
+  "workflow",
+];
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("comodal")
-    .description("Semi-supervised multimodal 3D medical image segmentation (cross-modality collaboration)")
+    .description(
+      "Semi-supervised multimodal 3D medical image segmentation (cross-modality collaboration)",
+    )
     .showHelpAfterError()
     .exitOverride();
   for (const name of COMMANDS) {

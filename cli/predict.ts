@@ -50,7 +50,10 @@ export function register(program: Command): void {
     .option("--split <name>", "with --manifest/--data: only cases of this split (train, val, test)")
     .requiredOption("--out <dir>", "output folder")
     .option("--checkpoint <best|last|file>", "weights to use", "best")
-    .option("--mirror", "average over axis flips (the default of runs since mirroring became the default)")
+    .option(
+      "--mirror",
+      "average over axis flips (the default of runs since mirroring became the default)",
+    )
     .option("--no-mirror", "no flips: 8x fewer network calls")
     .option(
       "--per-modality",

@@ -87,8 +87,8 @@ export {
 export { adaptiveAvgPool3d, l2Normalize } from "./ops/pool.ts";
 export {
   type CrossEntropyOptions,
-  type DiceStatsOptions,
   diceStats,
+  type DiceStatsOptions,
   softmaxCrossEntropy,
 } from "./ops/losses.ts";
 export { IGNORE_INDEX } from "./util/ignore.ts";

@@ -34,7 +34,9 @@ Deno.test("assign overwrites a tensor in place and checks length and dtype", () 
     } catch (e) {
       msg = (e as Error).message;
     }
-    if (!msg.includes("needs 6 f32 values")) throw new Error(`assign accepted ${bad.constructor.name}(${bad.length}): '${msg}'`);
+    if (!msg.includes("needs 6 f32 values")) {
+      throw new Error(`assign accepted ${bad.constructor.name}(${bad.length}): '${msg}'`);
+    }
   }
   t.dispose();
 });

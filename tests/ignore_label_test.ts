@@ -23,7 +23,13 @@ const CLASSES = { lv_myocardium: 200, lv_blood_pool: 500 };
 
 /** Synthetic cardiac cases whose manifest maps file value 600 (RV) to "ignore". */
 async function ignoreTask(root: string): Promise<string> {
-  const syn = await synthesize("cardiac", { outDir: path.join(root, "data"), cases: 5, seed: 0, sizeScale: 0.5, workers: 0 });
+  const syn = await synthesize("cardiac", {
+    outDir: path.join(root, "data"),
+    cases: 5,
+    seed: 0,
+    sizeScale: 0.5,
+    workers: 0,
+  });
   const m = await loadManifest(syn.manifestPath);
   const file = path.join(root, "data", "ignore_rv.yaml");
   await saveManifest(file, { ...m, classes: CLASSES, labelMap: { [IGNORED_VALUE]: "ignore" } });
@@ -47,7 +53,12 @@ function tiny(task: string, out: string, method: string) {
 }
 
 /** Runs `evaluate` in-process; returns its metrics.json. */
-async function evaluate(args: string[], out: string): Promise<{ cases: { classes: Record<string, { dice: number; predVoxels: number; refVoxels: number }> }[] }> {
+async function evaluate(
+  args: string[],
+  out: string,
+): Promise<
+  { cases: { classes: Record<string, { dice: number; predVoxels: number; refVoxels: number }> }[] }
+> {
   const program = new Command("comodal").exitOverride();
   registerEvaluate(program);
   const { log, error } = console;
@@ -70,12 +81,20 @@ Deno.test({
   fn: async () => {
     for (const method of METHODS) {
       const out = path.join(root, `run-${method}`);
-      const r = await trainTask(tiny(task, out, method), { quiet: true, skipFinalEvaluation: true });
+      const r = await trainTask(tiny(task, out, method), {
+        quiet: true,
+        skipFinalEvaluation: true,
+      });
       assert.equal(r.iterations, 5, method);
-      const its = readFileSync(path.join(out, "log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l))
+      const its = readFileSync(path.join(out, "log.jsonl"), "utf8").trim().split("\n").map((l) =>
+        JSON.parse(l)
+      )
         .filter((e) => e.event === "iteration");
       assert.equal(its.length, 5, method);
-      assert.ok(its.every((e) => Number.isFinite(e.loss) && Number.isFinite(e.sup)), `${method}: ${JSON.stringify(its)}`);
+      assert.ok(
+        its.every((e) => Number.isFinite(e.loss) && Number.isFinite(e.sup)),
+        `${method}: ${JSON.stringify(its)}`,
+      );
       r.model.dispose();
     }
   },
@@ -93,7 +112,12 @@ Deno.test({
     const m = await loadManifest(task);
     let ignoredSeen = 0;
     assert.ok(metrics.cases.length >= 1);
-    for (const row of metrics.cases as { id: string; classes: Record<string, { dice: number; predVoxels: number; refVoxels: number }> }[]) {
+    for (
+      const row of metrics.cases as {
+        id: string;
+        classes: Record<string, { dice: number; predVoxels: number; refVoxels: number }>;
+      }[]
+    ) {
       const [id, mod] = row.id.split("/");
       const refFile = m.cases.find((c) => c.id === id)!.labels![mod] as string;
       const ref = await readNifti(refFile);
@@ -116,18 +140,36 @@ Deno.test({
 
       // evaluate --ignore 600 on a prediction that paints the ignored region as myocardium:
       // Dice 1 with the region left out, below 1 without.
-      const painted = Float32Array.from(ref.data, (v) => (v === IGNORED_VALUE ? CLASSES.lv_myocardium : v));
+      const painted = Float32Array.from(
+        ref.data,
+        (v) => (v === IGNORED_VALUE ? CLASSES.lv_myocardium : v),
+      );
       const predFile = path.join(root, `painted_${id}_${mod}.nii.gz`);
-      await writeNifti(predFile, { data: painted, dims: ref.dims, affine: ref.affine }, { datatype: "int16" });
+      await writeNifti(predFile, { data: painted, dims: ref.dims, affine: ref.affine }, {
+        datatype: "int16",
+      });
       const labels = Object.entries(CLASSES).map(([n, v]) => `${n}=${v}`).join(",");
       const common = ["--pred", predFile, "--ref", refFile, "--labels", labels];
-      const withIgnore = await evaluate([...common, "--ignore", String(IGNORED_VALUE)], path.join(root, "e1.json"));
-      const viaMap = await evaluate(["--pred", predFile, "--ref", refFile, "--labels", `${labels},ignore=${IGNORED_VALUE}`], path.join(root, "e2.json"));
+      const withIgnore = await evaluate(
+        [...common, "--ignore", String(IGNORED_VALUE)],
+        path.join(root, "e1.json"),
+      );
+      const viaMap = await evaluate([
+        "--pred",
+        predFile,
+        "--ref",
+        refFile,
+        "--labels",
+        `${labels},ignore=${IGNORED_VALUE}`,
+      ], path.join(root, "e2.json"));
       const without = await evaluate(common, path.join(root, "e3.json"));
       for (const e of [withIgnore, viaMap]) {
         assert.equal(e.cases[0].classes.lv_myocardium.dice, 1);
         assert.equal(e.cases[0].classes.lv_blood_pool.dice, 1);
-        assert.equal(e.cases[0].classes.lv_myocardium.predVoxels, e.cases[0].classes.lv_myocardium.refVoxels);
+        assert.equal(
+          e.cases[0].classes.lv_myocardium.predVoxels,
+          e.cases[0].classes.lv_myocardium.refVoxels,
+        );
       }
       const myo = without.cases[0].classes.lv_myocardium;
       assert.ok(myo.dice < 1 && myo.predVoxels > myo.refVoxels, JSON.stringify(myo));

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { loadManifest } from "../src/data/manifest.ts";
 import { ok, runCli, tinyTrainArgs, writeBrats2021, writeProstate } from "./real_layouts.ts";
-import { setCacheRoot, setAvailableMemory } from "../src/train/data.ts";
+import { setAvailableMemory, setCacheRoot } from "../src/train/data.ts";
 
 setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-public-cache-" }));
 
@@ -63,7 +63,10 @@ Deno.test({
     assert.deepEqual(p.dims, seg.dims);
     assert.ok(p.affine.every((v, i) => Math.abs(v - seg.affine[i]) < 1e-4), "fused affine");
     for (const mod of m.modalities) {
-      assert.ok(!existsSync(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`)), `no ${mod} map`);
+      assert.ok(
+        !existsSync(path.join(out, "predictions", `${val.id}_${mod}.nii.gz`)),
+        `no ${mod} map`,
+      );
     }
 
     // predict on one case folder as users get it (seg file beside the images is skipped) and on

@@ -22,7 +22,9 @@ Deno.test("quality bench: each fold hides the labels of its unlabeled and test c
     assert.equal(r.test.length, 1);
     seen.add(r.test[0]);
     const byId = new Map(r.manifest.cases.map((c) => [c.id, c]));
-    for (const id of r.labeled) assert.ok(byId.get(id)!.labels && byId.get(id)!.labeled, `${id} labeled`);
+    for (const id of r.labeled) {
+      assert.ok(byId.get(id)!.labels && byId.get(id)!.labeled, `${id} labeled`);
+    }
     for (const id of [...r.unlabeled, ...r.test]) {
       const c = byId.get(id)!;
       assert.equal(c.labels, undefined, `${id}: no label in the fold's manifest`);
@@ -30,10 +32,17 @@ Deno.test("quality bench: each fold hides the labels of its unlabeled and test c
       assert.ok(!JSON.stringify(c).includes("_seg"), `${id}: the label path appears nowhere`);
     }
     assert.equal(byId.get(r.test[0])!.split, "test");
-    assert.ok(r.manifest.cases.every((c) => Object.values(c.images).every((p) => typeof p === "string" && p.startsWith("/"))));
+    assert.ok(
+      r.manifest.cases.every((c) =>
+        Object.values(c.images).every((p) => typeof p === "string" && p.startsWith("/"))
+      ),
+    );
   }
   assert.equal(seen.size, 3, "three different test cases");
-  assert.throws(() => foldManifest(manifest, 0, { labeled: 5, unlabeled: 0, test: 1 }), /need at least 6/);
+  assert.throws(
+    () => foldManifest(manifest, 0, { labeled: 5, unlabeled: 0, test: 1 }),
+    /need at least 6/,
+  );
 });
 
 Deno.test("quality bench: arguments and the table (mean ± sd, undefined HD95 counted)", () => {
@@ -41,9 +50,18 @@ Deno.test("quality bench: arguments and the table (mean ± sd, undefined HD95 co
   assert.deepEqual(a.seeds, [0, 1]);
   assert.deepEqual(a.methods, ["cmc", "early-fusion"]);
   assert.throws(() => parseQualityArgs({}), /--data/);
-  assert.throws(() => parseQualityArgs({ data: "/d", recipe: "fast" }), /not defaults or reference/);
+  assert.throws(
+    () => parseQualityArgs({ data: "/d", recipe: "fast" }),
+    /not defaults or reference/,
+  );
   const rec = (dice: number, hd: number | null) => ({
-    recipe: "defaults", method: "cmc", output: "fused", fold: 0, seed: 0, seconds: 10, peakMiB: 100,
+    recipe: "defaults",
+    method: "cmc",
+    output: "fused",
+    fold: 0,
+    seed: 0,
+    seconds: 10,
+    peakMiB: 100,
     summary: { lesion: { dice, hd95: hd, hd95_undefined: hd === null ? 1 : 0 } },
   });
   const t = qualityTable([rec(0.5, 10), rec(0.7, null)]);

@@ -145,7 +145,9 @@ Deno.test({
       ]),
       "predict",
     );
-    const fusedNames = [...Deno.readDirSync(preds)].map((e) => e.name).filter((n) => /^[^_]+_\d+\.nii\.gz$/.test(n));
+    const fusedNames = [...Deno.readDirSync(preds)].map((e) => e.name).filter((n) =>
+      /^[^_]+_\d+\.nii\.gz$/.test(n)
+    );
     assert.equal(fusedNames.length, 5, `one fused map per case: ${fusedNames}`);
     Deno.mkdirSync(path.join(root, "fused"));
     for (const n of fusedNames) Deno.renameSync(path.join(preds, n), path.join(root, "fused", n));

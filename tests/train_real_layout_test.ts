@@ -44,22 +44,35 @@ async function decathlonTree(dir: string, cases: number): Promise<void> {
       }
     }
     const id = `BRATS_${String(c + 1).padStart(3, "0")}`;
-    await writeNifti(path.join(dir, "imagesTr", `${id}.nii.gz`), { data: img, dims: [X, Y, Z], frames: 4, affine });
-    await writeNifti(path.join(dir, "labelsTr", `${id}.nii.gz`), { data: label, dims: [X, Y, Z], affine }, { datatype: "float32", sclSlope: 0.5 });
+    await writeNifti(path.join(dir, "imagesTr", `${id}.nii.gz`), {
+      data: img,
+      dims: [X, Y, Z],
+      frames: 4,
+      affine,
+    });
+    await writeNifti(path.join(dir, "labelsTr", `${id}.nii.gz`), {
+      data: label,
+      dims: [X, Y, Z],
+      affine,
+    }, { datatype: "float32", sclSlope: 0.5 });
     training.push({ image: `./imagesTr/${id}.nii.gz`, label: `./labelsTr/${id}.nii.gz` });
   }
-  await Deno.writeTextFile(path.join(dir, "dataset.json"), JSON.stringify({
-    name: "BrainTumour",
-    modality: { "0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w" },
-    labels: { "0": "background", "1": "edema", "2": "tumour" },
-    numTraining: cases,
-    training,
-    test: [],
-  }));
+  await Deno.writeTextFile(
+    path.join(dir, "dataset.json"),
+    JSON.stringify({
+      name: "BrainTumour",
+      modality: { "0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w" },
+      labels: { "0": "background", "1": "edema", "2": "tumour" },
+      numTraining: cases,
+      training,
+      test: [],
+    }),
+  );
 }
 
 Deno.test({
-  name: "CMC trains on an imported Decathlon-style tree (4-D, four modalities, scaled float labels)",
+  name:
+    "CMC trains on an imported Decathlon-style tree (4-D, four modalities, scaled float labels)",
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
@@ -86,7 +99,10 @@ Deno.test({
     assert.deepEqual(Object.keys(metrics.summary.perClass).sort(), ["edema", "tumour"]);
     // Four co-registered sequences: one fused prediction per validation case.
     const preds = [...Deno.readDirSync(path.join(out, "predictions"))].map((e) => e.name);
-    assert.ok(preds.length >= 1 && preds.every((n) => /^BRATS_\d+\.nii\.gz$/.test(n)), preds.join());
+    assert.ok(
+      preds.length >= 1 && preds.every((n) => /^BRATS_\d+\.nii\.gz$/.test(n)),
+      preds.join(),
+    );
     assert.ok(existsSync(path.join(out, "plan.json")));
     r.model.dispose();
   },

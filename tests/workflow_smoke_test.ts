@@ -21,13 +21,19 @@ for (const file of FILES) {
     sanitizeResources: false,
     fn: async () => {
       const work = Deno.makeTempDirSync({ prefix: `wf_smoke_${file.replace(".yaml", "")}_` });
-      const plan = buildPlan(loadWorkflow(join(DIR, file), { profile: "smoke" }), { workdir: work });
+      const plan = buildPlan(loadWorkflow(join(DIR, file), { profile: "smoke" }), {
+        workdir: work,
+      });
       const s = await runLocal(plan, { cwd: PROJECT_ROOT, cpus: 2 });
       const bad = s.results.filter((r) => r.status !== "done");
       assert.equal(
         bad.length,
         0,
-        bad.map((r) => `${r.id}: ${r.status} ${r.reason ?? ""}\n${r.log && existsSync(r.log) ? readFileSync(r.log, "utf8").slice(-1500) : ""}`).join("\n"),
+        bad.map((r) =>
+          `${r.id}: ${r.status} ${r.reason ?? ""}\n${
+            r.log && existsSync(r.log) ? readFileSync(r.log, "utf8").slice(-1500) : ""
+          }`
+        ).join("\n"),
       );
       const reports = plan.steps.filter((st) => st.kind === "report");
       for (const r of reports) {
@@ -35,7 +41,9 @@ for (const file of FILES) {
         assert.match(html, /<table/);
       }
       const trains = plan.steps.filter((st) => st.kind === "train");
-      for (const t of trains) assert.ok(existsSync(join(t.outDir, "metrics.json")), `${t.id}: no metrics.json`);
+      for (const t of trains) {
+        assert.ok(existsSync(join(t.outDir, "metrics.json")), `${t.id}: no metrics.json`);
+      }
     },
   });
 }

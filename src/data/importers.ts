@@ -355,18 +355,29 @@ export function regionLabelsFromJson(
   for (const [k, v] of entries) {
     const values = Array.isArray(v) ? v : [v];
     if (!values.every((x) => typeof x === "number" && Number.isInteger(x))) {
-      throw new Error(`Cannot import: ${file}: labels.${k}: a region must list integer label values`);
+      throw new Error(
+        `Cannot import: ${file}: labels.${k}: a region must list integer label values`,
+      );
     }
     if (values.length === 1 && values[0] === 0) continue; // background
-    regions.push({ name: className(k), values: [...new Set(values as number[])].sort((a, b) => a - b) });
+    regions.push({
+      name: className(k),
+      values: [...new Set(values as number[])].sort((a, b) => a - b),
+    });
   }
   const classes: Record<string, number> = {};
   const all = [...new Set(regions.flatMap((r) => r.values))].sort((a, b) => a - b);
   const inner = new Map<number, string>();
   for (const v of all) {
-    const holders = regions.filter((r) => r.values.includes(v)).sort((a, b) => a.values.length - b.values.length);
+    const holders = regions.filter((r) => r.values.includes(v)).sort((a, b) =>
+      a.values.length - b.values.length
+    );
     if (holders.length > 1 && holders[0].values.length === holders[1].values.length) {
-      throw new Error(`Cannot import: ${file}: labels ${holders[0].name} and ${holders[1].name} hold value ${v} and have the same size; regions must be nested`);
+      throw new Error(
+        `Cannot import: ${file}: labels ${holders[0].name} and ${
+          holders[1].name
+        } hold value ${v} and have the same size; regions must be nested`,
+      );
     }
     inner.set(v, holders[0].name);
   }

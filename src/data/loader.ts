@@ -138,7 +138,11 @@ export function makeBatch(ctx: LoaderContext, index: number): Batch {
   if (ctx.unlabeledBatch > 0) {
     // Labeled cases lend their images (a view without labels) when there are no unlabeled cases,
     // or for a modality no unlabeled case has (unpaired data such as AMOS CT / MRI).
-    const views: UnlabeledCase[] = ctx.labeled.map((c) => ({ kind: "unlabeled", id: c.id, volumes: c.volumes }));
+    const views: UnlabeledCase[] = ctx.labeled.map((c) => ({
+      kind: "unlabeled",
+      id: c.id,
+      volumes: c.volumes,
+    }));
     const lacking = ctx.modalities.filter((m) => !ctx.unlabeled.some((c) => m in c.volumes));
     const pool: UnlabeledCase[] = ctx.unlabeled.length === 0
       ? views

@@ -176,7 +176,9 @@ export function decodeNifti(
     fail(
       path,
       `header field sizeof_hdr is ${sizeofHdr}, expected ${expectedSize} (the magic "n+${version}" ` +
-        `says NIfTI-${version}; ${version === 1 ? "NIfTI-2 headers have 540" : "NIfTI-1 headers have 348"}): ` +
+        `says NIfTI-${version}; ${
+          version === 1 ? "NIfTI-2 headers have 540" : "NIfTI-1 headers have 348"
+        }): ` +
         `the header is damaged`,
     );
   }

@@ -182,7 +182,9 @@ export async function readImageRef(
       const x = first % img.dims[0],
         y = Math.floor(first / img.dims[0]) % img.dims[1],
         z = Math.floor(first / (img.dims[0] * img.dims[1]));
-      const where = `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${d[first]})`;
+      const where = `${p} has ${bad} NaN/Inf voxel(s) (first at voxel ${x},${y},${z} = ${
+        d[first]
+      })`;
       fail(
         opts.id,
         opts.label

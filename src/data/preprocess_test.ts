@@ -244,7 +244,11 @@ Deno.test("preprocess: NaN in a label file names the label file and what to do (
   await writeNifti(file, lab, { datatype: "float32" });
   for (const nonFinite of ["error", "zero"] as const) {
     const err = await assertRejects(
-      () => preprocessDataset(manifestFor(dir, ["nl"]), { outDir: `${tmp}/nanlab_${nonFinite}`, nonFinite }),
+      () =>
+        preprocessDataset(manifestFor(dir, ["nl"]), {
+          outDir: `${tmp}/nanlab_${nonFinite}`,
+          nonFinite,
+        }),
       Error,
       `Cannot preprocess case nl: label file ${file} has 1 NaN/Inf voxel(s) (first at voxel 7,0,0 = NaN); ` +
         `nonFinite=zero applies to images only: fix the label file ${file}`,
@@ -310,7 +314,24 @@ Deno.test("resampleLabels: halving the resolution keeps a label's centre in plac
       }
     }
   }
-  const aff = [1, 0, 0, 5, 0, 1, 0, -3, 0, 0, 1, 2, 0, 0, 0, 1] as [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+  const aff = [1, 0, 0, 5, 0, 1, 0, -3, 0, 0, 1, 2, 0, 0, 0, 1] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const centroid = (l: ArrayLike<number>, dims: number[], a: number[]) => {
     const s = [0, 0, 0];
     let k = 0;
@@ -318,7 +339,9 @@ Deno.test("resampleLabels: halving the resolution keeps a label's centre in plac
       for (let y = 0; y < dims[1]; y++) {
         for (let x = 0; x < dims[0]; x++) {
           if (l[(z * dims[1] + y) * dims[0] + x] !== 1) continue;
-          for (let r = 0; r < 3; r++) s[r] += a[r * 4] * x + a[r * 4 + 1] * y + a[r * 4 + 2] * z + a[r * 4 + 3];
+          for (let r = 0; r < 3; r++) {
+            s[r] += a[r * 4] * x + a[r * 4 + 1] * y + a[r * 4 + 2] * z + a[r * 4 + 3];
+          }
           k++;
         }
       }

@@ -239,11 +239,17 @@ Deno.test("cases: toCommonGrid puts every modality on the reference grid by worl
 
 Deno.test("sampler: ignored voxels stay ignored under rotation/scaling and are never foreground", () => {
   // Class 1 and 2 blocks with a band of ignored voxels (stored 255 in a Uint8 label map) through them.
-  const ignoredBand = (x: number, y: number, z: number) => (x >= 14 && x < 22 ? 255 : blocks(x, y, z));
+  const ignoredBand = (
+    x: number,
+    y: number,
+    z: number,
+  ) => (x >= 14 && x < 22 ? 255 : blocks(x, y, z));
   const c = labeledCase("ig", [40, 36, 12], AFF_A, ignoredBand);
   for (const m of ["A", "B"]) {
     for (const [k, locs] of c.foreground[m].entries()) {
-      for (const v of locs) assert(k > 0 && c.labels[m][v] === k, `class ${k} location ${v} holds ${c.labels[m][v]}`);
+      for (const v of locs) {
+        assert(k > 0 && c.labels[m][v] === k, `class ${k} location ${v} holds ${c.labels[m][v]}`);
+      }
     }
   }
   // The same in an Int16 label map (stored -1).
@@ -255,7 +261,15 @@ Deno.test("sampler: ignored voxels stay ignored under rotation/scaling and are n
   const s = new PatchSampler({
     patchSize: [4, 16, 16],
     modalities: ["A", "B"],
-    augment: { rotateProb: 1, rotateDeg: 40, scaleProb: 1, intensityScaleProb: 0, intensityShiftProb: 0, gammaProb: 0, noiseProb: 0 },
+    augment: {
+      rotateProb: 1,
+      rotateDeg: 40,
+      scaleProb: 1,
+      intensityScaleProb: 0,
+      intensityShiftProb: 0,
+      gammaProb: 0,
+      noiseProb: 0,
+    },
   });
   const rng = new Rng(9);
   let ignored = 0;
@@ -274,7 +288,13 @@ Deno.test("sampler: ignored voxels stay ignored under rotation/scaling and are n
 Deno.test("sampler: a forced-foreground patch lies inside the volume even for foreground at the border (no padding)", () => {
   // Foreground only in the corner voxel region x < 3, y < 3, z < 2: a patch centred there would be
   // mostly padding; clipped into the volume it has none.
-  const c = labeledCase("edge", [40, 36, 12], AFF_A, (x, y, z) => (x < 3 && y < 3 && z < 2 ? 1 : 0), ["A"]);
+  const c = labeledCase(
+    "edge",
+    [40, 36, 12],
+    AFF_A,
+    (x, y, z) => (x < 3 && y < 3 && z < 2 ? 1 : 0),
+    ["A"],
+  );
   const s = new PatchSampler({ patchSize: [4, 16, 16], modalities: ["A"], augment: false });
   const rng = new Rng(3);
   for (let t = 0; t < 30; t++) {

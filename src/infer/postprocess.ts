@@ -17,7 +17,9 @@ export function keepLargestComponent(
   const [D, H, W] = dims;
   const n = D * H * W;
   if (labels.length !== n) {
-    throw new Error(`keepLargestComponent: ${labels.length} labels do not fit dims ${dims.join("x")}`);
+    throw new Error(
+      `keepLargestComponent: ${labels.length} labels do not fit dims ${dims.join("x")}`,
+    );
   }
   const comp = new Int32Array(n).fill(-1);
   const stack = new Int32Array(n);

@@ -504,7 +504,10 @@ export async function predictCases(
         const m = plan.modalities[o === FUSED_OUTPUT ? run.model.outputs[0] : o];
         const pm = rec.modalities[m];
         const labels = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, config);
-        const file = path.join(outDir, o === FUSED_OUTPUT ? `${c.id}.nii.gz` : `${c.id}_${m}.nii.gz`);
+        const file = path.join(
+          outDir,
+          o === FUSED_OUTPUT ? `${c.id}.nii.gz` : `${c.id}_${m}.nii.gz`,
+        );
         const data = datatype === "uint8"
           ? new Uint8Array(labels.length)
           : new Int16Array(labels.length);

@@ -61,7 +61,13 @@ export function annotatedMask(labels: Tensor): Tensor {
 function checkValid(valid: Tensor, probs: Tensor): void {
   const [b, , ...sp] = probs.shape;
   if (valid.shape.join() !== [b, 1, ...sp].join()) {
-    throw new Error(`L_cac: valid mask [${valid.shape}] must be [${[b, 1, ...sp]}] for probabilities [${probs.shape}]`);
+    throw new Error(
+      `L_cac: valid mask [${valid.shape}] must be [${[
+        b,
+        1,
+        ...sp,
+      ]}] for probabilities [${probs.shape}]`,
+    );
   }
 }
 
@@ -69,15 +75,24 @@ function checkValid(valid: Tensor, probs: Tensor): void {
  * Prototypes from probabilities [B, K, ...] and decoder features [B, C, ...] of the same grid; with
  * `valid` ([B, 1, ...]), only the voxels where it is 1 contribute.
  */
-export function classPrototypes(probs: Tensor, features: Tensor, eps = 1e-6, valid?: Tensor): Prototypes {
+export function classPrototypes(
+  probs: Tensor,
+  features: Tensor,
+  eps = 1e-6,
+  valid?: Tensor,
+): Prototypes {
   const [b, k, ...sp] = probs.shape;
   const c = features.shape[1];
   const n = sp.reduce((p, s) => p * s, 1);
   if (features.shape[0] !== b || features.shape.slice(2).join() !== sp.join()) {
-    throw new Error(`L_cac: probabilities [${probs.shape}] and features [${features.shape}] must share batch and grid`);
+    throw new Error(
+      `L_cac: probabilities [${probs.shape}] and features [${features.shape}] must share batch and grid`,
+    );
   }
   if (valid) checkValid(valid, probs);
-  const p = valid ? mul(reshape(probs, [b, k, n]), reshape(valid, [b, 1, n])) : reshape(probs, [b, k, n]);
+  const p = valid
+    ? mul(reshape(probs, [b, k, n]), reshape(valid, [b, 1, n]))
+    : reshape(probs, [b, k, n]);
   const h = reshape(l2Normalize(features, 1), [b, c, n]);
   const massT = sum(p, [2], { keepDims: true }); // [B, K, 1]
   const raw = matmul(p, h, { transB: true }); // [B, K, C]
@@ -93,11 +108,15 @@ export function cacPairLoss(a: CacBranch, b: CacBranch, opts: CacOptions = {}): 
   const minMass = opts.minMass ?? 1;
   const pa = classPrototypes(a.probs, a.features, opts.eps, a.valid);
   const pb = classPrototypes(b.probs, b.features, opts.eps, b.valid);
-  const valid = pa.mass.map((row, s) => row.map((m, k) => m >= minMass && pb.mass[s][k] >= minMass));
+  const valid = pa.mass.map((row, s) =>
+    row.map((m, k) => m >= minMass && pb.mass[s][k] >= minMass)
+  );
   let loss = ntXentCross(pa.protos, pb.protos, opts.tau ?? 0.1, valid);
   if (opts.voxelwise) {
     if (a.probs.shape.join() !== b.probs.shape.join()) {
-      throw new Error(`L_cac voxelwise term: probability shapes differ: [${a.probs.shape}] vs [${b.probs.shape}]`);
+      throw new Error(
+        `L_cac voxelwise term: probability shapes differ: [${a.probs.shape}] vs [${b.probs.shape}]`,
+      );
     }
     // Voxels left out in either branch are in none of the Dice sums (both soft inputs zeroed).
     const v = a.valid && b.valid ? mul(a.valid, b.valid) : a.valid ?? b.valid;
@@ -110,7 +129,9 @@ export function cacPairLoss(a: CacBranch, b: CacBranch, opts: CacOptions = {}): 
 
 /** Mean of L_cac over every pair of modalities. */
 export function cacLoss(branches: CacBranch[], opts: CacOptions = {}): Tensor {
-  if (branches.length < 2) throw new Error(`L_cac needs at least 2 modalities, got ${branches.length}`);
+  if (branches.length < 2) {
+    throw new Error(`L_cac needs at least 2 modalities, got ${branches.length}`);
+  }
   let total: Tensor | null = null;
   let pairs = 0;
   for (let i = 0; i < branches.length; i++) {

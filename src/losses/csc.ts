@@ -31,7 +31,9 @@ export function cscPairLoss(fa: Tensor, fb: Tensor, opts: CscOptions = {}): Tens
 
 /** Mean of L_csc over every pair of modalities. */
 export function cscLoss(features: Tensor[], opts: CscOptions = {}): Tensor {
-  if (features.length < 2) throw new Error(`L_csc needs at least 2 modalities, got ${features.length}`);
+  if (features.length < 2) {
+    throw new Error(`L_csc needs at least 2 modalities, got ${features.length}`);
+  }
   let total: Tensor | null = null;
   let pairs = 0;
   for (let a = 0; a < features.length; a++) {

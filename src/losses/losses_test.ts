@@ -37,7 +37,10 @@ function normRows(a: Float32Array, rows: number, d: number): Float32Array {
 
 /** Reference NT-Xent over 2n descriptors (rows of u then v), in float64. */
 function refJoint(u: Float32Array, v: Float32Array, n: number, d: number, tau: number): number {
-  const z = [...Array(2 * n)].map((_, i) => (i < n ? u.subarray(i * d, i * d + d) : v.subarray((i - n) * d, (i - n) * d + d)));
+  const z = [...Array(2 * n)].map((
+    _,
+    i,
+  ) => (i < n ? u.subarray(i * d, i * d + d) : v.subarray((i - n) * d, (i - n) * d + d)));
   let total = 0;
   for (let i = 0; i < 2 * n; i++) {
     const pos = i < n ? i + n : i - n;
@@ -78,7 +81,8 @@ Deno.test("ntXentCross leaves out invalid descriptors and is symmetric", () => {
     ntXentCross(tensor(u, [1, n, d]), tensor(v, [1, n, d]), 0.1, [[true, true, true, false]]).item()
   );
   const sub = tidy(() =>
-    ntXentCross(tensor(u.slice(0, 3 * d), [1, 3, d]), tensor(v.slice(0, 3 * d), [1, 3, d]), 0.1).item()
+    ntXentCross(tensor(u.slice(0, 3 * d), [1, 3, d]), tensor(v.slice(0, 3 * d), [1, 3, d]), 0.1)
+      .item()
   );
   assert.ok(Math.abs(masked - sub) < 1e-4, `${masked} vs ${sub}`);
 });
@@ -101,7 +105,10 @@ Deno.test("supervised loss is near zero for confident correct logits and large f
 
 /** Labels [B, S] with every 3rd-ish voxel (seeded) set to IGNORE_INDEX, the others in 0..K-1. */
 function labelsWithIgnore(n: number, k: number, rng: Rng): Int32Array {
-  return Int32Array.from({ length: n }, () => (rng.next() < 0.3 ? IGNORE_INDEX : Math.floor(rng.next() * k)));
+  return Int32Array.from(
+    { length: n },
+    () => (rng.next() < 0.3 ? IGNORE_INDEX : Math.floor(rng.next() * k)),
+  );
 }
 
 Deno.test("ignored voxels: CE + soft Dice unchanged by their logits, gradient exactly 0 there, Dice sums leave them out", () => {
@@ -115,7 +122,9 @@ Deno.test("ignored voxels: CE + soft Dice unchanged by their logits, gradient ex
   const moved = base.slice();
   for (let n = 0; n < b; n++) {
     for (let c = 0; c < k; c++) {
-      for (let v = 0; v < s; v++) if (ignored(n, v)) moved[(n * k + c) * s + v] = (rng.next() * 2 - 1) * 50;
+      for (let v = 0; v < s; v++) {
+        if (ignored(n, v)) moved[(n * k + c) * s + v] = (rng.next() * 2 - 1) * 50;
+      }
     }
   }
   const run = (logits: Float32Array) => {
@@ -141,14 +150,17 @@ Deno.test("ignored voxels: CE + soft Dice unchanged by their logits, gradient ex
       for (let c = 0; c < k; c++) {
         for (let v = 0; v < s; v++) {
           const i = (n * k + c) * s + v;
-          if (ignored(n, v)) assert.ok(g[i] === 0, `gradient ${g[i]} at ignored voxel ${n},${v} class ${c}`);
-          else if (g[i] !== 0) annotated++;
+          if (ignored(n, v)) {
+            assert.ok(g[i] === 0, `gradient ${g[i]} at ignored voxel ${n},${v} class ${c}`);
+          } else if (g[i] !== 0) annotated++;
         }
       }
     }
     assert.ok(annotated > 0, "no gradient at annotated voxels");
   }
-  for (let i = 0; i < a.grad.length; i++) assert.equal(m.grad[i], a.grad[i], `gradient ${i} differs`);
+  for (let i = 0; i < a.grad.length; i++) {
+    assert.equal(m.grad[i], a.grad[i], `gradient ${i} differs`);
+  }
 
   // Dice sums: sum p*g, sum p and sum g over the annotated voxels only (float64 reference).
   const probs = tidy(() => noGrad(() => softmax(tensor(base, shape), 1).toArray())) as Float32Array;
@@ -164,16 +176,28 @@ Deno.test("ignored voxels: CE + soft Dice unchanged by their logits, gradient ex
       }
     }
   }
-  const stats = tidy(() => diceStats(tensor(probs, shape), tensor(lab, [b, ...sp], { dtype: "i32" })).toArray());
-  for (let i = 0; i < 3 * k; i++) assert.ok(Math.abs(stats[i] - ref[i]) < 1e-5 * (1 + ref[i]), `stat ${i}: ${stats[i]} vs ${ref[i]}`);
+  const stats = tidy(() =>
+    diceStats(tensor(probs, shape), tensor(lab, [b, ...sp], { dtype: "i32" })).toArray()
+  );
+  for (let i = 0; i < 3 * k; i++) {
+    assert.ok(
+      Math.abs(stats[i] - ref[i]) < 1e-5 * (1 + ref[i]),
+      `stat ${i}: ${stats[i]} vs ${ref[i]}`,
+    );
+  }
   // ... which is what the soft Dice term is made of.
-  const fg = [1, 2].map((c) => (2 * ref[c] + DICE_SMOOTH) / (ref[k + c] + ref[2 * k + c] + DICE_SMOOTH));
+  const fg = [1, 2].map((c) =>
+    (2 * ref[c] + DICE_SMOOTH) / (ref[k + c] + ref[2 * k + c] + DICE_SMOOTH)
+  );
   assert.ok(Math.abs(a.dice - (fg[0] + fg[1]) / 2) < 1e-5, `dice ${a.dice}`);
 
   // Every voxel ignored: loss 0, gradient 0.
   const x = parameter(base, shape);
   const none = tidy(() => {
-    const t = supervisedLoss(x, tensor(new Int32Array(b * s).fill(IGNORE_INDEX), [b, 1, ...sp], { dtype: "i32" }));
+    const t = supervisedLoss(
+      x,
+      tensor(new Int32Array(b * s).fill(IGNORE_INDEX), [b, 1, ...sp], { dtype: "i32" }),
+    );
     backward(t.loss);
     return t.loss.item();
   });
@@ -192,11 +216,18 @@ Deno.test("L_cac with a valid mask: voxels left out take no part in prototypes o
   const ha = randArray(b * c * s, rng), hb = randArray(b * c * s, rng);
   const disturb = (a: Float32Array, ch: number) => {
     const o = a.slice();
-    for (let q = 0; q < ch; q++) for (let v = 0; v < s; v++) if (out(v)) o[q * s + v] = (rng.next() * 2 - 1) * 20;
+    for (let q = 0; q < ch; q++) {
+      for (let v = 0; v < s; v++) if (out(v)) o[q * s + v] = (rng.next() * 2 - 1) * 20;
+    }
     return o;
   };
   const run = (xa: Float32Array, xb: Float32Array, fa: Float32Array, fb: Float32Array) => {
-    const ps = [parameter(xa, [b, k, ...sp]), parameter(xb, [b, k, ...sp]), parameter(fa, [b, c, ...sp]), parameter(fb, [b, c, ...sp])];
+    const ps = [
+      parameter(xa, [b, k, ...sp]),
+      parameter(xb, [b, k, ...sp]),
+      parameter(fa, [b, c, ...sp]),
+      parameter(fb, [b, c, ...sp]),
+    ];
     const loss = tidy(() => {
       const valid = annotatedMask(tensor(lab, [b, 1, ...sp], { dtype: "i32" }));
       const l = cacPairLoss(
@@ -220,7 +251,9 @@ Deno.test("L_cac with a valid mask: voxels left out take no part in prototypes o
   assert.ok(Math.abs(m.loss - a.loss) <= 1e-6 * Math.abs(a.loss), `${m.loss} vs ${a.loss}`);
   for (const [g, ch] of a.grads.map((g, i) => [g, i < 2 ? k : c] as const)) {
     for (let q = 0; q < ch; q++) {
-      for (let v = 0; v < s; v++) if (out(v)) assert.ok(g[q * s + v] === 0, `gradient ${g[q * s + v]} at a left-out voxel`);
+      for (let v = 0; v < s; v++) {
+        if (out(v)) assert.ok(g[q * s + v] === 0, `gradient ${g[q * s + v]} at a left-out voxel`);
+      }
     }
   }
 });
@@ -267,7 +300,10 @@ Deno.test("L_csc on 256 channels at 16^3 needs only a few MB beyond its inputs",
   const extra = be.memoryStats().peakBytes - before;
   // Gradients of the two inputs (2 x 4 MiB) are unavoidable; the loss itself must stay small.
   const inputGrads = 2 * n * 4;
-  assert.ok(extra - inputGrads < 8 * 2 ** 20, `L_csc used ${(extra / 2 ** 20).toFixed(1)} MiB beyond input grads`);
+  assert.ok(
+    extra - inputGrads < 8 * 2 ** 20,
+    `L_csc used ${(extra / 2 ** 20).toFixed(1)} MiB beyond input grads`,
+  );
   for (const p of [fa, fb]) {
     p.grad?.dispose();
     p.dispose();

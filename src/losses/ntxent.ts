@@ -30,7 +30,10 @@ export function ntXentJoint(u: Tensor, v: Tensor, tau: number): Tensor {
   for (let s = 0; s < b; s++) {
     for (let i = 0; i < 2 * n; i++) labels[s * 2 * n + i] = i < n ? i + n : i - n;
   }
-  const { loss } = softmaxCrossEntropy(reshape(masked, [b * 2 * n, 2 * n]), tensor(labels, [b * 2 * n], { dtype: "i32" }));
+  const { loss } = softmaxCrossEntropy(
+    reshape(masked, [b * 2 * n, 2 * n]),
+    tensor(labels, [b * 2 * n], { dtype: "i32" }),
+  );
   return loss;
 }
 
@@ -48,7 +51,7 @@ export function ntXentCross(u: Tensor, v: Tensor, tau: number, valid?: boolean[]
     for (let i = 0; i < n; i++) {
       const ok = valid ? valid[s][i] : true;
       labels[s * n + i] = ok ? i : IGNORE_INDEX;
-      if (!ok) for (let r = 0; r < n; r++) mask[s * n * n + r * n + i] = NEG_LARGE;
+      if (!ok) { for (let r = 0; r < n; r++) mask[s * n * n + r * n + i] = NEG_LARGE; }
     }
   }
   const lab = tensor(labels, [b * n], { dtype: "i32" });

@@ -35,7 +35,9 @@ export function foregroundSoftDice(
   ignoreIndex = IGNORE_INDEX,
 ): Tensor {
   const k = probs.shape[1];
-  if (k < 2) throw new Error(`Soft Dice: needs at least 2 classes (background + foreground), got ${k}`);
+  if (k < 2) {
+    throw new Error(`Soft Dice: needs at least 2 classes (background + foreground), got ${k}`);
+  }
   const perClass = diceFromStats(diceStats(probs, target, { ignoreIndex }), smooth);
   return mean(slice(perClass, 1, 1, k - 1), "all");
 }
@@ -52,7 +54,11 @@ export interface SupervisedTerms {
  * labelled `ignoreIndex` (default IGNORE_INDEX) are left out of both terms: they contribute nothing
  * to the loss and get exactly zero gradient. A patch with every voxel ignored has loss 0.
  */
-export function supervisedLoss(logits: Tensor, labels: Tensor, opts: { ignoreIndex?: number } = {}): SupervisedTerms {
+export function supervisedLoss(
+  logits: Tensor,
+  labels: Tensor,
+  opts: { ignoreIndex?: number } = {},
+): SupervisedTerms {
   const ignoreIndex = opts.ignoreIndex ?? IGNORE_INDEX;
   const { loss: ce, probs } = softmaxCrossEntropy(logits, labels, { ignoreIndex });
   const dice = foregroundSoftDice(probs, labels, DICE_SMOOTH, ignoreIndex);

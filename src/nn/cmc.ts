@@ -63,10 +63,17 @@ export class FusionLayer extends Module {
     readonly modalities: number,
     readonly channels: number,
     readonly mode: "add" | "concat",
-    opts: { kernel?: [number, number, number]; norm?: NormKind; rng: RandomSource; zeroGate?: boolean },
+    opts: {
+      kernel?: [number, number, number];
+      norm?: NormKind;
+      rng: RandomSource;
+      zeroGate?: boolean;
+    },
   ) {
     super();
-    this.alpha = mode === "add" && opts.zeroGate ? this.param("alpha", new Float32Array(1), [1]) : null;
+    this.alpha = mode === "add" && opts.zeroGate
+      ? this.param("alpha", new Float32Array(1), [1])
+      : null;
     const kernel = opts.kernel ?? [3, 3, 3];
     this.b1 = this.child(
       "b1",

@@ -51,7 +51,9 @@ function initWeights(n: number, fanIn: number, rng: RandomSource, slope: number,
 }
 
 function initBias(n: number, rng: RandomSource, fanIn: number): Float32Array {
-  return initScheme === "pytorch" ? uniformSamples(n, rng, 1 / Math.sqrt(fanIn)) : new Float32Array(n);
+  return initScheme === "pytorch"
+    ? uniformSamples(n, rng, 1 / Math.sqrt(fanIn))
+    : new Float32Array(n);
 }
 
 export interface Conv3dOptions {
@@ -111,12 +113,20 @@ export class ConvTranspose3d extends Module {
     const fanIn = inChannels * k[0] * k[1] * k[2];
     this.weight = this.param(
       "weight",
-      initWeights(inChannels * outChannels * k[0] * k[1] * k[2], fanIn, opts.rng, 1, outChannels * k[0] * k[1] * k[2]),
+      initWeights(
+        inChannels * outChannels * k[0] * k[1] * k[2],
+        fanIn,
+        opts.rng,
+        1,
+        outChannels * k[0] * k[1] * k[2],
+      ),
       [inChannels, outChannels, ...k],
     );
     this.bias = opts.bias === false
       ? null
-      : this.param("bias", initBias(outChannels, opts.rng, outChannels * k[0] * k[1] * k[2]), [outChannels]);
+      : this.param("bias", initBias(outChannels, opts.rng, outChannels * k[0] * k[1] * k[2]), [
+        outChannels,
+      ]);
   }
 
   forward(x: Tensor): Tensor {

@@ -88,7 +88,12 @@ export function normalSamples(n: number, rng: RandomSource, std = 1): Float32Arr
 }
 
 /** Kaiming-normal weights for a layer followed by LeakyReLU (fan-in mode), as nnU-Net does. */
-export function kaimingNormal(n: number, fanIn: number, rng: RandomSource, slope = 0.01): Float32Array {
+export function kaimingNormal(
+  n: number,
+  fanIn: number,
+  rng: RandomSource,
+  slope = 0.01,
+): Float32Array {
   const gain = Math.sqrt(2 / (1 + slope * slope));
   return normalSamples(n, rng, gain / Math.sqrt(fanIn));
 }

@@ -4,7 +4,7 @@
  * concatenates the skip and applies two blocks; a 1x1x1 head gives logits).
  */
 import { concat, type Tensor } from "../engine.ts";
-import { ConvBlock, Conv3d, ConvTranspose3d, type NormKind } from "./layers.ts";
+import { Conv3d, ConvBlock, ConvTranspose3d, type NormKind } from "./layers.ts";
 import { Module, ModuleList, type RandomSource } from "./module.ts";
 import type { UNetPlan } from "./plan.ts";
 
@@ -25,10 +25,22 @@ export interface Encoder extends Module {
 class EncoderLevel extends Module {
   readonly first: ConvBlock;
   readonly second: ConvBlock;
-  constructor(inC: number, outC: number, level: UNetPlan["levels"][number], norm: NormKind, rng: RandomSource) {
+  constructor(
+    inC: number,
+    outC: number,
+    level: UNetPlan["levels"][number],
+    norm: NormKind,
+    rng: RandomSource,
+  ) {
     super();
-    this.first = this.child("conv1", new ConvBlock(inC, outC, { kernel: level.kernel, stride: level.stride, norm, rng }));
-    this.second = this.child("conv2", new ConvBlock(outC, outC, { kernel: level.kernel, norm, rng }));
+    this.first = this.child(
+      "conv1",
+      new ConvBlock(inC, outC, { kernel: level.kernel, stride: level.stride, norm, rng }),
+    );
+    this.second = this.child(
+      "conv2",
+      new ConvBlock(outC, outC, { kernel: level.kernel, norm, rng }),
+    );
   }
   forward(x: Tensor): Tensor {
     return this.second.forward(this.first.forward(x));
@@ -39,7 +51,11 @@ export class UNetEncoder extends Module implements Encoder {
   readonly widths: number[];
   readonly levels: ModuleList<EncoderLevel>;
 
-  constructor(inChannels: number, readonly plan: UNetPlan, opts: { norm?: NormKind; rng: RandomSource }) {
+  constructor(
+    inChannels: number,
+    readonly plan: UNetPlan,
+    opts: { norm?: NormKind; rng: RandomSource },
+  ) {
     super();
     this.widths = plan.levels.map((l) => l.width);
     const levels: EncoderLevel[] = [];
@@ -66,9 +82,19 @@ class DecoderLevel extends Module {
   readonly up: ConvTranspose3d;
   readonly first: ConvBlock;
   readonly second: ConvBlock;
-  constructor(deepC: number, outC: number, upStride: [number, number, number], kernel: [number, number, number], norm: NormKind, rng: RandomSource) {
+  constructor(
+    deepC: number,
+    outC: number,
+    upStride: [number, number, number],
+    kernel: [number, number, number],
+    norm: NormKind,
+    rng: RandomSource,
+  ) {
     super();
-    this.up = this.child("up", new ConvTranspose3d(deepC, outC, { stride: upStride, bias: false, rng }));
+    this.up = this.child(
+      "up",
+      new ConvTranspose3d(deepC, outC, { stride: upStride, bias: false, rng }),
+    );
     this.first = this.child("conv1", new ConvBlock(2 * outC, outC, { kernel, norm, rng }));
     this.second = this.child("conv2", new ConvBlock(outC, outC, { kernel, norm, rng }));
   }
@@ -103,14 +129,28 @@ export class UNetDecoder extends Module {
     for (let i = 0; i < L - 1; i++) {
       const here = plan.levels[i];
       const below = plan.levels[i + 1];
-      levels.push(new DecoderLevel(below.width, here.width, below.stride, here.kernel, opts.norm ?? "instance", opts.rng));
+      levels.push(
+        new DecoderLevel(
+          below.width,
+          here.width,
+          below.stride,
+          here.kernel,
+          opts.norm ?? "instance",
+          opts.rng,
+        ),
+      );
     }
     this.levels = this.child("levels", new ModuleList(levels));
-    this.head = this.child("head", new Conv3d(plan.levels[0].width, numClasses, { kernel: 1, rng: opts.rng, slope: 1 }));
+    this.head = this.child(
+      "head",
+      new Conv3d(plan.levels[0].width, numClasses, { kernel: 1, rng: opts.rng, slope: 1 }),
+    );
     const ds = Math.min(opts.deepSupervision ?? 0, Math.max(0, L - 2));
     const heads: Conv3d[] = [];
     for (let i = 1; i <= ds; i++) {
-      heads.push(new Conv3d(plan.levels[i].width, numClasses, { kernel: 1, rng: opts.rng, slope: 1 }));
+      heads.push(
+        new Conv3d(plan.levels[i].width, numClasses, { kernel: 1, rng: opts.rng, slope: 1 }),
+      );
     }
     this.deepHeads = this.child("deep_heads", new ModuleList(heads));
   }
@@ -120,7 +160,9 @@ export class UNetDecoder extends Module {
     const deepLogits: Tensor[] = [];
     for (let i = this.levels.length - 1; i >= 0; i--) {
       h = this.levels.items[i].forward(h, skips[i]);
-      if (i >= 1 && i <= this.deepHeads.length) deepLogits.unshift(this.deepHeads.items[i - 1].forward(h));
+      if (i >= 1 && i <= this.deepHeads.length) {
+        deepLogits.unshift(this.deepHeads.items[i - 1].forward(h));
+      }
     }
     return { logits: this.head.forward(h), features: h, deepLogits };
   }
@@ -130,7 +172,12 @@ export class UNetDecoder extends Module {
 export class UNet extends Module {
   readonly encoder: UNetEncoder;
   readonly decoder: UNetDecoder;
-  constructor(inChannels: number, numClasses: number, plan: UNetPlan, opts: { norm?: NormKind; rng: RandomSource; deepSupervision?: number }) {
+  constructor(
+    inChannels: number,
+    numClasses: number,
+    plan: UNetPlan,
+    opts: { norm?: NormKind; rng: RandomSource; deepSupervision?: number },
+  ) {
     super();
     this.encoder = this.child("encoder", new UNetEncoder(inChannels, plan, opts));
     this.decoder = this.child("decoder", new UNetDecoder(plan, numClasses, opts));

@@ -207,7 +207,8 @@ Deno.test("conv3d: weight and bias gradients for inputs with 4-15 channels (four
       const w = tensor(wd, [Co, Ci, 3, 3, 3], { requiresGrad: true });
       const b = tensor(bd, [Co], { requiresGrad: true });
       const r = tensor(rd, [N, Co, D, H, W]);
-      const loss = () => sum(mul(conv3d(x, w, b, { stride: [1, 1, 1], padding: [1, 1, 1] }), r), "all");
+      const loss = () =>
+        sum(mul(conv3d(x, w, b, { stride: [1, 1, 1], padding: [1, 1, 1] }), r), "all");
       backward(loss());
       const dw1 = w.grad!.toArray() as Float32Array, db1 = b.grad!.toArray() as Float32Array;
       backward(loss()); // accumulates
@@ -223,7 +224,9 @@ Deno.test("conv3d: weight and bias gradients for inputs with 4-15 channels (four
                 refB[o] += g;
                 for (let i = 0; i < Ci; i++) {
                   for (let a = 0; a < 27; a++) {
-                    const iz = z + Math.floor(a / 9) - 1, iy = y + (Math.floor(a / 3) % 3) - 1, ix = xx + (a % 3) - 1;
+                    const iz = z + Math.floor(a / 9) - 1,
+                      iy = y + (Math.floor(a / 3) % 3) - 1,
+                      ix = xx + (a % 3) - 1;
                     if (iz < 0 || iy < 0 || ix < 0 || iz >= D || iy >= H || ix >= W) continue;
                     ref[(o * Ci + i) * 27 + a] += g * xd[(n * Ci + i) * S + (iz * H + iy) * W + ix];
                   }
@@ -235,7 +238,11 @@ Deno.test("conv3d: weight and bias gradients for inputs with 4-15 channels (four
       }
       assertClose(dw1, ref, { atol: 1e-3, rtol: 1e-4, msg: `dw, Ci ${Ci}` });
       assertClose(db1, refB, { atol: 1e-3, rtol: 1e-4, msg: `db, Ci ${Ci}` });
-      assertClose(dw2, ref.map((v) => 2 * v), { atol: 2e-3, rtol: 1e-4, msg: `dw accumulated, Ci ${Ci}` });
+      assertClose(dw2, ref.map((v) => 2 * v), {
+        atol: 2e-3,
+        rtol: 1e-4,
+        msg: `dw accumulated, Ci ${Ci}`,
+      });
     });
   }
 });

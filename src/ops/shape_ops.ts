@@ -2,13 +2,7 @@
  * Shape ops: reshape, expand, slice, split, concat, clone, and the zeros used by slice's gradient.
  * @module
  */
-import {
-  broadcastsTo,
-  checkShape,
-  formatShape,
-  normAxis,
-  sizeOf,
-} from "../tensor/shape.ts";
+import { broadcastsTo, checkShape, formatShape, normAxis, sizeOf } from "../tensor/shape.ts";
 import { allocTensor, recordNode, SliceGrad, type Tensor } from "../tensor/tensor.ts";
 import { checkTensor, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";

@@ -82,7 +82,10 @@ export function assign(t: Tensor, data: Float32Array | Int32Array): void {
   }
   if (t.size === 0) return;
   const be = t._backend("assign");
-  be.check(be.sym.cmo_buffer_write(t._ptr("assign"), data, BigInt(data.byteLength)), `assign ${t.describe()}`);
+  be.check(
+    be.sym.cmo_buffer_write(t._ptr("assign"), data, BigInt(data.byteLength)),
+    `assign ${t.describe()}`,
+  );
 }
 
 /** A tensor with every element equal to value. */

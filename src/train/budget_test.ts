@@ -21,7 +21,13 @@ function simulate(budget: number, secPerIt: (it: number) => number, guess: numbe
   while (ctx.iteration < ctx.total) {
     clock += secPerIt(ctx.iteration);
     ctx.iteration++;
-    hook.onIteration!(ctx, { iteration: ctx.iteration, total: ctx.total, lr: 0, terms: {}, seconds: 0 });
+    hook.onIteration!(ctx, {
+      iteration: ctx.iteration,
+      total: ctx.total,
+      lr: 0,
+      terms: {},
+      seconds: 0,
+    });
     if (ctx.iteration > 1e6) throw new Error("runaway");
   }
   return { iterations: ctx.iteration, seconds: clock };
@@ -31,7 +37,10 @@ Deno.test("timeBudgetHook: the run ends at the budget, whatever the first guess,
   // 0.5 s per iteration, 60 s: about 120 iterations, from a guess of 600 or of 10.
   for (const guess of [600, 10]) {
     const r = simulate(60, () => 0.5, guess);
-    assert(r.iterations >= 115 && r.iterations <= 121, `iterations ${r.iterations} (guess ${guess})`);
+    assert(
+      r.iterations >= 115 && r.iterations <= 121,
+      `iterations ${r.iterations} (guess ${guess})`,
+    );
     assert(r.seconds <= 60.5, `seconds ${r.seconds}`);
   }
   // Twice as slow after iteration 50 (a busy machine): still within the budget, and not far short of it.

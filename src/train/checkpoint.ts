@@ -18,7 +18,11 @@ export interface CheckpointMeta {
   [key: string]: unknown;
 }
 
-export function saveCheckpoint(path: string, meta: CheckpointMeta, tensors: Record<string, Tensor>): void {
+export function saveCheckpoint(
+  path: string,
+  meta: CheckpointMeta,
+  tensors: Record<string, Tensor>,
+): void {
   const entries: { name: string; shape: number[]; offset: number }[] = [];
   const arrays: Float32Array[] = [];
   let offset = 0;
@@ -60,7 +64,10 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
   }
   const hlen = new DataView(bytes.buffer, bytes.byteOffset).getUint32(8, true);
   if (12 + hlen > bytes.length) throw new Error(`Cannot read checkpoint ${path}: truncated header`);
-  let header: { meta: CheckpointMeta; tensors: { name: string; shape: number[]; offset: number }[] };
+  let header: {
+    meta: CheckpointMeta;
+    tensors: { name: string; shape: number[]; offset: number }[];
+  };
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + hlen)));
   } catch (e) {
@@ -71,14 +78,15 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
   for (const t of header.tensors) {
     const n = t.shape.reduce((p, s) => p * s, 1);
     const start = base + t.offset;
-    if (start + 4 * n > bytes.length) throw new Error(`Cannot read checkpoint ${path}: truncated at tensor ${t.name}`);
+    if (start + 4 * n > bytes.length) {
+      throw new Error(`Cannot read checkpoint ${path}: truncated at tensor ${t.name}`);
+    }
     const copy = new Float32Array(n);
     new Uint8Array(copy.buffer).set(bytes.subarray(start, start + 4 * n));
     tensors.set(t.name, { shape: t.shape, data: copy });
   }
   return { meta: header.meta, tensors };
 }
-
 
 /**
  * The meta of a checkpoint without reading its tensors (the header only), after checking that the
@@ -94,7 +102,9 @@ export function readCheckpointMeta(path: string): CheckpointMeta {
   try {
     const size = fstatSync(fd).size;
     const head = new Uint8Array(12);
-    if (readSync(fd, head, 0, 12, 0) < 12 || new TextDecoder().decode(head.subarray(0, 8)) !== MAGIC) {
+    if (
+      readSync(fd, head, 0, 12, 0) < 12 || new TextDecoder().decode(head.subarray(0, 8)) !== MAGIC
+    ) {
       throw new Error(`Cannot read checkpoint ${path}: not a comodal checkpoint (bad magic)`);
     }
     const hlen = new DataView(head.buffer).getUint32(8, true);

@@ -104,7 +104,11 @@ export function planStage(shapes: readonly Vec3[], spacing: Vec3, budget: number
     const m = at(sp);
     const dhw: Triple = [Math.round(m[2]), Math.round(m[1]), Math.round(m[0])];
     const p = autoPatchSize(dhw, [sp[2], sp[1], sp[0]], budget);
-    return { patch: p, median: dhw, share: Math.min(1, (p[0] * p[1] * p[2]) / (dhw[0] * dhw[1] * dhw[2])) };
+    return {
+      patch: p,
+      median: dhw,
+      share: Math.min(1, (p[0] * p[1] * p[2]) / (dhw[0] * dhw[1] * dhw[2])),
+    };
   };
   const fmt = (v: readonly number[]) => `[${v.map((x) => +x.toFixed(2)).join(", ")}]`;
   const full = coverage(spacing);
@@ -113,7 +117,8 @@ export function planStage(shapes: readonly Vec3[], spacing: Vec3, budget: number
     return {
       stage: "fullres",
       spacing,
-      why: `Plan: full resolution ${fmt(spacing)} mm (x, y, z): the patch ${fmt(full.patch)} covers ` +
+      why:
+        `Plan: full resolution ${fmt(spacing)} mm (x, y, z): the patch ${fmt(full.patch)} covers ` +
         `${pct(full.share)} of the median image ${fmt(full.median)} (D, H, W)`,
     };
   }
@@ -127,10 +132,19 @@ export function planStage(shapes: readonly Vec3[], spacing: Vec3, budget: number
   return {
     stage: "lowres",
     spacing: sp,
-    why: `Plan: low resolution ${fmt(sp)} mm (x, y, z), as nnU-Net's 3d_lowres: at ${fmt(spacing)} mm the ` +
-      `patch ${fmt(full.patch)} would cover ${pct(full.share)} of the median image ${fmt(full.median)} ` +
-      `(D, H, W; below ${pct(LOWRES_COVERAGE)}); at ${fmt(sp)} mm the patch ${fmt(low.patch)} covers ` +
-      `${pct(low.share)} of ${fmt(low.median)}; predictions are mapped back to the original grid. ` +
+    why:
+      `Plan: low resolution ${fmt(sp)} mm (x, y, z), as nnU-Net's 3d_lowres: at ${
+        fmt(spacing)
+      } mm the ` +
+      `patch ${fmt(full.patch)} would cover ${pct(full.share)} of the median image ${
+        fmt(full.median)
+      } ` +
+      `(D, H, W; below ${pct(LOWRES_COVERAGE)}); at ${fmt(sp)} mm the patch ${
+        fmt(low.patch)
+      } covers ` +
+      `${pct(low.share)} of ${
+        fmt(low.median)
+      }; predictions are mapped back to the original grid. ` +
       `Set stage=fullres or targetSpacing to choose`,
   };
 }
@@ -275,7 +289,8 @@ export async function prepareData(
       "preprocessed",
       `${manifest.task}-${
         shortHash(
-          source + JSON.stringify(spacingXYZ ? [spacingXYZ[2], spacingXYZ[1], spacingXYZ[0]] : null) +
+          source +
+            JSON.stringify(spacingXYZ ? [spacingXYZ[2], spacingXYZ[1], spacingXYZ[0]] : null) +
             (c.nonFinite === "zero" ? "nonfinite=zero" : ""),
         )
       }`,
@@ -291,7 +306,9 @@ export async function prepareData(
         }
       },
     });
-  const given = c.targetSpacing ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]] : undefined;
+  const given = c.targetSpacing
+    ? [c.targetSpacing[2], c.targetSpacing[1], c.targetSpacing[0]]
+    : undefined;
   let ppDir = dirFor(given);
   let plan = await preprocessAt(given);
   // nnU-Net's 3d_lowres rule: when the planned patch covers less than a quarter of the median

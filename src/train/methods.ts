@@ -13,22 +13,22 @@ import { withInitScheme } from "../nn/layers.ts";
 import { type Regions, regionSupervisedLoss } from "./regions.ts";
 import { Rng } from "../data/rng.ts";
 import {
+  add,
   argmax,
-  softmaxCrossEntropy,
   concat,
+  IGNORE_INDEX,
   max,
   mean,
   mul,
+  mulScalar,
   noGrad,
-  slice,
   sigmoid,
+  slice,
   softmax,
+  softmaxCrossEntropy,
   sub,
   type Tensor,
   tensor,
-  add,
-  IGNORE_INDEX,
-  mulScalar,
 } from "../engine.ts";
 import { cacLoss, cacPairLoss, rampUp } from "../losses/cac.ts";
 import { cscLoss } from "../losses/csc.ts";
@@ -118,10 +118,16 @@ function loadPretrained(o: BuildOptions, encoders: VitEncoder[]): LoadWeightsRep
   const v = o.config.network.vit;
   if (o.pretrained === false || !v.weights || encoders.length === 0) return [];
   const st = readSafetensors(v.weights);
-  const reports = encoders.map((e) => loadVitWeights(e, st, { prefix: v.prefix, strict: v.strict }));
+  const reports = encoders.map((e) =>
+    loadVitWeights(e, st, { prefix: v.prefix, strict: v.strict })
+  );
   const r = reports[0];
   if (r.missing.some((n) => !VitEncoder.isExtraParameter(n)) || r.unexpected.length) {
-    console.error(`ViT weights (each of ${encoders.length} encoders): ${describeLoadReport(r).replaceAll("\n", "; ")}`);
+    console.error(
+      `ViT weights (each of ${encoders.length} encoders): ${
+        describeLoadReport(r).replaceAll("\n", "; ")
+      }`,
+    );
   }
   return reports;
 }
@@ -145,7 +151,8 @@ function supervisedOver(
   has: boolean[],
   regions: Regions | null = null,
 ): { loss: Tensor; ce: Tensor; dice: Tensor } | null {
-  const sup = (l: Tensor, y: Tensor) => regions ? regionSupervisedLoss(l, y, regions) : supervisedLoss(l, y);
+  const sup = (l: Tensor, y: Tensor) =>
+    regions ? regionSupervisedLoss(l, y, regions) : supervisedLoss(l, y);
   if (has.every((h) => h)) return sup(logits, labels);
   const idx = has.flatMap((h, i) => (h ? [i] : []));
   if (idx.length === 0) return null;
@@ -174,7 +181,9 @@ export function downsampleLabels(labels: Tensor, shape: readonly number[]): Tens
   const [d, h, w] = shape.slice(2);
   const [sz, sy, sx] = [D / d, H / h, W / w];
   if (![sz, sy, sx].every((q) => Number.isInteger(q) && q >= 1)) {
-    throw new Error(`Cannot downsample labels [${labels.shape}] to [${shape}]: not an integer stride`);
+    throw new Error(
+      `Cannot downsample labels [${labels.shape}] to [${shape}]: not an integer stride`,
+    );
   }
   const src = labels.toArray() as Int32Array;
   const out = new Int32Array(B * d * h * w);
@@ -298,12 +307,17 @@ class CmcMethod implements MethodModel {
     const c = this.o.config;
     const bl = batch.labeled.images[0].shape[0];
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
-    const xs = unl ? batch.labeled.images.map((x, m) => concat([x, unl.images[m]], 0)) : batch.labeled.images;
+    const xs = unl
+      ? batch.labeled.images.map((x, m) => concat([x, unl.images[m]], 0))
+      : batch.labeled.images;
     const outs = this.student.forward(xs);
     const terms: Record<string, number> = {};
     const labeledPart = (t: Tensor) => (unl ? slice(t, 0, 0, bl) : t);
     let loss = meanSupervised(
-      outs.map((o) => ({ logits: labeledPart(o.logits), deepLogits: o.deepLogits.map(labeledPart) })),
+      outs.map((o) => ({
+        logits: labeledPart(o.logits),
+        deepLogits: o.deepLogits.map(labeledPart),
+      })),
       batch,
       terms,
       this.regions,
@@ -331,7 +345,10 @@ class CmcMethod implements MethodModel {
       let lcac: Tensor;
       if (this.teacher) {
         const t = noGrad(() =>
-          this.teacher!.forward(unl.images).map((o) => ({ probs: probsOf(o.logits, this.regions), features: o.features }))
+          this.teacher!.forward(unl.images).map((o) => ({
+            probs: probsOf(o.logits, this.regions),
+            features: o.features,
+          }))
         );
         let acc: Tensor | null = null;
         let pairs = 0;
@@ -375,7 +392,10 @@ class UNetMethod implements MethodModel {
     return this.o.regions ?? null;
   }
 
-  constructor(readonly method: "supervised" | "early-fusion" | "mean-teacher", readonly o: BuildOptions) {
+  constructor(
+    readonly method: "supervised" | "early-fusion" | "mean-teacher",
+    readonly o: BuildOptions,
+  ) {
     const c = o.config;
     this.inputs = method === "early-fusion" ? [...Array(o.modalities).keys()] : [o.primary];
     this.outputs = [method === "early-fusion" ? 0 : o.primary];
@@ -387,7 +407,10 @@ class UNetMethod implements MethodModel {
         : new UNet(this.inputs.length, outChannels(o), o.plan, { ...opts, rng });
     this.student = make(o.rng());
     this.teacher = method === "mean-teacher" ? make(o.rng()) : null;
-    this.pretrained = loadPretrained(o, this.student instanceof VitUNet ? [this.student.encoder] : []);
+    this.pretrained = loadPretrained(
+      o,
+      this.student instanceof VitUNet ? [this.student.encoder] : [],
+    );
   }
 
   #input(images: Tensor[]): Tensor {
@@ -399,9 +422,14 @@ class UNetMethod implements MethodModel {
     const out = this.student.forward(this.#input(batch.labeled.images));
     const o = this.outputs[0];
     // No annotated voxel in the batch (every one ignored): the masked loss, 0 with zero gradient.
-    const s = supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o], this.regions) ??
-      supervisedLoss(out.logits, batch.labeled.labels[o]);
-    const terms: Record<string, number> = { ce_0: num(s.ce), dice_0: num(s.dice), sup: num(s.loss) };
+    const s =
+      supervisedDeep(out, batch.labeled.labels[o], batch.labeled.hasLabels[o], this.regions) ??
+        supervisedLoss(out.logits, batch.labeled.labels[o]);
+    const terms: Record<string, number> = {
+      ce_0: num(s.ce),
+      dice_0: num(s.dice),
+      sup: num(s.loss),
+    };
     let loss = s.loss;
     const unl = batch.unlabeled && batch.unlabeled.images[0].shape[0] > 0 ? batch.unlabeled : null;
     if (this.teacher && unl) {
@@ -412,7 +440,9 @@ class UNetMethod implements MethodModel {
       const sd = this.o.config.loss.mtNoise;
       const rng = new Rng(this.o.config.seed, `mt-noise-${it}`);
       const noisy = (t: Tensor) =>
-        sd > 0 ? add(t, tensor(Float32Array.from({ length: t.size }, () => sd * rng.normal()), t.shape)) : t;
+        sd > 0
+          ? add(t, tensor(Float32Array.from({ length: t.size }, () => sd * rng.normal()), t.shape))
+          : t;
       const studentLogits = this.student.forward(noisy(x)).logits;
       const teacherLogits = noGrad(() => this.teacher!.forward(noisy(x)).logits);
       const cons = softmaxMse(studentLogits, teacherLogits, this.regions);

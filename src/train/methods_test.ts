@@ -36,7 +36,10 @@ function batch(seed: number, labeled = 1, unlabeled = 1): HostBatch {
   const n = PATCH[0] * PATCH[1] * PATCH[2];
   const img = (b: number) => Float32Array.from({ length: b * n }, () => r.normal());
   // A blob of class 1 and class 2 so both classes exist.
-  const lab = new Int32Array(labeled * n).map((_, i) => ((i % n) % 16 < 5 ? 1 : (i % n) % 16 > 10 ? 2 : 0));
+  const lab = new Int32Array(labeled * n).map((
+    _,
+    i,
+  ) => ((i % n) % 16 < 5 ? 1 : (i % n) % 16 > 10 ? 2 : 0));
   return {
     patch: PATCH,
     labeled: { images: [img(labeled), img(labeled)], labels: [lab, lab.slice()], count: labeled },
@@ -50,7 +53,11 @@ Deno.test("CMC: L_csc and L_cac each change the weights of both encoders", () =>
   const b = batch(1);
   const encoderWeights = (which: "csc" | "cac", on: boolean) => {
     const m = tinyModel("cmc", {
-      loss: { lambdaCsc: which === "csc" && on ? 1 : 0, lambdaCac: which === "cac" && on ? 1 : 0, rampFraction: 0 },
+      loss: {
+        lambdaCsc: which === "csc" && on ? 1 : 0,
+        lambdaCac: which === "cac" && on ? 1 : 0,
+        rampFraction: 0,
+      },
     });
     const opt = new AdamW(m.student.namedParameters());
     const terms = tidy(() => {
@@ -59,7 +66,11 @@ Deno.test("CMC: L_csc and L_cac each change the weights of both encoders", () =>
       return r.terms;
     });
     opt.step(1e-3);
-    const w = new Map(m.student.namedParameters().filter(([n]) => n.startsWith("encoders.")).map(([n, p]) => [n, p.toArray()]));
+    const w = new Map(
+      m.student.namedParameters().filter(([n]) => n.startsWith("encoders.")).map((
+        [n, p],
+      ) => [n, p.toArray()]),
+    );
     opt.dispose();
     m.dispose();
     return { w, terms };
@@ -69,7 +80,9 @@ Deno.test("CMC: L_csc and L_cac each change the weights of both encoders", () =>
     const off = encoderWeights(which, false);
     assert.ok(on.terms[which] > 0, `${which} term missing: ${JSON.stringify(on.terms)}`);
     for (const enc of ["encoders.0.", "encoders.1."]) {
-      const differs = [...on.w].some(([n, v]) => n.startsWith(enc) && v.some((x, i) => x !== off.w.get(n)![i]));
+      const differs = [...on.w].some(([n, v]) =>
+        n.startsWith(enc) && v.some((x, i) => x !== off.w.get(n)![i])
+      );
       assert.ok(differs, `${which} did not change ${enc} weights`);
     }
   }
@@ -108,7 +121,11 @@ Deno.test("every method trains on labels with ignored voxels; a batch with every
       const m = tinyModel(method, method === "mutual" ? { loss: { pseudoThreshold: 0 } } : {});
       const b = batch(4);
       // A slab of ignored voxels in both modalities' labels (or all of them).
-      for (const lab of b.labeled.labels) lab.forEach((_, i) => { if (everywhere || i % 256 < 64) lab[i] = IGNORE_INDEX; });
+      for (const lab of b.labeled.labels) {
+        lab.forEach((_, i) => {
+          if (everywhere || i % 256 < 64) lab[i] = IGNORE_INDEX;
+        });
+      }
       const terms = tidy(() => {
         const r = m.loss(toEngineBatch(b), 5, 10);
         backward(r.loss);
@@ -131,7 +148,9 @@ Deno.test("deep supervision: nnU-Net weights, labels at the coarse grid, and eve
   assert.deepEqual(w.map((x) => +x.toFixed(6)), [4 / 7, 2 / 7, 1 / 7].map((x) => +x.toFixed(6)));
   assert.deepEqual(deepSupervisionWeights(0), [1]);
   // Coarse voxel i takes fine voxel 2i (the centre of the stride-2 convolution's window).
-  const lab = tensor(Int32Array.from({ length: 4 * 8 * 8 }, (_, i) => i), [1, 1, 4, 8, 8], { dtype: "i32" });
+  const lab = tensor(Int32Array.from({ length: 4 * 8 * 8 }, (_, i) => i), [1, 1, 4, 8, 8], {
+    dtype: "i32",
+  });
   const coarse = tidy(() => downsampleLabels(lab, [1, 3, 2, 4, 4]).toArray() as Int32Array);
   assert.deepEqual([...coarse.slice(0, 5)], [0, 2, 4, 6, 16]);
   assert.equal(coarse[16], 2 * 64);

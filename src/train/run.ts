@@ -326,7 +326,9 @@ function trainedSeconds(logFile: string, upTo: number): number {
     if (!line.includes('"iteration"')) continue;
     try {
       const r = JSON.parse(line);
-      if (r.event === "iteration" && r.iteration <= upTo && typeof r.seconds === "number") s += r.seconds;
+      if (r.event === "iteration" && r.iteration <= upTo && typeof r.seconds === "number") {
+        s += r.seconds;
+      }
     } catch { /* a cut line */ }
   }
   return s;
@@ -347,7 +349,8 @@ export async function trainTask(
   const realData = c.data !== undefined || !(SYNTH_TASKS as readonly string[]).includes(c.task);
   // The default budget is for the whole command (preprocessing and the final evaluation
   // included); a --time the user gives is for the training loop alone.
-  const wholeCommand = c.time === undefined && raw.iterations === undefined && realData && !opts.resume;
+  const wholeCommand = c.time === undefined && raw.iterations === undefined && realData &&
+    !opts.resume;
   if (wholeCommand) c.time = DEFAULT_REAL_DATA_TIME_S;
   if (!c.out && opts.resume) {
     throw new Error("Cannot resume: give the run folder to continue with --out");
@@ -388,7 +391,9 @@ export async function trainTask(
       "regions: mutual learning trains on exclusive pseudo-labels and has no region outputs; use another method or regions=none",
     );
   }
-  const regions = c.method === "mutual" ? null : resolveRegions(c.regions, data.classes, data.manifest.regions);
+  const regions = c.method === "mutual"
+    ? null
+    : resolveRegions(c.regions, data.classes, data.manifest.regions);
   const resolvedRegions = regionsToSetting(regions, data.classes);
   if (JSON.stringify(resolvedRegions) !== JSON.stringify(c.regions)) {
     c.regions = resolvedRegions;
@@ -401,7 +406,11 @@ export async function trainTask(
   }
   if (regions && !opts.quiet) {
     console.error(
-      `Regions: ${regions.names.map((n, i) => `${n} = {${regions.classes[i].map((k) => data.classes[k]).join(", ")}}`).join("; ")} ` +
+      `Regions: ${
+        regions.names.map((n, i) =>
+          `${n} = {${regions.classes[i].map((k) => data.classes[k]).join(", ")}}`
+        ).join("; ")
+      } ` +
         `(sigmoid outputs, as nnU-Net trains BraTS; set regions=none for one softmax over the classes)`,
     );
   }
@@ -598,9 +607,9 @@ export async function trainTask(
   await writePartners(outDir, data, patch);
 
   let metrics: MetricsSummary | null = null;
-  let summaryText =
-    `Trained ${c.method} on ${c.task} for ${trainer.ctx.iteration} iterations` +
-    (c.time !== undefined ? ` (time budget ${Math.round(c.time)} s)` : "") + `; run folder ${outDir}`;
+  let summaryText = `Trained ${c.method} on ${c.task} for ${trainer.ctx.iteration} iterations` +
+    (c.time !== undefined ? ` (time budget ${Math.round(c.time)} s)` : "") +
+    `; run folder ${outDir}`;
   if (!opts.skipFinalEvaluation && data.validation.length) {
     const windows = progressBar("sliding window", { quiet: opts.quiet });
     const r = await evaluateValidation(model, data, {

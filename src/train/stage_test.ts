@@ -7,9 +7,16 @@ Deno.test("planStage: a brain at 1 mm with a 64^3 budget gets a low-resolution s
   const p = planStage(shapes, [1, 1, 1], 64 ** 3);
   assertEquals(p.stage, "lowres");
   assert(p.spacing.every((s) => s > 1.3 && s < 1.8), `spacing ${p.spacing}`);
-  assert(p.spacing[0] === p.spacing[1] && p.spacing[1] === p.spacing[2], "isotropic stays isotropic");
+  assert(
+    p.spacing[0] === p.spacing[1] && p.spacing[1] === p.spacing[2],
+    "isotropic stays isotropic",
+  );
   const med = [140, 172, 140].map((n) => n / p.spacing[0]);
-  const dhw: [number, number, number] = [Math.round(med[2]), Math.round(med[1]), Math.round(med[0])];
+  const dhw: [number, number, number] = [
+    Math.round(med[2]),
+    Math.round(med[1]),
+    Math.round(med[0]),
+  ];
   const patch = autoPatchSize(dhw, [p.spacing[2], p.spacing[1], p.spacing[0]], 64 ** 3);
   const share = (patch[0] * patch[1] * patch[2]) / (dhw[0] * dhw[1] * dhw[2]);
   assert(share >= LOWRES_COVERAGE, `coverage ${share}`);

@@ -4,7 +4,16 @@
  * validation, checkpoints). A non-finite loss stops the run with the iteration and the last finite
  * values; nothing already written is touched.
  */
-import { backward, emaUpdate, IGNORE_INDEX, noGrad, tensor, type Tensor, tidy, zeroGrad } from "../engine.ts";
+import {
+  backward,
+  emaUpdate,
+  IGNORE_INDEX,
+  noGrad,
+  type Tensor,
+  tensor,
+  tidy,
+  zeroGrad,
+} from "../engine.ts";
 import type { Module } from "../nn/module.ts";
 import type { MethodModel, TrainBatch } from "./methods.ts";
 import { learningRate, type Optimizer, type ScheduleKind } from "./optim.ts";
@@ -43,16 +52,23 @@ export interface TrainerHook {
 }
 
 export class NonFiniteLossError extends Error {
-  constructor(readonly iteration: number, readonly terms: Record<string, number>, readonly lastFinite: Record<string, number> | null) {
+  constructor(
+    readonly iteration: number,
+    readonly terms: Record<string, number>,
+    readonly lastFinite: Record<string, number> | null,
+  ) {
     super(
       `Training stopped at iteration ${iteration}: the loss is not finite (${fmt(terms)}); ` +
-        `last finite values: ${lastFinite ? fmt(lastFinite) : "none"}. The last good checkpoint is kept.`,
+        `last finite values: ${
+          lastFinite ? fmt(lastFinite) : "none"
+        }. The last good checkpoint is kept.`,
     );
   }
 }
 
 function fmt(t: Record<string, number>): string {
-  return Object.entries(t).map(([k, v]) => `${k}=${Number.isFinite(v) ? v.toPrecision(4) : v}`).join(", ");
+  return Object.entries(t).map(([k, v]) => `${k}=${Number.isFinite(v) ? v.toPrecision(4) : v}`)
+    .join(", ");
 }
 
 export interface TrainerOptions {
@@ -73,12 +89,16 @@ export function toEngineBatch(b: HostBatch): TrainBatch {
   const img = (a: Float32Array, n: number) => tensor(a, [n, 1, d, h, w]);
   const nv = d * h * w;
   const hasLabels = b.labeled.labels.map((a) =>
-    [...Array(b.labeled.count).keys()].map((s) => a[s * nv] !== IGNORE_INDEX || a.subarray(s * nv, (s + 1) * nv).some((v) => v !== IGNORE_INDEX))
+    [...Array(b.labeled.count).keys()].map((s) =>
+      a[s * nv] !== IGNORE_INDEX || a.subarray(s * nv, (s + 1) * nv).some((v) => v !== IGNORE_INDEX)
+    )
   );
   return {
     labeled: {
       images: b.labeled.images.map((a) => img(a, b.labeled.count)),
-      labels: b.labeled.labels.map((a) => tensor(a, [b.labeled.count, 1, d, h, w], { dtype: "i32" })),
+      labels: b.labeled.labels.map((a) =>
+        tensor(a, [b.labeled.count, 1, d, h, w], { dtype: "i32" })
+      ),
       hasLabels,
     },
     unlabeled: b.unlabeled && b.unlabeled.count > 0
@@ -91,7 +111,9 @@ export function toEngineBatch(b: HostBatch): TrainBatch {
 export function updateEma(teacher: Module, student: Module, decay: number): void {
   const t = teacher.parameters();
   const s = student.parameters();
-  if (t.length !== s.length) throw new Error(`EMA: teacher has ${t.length} parameters, student ${s.length}`);
+  if (t.length !== s.length) {
+    throw new Error(`EMA: teacher has ${t.length} parameters, student ${s.length}`);
+  }
   noGrad(() => t.forEach((p, i) => emaUpdate(p, s[i], decay)));
 }
 
@@ -100,7 +122,13 @@ export class Trainer {
   #lastFinite: Record<string, number> | null = null;
 
   constructor(readonly opts: TrainerOptions) {
-    this.ctx = { model: opts.model, optimizer: opts.optimizer, total: opts.total, iteration: 0, stopRequested: false };
+    this.ctx = {
+      model: opts.model,
+      optimizer: opts.optimizer,
+      total: opts.total,
+      iteration: 0,
+      stopRequested: false,
+    };
   }
 
   /** Runs from ctx.iteration (0, or where a checkpoint left off) to the total. */
@@ -123,7 +151,9 @@ export class Trainer {
         const terms = tidy(() => {
           const batch = toEngineBatch(host);
           const r = model.loss(batch, it, this.ctx.total);
-          if (!Number.isFinite(r.terms.loss)) throw new NonFiniteLossError(it + 1, r.terms, this.#lastFinite);
+          if (!Number.isFinite(r.terms.loss)) {
+            throw new NonFiniteLossError(it + 1, r.terms, this.#lastFinite);
+          }
           backward(r.loss, undefined, { releaseActivations: true });
           return r.terms;
         });

@@ -19,7 +19,13 @@ import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "../infer/labels.ts";
 import { keepLargestComponent } from "../infer/postprocess.ts";
 import { type PatchBatch, slidingWindowInference } from "../infer/sliding_window.ts";
-import { type CaseMetrics, evaluateCase, metricsToJson, type MetricsSummary, summarise } from "../metrics/metrics.ts";
+import {
+  type CaseMetrics,
+  evaluateCase,
+  type MetricsSummary,
+  metricsToJson,
+  summarise,
+} from "../metrics/metrics.ts";
 import { formatSummaryTable } from "../metrics/evaluate_files.ts";
 import { montagePng } from "../viz/overlay.ts";
 import type { TrainConfig } from "./config.ts";
@@ -193,10 +199,19 @@ export async function predictCase(
  * Labels from probabilities [K, ...dims] (dims in NIfTI order x, y, z), with the configured
  * post-processing. Used for validation, the final predictions and `predict`.
  */
-export function finalLabels(probs: Float32Array, K: number, dimsXYZ: readonly number[], config: TrainConfig): Int32Array {
+export function finalLabels(
+  probs: Float32Array,
+  K: number,
+  dimsXYZ: readonly number[],
+  config: TrainConfig,
+): Int32Array {
   const labels = argmaxLabels(probs, { numClasses: K });
   if (config.validation.largestComponent) {
-    keepLargestComponent(labels, [dimsXYZ[2], dimsXYZ[1], dimsXYZ[0]], [...Array(K - 1).keys()].map((k) => k + 1));
+    keepLargestComponent(
+      labels,
+      [dimsXYZ[2], dimsXYZ[1], dimsXYZ[0]],
+      [...Array(K - 1).keys()].map((k) => k + 1),
+    );
   }
   return labels;
 }
@@ -223,13 +238,23 @@ export function quickDice(pred: Int32Array, ref: ArrayLike<number>, K: number): 
  * A label file on its own grid as class indices (IGNORE_INDEX where the task's label map says
  * "ignore"), with the file's voxel spacing. The file is opened through `access` (the run's labels).
  */
-export async function originalLabels(file: string, map: Map<number, number>, access: LabelAccess): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
+export async function originalLabels(
+  file: string,
+  map: Map<number, number>,
+  access: LabelAccess,
+): Promise<{ labels: Int32Array; spacing: [number, number, number] }> {
   const img = await access.read(file, { expectDims: 3 });
   const out = new Int32Array(img.data.length);
   for (let i = 0; i < img.data.length; i++) {
     const v = Math.round(img.data[i]);
     const k = map.get(v);
-    if (k === undefined) throw new Error(`Cannot evaluate against ${file}: label value ${img.data[i]} is not in the task's label map (${[...map.keys()].join(", ")})`);
+    if (k === undefined) {
+      throw new Error(
+        `Cannot evaluate against ${file}: label value ${
+          img.data[i]
+        } is not in the task's label map (${[...map.keys()].join(", ")})`,
+      );
+    }
     out[i] = k;
   }
   return { labels: out, spacing: img.spacing };
@@ -257,10 +282,16 @@ export function evaluateOriginal(
   });
 }
 
-export async function evaluateValidation(model: MethodModel, data: PreparedData, opts: ValidationOptions): Promise<ValidationResult> {
+export async function evaluateValidation(
+  model: MethodModel,
+  data: PreparedData,
+  opts: ValidationOptions,
+): Promise<ValidationResult> {
   const K = data.classes.length;
   const mods = data.modalities;
-  const cases: LabeledCase[] = opts.quick ? data.validation.slice(0, opts.maxCases ?? data.validation.length) : data.validation;
+  const cases: LabeledCase[] = opts.quick
+    ? data.validation.slice(0, opts.maxCases ?? data.validation.length)
+    : data.validation;
   const perClass: number[][] = Array.from({ length: K - 1 }, () => []);
   const caseMetrics: CaseMetrics[] = [];
   const dirs = opts.outDir
@@ -296,15 +327,36 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
       if (ref) quickDice(pred, ref, K).forEach((d, k) => perClass[k].push(d));
       // Ignored voxels are drawn as background (no reference contour around them).
       const shown = ref && Int32Array.from(ref, (v) => (v === storedIgnore(ref) ? 0 : v));
-      rows.push({ image: vol.data, dims: [vol.dims[2], vol.dims[1], vol.dims[0]] as const, pred, ref: shown });
+      rows.push({
+        image: vol.data,
+        dims: [vol.dims[2], vol.dims[1], vol.dims[0]] as const,
+        pred,
+        ref: shown,
+      });
       if (rec && dirs) {
         const pm = rec.modalities[m];
         const orig = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, opts.config);
         const name = o === FUSED_OUTPUT ? cs.id : `${cs.id}_${m}`;
-        await writeNifti(path.join(dirs.pred, `${name}.nii.gz`), { data: Uint8Array.from(orig), dims: pm.source.dims, affine: pm.source.affine }, { datatype: "uint8" });
+        await writeNifti(path.join(dirs.pred, `${name}.nii.gz`), {
+          data: Uint8Array.from(orig),
+          dims: pm.source.dims,
+          affine: pm.source.affine,
+        }, { datatype: "uint8" });
         if (pm.source.labelPath) {
-          const refOrig = await originalLabels(pm.source.labelPath, data.labelMap, data.labels ?? LabelAccess.none("validation"));
-          caseMetrics.push(evaluateOriginal(orig, refOrig, pm.source.dims, data.classes, o === FUSED_OUTPUT ? `${cs.id}/fused` : `${cs.id}/${m}`));
+          const refOrig = await originalLabels(
+            pm.source.labelPath,
+            data.labelMap,
+            data.labels ?? LabelAccess.none("validation"),
+          );
+          caseMetrics.push(
+            evaluateOriginal(
+              orig,
+              refOrig,
+              pm.source.dims,
+              data.classes,
+              o === FUSED_OUTPUT ? `${cs.id}/fused` : `${cs.id}/${m}`,
+            ),
+          );
         }
       }
     }
@@ -315,15 +367,26 @@ export async function evaluateValidation(model: MethodModel, data: PreparedData,
     opts.onProgress?.(done, cases.length, cs.id);
   }
   const perClassDice: Record<string, number> = {};
-  perClass.forEach((v, k) => (perClassDice[data.classes[k + 1]] = v.length ? v.reduce((a, b) => a + b, 0) / v.length : NaN));
+  perClass.forEach((
+    v,
+    k,
+  ) => (perClassDice[data.classes[k + 1]] = v.length
+    ? v.reduce((a, b) => a + b, 0) / v.length
+    : NaN)
+  );
   const finite = Object.values(perClassDice).filter((x) => Number.isFinite(x));
   const meanDice = finite.length ? finite.reduce((a, b) => a + b, 0) / finite.length : NaN;
   let summary: MetricsSummary | null = null;
   let table = `mean foreground Dice (preprocessed grid) ${meanDice.toFixed(4)}`;
   if (!opts.quick && caseMetrics.length && opts.outDir) {
     summary = summarise(caseMetrics);
-    writeFileAtomicSync(path.join(opts.outDir, "metrics.json"), new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"));
-    table = formatSummaryTable(summary, { rows: `prediction(s) (${cases.length} case(s) x predicted modalities)` });
+    writeFileAtomicSync(
+      path.join(opts.outDir, "metrics.json"),
+      new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"),
+    );
+    table = formatSummaryTable(summary, {
+      rows: `prediction(s) (${cases.length} case(s) x predicted modalities)`,
+    });
   }
   return { meanDice, perClassDice, summary, table };
 }

@@ -17,7 +17,9 @@ async function synthAvailable(): Promise<string> {
     stderr: "piped",
   }).output();
   const help = new TextDecoder().decode(r.stdout);
-  return r.code === 0 && /Usage: comodal synth/.test(help) ? "" : "the CLI has no `synth` command yet (cli/main.ts does not route it)";
+  return r.code === 0 && /Usage: comodal synth/.test(help)
+    ? ""
+    : "the CLI has no `synth` command yet (cli/main.ts does not route it)";
 }
 
 const missing = await synthAvailable();
