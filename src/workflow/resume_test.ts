@@ -10,6 +10,12 @@ import { buildPlan } from "./plan.ts";
 import { runLocal } from "./engine.ts";
 import { readState, statePath } from "./state.ts";
 
+/** A CLI's output without colour codes (picocolors colours piped output where CI is set). */
+function plain(bytes: Uint8Array): string {
+  // deno-lint-ignore no-control-regex
+  return new TextDecoder().decode(bytes).replace(/\x1b\[[0-9;]*m/g, "");
+}
+
 const CLI = new URL("../../cli/workflow.ts", import.meta.url).pathname;
 
 function chainYaml(dir: string, n: number): string {
@@ -129,7 +135,7 @@ Deno.test("resume: SIGKILL of the orchestrator mid-step kills the step; a rerun 
   assert.ok(gone(pid), `the step's shell (pid ${pid}) outlived its orchestrator by 2 s`);
   assert.ok(gone(bg), `the step's child (pid ${bg}) outlived its orchestrator by 2 s`);
   const out = await rerun.output();
-  const text = new TextDecoder().decode(out.stdout);
+  const text = plain(out.stdout);
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr) + text);
   assert.match(text, /note +step s1: took over the lock left by an earlier orchestrator/);
   // Past the time the killed attempt would have taken: it never appends.
