@@ -207,13 +207,7 @@ export async function readRasImage(
   const key = `img:${refPath(ref)}#${refFrame(ref) ?? ""}`;
   const hit = opts.cache?.get<RasImage>(key);
   if (hit) return hit;
-  const src = await readImageRef(ref, opts);
-  const out: RasImage = {
-    ras: reorientToRAS(src),
-    sourceDims: [...src.dims] as Vec3,
-    sourceAffine: src.affine.slice(),
-    path: refPath(ref),
-  };
+  const out = rasImage(await readImageRef(ref, opts), refPath(ref));
   opts.cache?.put(key, out, out.ras.data.byteLength);
   return out;
 }
@@ -733,15 +727,6 @@ function cropAffine(affine: Mat4, lo: Vec3): Mat4 {
   return mul4(affine, [1, 0, 0, lo[0], 0, 1, 0, lo[1], 0, 0, 1, lo[2], 0, 0, 0, 1]);
 }
 
-interface ResampledModality {
-  modality: string;
-  ref: ImageRef;
-  labelRef: ImageRef | undefined;
-  source: RasImage;
-  image: NiftiImage;
-  label: Uint8Array | Int16Array | null;
-}
-
 /** Preprocesses every case of the manifest into `outDir` (cached; see module doc). */
 export async function preprocessDataset(
   manifest: Manifest,
@@ -882,32 +867,149 @@ interface CaseSettings {
 }
 
 async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<PreprocessedCase> {
-  const mods: ResampledModality[] = [];
+  const inputs: CaseModalityInput[] = [];
+  const refs: Record<string, { ref: ImageRef; labelRef: ImageRef | undefined }> = {};
   for (const [m, ref] of Object.entries(c.images)) {
-    const prepared = await readRasImage(ref, {
+    const image = await readRasImage(ref, {
       id: c.id,
       what: `images.${m}`,
       nonFinite: s.nonFinite,
       cache: s.cache,
     });
     const labelRef = c.labeled ? labelRefFor(c, m) : undefined;
-    let label: Uint8Array | Int16Array | null = null;
-    if (labelRef) {
-      const lab = await readRasLabels(labelRef, prepared, {
+    const label = labelRef
+      ? await readRasLabels(labelRef, image, {
         id: c.id,
         what: `labels.${m}`,
         map: s.map,
         cache: s.cache,
         labels: s.labels,
-      });
-      label = resampleLabels(lab.labels, lab.dims, lab.affine, s.target).labels;
-    }
-    const image = resample(prepared.ras, { spacing: s.target, order: "linear" });
-    const source = prepared;
-    mods.push({ modality: m, ref, labelRef, source, image, label });
+      })
+      : null;
+    inputs.push({ modality: m, image, label });
+    refs[m] = { ref, labelRef };
   }
+  const transformed = transformCase({ aligned: c.aligned ?? false }, inputs, s);
+  const out: PreprocessedCase = {
+    id: c.id,
+    labeled: c.labeled,
+    split: c.split,
+    aligned: c.aligned ?? false,
+    hash: s.hash,
+    modalities: {},
+  };
+  for (const [m, t] of Object.entries(transformed)) {
+    const { ref, labelRef } = refs[m];
+    const file = `${c.id}_${m}.f32`;
+    await writeFileAtomic(path.join(s.outDir, "cases", file), new Uint8Array(t.data.buffer));
+    let labelFile: string | null = null;
+    if (t.label) {
+      labelFile = `${c.id}_${m}.lab`;
+      await writeFileAtomic(
+        path.join(s.outDir, "cases", labelFile),
+        new Uint8Array(t.label.buffer, t.label.byteOffset, t.label.byteLength),
+      );
+    }
+    out.modalities[m] = {
+      file,
+      labelFile,
+      labelDtype: t.label ? (t.label instanceof Uint8Array ? "uint8" : "int16") : null,
+      dims: t.grid.dims,
+      spacing: t.grid.spacing,
+      affine: t.grid.affine,
+      padValue: t.padValue,
+      norm: t.norm,
+      classVoxels: t.classVoxels,
+      source: {
+        path: refPath(ref),
+        frame: refFrame(ref) ?? null,
+        labelPath: labelRef ? refPath(labelRef) : null,
+        dims: t.grid.source.dims,
+        affine: t.grid.source.affine,
+        cropLo: t.grid.source.cropLo,
+        cropHi: t.grid.source.cropHi,
+      },
+    };
+  }
+  return out;
+}
+
+/** One modality of a case as read: the image reoriented to RAS and its labels, if any. */
+export interface CaseModalityInput {
+  modality: string;
+  image: RasImage;
+  label: RasLabels | null;
+}
+
+/** What the per-case transform depends on: the plan's spacing, crop and normalisation. */
+export interface CaseTransformSettings {
+  target: Vec3;
+  crop: boolean;
+  kinds: Record<string, ModalityKind>;
+  /** CT statistics of the training data (CT is clipped and z-scored with them). */
+  ctStats: Record<string, { mean: number; std: number; p005: number; p995: number }>;
+  /** Number of classes (voxel counts per class of the labels). */
+  k: number;
+}
+
+/** The geometry that maps a preprocessed modality back to its original grid. */
+export interface PreprocessedGrid {
+  dims: Vec3;
+  spacing: Vec3;
+  /** Preprocessed grid voxel -> world (RAS+ mm). */
+  affine: Mat4;
+  source: {
+    /** Original grid (as stored in the file). */
+    dims: Vec3;
+    affine: Mat4;
+    /** Crop box on the resampled RAS grid: [lo, hi) per axis. */
+    cropLo: Vec3;
+    cropHi: Vec3;
+  };
+}
+
+/** One modality after the per-case transform. */
+export interface TransformedModality {
+  data: Float32Array;
+  label: Uint8Array | Int16Array | null;
+  grid: PreprocessedGrid;
+  padValue: number;
+  norm: PreprocessedModality["norm"];
+  classVoxels: number[] | null;
+}
+
+/** An in-memory image (original grid, any orientation) as the per-case transform reads it. */
+export function rasImage(img: NiftiImage, file = ""): RasImage {
+  return {
+    ras: reorientToRAS(img),
+    sourceDims: [...img.dims] as Vec3,
+    sourceAffine: img.affine.slice(),
+    path: file,
+  };
+}
+
+/**
+ * The per-case transform of preprocessing, a pure function of the case and the plan: resample to
+ * the target spacing (trilinear for images, class-wise for labels), crop to the body box (one common
+ * box for aligned cases on one grid), normalise (CT: clip and z-score with the dataset statistics;
+ * MR: z-score over non-zero voxels). Training (through `preprocessDataset`) and inference (the
+ * Predictor, src/infer/predictor.ts) both run it, so they see the same volumes.
+ */
+export function transformCase(
+  c: { aligned: boolean },
+  inputs: readonly CaseModalityInput[],
+  s: CaseTransformSettings,
+): Record<string, TransformedModality> {
+  const mods = inputs.map((x) => ({
+    modality: x.modality,
+    source: x.image,
+    label: x.label
+      ? resampleLabels(x.label.labels, x.label.dims, x.label.affine, s.target).labels
+      : null,
+    image: resample(x.image.ras, { spacing: s.target, order: "linear" }),
+  }));
   // Aligned cases on one common grid keep one common crop.
-  const common = (c.aligned ?? false) &&
+  const common = c.aligned &&
     mods.every((r) =>
       r.image.dims.every((d, i) => d === mods[0].image.dims[i]) &&
       maxAbsDiff(r.image.affine, mods[0].image.affine) < 1e-3
@@ -926,14 +1028,7 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
       b.hi = hi;
     });
   }
-  const out: PreprocessedCase = {
-    id: c.id,
-    labeled: c.labeled,
-    split: c.split,
-    aligned: c.aligned ?? false,
-    hash: s.hash,
-    modalities: {},
-  };
+  const out: Record<string, TransformedModality> = {};
   for (let i = 0; i < mods.length; i++) {
     const r = mods[i];
     const { lo, hi } = boxes[i];
@@ -973,40 +1068,30 @@ async function preprocessCase(c: ManifestCase, s: CaseSettings): Promise<Preproc
       if (v < minV) minV = v;
     }
     const padValue = kind === "ct" ? (clip![0] - mean) * inv : (0 - mean) * inv;
-    const file = `${c.id}_${r.modality}.f32`;
-    await writeFileAtomic(path.join(s.outDir, "cases", file), new Uint8Array(data.buffer));
-    let labelFile: string | null = null;
     let classVoxels: number[] | null = null;
     if (label) {
-      labelFile = `${c.id}_${r.modality}.lab`;
-      await writeFileAtomic(
-        path.join(s.outDir, "cases", labelFile),
-        new Uint8Array(label.buffer, label.byteOffset, label.byteLength),
-      );
       classVoxels = new Array(s.k).fill(0);
       for (let j = 0; j < label.length; j++) {
         if (label[j] >= 0 && label[j] < s.k) classVoxels[label[j]]++;
       }
     }
-    out.modalities[r.modality] = {
-      file,
-      labelFile,
-      labelDtype: label ? (label instanceof Uint8Array ? "uint8" : "int16") : null,
-      dims,
-      spacing: spacingOf(affine),
-      affine,
+    out[r.modality] = {
+      data,
+      label,
+      grid: {
+        dims,
+        spacing: spacingOf(affine),
+        affine,
+        source: {
+          dims: r.source.sourceDims,
+          affine: r.source.sourceAffine,
+          cropLo: lo,
+          cropHi: hi,
+        },
+      },
       padValue: Number.isFinite(padValue) ? padValue : (Number.isFinite(minV) ? minV : 0),
       norm: { kind, mean, std, clip },
       classVoxels,
-      source: {
-        path: refPath(r.ref),
-        frame: refFrame(r.ref) ?? null,
-        labelPath: r.labelRef ? refPath(r.labelRef) : null,
-        dims: r.source.sourceDims,
-        affine: r.source.sourceAffine,
-        cropLo: lo,
-        cropHi: hi,
-      },
     };
   }
   return out;
@@ -1036,7 +1121,7 @@ export async function loadCaseRecord(dir: string, id: string): Promise<Preproces
 /** Volume data on a modality's preprocessed grid, as an image the resampler accepts. */
 function onPreprocessedGrid(
   data: Float32Array,
-  m: PreprocessedModality,
+  m: PreprocessedGrid,
   frames: number,
 ): NiftiImage {
   return {
@@ -1070,7 +1155,7 @@ function onPreprocessedGrid(
 export function probabilitiesToOriginal(
   probs: Float32Array,
   k: number,
-  m: PreprocessedModality,
+  m: PreprocessedGrid,
 ): Float32Array {
   const n = m.dims[0] * m.dims[1] * m.dims[2];
   if (probs.length !== k * n) {
@@ -1093,7 +1178,7 @@ export function probabilitiesToOriginal(
 }
 
 /** Maps a label map on a preprocessed grid back to the original grid (nearest; background outside). */
-export function labelsToOriginal(labels: ArrayLike<number>, m: PreprocessedModality): Int32Array {
+export function labelsToOriginal(labels: ArrayLike<number>, m: PreprocessedGrid): Int32Array {
   const src = onPreprocessedGrid(Float32Array.from(labels), m, 1);
   const r = resampleToReference(src, { dims: m.source.dims, affine: m.source.affine }, {
     order: "nearest",
