@@ -66,7 +66,8 @@ export { type IterationInfo, Trainer, type TrainerHook } from "./src/train/train
 export { AdamW, learningRate, Sgd } from "./src/train/optim.ts";
 export { loadCheckpoint, saveCheckpoint } from "./src/train/checkpoint.ts";
 export { buildMethod, type MethodModel } from "./src/train/methods.ts";
-export { evaluateValidation, predictCase } from "./src/train/validate.ts";
+export { evaluateValidation } from "./src/train/validate.ts";
+export { FUSED_OUTPUT, Predictor } from "./src/infer/predictor.ts";
 
 export { type NiftiImage, readNifti, writeNifti } from "./src/data/nifti.ts";
 export { loadManifest, type Manifest } from "./src/data/manifest.ts";

@@ -111,7 +111,7 @@ export function labelValueMap(m: Manifest): Map<number, number> {
 }
 
 /** Intensity model of a modality (explicit, else "ct" when the name says CT, else "mr"). */
-export function modalityKind(m: Manifest, modality: string): ModalityKind {
+export function modalityKind(m: Pick<Manifest, "modalityKinds">, modality: string): ModalityKind {
   const k = m.modalityKinds?.[modality];
   if (k) return k;
   return /(^|[^a-z])ct([^a-z]|$)/i.test(modality) ? "ct" : "mr";

@@ -5,11 +5,13 @@
  * `trainTask`) and restores the weights of best.ckpt, last.ckpt or a given checkpoint, after checking
  * that the checkpoint was written for the same model.
  *
- * `predictCases(run, cases, { outDir })` preprocesses the new images exactly like the training data
+ * `predictCases(run, cases, { outDir })` reads each case's images and hands them, in memory, to the
+ * run's Predictor (src/infer/predictor.ts), which preprocesses them exactly like the training data
  * (RAS reorientation, resampling to the run's target spacing, body crop; MR: per-volume z-score; CT:
  * clipped and z-scored with the TRAINING dataset's statistics), runs sliding-window inference and
- * writes one label map per predicted modality on that modality's original grid, as
- * <outDir>/<caseId>_<modality>.nii.gz (class indices, background 0; written atomically).
+ * maps the result back; one label map per predicted modality is written on that modality's
+ * original grid, as <outDir>/<caseId>_<modality>.nii.gz (class indices, background 0; written
+ * atomically), or one fused <outDir>/<caseId>.nii.gz for co-registered multi-decoder runs.
  *
  * A case may lack some of the run's modalities (unpaired data such as AMOS, where CT and MRI come
  * from different patients) when the run stores stand-ins for them (<run>/partners/, written at the
@@ -22,31 +24,22 @@
  * @module
  */
 import { existsSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import * as os from "node:os";
+import { mkdir, readdir, readFile } from "node:fs/promises";
 import * as path from "node:path";
 import { initBackend } from "../engine.ts";
-import {
-  type ImageRef,
-  labelValueMap,
-  loadManifest,
-  type Manifest,
-  refPath,
-} from "../data/manifest.ts";
+import { type ImageRef, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
-import { loadCaseRecord, preprocessDataset, probabilitiesToOriginal } from "../data/preprocess.ts";
-import { loadUnlabeledCase } from "../data/cases.ts";
-import { readNifti, writeNifti } from "../data/nifti.ts";
+import { ImageCache, readImageRef } from "../data/preprocess.ts";
+import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
 import { signatureDifferences } from "../train/run.ts";
 import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
 import { resolveRegions } from "../train/regions.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
-import type { PreparedData } from "../train/data.ts";
-import { finalLabels, FUSED_OUTPUT, predictCase } from "../train/validate.ts";
 import type { Volume } from "../data/cases.ts";
 import { loadPartners, partnerFiles } from "./partners.ts";
+import { type CaseImages, Predictor } from "./predictor.ts";
 
 export interface LoadRunOptions {
   /** "best" (default; last.ckpt when the run has no best.ckpt), "last", or a checkpoint file. */
@@ -68,6 +61,8 @@ export interface LoadedRun {
   iteration: number;
   /** Stored stand-ins for modalities a case lacks (unpaired runs; empty otherwise). */
   partners: Record<string, Volume>;
+  /** The inference core with the run's model, plan, config and stand-ins. */
+  predictor: Predictor;
   dispose(): void;
 }
 
@@ -100,8 +95,6 @@ export interface PredictOptions {
    * predictions compare directly with the reference files).
    */
   labelValues?: "index" | "file";
-  /** Folder for the preprocessed inputs (default: a temporary folder, removed afterwards). */
-  workDir?: string;
 }
 
 export interface PredictResult {
@@ -219,6 +212,7 @@ export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promis
     checkpoint: file,
     iteration,
     partners,
+    predictor: new Predictor({ model, plan, config, partners }),
     dispose: () => model.dispose(),
   };
 }
@@ -386,14 +380,26 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
   }
 }
 
-/** Voxel value written for each class index. */
-function labelValuesOf(plan: RunPlan, mode: "index" | "file"): number[] {
-  if (mode === "index") return plan.classes.map((_, k) => k);
-  if (mode !== "file") {
-    throw new Error(`Cannot predict: labelValues must be "index" or "file", got '${mode}'`);
+/**
+ * A case's images in memory, as the Predictor takes them: the run's modalities the case has (a
+ * missing one gets the run's stand-in), NaN/Inf handled as the run's training data was.
+ */
+export async function readPredictCase(
+  run: LoadedRun,
+  c: PredictCase,
+  cache?: ImageCache,
+): Promise<CaseImages> {
+  const images: Record<string, NiftiImage> = {};
+  for (const m of run.plan.modalities) {
+    if (c.images[m] === undefined) continue;
+    images[m] = await readImageRef(c.images[m], {
+      id: c.id,
+      what: `images.${m}`,
+      nonFinite: run.config.nonFinite,
+      cache,
+    });
   }
-  const classes = plan.dataset.classes;
-  return plan.classes.map((name, k) => (k === 0 ? classes.background ?? 0 : classes[name]));
+  return { id: c.id, images, aligned: c.aligned };
 }
 
 /** Predicts every case and writes <outDir>/<caseId>_<modality>.nii.gz (see module doc). */
@@ -403,7 +409,6 @@ export async function predictCases(
   opts: PredictOptions,
 ): Promise<PredictResult> {
   const t0 = performance.now();
-  const plan = run.plan;
   if (cases.length === 0) throw new Error("Cannot predict: no cases given");
   const ids = new Set<string>();
   for (const c of cases) {
@@ -415,113 +420,35 @@ export async function predictCases(
   if (!(overlap >= 0 && overlap <= 0.95)) {
     throw new Error(`Cannot predict: overlap must be in [0, 0.95], got ${overlap}`);
   }
-  const config: TrainConfig = {
-    ...run.config,
-    validation: {
-      ...run.config.validation,
-      overlap,
-      mirror: opts.mirror ?? run.config.validation.mirror,
-    },
-  };
+  const labelValues = opts.labelValues ?? "index";
+  run.predictor.labelValues(labelValues);
   const outDir = path.resolve(opts.outDir);
   await mkdir(outDir, { recursive: true });
-
-  const manifest: Manifest = {
-    task: plan.dataset.task,
-    modalities: plan.dataset.modalities,
-    modalityKinds: plan.dataset.modalityKinds,
-    classes: plan.dataset.classes,
-    ...(plan.dataset.labelMap ? { labelMap: plan.dataset.labelMap } : {}),
-    cases: cases.map((c) => ({
-      id: c.id,
-      images: Object.fromEntries(
-        plan.modalities.filter((m) => c.images[m] !== undefined).map((m) => [m, c.images[m]]),
-      ),
-      labeled: false,
-      split: "test" as const,
-      ...(c.aligned !== undefined ? { aligned: c.aligned } : {}),
-    })),
-  };
-  const work = opts.workDir
-    ? path.resolve(opts.workDir)
-    : await mkdtemp(path.join(os.tmpdir(), "comodal-predict-"));
-  await mkdir(work, { recursive: true });
   const result: PredictResult = { cases: [], seconds: 0 };
-  try {
-    const pp = await preprocessDataset(manifest, {
-      fingerprint: plan.fingerprint,
-      outDir: work,
-      targetSpacing: plan.targetSpacing,
-      splits: ["test"],
-      nonFinite: run.config.nonFinite,
+  // Keeps the last 4-D file decoded, so its frames (one per modality) are read once.
+  const cache = new ImageCache(0);
+  for (const c of cases) {
+    const images = await readPredictCase(run, c, cache);
+    const maps = await run.predictor.predict(images, {
+      overlap,
+      mirror: opts.mirror,
+      perModality: opts.perModality,
+      labelValues,
+      onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, c.id) : undefined,
     });
-    for (const m of plan.modalities) {
-      const want = plan.normalization[m], got = pp.fingerprint.perModality[m];
-      if (
-        want.kind === "ct" &&
-        (got.mean !== want.mean || got.std !== want.std || got.p005 !== want.p005 ||
-          got.p995 !== want.p995)
-      ) {
-        throw new Error(
-          `Cannot predict: preprocessing did not use the training statistics for ${m} (CT); this is a bug in predict`,
-        );
-      }
-    }
-    const data: PreparedData = {
-      manifest,
-      plan: pp,
-      preprocessedDir: work,
-      modalities: plan.modalities,
-      primary: plan.primary,
-      classes: plan.classes,
-      labelMap: labelValueMap(manifest),
-      targetSpacing: pp.targetSpacing,
-      stage: { stage: "fullres", spacing: pp.targetSpacing, why: "" },
-      labeled: [],
-      unlabeled: [],
-      validation: [],
-      describe: {},
-    };
-    const K = plan.classes.length;
-    const values = labelValuesOf(plan, opts.labelValues ?? "index");
-    const datatype = Math.max(...values) <= 255 && Math.min(...values) >= 0 ? "uint8" : "int16";
-    for (const c of cases) {
-      const rec = await loadCaseRecord(work, c.id);
-      const cs = await loadUnlabeledCase(work, rec, { modalities: plan.modalities });
-      // Only the modalities the case has are predicted; a missing one gets the run's stand-in.
-      const probs = await predictCase(run.model, data, cs, {
-        patch: plan.patch,
-        config,
-        partners: run.partners,
-        onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, c.id) : undefined,
+    const files: Record<string, string> = {};
+    for (const o of maps) {
+      const file = path.join(
+        outDir,
+        o.output === "fused" ? `${c.id}.nii.gz` : `${c.id}_${o.modality}.nii.gz`,
+      );
+      await writeNifti(file, { data: o.values, dims: o.dims, affine: o.affine }, {
+        datatype: o.datatype,
       });
-      const files: Record<string, string> = {};
-      const fused = probs.has(FUSED_OUTPUT);
-      for (const [o, p] of probs) {
-        // Co-registered cases of multi-decoder models: one fused <case>.nii.gz, and the decoders'
-        // own maps only on request (perModality).
-        if (fused && o !== FUSED_OUTPUT && !opts.perModality) continue;
-        const m = plan.modalities[o === FUSED_OUTPUT ? run.model.outputs[0] : o];
-        const pm = rec.modalities[m];
-        const labels = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, config);
-        const file = path.join(
-          outDir,
-          o === FUSED_OUTPUT ? `${c.id}.nii.gz` : `${c.id}_${m}.nii.gz`,
-        );
-        const data = datatype === "uint8"
-          ? new Uint8Array(labels.length)
-          : new Int16Array(labels.length);
-        for (let i = 0; i < labels.length; i++) data[i] = values[labels[i]];
-        await writeNifti(file, { data, dims: pm.source.dims, affine: pm.source.affine }, {
-          datatype,
-        });
-        files[o === FUSED_OUTPUT ? "fused" : m] = file;
-      }
-      result.cases.push({ id: c.id, files });
-      opts.onProgress?.(result.cases.length, cases.length, c.id);
+      files[o.output] = file;
     }
-  } finally {
-    if (!opts.workDir) await rm(work, { recursive: true, force: true });
+    result.cases.push({ id: c.id, files });
+    opts.onProgress?.(result.cases.length, cases.length, c.id);
   }
   result.seconds = (performance.now() - t0) / 1000;
   return result;

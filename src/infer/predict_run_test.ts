@@ -6,10 +6,9 @@ import assert from "node:assert/strict";
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { readNifti } from "../data/nifti.ts";
-import { loadCaseRecord } from "../data/preprocess.ts";
 import { parseTrainConfig } from "../train/config.ts";
 import { modelSignature, type RunPlan, trainTask } from "../train/run.ts";
-import { recentreOn } from "../train/validate.ts";
+import { recentreOn } from "./predictor.ts";
 import type { Volume } from "../data/cases.ts";
 import { apply4 } from "../data/affine.ts";
 import { cropCentre } from "./partners.ts";
@@ -189,19 +188,23 @@ Deno.test({
           path.join(input, `ct1_${m}.nii.gz`),
         );
       }
-      const work = Deno.makeTempDirSync({ prefix: "comodal-predict-work-" });
       const out = Deno.makeTempDirSync({ prefix: "comodal-predict-ctout-" });
-      await predictCases(run, await casesFromFolder(input, run), { outDir: out, workDir: work });
-      const rec = await loadCaseRecord(work, "ct1");
-      assert.deepEqual(rec.modalities.C0.norm, {
+      await predictCases(run, await casesFromFolder(input, run), { outDir: out });
+      // What the Predictor did to the case (in memory, as predictCases hands it over).
+      const images = {
+        C0: await readNifti(path.join(input, "ct1_C0.nii.gz")),
+        LGE: await readNifti(path.join(input, "ct1_LGE.nii.gz")),
+      };
+      const prepared = run.predictor.preprocess({ id: "ct1", images, aligned: true });
+      assert.deepEqual(prepared.norm.C0, {
         kind: "ct",
         mean: 321.5,
         std: 77.25,
         clip: [40, 1100],
       });
       // MR keeps its per-volume z-score (statistics of this image, not the training set's).
-      assert.equal(rec.modalities.LGE.norm.kind, "mr");
-      assert.notEqual(rec.modalities.LGE.norm.mean, run.plan.normalization.LGE.mean);
+      assert.equal(prepared.norm.LGE.kind, "mr");
+      assert.notEqual(prepared.norm.LGE.mean, run.plan.normalization.LGE.mean);
       assert.ok(existsSync(path.join(out, "ct1_C0.nii.gz")));
     } finally {
       run.dispose();

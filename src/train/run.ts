@@ -45,7 +45,8 @@ import {
   valueDifferences,
 } from "./resume.ts";
 import { SYNTH_TASKS as BUILT_IN_TASKS } from "../data/synth.ts";
-import { evaluateValidation, type ValidationResult } from "./validate.ts";
+import { evaluateValidation, validationPartners, type ValidationResult } from "./validate.ts";
+import { Predictor } from "../infer/predictor.ts";
 import type { MetricsSummary } from "../metrics/metrics.ts";
 import { writePartners } from "../infer/partners.ts";
 
@@ -539,10 +540,15 @@ export async function trainTask(
       config: c,
     }, checkpointTensors(model, optimizer));
 
+  // Validation predicts as `predict` does, with the run's plan and config.
+  const predictor = new Predictor({
+    model,
+    plan: runPlan,
+    config: c,
+    partners: validationPartners(data),
+  });
   const validate = async (iteration: number) => {
-    const r: ValidationResult = await evaluateValidation(model, data, {
-      patch,
-      config: c,
+    const r: ValidationResult = await evaluateValidation(predictor, data, {
       maxCases: c.validation.maxCases,
       quick: true,
     });
@@ -612,9 +618,7 @@ export async function trainTask(
     `; run folder ${outDir}`;
   if (!opts.skipFinalEvaluation && data.validation.length) {
     const windows = progressBar("sliding window", { quiet: opts.quiet });
-    const r = await evaluateValidation(model, data, {
-      patch,
-      config: c,
+    const r = await evaluateValidation(predictor, data, {
       quick: false,
       outDir,
       onProgress: opts.quiet ? undefined : (done, total, label) => {

@@ -1,7 +1,8 @@
 /**
- * Validation and final evaluation: Gaussian-weighted sliding-window inference at training spacing on
- * each validation case, one pass per distinct modality grid (modalities of a misaligned case keep
- * their own grids; the others are resampled onto the grid being predicted).
+ * Validation and final evaluation through the Predictor (src/infer/predictor.ts, the same inference
+ * as `predict`): Gaussian-weighted sliding-window inference at training spacing on each validation
+ * case, one pass per distinct modality grid (modalities of a misaligned case keep their own grids;
+ * the others are resampled onto the grid being predicted).
  *
  * quick: foreground Dice on the preprocessed grid (used during training).
  * full: probabilities mapped back to each modality's original grid, predictions written as NIfTI,
@@ -9,16 +10,11 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
-import { concat, noGrad, softmax, tensor, tidy } from "../engine.ts";
-import { inv4, mul4 } from "../data/affine.ts";
 import type { LabeledCase, Volume } from "../data/cases.ts";
 import { writeNifti } from "../data/nifti.ts";
 import { LabelAccess } from "../data/label_access.ts";
-import { loadCaseRecord, probabilitiesToOriginal } from "../data/preprocess.ts";
-import { extract } from "../data/sampler.ts";
-import { argmaxLabels } from "../infer/labels.ts";
-import { keepLargestComponent } from "../infer/postprocess.ts";
-import { type PatchBatch, slidingWindowInference } from "../infer/sliding_window.ts";
+import { loadCaseRecord } from "../data/preprocess.ts";
+import { finalLabels, FUSED_OUTPUT, type Predictor } from "../infer/predictor.ts";
 import {
   type CaseMetrics,
   evaluateCase,
@@ -28,16 +24,11 @@ import {
 } from "../metrics/metrics.ts";
 import { formatSummaryTable } from "../metrics/evaluate_files.ts";
 import { montagePng } from "../viz/overlay.ts";
-import type { TrainConfig } from "./config.ts";
 import type { PreparedData } from "./data.ts";
-import type { MethodModel } from "./methods.ts";
-import { regionProbabilities } from "./regions.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
 import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 export interface ValidationOptions {
-  patch: [number, number, number];
-  config: TrainConfig;
   /** Evaluate at most this many cases (quick mode). */
   maxCases?: number;
   quick: boolean;
@@ -46,6 +37,8 @@ export interface ValidationOptions {
   onProgress?: (done: number, total: number, label: string) => void;
   /** Sliding-window progress within the current case (windows done, total, case id). */
   onWindows?: (done: number, total: number, label: string) => void;
+  /** Each case's probabilities on its preprocessed grids, as the Predictor gave them. */
+  onProbabilities?: (id: string, probs: ReadonlyMap<number, Float32Array>) => void;
 }
 
 export interface ValidationResult {
@@ -54,18 +47,6 @@ export interface ValidationResult {
   perClassDice: Record<string, number>;
   summary: MetricsSummary | null;
   table: string;
-}
-
-/** Resamples a volume onto another volume's grid (trilinear, world coordinates). */
-export function resampleOnto(v: Volume, ref: Volume): Float32Array {
-  const out = new Float32Array(ref.dims[0] * ref.dims[1] * ref.dims[2]);
-  const map = mul4(inv4(v.affine), ref.affine).slice(0, 12);
-  extract(v.data, v.dims, ref.dims, map, "linear", v.padValue, out);
-  return out;
-}
-
-function gridKey(v: Volume): string {
-  return JSON.stringify([v.dims, v.affine.map((x) => Math.round(x * 1e4) / 1e4)]);
 }
 
 /**
@@ -78,142 +59,16 @@ export function partnerSource(data: PreparedData, m: string): Volume | undefined
 }
 
 /**
- * `src` moved so the centre of its grid lies on the centre of `ref`'s grid (world coordinates):
- * same voxels, spacing and orientation, only the affine's translation changes. Used for the
- * stand-in of a missing modality, in validation and in `predict`.
+ * Stand-ins for the modalities of `data` that some case lacks (unpaired data), as validation
+ * pairs such cases: `partnerSource` of each modality that has one.
  */
-export function recentreOn(src: Volume, ref: Volume): Volume {
-  const centre = (v: Volume) =>
-    [0, 1, 2].map((r) =>
-      v.affine[r * 4 + 3] +
-      [0, 1, 2].reduce((a, c) => a + v.affine[r * 4 + c] * (v.dims[c] - 1) / 2, 0)
-    );
-  const a = centre(src), b = centre(ref);
-  const affine = [...src.affine];
-  for (let r = 0; r < 3; r++) affine[r * 4 + 3] += b[r] - a[r];
-  return { ...src, affine };
-}
-
-/**
- * A stand-in volume for a modality the case lacks (unpaired data): the given partner (`predict`:
- * the run's stored one) or `partnerSource`, re-centred on the reference grid — the same kind of
- * partner the model saw in training, where unpaired modalities come from other patients.
- */
-function partnerVolume(
-  data: PreparedData,
-  m: string,
-  ref: Volume,
-  partners?: Readonly<Record<string, Volume>>,
-): Volume {
-  const src = partners?.[m] ?? partnerSource(data, m);
-  if (!src) throw new Error(`Cannot predict: no training case has modality ${m} to pair with`);
-  return recentreOn(src, ref);
-}
-
-/**
- * Key of the fused prediction in predictCase's result: the mean of every decoder's probabilities,
- * present when the model has several outputs (CMC, mutual learning) and the case has all of the
- * model's modalities on one grid (co-registered data). That is the case's one prediction; the
- * per-modality outputs are auxiliary.
- */
-export const FUSED_OUTPUT = -1;
-
-/**
- * Probabilities [K, z, y, x] on the preprocessed grid of each predicted modality the case has, and
- * under FUSED_OUTPUT their mean for co-registered cases of multi-output models.
- */
-export async function predictCase(
-  model: MethodModel,
-  data: PreparedData,
-  cs: { id: string; volumes: Readonly<Record<string, Volume>> },
-  opts: {
-    patch: [number, number, number];
-    config: TrainConfig;
-    /** Mirror test-time augmentation (default: config.validation.mirror). */
-    mirror?: boolean;
-    /** Stand-ins for modalities the case lacks (default: `partnerSource`'s training volumes). */
-    partners?: Readonly<Record<string, Volume>>;
-    /** Sliding-window progress (network calls done, total), over every grid of the case. */
-    onWindows?: (done: number, total: number) => void;
-  },
-): Promise<Map<number, Float32Array>> {
-  const mods = data.modalities;
-  const K = data.classes.length;
-  const groups = new Map<string, number[]>();
-  for (const o of model.outputs) {
-    if (!cs.volumes[mods[o]]) continue;
-    const key = gridKey(cs.volumes[mods[o]]);
-    groups.set(key, [...(groups.get(key) ?? []), o]);
+export function validationPartners(data: PreparedData): Record<string, Volume> {
+  const out: Record<string, Volume> = {};
+  for (const m of data.modalities) {
+    const v = partnerSource(data, m);
+    if (v) out[m] = v;
   }
-  const result = new Map<number, Float32Array>();
-  let group = 0;
-  for (const outs of groups.values()) {
-    const g = group++;
-    const ref = cs.volumes[mods[outs[0]]];
-    const sources = mods.map((m) => cs.volumes[m] ?? partnerVolume(data, m, ref, opts.partners));
-    const inputs = sources.map((v) => gridKey(v) === gridKey(ref) ? v.data : resampleOnto(v, ref));
-    const dims: [number, number, number] = [ref.dims[2], ref.dims[1], ref.dims[0]];
-    const predictor = (batch: PatchBatch) =>
-      Promise.resolve(tidy(() =>
-        noGrad(() => {
-          const [d, h, w] = batch.patchSize;
-          const imgs = batch.patches.map((a) => tensor(a, [batch.batchSize, 1, d, h, w]));
-          const logits = model.predict(imgs);
-          const probs = outs.map((o) => {
-            const l = logits[model.outputs.indexOf(o)];
-            return model.regions ? regionProbabilities(l, model.regions, K) : softmax(l, 1);
-          });
-          return (probs.length === 1 ? probs[0] : concat(probs, 1)).toArray() as Float32Array;
-        })
-      ));
-    const probs = await slidingWindowInference({ data: inputs, dims }, predictor, {
-      patchSize: opts.patch,
-      numClasses: K * outs.length,
-      overlap: opts.config.validation.overlap,
-      mirror: opts.mirror ?? opts.config.validation.mirror,
-      outputs: "probabilities",
-      // Windows that reach past the volume are padded as training patches are.
-      padValue: sources.map((v) => v.padValue),
-      // Several grids (modalities on different grids) count as equal shares of the case.
-      onProgress: opts.onWindows
-        ? (done, total) => opts.onWindows!(g * total + done, groups.size * total)
-        : undefined,
-    });
-    const n = dims[0] * dims[1] * dims[2];
-    outs.forEach((o, i) => result.set(o, probs.slice(i * K * n, (i + 1) * K * n)));
-  }
-  const outs = [...result.keys()];
-  if (outs.length > 1 && groups.size === 1 && mods.every((m) => cs.volumes[m])) {
-    const fused = new Float32Array(result.get(outs[0])!.length);
-    for (const o of outs) {
-      const p = result.get(o)!;
-      for (let i = 0; i < fused.length; i++) fused[i] += p[i];
-    }
-    for (let i = 0; i < fused.length; i++) fused[i] /= outs.length;
-    result.set(FUSED_OUTPUT, fused);
-  }
-  return result;
-}
-
-/**
- * Labels from probabilities [K, ...dims] (dims in NIfTI order x, y, z), with the configured
- * post-processing. Used for validation, the final predictions and `predict`.
- */
-export function finalLabels(
-  probs: Float32Array,
-  K: number,
-  dimsXYZ: readonly number[],
-  config: TrainConfig,
-): Int32Array {
-  const labels = argmaxLabels(probs, { numClasses: K });
-  if (config.validation.largestComponent) {
-    keepLargestComponent(
-      labels,
-      [dimsXYZ[2], dimsXYZ[1], dimsXYZ[0]],
-      [...Array(K - 1).keys()].map((k) => k + 1),
-    );
-  }
-  return labels;
+  return out;
 }
 
 /**
@@ -282,11 +137,17 @@ export function evaluateOriginal(
   });
 }
 
+/**
+ * Validation of `predictor` (the model being trained, src/infer/predictor.ts) on the validation
+ * cases of `data`: quick or full (see module doc).
+ */
 export async function evaluateValidation(
-  model: MethodModel,
+  predictor: Predictor,
   data: PreparedData,
   opts: ValidationOptions,
 ): Promise<ValidationResult> {
+  const model = predictor.model;
+  const config = predictor.config;
   const K = data.classes.length;
   const mods = data.modalities;
   const cases: LabeledCase[] = opts.quick
@@ -303,13 +164,13 @@ export async function evaluateValidation(
   }
   let done = 0;
   for (const cs of cases) {
-    const probs = await predictCase(model, data, cs, {
-      ...opts,
+    const probs = await predictor.probabilities(cs, {
       // The quick validations during training go without mirroring (8x the windows); the final
       // evaluation mirrors as configured (nnU-Net's default).
-      mirror: opts.quick ? false : opts.config.validation.mirror,
+      mirror: opts.quick ? false : config.validation.mirror,
       onWindows: opts.onWindows ? (d, t) => opts.onWindows!(d, t, cs.id) : undefined,
     });
+    opts.onProbabilities?.(cs.id, probs);
     const rows = [];
     const rec = opts.quick ? null : await loadCaseRecord(data.preprocessedDir, cs.id);
     // A co-registered case of a multi-decoder model is scored (and written) once, on its fused
@@ -322,7 +183,7 @@ export async function evaluateValidation(
         ? mods[model.outputs.find((q) => cs.labels[mods[q]]) ?? model.outputs[0]]
         : mods[o];
       const vol = cs.volumes[m];
-      const pred = finalLabels(p, K, vol.dims, opts.config);
+      const pred = finalLabels(p, K, vol.dims, config);
       const ref = cs.labels[m];
       if (ref) quickDice(pred, ref, K).forEach((d, k) => perClass[k].push(d));
       // Ignored voxels are drawn as background (no reference contour around them).
@@ -335,7 +196,7 @@ export async function evaluateValidation(
       });
       if (rec && dirs) {
         const pm = rec.modalities[m];
-        const orig = finalLabels(probabilitiesToOriginal(p, K, pm), K, pm.source.dims, opts.config);
+        const orig = predictor.labelsOnOriginal(p, pm);
         const name = o === FUSED_OUTPUT ? cs.id : `${cs.id}_${m}`;
         await writeNifti(path.join(dirs.pred, `${name}.nii.gz`), {
           data: Uint8Array.from(orig),
@@ -360,7 +221,7 @@ export async function evaluateValidation(
         }
       }
     }
-    if (dirs && !opts.quick && opts.config.images && rows.length) {
+    if (dirs && !opts.quick && config.images && rows.length) {
       writeFileSync(path.join(dirs.img, `${cs.id}.png`), montagePng(rows, { count: 4, scale: 2 }));
     }
     done++;
