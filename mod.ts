@@ -62,6 +62,7 @@ export {
   type TrainConfigInput,
 } from "./src/train/config.ts";
 export { type TrainResult, trainTask, type TrainTaskOptions } from "./src/train/run.ts";
+export { type RunFile, RunFolder } from "./src/train/run_folder.ts";
 export { type IterationInfo, Trainer, type TrainerHook } from "./src/train/trainer.ts";
 export { AdamW, learningRate, Sgd } from "./src/train/optim.ts";
 export { loadCheckpoint, saveCheckpoint } from "./src/train/checkpoint.ts";

@@ -13,6 +13,7 @@ import {
 } from "../src/metrics/evaluate_files.ts";
 import { metricsToJson } from "../src/metrics/metrics.ts";
 import { writeFileAtomic } from "../src/data/nifti.ts";
+import { RunFolder } from "../src/train/run_folder.ts";
 
 export function register(program: Command): void {
   program
@@ -34,7 +35,7 @@ export function register(program: Command): void {
       "--modality <name>",
       "with folders: use the predictions named <case>_<name> (as predict writes them) against <case> references",
     )
-    .option("--out <file>", "where to write the metrics JSON", "metrics.json")
+    .option("--out <file>", "where to write the metrics JSON", RunFolder.fileName("metrics"))
     .option("--percentile <q>", "Hausdorff percentile", "95")
     .option(
       "--hd-mode <mode>",

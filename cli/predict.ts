@@ -15,6 +15,7 @@ import {
   predictCases,
 } from "../src/infer/predict_run.ts";
 import { progressBar } from "../src/data/progress.ts";
+import { RunFolder } from "../src/train/run_folder.ts";
 
 interface PredictFlags {
   run: string;
@@ -39,7 +40,12 @@ export function register(program: Command): void {
     .description(
       "segment new images with a trained run; writes <caseId>_<modality>.nii.gz on each original grid",
     )
-    .requiredOption("--run <dir>", "run folder written by train (config.json, plan.json, *.ckpt)")
+    .requiredOption(
+      "--run <dir>",
+      `run folder written by train (${
+        (["config", "plan", "best", "last"] as const).map(RunFolder.fileName).join(", ")
+      })`,
+    )
     .option(
       "--input <dir>",
       "folder of <caseId>_<modality>.nii(.gz) images (or <caseId>_0000.nii.gz by channel); " +

@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { labeledProblem } from "../src/data/manifest.ts";
 import { applyOverrides, METHODS, parseDuration, readConfigFile } from "../src/train/config.ts";
 import { trainTask } from "../src/train/run.ts";
+import { RunFolder } from "../src/train/run_folder.ts";
 
 /** --labeled: a count (a whole number >= 1) or a ratio in (0, 1]; 1.5 is refused, not rounded. */
 export function labeledArg(v: string): number {
@@ -52,7 +53,9 @@ export function register(program: Command): void {
     .option("--out <dir>", "run folder")
     .option(
       "--resume",
-      "continue <out>/last.ckpt with the run's config and data (only --threads, --device and other " +
+      `continue <out>/${
+        RunFolder.fileName("last")
+      } with the run's config and data (only --threads, --device and other ` +
         "execution keys may change; other differing settings are refused)",
     )
     .option("--config <file>", "YAML/JSON file with config keys")

@@ -20,7 +20,8 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { readNifti } from "../src/data/nifti.ts";
 import { setCacheRoot } from "../src/train/data.ts";
-import { trainTask } from "../src/train/run.ts";
+import { type RunPlan, trainTask } from "../src/train/run.ts";
+import { RunFolder } from "../src/train/run_folder.ts";
 import {
   casesFromDataset,
   loadRun,
@@ -149,16 +150,17 @@ const variants: Record<string, Partial<PredictOptions>> = {
 
 for (const spec of specs) {
   const dir = path.join(runsDir, spec.name);
-  if (!existsSync(path.join(dir, "last.ckpt"))) {
+  const folder = new RunFolder(dir);
+  if (!folder.exists("last")) {
     const t = performance.now();
     const r = await trainTask({ ...common, ...(await spec.config()), out: dir }, { quiet: true });
     r.model.dispose();
     console.error(`trained ${spec.name} in ${((performance.now() - t) / 1000).toFixed(1)} s`);
   }
-  const plan = JSON.parse(readFileSync(path.join(dir, "plan.json"), "utf8"));
+  const plan = folder.readJson("plan").value as RunPlan;
   console.error(`${spec.name}: stage ${plan.stage}, spacing ${plan.targetSpacing}`);
-  await hashFolder(path.join(dir, "predictions"), `${spec.name}/train-predictions`);
-  const source = JSON.parse(readFileSync(path.join(dir, "log.jsonl"), "utf8").split("\n")[0]).data
+  await hashFolder(folder.path("predictions"), `${spec.name}/train-predictions`);
+  const source = JSON.parse(readFileSync(folder.path("log"), "utf8").split("\n")[0]).data
     .source;
   const run = await loadRun(dir);
   try {

@@ -21,6 +21,7 @@ import type { Volume } from "../data/cases.ts";
 import { readNifti, writeNifti } from "../data/nifti.ts";
 import type { PreparedData } from "../train/data.ts";
 import { partnerSource } from "../train/validate.ts";
+import { RunFolder } from "../train/run_folder.ts";
 import { writeFileAtomic } from "../util/atomic_write.ts";
 
 /** Largest stored stand-in, in voxels (x, y, z) of the preprocessed grid. */
@@ -43,7 +44,7 @@ export interface PartnerInfo {
 
 /** The folder of a run's stand-ins and the files of one modality's. */
 export function partnerFiles(runDir: string, modality: string): { nifti: string; json: string } {
-  const dir = path.join(runDir, "partners");
+  const dir = new RunFolder(runDir).path("partners");
   return { nifti: path.join(dir, `${modality}.nii.gz`), json: path.join(dir, `${modality}.json`) };
 }
 
@@ -90,7 +91,7 @@ export async function writePartners(
 ): Promise<string[]> {
   if (!isUnpaired(data)) return [];
   const max = [0, 1, 2].map((a) => Math.max(PARTNER_MAX_VOXELS[a], patch[2 - a]));
-  await mkdir(path.join(outDir, "partners"), { recursive: true });
+  await mkdir(new RunFolder(outDir).path("partners"), { recursive: true });
   const written: string[] = [];
   for (const m of data.modalities) {
     const src = partnerSource(data, m);

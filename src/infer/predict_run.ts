@@ -24,7 +24,7 @@
  * @module
  */
 import { existsSync, statSync } from "node:fs";
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir } from "node:fs/promises";
 import * as path from "node:path";
 import { initBackend } from "../engine.ts";
 import { type ImageRef, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
@@ -33,7 +33,8 @@ import { ImageCache, readImageRef } from "../data/preprocess.ts";
 import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
 import { Rng } from "../data/rng.ts";
 import { signatureDifferences } from "../train/run.ts";
-import { parseTrainConfig, type TrainConfig } from "../train/config.ts";
+import type { TrainConfig } from "../train/config.ts";
+import { RunFolder } from "../train/run_folder.ts";
 import { resolveRegions } from "../train/regions.ts";
 import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
@@ -106,75 +107,26 @@ function fail(what: string, why: string): never {
   throw new Error(`${what}: ${why}`);
 }
 
-async function readJson<T>(file: string, what: string): Promise<T> {
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch {
-    fail(what, `${file} does not exist`);
-  }
-  try {
-    return JSON.parse(text) as T;
-  } catch (e) {
-    fail(what, `${file} is not valid JSON (${(e as Error).message})`);
-  }
-}
-
-/** The checkpoint file `choice` names in `runDir`. */
-export function resolveCheckpoint(runDir: string, choice = "best"): string {
-  const what = `Cannot load run ${runDir}`;
-  if (choice === "best" || choice === "last") {
-    const best = path.join(runDir, "best.ckpt"), last = path.join(runDir, "last.ckpt");
-    if (choice === "best" && existsSync(best)) return best;
-    if (existsSync(last)) return last;
-    fail(
-      what,
-      choice === "best" ? `it has neither best.ckpt nor last.ckpt` : `${last} does not exist`,
-    );
-  }
-  for (const p of [path.resolve(choice), path.resolve(runDir, choice)]) if (existsSync(p)) return p;
-  fail(what, `checkpoint ${choice} does not exist (expected best, last or a .ckpt file)`);
-}
-
 /** Rebuilds a run's model and restores its weights (see module doc). */
 export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promise<LoadedRun> {
-  const dir = path.resolve(runDir);
+  const folder = RunFolder.open(runDir);
+  const dir = folder.dir;
   const what = `Cannot load run ${dir}`;
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) fail(what, "the folder does not exist");
-  const rawConfig = await readJson<Record<string, unknown>>(path.join(dir, "config.json"), what);
-  let config: TrainConfig;
-  try {
-    // Runs written before region outputs existed have none.
-    config = parseTrainConfig(
-      rawConfig && typeof rawConfig === "object" && !("regions" in rawConfig)
-        ? { ...rawConfig, regions: "none" }
-        : rawConfig,
-    );
-  } catch (e) {
-    fail(what, `config.json is not a valid training config (${(e as Error).message})`);
-  }
-  const configFile = path.join(dir, "config.json");
-  const planFile = path.join(dir, "plan.json");
-  if (!existsSync(planFile)) {
-    fail(
-      what,
-      `${planFile} does not exist (the run was trained before runs recorded their plan; resuming ` +
-        `it writes one and trains only the iterations left, if any: \`train ${config.task} ` +
-        `--config ${configFile} --out ${dir} --resume\`)`,
-    );
-  }
-  const plan = await readJson<RunPlan>(planFile, what);
-  if (plan.version !== 1) fail(what, `${planFile} has format version ${plan.version}, expected 1`);
+  const config = folder.readConfig(what);
+  const plan = folder.readPlan(config, what);
   const signature = modelSignature(config, plan.modalities, plan.classes.length, plan.network);
   if (!sameModel(signature, plan.signature)) {
+    const cfgName = RunFolder.fileName("config"), planName = RunFolder.fileName("plan");
     fail(
       what,
-      `config.json and plan.json describe different models (${
-        signatureDifferences(signature, plan.signature, "in config.json", "in plan.json").join("; ")
+      `${cfgName} and ${planName} describe different models (${
+        signatureDifferences(signature, plan.signature, `in ${cfgName}`, `in ${planName}`).join(
+          "; ",
+        )
       })`,
     );
   }
-  const file = resolveCheckpoint(dir, opts.checkpoint);
+  const file = folder.checkpoint(opts.checkpoint);
   const partners = await loadPartners(dir, plan.modalities);
   initBackend({
     device: opts.device ?? config.device,

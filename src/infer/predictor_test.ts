@@ -6,10 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import * as path from "node:path";
 import { trainTask } from "../train/run.ts";
 import { prepareData, setCacheRoot } from "../train/data.ts";
 import { evaluateValidation, validationPartners } from "../train/validate.ts";
+import { RunFolder } from "../train/run_folder.ts";
 import { casesFromDataset, loadRun, readPredictCase } from "./predict_run.ts";
 import { FUSED_OUTPUT, Predictor } from "./predictor.ts";
 
@@ -37,7 +37,7 @@ Deno.test({
     }, { quiet: true, skipFinalEvaluation: true });
     r.model.dispose();
     const source =
-      JSON.parse(readFileSync(path.join(out, "log.jsonl"), "utf8").split("\n")[0]).data.source;
+      JSON.parse(readFileSync(new RunFolder(out).path("log"), "utf8").split("\n")[0]).data.source;
     const run = await loadRun(out, { checkpoint: "last" });
     try {
       // Validation's side: the training data pipeline (preprocessed cache), as trainTask builds it.
@@ -53,7 +53,7 @@ Deno.test({
       const valOut = Deno.makeTempDirSync({ prefix: "comodal-predictor-val-" });
       await evaluateValidation(validating, data, {
         quick: false,
-        outDir: valOut,
+        run: new RunFolder(valOut),
         onProbabilities: (id, p) => fromValidation.set(id, p),
       });
       // predict's side: the original files, read and preprocessed in memory.

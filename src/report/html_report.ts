@@ -10,6 +10,7 @@
 import { basename, join, relative } from "node:path";
 import { Buffer } from "node:buffer";
 import { escapeXml, lineChartSvg, type Series } from "./svg_plot.ts";
+import { RunFolder } from "../train/run_folder.ts";
 
 export interface ClassScores {
   dice?: number;
@@ -138,8 +139,9 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
   const visit = (dir: string, depth: number, root: string) => {
     if (seen.has(dir)) return;
     seen.add(dir);
-    const hasMetrics = isFile(join(dir, "metrics.json"));
-    const hasLog = isFile(join(dir, "log.jsonl"));
+    const run = new RunFolder(dir);
+    const hasMetrics = isFile(run.path("metrics"));
+    const hasLog = isFile(run.path("log"));
     const meta = readJson(join(dir, ".comodal_step.json")) as
       | {
         id?: string;
@@ -163,13 +165,13 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
       if (typeof params.labeled === "number" && !Object.values(settings).includes(params.labeled)) {
         settings.labeled ??= params.labeled;
       }
-      const m = hasMetrics ? extractMetrics(readJson(join(dir, "metrics.json"))) : { perClass: {} };
+      const m = hasMetrics ? extractMetrics(readJson(run.path("metrics"))) : { perClass: {} };
       let images: string[] = [];
       try {
-        images = [...Deno.readDirSync(join(dir, "images"))].filter((e) =>
+        images = [...Deno.readDirSync(run.path("images"))].filter((e) =>
           e.isFile && e.name.endsWith(".png")
         )
-          .map((e) => join(dir, "images", e.name)).sort();
+          .map((e) => join(run.path("images"), e.name)).sort();
       } catch { /* none */ }
       runs.push({
         dir,
@@ -179,7 +181,7 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
         settings,
         mean: m.mean,
         perClass: m.perClass,
-        log: hasLog ? readJsonl(join(dir, "log.jsonl")) : [],
+        log: hasLog ? readJsonl(run.path("log")) : [],
         images,
       });
     }
@@ -362,7 +364,9 @@ export function renderReport(
   const withMetrics = runs.filter((r) => r.mean);
   body.push("<h2>Metrics</h2>");
   body.push(
-    withMetrics.length ? metricsTables(withMetrics) : `<p class="muted">no metrics.json found</p>`,
+    withMetrics.length
+      ? metricsTables(withMetrics)
+      : `<p class="muted">no ${RunFolder.fileName("metrics")} found</p>`,
   );
   const sp = settingPlots(runs);
   if (sp.length) body.push(`<h2>Dice against settings</h2><div class="plots">${sp.join("")}</div>`);

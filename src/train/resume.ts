@@ -29,6 +29,7 @@ import { parseTrainConfig } from "./config.ts";
 import type { PreparedData } from "./data.ts";
 import { refFrame, refPath } from "../data/manifest.ts";
 import { writeFileAtomicSync } from "../util/atomic_write.ts";
+import { RunFolder } from "./run_folder.ts";
 
 /**
  * Config keys a resumed run may change: where and how fast it runs, not what it trains or on what.
@@ -131,18 +132,6 @@ function mergeOver(a: Obj, b: Obj): Obj {
     out[k] = isObj(out[k]) && isObj(v) ? mergeOver(out[k] as Obj, v) : v;
   }
   return out;
-}
-
-function readJson(file: string): { value: unknown; problem: string | null } {
-  if (!existsSync(file)) return { value: null, problem: null };
-  try {
-    return { value: JSON.parse(readFileSync(file, "utf8")), problem: null };
-  } catch (e) {
-    return {
-      value: null,
-      problem: `${path.basename(file)} is not valid JSON (${(e as Error).message})`,
-    };
-  }
 }
 
 /**
@@ -280,10 +269,11 @@ export function readRunForResume(input: Obj): ResumeRun {
   if (typeof input.out !== "string" || !input.out) {
     throw new Error("Cannot resume: give the run folder to continue with --out");
   }
-  const dir = path.resolve(input.out);
-  const last = path.join(dir, "last.ckpt");
+  const folder = new RunFolder(input.out);
+  const dir = folder.dir;
+  const last = folder.path("last");
   if (!existsSync(last)) {
-    const temp = staleTemps(dir).find((t) => t.target === "last.ckpt");
+    const temp = staleTemps(dir).find((t) => t.target === RunFolder.fileName("last"));
     throw new Error(
       `Cannot resume: ${last} does not exist` +
         (temp ? ` (${temp.name} beside it is an interrupted write, incomplete and not used)` : ""),
@@ -291,12 +281,14 @@ export function readRunForResume(input: Obj): ResumeRun {
   }
   const meta = readCheckpointMeta(last);
   const notes: string[] = [];
-  const cfgFile = readJson(path.join(dir, "config.json"));
+  const cfgFile = folder.readJson("config");
   if (cfgFile.problem) notes.push(cfgFile.problem);
   const stored = isObj(meta.config) ? meta.config : isObj(cfgFile.value) ? cfgFile.value : null;
   if (!stored) {
     throw new Error(
-      `Cannot resume ${dir}: neither last.ckpt nor config.json holds the run's config`,
+      `Cannot resume ${dir}: neither ${RunFolder.fileName("last")} nor ${
+        RunFolder.fileName("config")
+      } holds the run's config`,
     );
   }
   let run: Obj;
@@ -324,9 +316,9 @@ export function readRunForResume(input: Obj): ResumeRun {
         `another --out):\n  ${differenceLines(diffs, "in the run", "given").join("\n  ")}`,
     );
   }
-  const plan = readJson(path.join(dir, "plan.json"));
+  const plan = folder.readJson("plan");
   if (plan.problem) notes.push(`${plan.problem}; it is written anew`);
-  const inputs = readJson(path.join(dir, "inputs.json"));
+  const inputs = folder.readJson("inputs");
   if (inputs.problem) notes.push(`${inputs.problem}; it is written anew`);
   return {
     dir,
@@ -335,10 +327,12 @@ export function readRunForResume(input: Obj): ResumeRun {
     input: merged,
     plan: isObj(plan.value) ? plan.value : null,
     inputs: isObj(inputs.value) ? inputs.value as unknown as DatasetIdentity : null,
-    configMissing: !existsSync(path.join(dir, "config.json")) || cfgFile.problem !== null,
+    configMissing: !folder.exists("config") || cfgFile.problem !== null,
     notes,
   };
 }
+
+const PLAN = RunFolder.fileName("plan"), INPUTS = RunFolder.fileName("inputs");
 
 /** plan.json keys that must agree (the cache folder may move; fields added later do not count). */
 const PLAN_KEYS = [
@@ -370,8 +364,8 @@ export function checkResumedData(r: ResumeRun, planNow: object, inputsNow: Datas
     }
   } else {
     r.notes.push(
-      "the run folder has no inputs.json (written since this version): the data is checked through " +
-        "plan.json only, and inputs.json is recorded now",
+      `the run folder has no ${INPUTS} (written since this version): the data is checked through ` +
+        `${PLAN} only, and ${INPUTS} is recorded now`,
     );
   }
   if (!r.plan) return;
@@ -384,7 +378,7 @@ export function checkResumedData(r: ResumeRun, planNow: object, inputsNow: Datas
   if (diffs.length) {
     throw new Error(
       `Cannot resume ${r.dir}: the plan made now from the run's config and data differs from its ` +
-        `plan.json (changed data, or a version of comodal that plans differently):\n  ${
+        `${PLAN} (changed data, or a version of comodal that plans differently):\n  ${
           differenceLines(diffs, "in the run", "now").join("\n  ")
         }`,
     );
@@ -460,7 +454,7 @@ export function truncateLog(
  * temporary files removed. Notes go to stderr (unless quiet) and, on resume, into the log.
  */
 export function commitRunFolder(
-  dir: string,
+  folder: RunFolder,
   opts: {
     resumed: ResumeRun | null;
     iteration: number;
@@ -472,24 +466,20 @@ export function commitRunFolder(
 ): void {
   const r = opts.resumed;
   const notes = [...(r?.notes ?? [])];
-  const write = (name: string, v: unknown, indent: number) =>
-    writeFileAtomicSync(
-      path.join(dir, name),
-      new TextEncoder().encode(JSON.stringify(v, null, indent) + "\n"),
-    );
-  if (r?.configMissing) write("config.json", opts.config, 2);
-  if (r && !r.plan) write("plan.json", opts.plan, 1);
-  if (!r || !r.inputs) write("inputs.json", opts.inputs, 1);
-  const log = path.join(dir, "log.jsonl");
+  if (r?.configMissing) folder.writeJson("config", opts.config, 2);
+  if (r && !r.plan) folder.writeJson("plan", opts.plan, 1);
+  if (!r || !r.inputs) folder.writeJson("inputs", opts.inputs, 1);
+  const log = folder.path("log");
+  const logName = RunFolder.fileName("log");
   const cut = truncateLog(log, opts.iteration);
   if (cut.dropped) {
     notes.push(
-      `log.jsonl: removed ${cut.dropped} record(s) after iteration ${opts.iteration}, ` +
+      `${logName}: removed ${cut.dropped} record(s) after iteration ${opts.iteration}, ` +
         (r ? "written after the checkpoint this run continues from" : "left by an earlier start"),
     );
   }
-  if (cut.partial) notes.push("log.jsonl: removed a last line cut off by a crash");
-  const removed = removeStaleTemps(dir);
+  if (cut.partial) notes.push(`${logName}: removed a last line cut off by a crash`);
+  const removed = removeStaleTemps(folder.dir);
   if (removed.length) {
     notes.push(
       `removed ${removed.join(", ")}, left by an interrupted write (incomplete, never used)`,

@@ -12,7 +12,7 @@
  *    and ASSD against the original label files, and writes metrics and PNG overlays.
  */
 import { FLIPS_ONLY } from "../data/augment.ts";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { assign, getBackend, initBackend, type Tensor } from "../engine.ts";
 import { Rng } from "../data/rng.ts";
@@ -30,7 +30,7 @@ import { regionsToSetting, resolveRegions } from "./regions.ts";
 import { buildMethod, type MethodModel } from "./methods.ts";
 import { AdamW, type Optimizer, Sgd } from "./optim.ts";
 import { type CheckpointMeta, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
-import { writeFileAtomicSync } from "../util/atomic_write.ts";
+import { RunFolder } from "./run_folder.ts";
 import { resolvePatchSize } from "./patch.ts";
 import { progressBar } from "../data/progress.ts";
 import { everyHook, JsonlLog, logHook, progressHook, timeBudgetHook } from "./hooks.ts";
@@ -365,19 +365,15 @@ export async function trainTask(
   }
   const outDir = path.resolve(c.out);
   mkdirSync(outDir, { recursive: true });
-  const last = path.join(outDir, "last.ckpt");
+  const folder = new RunFolder(outDir);
+  const last = folder.path("last");
   if (!opts.resume && existsSync(last)) {
     throw new Error(
       `Run folder ${outDir} already holds a checkpoint: pass --resume to continue it, or choose another --out`,
     );
   }
   if (opts.resume && !existsSync(last)) throw new Error(`Cannot resume: ${last} does not exist`);
-  if (!resumed) {
-    writeFileAtomicSync(
-      path.join(outDir, "config.json"),
-      new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
-    );
-  }
+  if (!resumed) folder.writeConfig(c);
 
   initBackend({
     device: c.device,
@@ -398,12 +394,7 @@ export async function trainTask(
   const resolvedRegions = regionsToSetting(regions, data.classes);
   if (JSON.stringify(resolvedRegions) !== JSON.stringify(c.regions)) {
     c.regions = resolvedRegions;
-    if (!resumed) {
-      writeFileAtomicSync(
-        path.join(outDir, "config.json"),
-        new TextEncoder().encode(JSON.stringify(c, null, 2) + "\n"),
-      );
-    }
+    if (!resumed) folder.writeConfig(c);
   }
   if (regions && !opts.quiet) {
     console.error(
@@ -487,15 +478,10 @@ export async function trainTask(
     builtIn: !c.data && (BUILT_IN_TASKS as readonly string[]).includes(c.task),
   });
   if (resumed) checkResumedData(resumed, runPlan, inputs);
-  if (!resumed) {
-    writeFileAtomicSync(
-      path.join(outDir, "plan.json"),
-      new TextEncoder().encode(JSON.stringify(runPlan, null, 1) + "\n"),
-    );
-  }
+  if (!resumed) folder.writePlan(runPlan);
   let startIt = 0;
   if (opts.resume) startIt = restore(last, signature, model, optimizer, st);
-  commitRunFolder(outDir, {
+  commitRunFolder(folder, {
     resumed,
     iteration: startIt,
     config: c,
@@ -519,7 +505,7 @@ export async function trainTask(
     workers: c.loaderWorkers,
   });
 
-  const log = new JsonlLog(path.join(outDir, "log.jsonl"));
+  const log = new JsonlLog(folder.path("log"));
   log.write({
     event: "config",
     config: c,
@@ -559,7 +545,7 @@ export async function trainTask(
     }
     if (r.meanDice > st.bestDice) {
       st.bestDice = r.meanDice;
-      save(path.join(outDir, "best.ckpt"), iteration);
+      save(folder.path("best"), iteration);
     }
   };
 
@@ -569,7 +555,7 @@ export async function trainTask(
   const loopBudget = (time: number) =>
     wholeCommand
       ? Math.max(MIN_LOOP_S, time - (performance.now() - t0) / 1000 - FINAL_EVALUATION_RESERVE_S)
-      : Math.max(1, time - trainedSeconds(path.join(outDir, "log.jsonl"), startIt));
+      : Math.max(1, time - trainedSeconds(folder.path("log"), startIt));
   const hooks: TrainerHook[] = [
     logHook(log),
     ...(opts.quiet ? [] : [progressHook({ label: `${c.method} ${c.task}` })]),
@@ -620,7 +606,7 @@ export async function trainTask(
     const windows = progressBar("sliding window", { quiet: opts.quiet });
     const r = await evaluateValidation(predictor, data, {
       quick: false,
-      outDir,
+      run: folder,
       onProgress: opts.quiet ? undefined : (done, total, label) => {
         windows.stop();
         console.error(`predict ${done}/${total} ${label}`);
@@ -631,17 +617,14 @@ export async function trainTask(
     st.validations.push({ iteration: trainer.ctx.iteration, dice: r.meanDice });
     if (r.meanDice > st.bestDice) {
       st.bestDice = r.meanDice;
-      save(path.join(outDir, "best.ckpt"), trainer.ctx.iteration);
+      save(folder.path("best"), trainer.ctx.iteration);
     }
     metrics = r.summary;
     log.write({ event: "final", dice: r.meanDice, metrics: r.summary });
     summaryText += `\n${r.table}`;
   }
   const seconds = (performance.now() - t0) / 1000;
-  writeFileSync(
-    path.join(outDir, "summary.txt"),
-    summaryText + `\nwall time ${seconds.toFixed(1)} s\n`,
-  );
+  folder.writeText("summary", summaryText + `\nwall time ${seconds.toFixed(1)} s\n`);
   return {
     outDir,
     config: c,

@@ -25,15 +25,15 @@ import {
 import { formatSummaryTable } from "../metrics/evaluate_files.ts";
 import { montagePng } from "../viz/overlay.ts";
 import type { PreparedData } from "./data.ts";
-import { writeFileAtomicSync } from "../util/atomic_write.ts";
+import type { RunFolder } from "./run_folder.ts";
 import { IGNORE_INDEX, storedIgnore } from "../util/ignore.ts";
 
 export interface ValidationOptions {
   /** Evaluate at most this many cases (quick mode). */
   maxCases?: number;
   quick: boolean;
-  /** Full mode: folder for predictions/, images/ and metrics.json. */
-  outDir?: string;
+  /** Full mode: the run folder that gets the predictions, images and metrics. */
+  run?: RunFolder;
   onProgress?: (done: number, total: number, label: string) => void;
   /** Sliding-window progress within the current case (windows done, total, case id). */
   onWindows?: (done: number, total: number, label: string) => void;
@@ -155,8 +155,8 @@ export async function evaluateValidation(
     : data.validation;
   const perClass: number[][] = Array.from({ length: K - 1 }, () => []);
   const caseMetrics: CaseMetrics[] = [];
-  const dirs = opts.outDir
-    ? { pred: path.join(opts.outDir, "predictions"), img: path.join(opts.outDir, "images") }
+  const dirs = opts.run
+    ? { pred: opts.run.path("predictions"), img: opts.run.path("images") }
     : null;
   if (dirs && !opts.quick) {
     mkdirSync(dirs.pred, { recursive: true });
@@ -239,12 +239,9 @@ export async function evaluateValidation(
   const meanDice = finite.length ? finite.reduce((a, b) => a + b, 0) / finite.length : NaN;
   let summary: MetricsSummary | null = null;
   let table = `mean foreground Dice (preprocessed grid) ${meanDice.toFixed(4)}`;
-  if (!opts.quick && caseMetrics.length && opts.outDir) {
+  if (!opts.quick && caseMetrics.length && opts.run) {
     summary = summarise(caseMetrics);
-    writeFileAtomicSync(
-      path.join(opts.outDir, "metrics.json"),
-      new TextEncoder().encode(metricsToJson({ cases: caseMetrics, summary }) + "\n"),
-    );
+    opts.run.writeText("metrics", metricsToJson({ cases: caseMetrics, summary }) + "\n");
     table = formatSummaryTable(summary, {
       rows: `prediction(s) (${cases.length} case(s) x predicted modalities)`,
     });

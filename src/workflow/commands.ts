@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { PlannedStep } from "./plan.ts";
 import { KEEP, substitute } from "./template.ts";
+import { RunFolder } from "../train/run_folder.ts";
 
 /** Root of the project (where cli/ and src/ live). */
 export const PROJECT_ROOT: string = fileURLToPath(new URL("../../", import.meta.url)).replace(
@@ -35,8 +36,14 @@ const CLI_NAME: Record<string, string> = {
   evaluate: "evaluate",
 };
 
-/** Kinds whose --out names a file inside the step's folder rather than the folder itself. */
-const OUT_FILE: Record<string, string> = { evaluate: "metrics.json", import: "manifest.yaml" };
+/**
+ * Kinds whose --out names a file inside the step's folder rather than the folder itself (an
+ * evaluate step's metrics where the reports look for a run's).
+ */
+const OUT_FILE: Record<string, string> = {
+  evaluate: RunFolder.fileName("metrics"),
+  import: "manifest.yaml",
+};
 
 const POSITIONAL: Record<string, string[]> = {
   synthesise: ["task"],
