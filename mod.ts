@@ -105,10 +105,11 @@ export {
   casesFromDataset,
   casesFromFolder,
   casesFromManifest,
-  type LoadedRun,
-  loadRun,
   type PredictCase,
   predictCases,
   type PredictOptions,
+  type PredictRun,
 } from "./src/infer/predict_run.ts";
-export { loadPartners, type PartnerInfo, writePartners } from "./src/infer/partners.ts";
+export { type LoadedRun, loadRun, type LoadRunOptions } from "./src/train/load_run.ts";
+export { loadPartners, type PartnerInfo } from "./src/infer/partners.ts";
+export { writePartners } from "./src/train/partners.ts";

@@ -1,6 +1,6 @@
 /**
  * `predict --run DIR (--input DIR | --manifest FILE | --data DIR) --out DIR`: segments new images
- * with a trained run (see src/infer/predict_run.ts) and writes <out>/<caseId>_<modality>.nii.gz on
+ * with a trained run (see src/train/load_run.ts and src/infer/predict_run.ts) and writes <out>/<caseId>_<modality>.nii.gz on
  * each modality's original grid. On runs trained on unpaired data (cases lacking a modality, as in
  * AMOS) a case may lack modalities: the run's stored stand-ins fill in, and only the modalities the
  * case has are written.
@@ -10,10 +10,10 @@ import {
   casesFromDataset,
   casesFromFolder,
   casesFromManifest,
-  loadRun,
   type PredictCase,
   predictCases,
 } from "../src/infer/predict_run.ts";
+import { loadRun } from "../src/train/load_run.ts";
 import { progressBar } from "../src/data/progress.ts";
 import { RunFolder } from "../src/train/run_folder.ts";
 

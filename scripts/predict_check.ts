@@ -22,12 +22,8 @@ import { readNifti } from "../src/data/nifti.ts";
 import { setCacheRoot } from "../src/train/data.ts";
 import { type RunPlan, trainTask } from "../src/train/run.ts";
 import { RunFolder } from "../src/train/run_folder.ts";
-import {
-  casesFromDataset,
-  loadRun,
-  predictCases,
-  type PredictOptions,
-} from "../src/infer/predict_run.ts";
+import { casesFromDataset, predictCases, type PredictOptions } from "../src/infer/predict_run.ts";
+import { loadRun } from "../src/train/load_run.ts";
 import { writeBrats2021 } from "../tests/real_layouts.ts";
 
 const { values: args } = parseArgs({

@@ -10,12 +10,8 @@ import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, rmSync } f
 import * as path from "node:path";
 import { readNifti } from "../src/data/nifti.ts";
 import { trainTask } from "../src/train/run.ts";
-import {
-  casesFromDataset,
-  casesFromFolder,
-  loadRun,
-  predictCases,
-} from "../src/infer/predict_run.ts";
+import { casesFromDataset, casesFromFolder, predictCases } from "../src/infer/predict_run.ts";
+import { loadRun } from "../src/train/load_run.ts";
 import { PARTNER_MAX_VOXELS } from "../src/infer/partners.ts";
 import { main } from "../cli/main.ts";
 import { setCacheRoot } from "../src/train/data.ts";

@@ -9,20 +9,17 @@
  * the patch on an axis), as <run>/partners/<modality>.nii.gz (float32, normalised intensities,
  * preprocessed-grid affine) with <run>/partners/<modality>.json (source case, pad value, exact
  * affine). Paired runs store nothing. `predict` re-centres the stand-in on the case's grid exactly
- * as validation does (`recentreOn` in src/train/validate.ts).
+ * as validation does (`recentreOn` in src/infer/predictor.ts). The training side (which volumes,
+ * when) is src/train/partners.ts.
  *
  * @module
  */
 import { existsSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import * as path from "node:path";
 import { type Mat4, mul4, spacingOf, type Vec3 } from "../data/affine.ts";
 import type { Volume } from "../data/cases.ts";
-import { readNifti, writeNifti } from "../data/nifti.ts";
-import type { PreparedData } from "../train/data.ts";
-import { partnerSource } from "../train/validate.ts";
-import { RunFolder } from "../train/run_folder.ts";
-import { writeFileAtomic } from "../util/atomic_write.ts";
+import { readNifti } from "../data/nifti.ts";
 
 /** Largest stored stand-in, in voxels (x, y, z) of the preprocessed grid. */
 export const PARTNER_MAX_VOXELS: Vec3 = [160, 160, 96];
@@ -42,17 +39,9 @@ export interface PartnerInfo {
   cropHi: Vec3;
 }
 
-/** The folder of a run's stand-ins and the files of one modality's. */
-export function partnerFiles(runDir: string, modality: string): { nifti: string; json: string } {
-  const dir = new RunFolder(runDir).path("partners");
+/** The files of one modality's stand-in in a run's stand-in folder (RunFolder's "partners"). */
+export function partnerFiles(dir: string, modality: string): { nifti: string; json: string } {
   return { nifti: path.join(dir, `${modality}.nii.gz`), json: path.join(dir, `${modality}.json`) };
-}
-
-/** Whether some case of the run's data (training or validation) lacks one of its modalities. */
-export function isUnpaired(data: PreparedData): boolean {
-  return [...data.labeled, ...data.unlabeled, ...data.validation].some((c) =>
-    data.modalities.some((m) => c.volumes[m] === undefined)
-  );
 }
 
 /** A centred crop of `v` to at most `max` voxels per axis (x, y, z), with the matching affine. */
@@ -80,56 +69,15 @@ export function cropCentre(
   };
 }
 
-/**
- * Stores one stand-in per modality in <outDir>/partners/ when the run's data is unpaired (see
- * module doc); returns the NIfTI files written (none for paired data). `patch` is (D, H, W).
- */
-export async function writePartners(
-  outDir: string,
-  data: PreparedData,
-  patch: readonly number[],
-): Promise<string[]> {
-  if (!isUnpaired(data)) return [];
-  const max = [0, 1, 2].map((a) => Math.max(PARTNER_MAX_VOXELS[a], patch[2 - a]));
-  await mkdir(new RunFolder(outDir).path("partners"), { recursive: true });
-  const written: string[] = [];
-  for (const m of data.modalities) {
-    const src = partnerSource(data, m);
-    if (!src) continue;
-    const id = [...data.labeled, ...data.unlabeled].find((c) => c.volumes[m] === src)!.id;
-    const { volume, lo, hi } = cropCentre(src, max);
-    const files = partnerFiles(outDir, m);
-    await writeNifti(files.nifti, volume, {
-      datatype: "float32",
-      descrip: `comodal stand-in ${m}`,
-    });
-    const info: PartnerInfo = {
-      version: 1,
-      modality: m,
-      case: id,
-      dims: volume.dims,
-      affine: volume.affine,
-      padValue: volume.padValue,
-      cropLo: lo,
-      cropHi: hi,
-    };
-    await writeFileAtomic(
-      files.json,
-      new TextEncoder().encode(JSON.stringify(info, null, 1) + "\n"),
-    );
-    written.push(files.nifti);
-  }
-  return written;
-}
-
 /** The stand-ins a run stores, by modality (modalities without one are absent). */
 export async function loadPartners(
-  runDir: string,
+  dir: string,
   modalities: readonly string[],
+  runDir = path.dirname(dir),
 ): Promise<Record<string, Volume>> {
   const out: Record<string, Volume> = {};
   for (const m of modalities) {
-    const files = partnerFiles(runDir, m);
+    const files = partnerFiles(dir, m);
     if (!existsSync(files.nifti)) continue;
     const what = `Cannot load the stand-in ${m} volume of run ${runDir}`;
     let info: PartnerInfo;

@@ -1,9 +1,8 @@
 /**
  * Inference with a trained run on new data.
  *
- * `loadRun(runDir)` rebuilds a run's model from its config.json and plan.json (both written by
- * `trainTask`) and restores the weights of best.ckpt, last.ckpt or a given checkpoint, after checking
- * that the checkpoint was written for the same model.
+ * A run comes from `loadRun(runDir)` (src/train/load_run.ts), which rebuilds its model and its
+ * Predictor from the run folder.
  *
  * `predictCases(run, cases, { outDir })` reads each case's images and hands them, in memory, to the
  * run's Predictor (src/infer/predictor.ts), which preprocesses them exactly like the training data
@@ -26,45 +25,30 @@
 import { existsSync, statSync } from "node:fs";
 import { mkdir, readdir } from "node:fs/promises";
 import * as path from "node:path";
-import { initBackend } from "../engine.ts";
 import { type ImageRef, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
 import { ImageCache, readImageRef } from "../data/preprocess.ts";
 import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
-import { Rng } from "../data/rng.ts";
-import { signatureDifferences } from "../train/run.ts";
 import type { TrainConfig } from "../train/config.ts";
-import { RunFolder } from "../train/run_folder.ts";
-import { resolveRegions } from "../train/regions.ts";
-import { buildMethod, type MethodModel } from "../train/methods.ts";
-import { loadModelWeights, modelSignature, type RunPlan, sameModel } from "../train/run.ts";
 import type { Volume } from "../data/cases.ts";
-import { loadPartners, partnerFiles } from "./partners.ts";
-import { type CaseImages, Predictor } from "./predictor.ts";
+import { partnerFiles } from "./partners.ts";
+import type { CaseImages, Predictor, PredictorPlan } from "./predictor.ts";
 
-export interface LoadRunOptions {
-  /** "best" (default; last.ckpt when the run has no best.ckpt), "last", or a checkpoint file. */
-  checkpoint?: string;
-  /** Compute backend (default: the run's). */
-  device?: "cpu" | "cuda";
-  /** CPU threads (default: the run's; 0 = all cores). */
-  threads?: number;
-}
-
-/** A trained run ready for inference. */
-export interface LoadedRun {
+/**
+ * What predicting needs of a trained run: `loadRun` (src/train/load_run.ts) gives one, with the
+ * run's Predictor.
+ */
+export interface PredictRun {
+  /** The run folder. */
   dir: string;
-  config: TrainConfig;
-  plan: RunPlan;
-  model: MethodModel;
-  /** The checkpoint file the weights came from, and its iteration. */
-  checkpoint: string;
-  iteration: number;
+  plan: PredictorPlan;
+  config: Pick<TrainConfig, "nonFinite" | "validation">;
   /** Stored stand-ins for modalities a case lacks (unpaired runs; empty otherwise). */
-  partners: Record<string, Volume>;
+  partners: Readonly<Record<string, Volume>>;
+  /** The folder of the stored stand-ins. */
+  partnersDir: string;
   /** The inference core with the run's model, plan, config and stand-ins. */
   predictor: Predictor;
-  dispose(): void;
 }
 
 /** One case to predict: an image per modality (a file or one frame of a 4-D file). */
@@ -107,68 +91,6 @@ function fail(what: string, why: string): never {
   throw new Error(`${what}: ${why}`);
 }
 
-/** Rebuilds a run's model and restores its weights (see module doc). */
-export async function loadRun(runDir: string, opts: LoadRunOptions = {}): Promise<LoadedRun> {
-  const folder = RunFolder.open(runDir);
-  const dir = folder.dir;
-  const what = `Cannot load run ${dir}`;
-  const config = folder.readConfig(what);
-  const plan = folder.readPlan(config, what);
-  const signature = modelSignature(config, plan.modalities, plan.classes.length, plan.network);
-  if (!sameModel(signature, plan.signature)) {
-    const cfgName = RunFolder.fileName("config"), planName = RunFolder.fileName("plan");
-    fail(
-      what,
-      `${cfgName} and ${planName} describe different models (${
-        signatureDifferences(signature, plan.signature, `in ${cfgName}`, `in ${planName}`).join(
-          "; ",
-        )
-      })`,
-    );
-  }
-  const file = folder.checkpoint(opts.checkpoint);
-  const partners = await loadPartners(dir, plan.modalities);
-  initBackend({
-    device: opts.device ?? config.device,
-    threads: (opts.threads ?? config.threads) || undefined,
-    deterministic: config.deterministic,
-  });
-  const init = new Rng(config.seed, "predict");
-  const model = buildMethod({
-    config,
-    plan: plan.network,
-    numClasses: plan.classes.length,
-    regions: config.method === "mutual" ? null : resolveRegions(config.regions, plan.classes),
-    modalities: plan.modalities.length,
-    primary: plan.primary,
-    rng: () => {
-      const r = init.derive("init", init.nextU32());
-      return () => r.next();
-    },
-    // The checkpoint holds every weight: the backbone's pretrained file is not needed (or read).
-    pretrained: false,
-  });
-  let iteration: number;
-  try {
-    iteration = loadModelWeights(file, signature, model).iteration;
-  } catch (e) {
-    model.dispose();
-    throw e;
-  }
-  model.student.setTraining(false);
-  return {
-    dir,
-    config,
-    plan,
-    model,
-    checkpoint: file,
-    iteration,
-    partners,
-    predictor: new Predictor({ model, plan, config, partners }),
-    dispose: () => model.dispose(),
-  };
-}
-
 const NIFTI_RE = /\.nii(\.gz)?$/i;
 
 /**
@@ -179,7 +101,7 @@ const NIFTI_RE = /\.nii(\.gz)?$/i;
  * with one frame per modality of the training dataset (Decathlon imagesTs), or the one modality.
  * Hidden files (macOS "._" copies) are skipped.
  */
-export async function casesFromFolder(dir: string, run: LoadedRun): Promise<PredictCase[]> {
+export async function casesFromFolder(dir: string, run: PredictRun): Promise<PredictCase[]> {
   const root = path.resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory()) {
     fail(`Cannot read input ${root}`, "the folder does not exist");
@@ -251,7 +173,7 @@ export async function casesFromFolder(dir: string, run: LoadedRun): Promise<Pred
 
 function fromManifest(
   m: Manifest,
-  run: LoadedRun,
+  run: PredictRun,
   split: string | undefined,
   source: string,
 ): PredictCase[] {
@@ -274,7 +196,7 @@ function fromManifest(
 /** Cases of a manifest file (all splits unless `split` is given; labels are ignored). */
 export async function casesFromManifest(
   file: string,
-  run: LoadedRun,
+  run: PredictRun,
   opts: { split?: string } = {},
 ): Promise<PredictCase[]> {
   if (!existsSync(file)) fail(`Cannot read manifest ${file}`, "file not found");
@@ -284,7 +206,7 @@ export async function casesFromManifest(
 /** Cases of a dataset folder: its manifest.yaml, else the detected layout (MS-CMRSeg, AMOS, ...). */
 export async function casesFromDataset(
   dir: string,
-  run: LoadedRun,
+  run: PredictRun,
   opts: { split?: string } = {},
 ): Promise<PredictCase[]> {
   const root = path.resolve(dir);
@@ -296,7 +218,7 @@ export async function casesFromDataset(
   return fromManifest(m, run, opts.split, root);
 }
 
-function checkCase(c: PredictCase, run: LoadedRun): void {
+function checkCase(c: PredictCase, run: PredictRun): void {
   if (!/^[A-Za-z0-9._-]+$/.test(c.id)) {
     fail(
       `Cannot predict case '${c.id}'`,
@@ -317,7 +239,7 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
         `Cannot predict case ${c.id}`,
         `it has no ${m} image (${reads}), and run ${run.dir} stores no stand-in ${m} volume ` +
           `(${
-            path.relative(run.dir, partnerFiles(run.dir, m).nifti)
+            path.relative(run.dir, partnerFiles(run.partnersDir, m).nifti)
           }) to pair it with. Runs store ` +
           `stand-ins only when trained on unpaired data (cases lacking a modality); this run was ` +
           `trained on paired data, so give every case all of ${
@@ -337,7 +259,7 @@ function checkCase(c: PredictCase, run: LoadedRun): void {
  * missing one gets the run's stand-in), NaN/Inf handled as the run's training data was.
  */
 export async function readPredictCase(
-  run: LoadedRun,
+  run: PredictRun,
   c: PredictCase,
   cache?: ImageCache,
 ): Promise<CaseImages> {
@@ -356,7 +278,7 @@ export async function readPredictCase(
 
 /** Predicts every case and writes <outDir>/<caseId>_<modality>.nii.gz (see module doc). */
 export async function predictCases(
-  run: LoadedRun,
+  run: PredictRun,
   cases: PredictCase[],
   opts: PredictOptions,
 ): Promise<PredictResult> {

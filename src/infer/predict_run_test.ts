@@ -13,7 +13,8 @@ import type { Volume } from "../data/cases.ts";
 import { apply4 } from "../data/affine.ts";
 import { cropCentre } from "./partners.ts";
 import { main } from "../../cli/main.ts";
-import { casesFromDataset, casesFromFolder, loadRun, predictCases } from "./predict_run.ts";
+import { casesFromDataset, casesFromFolder, predictCases } from "./predict_run.ts";
+import { loadRun } from "../train/load_run.ts";
 import { setCacheRoot } from "../train/data.ts";
 
 const cache = Deno.makeTempDirSync({ prefix: "comodal-predict-cache-" });

@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { concat, noGrad, softmax, tensor, tidy } from "../engine.ts";
+import { concat, noGrad, softmax, type Tensor, tensor, tidy } from "../engine.ts";
 import { inv4, type Mat4, mul4, spacingOf, type Vec3 } from "../data/affine.ts";
 import { type ModalityKind, modalityKind } from "../data/manifest.ts";
 import type { Volume } from "../data/cases.ts";
@@ -39,9 +39,18 @@ import { argmaxLabels } from "./labels.ts";
 import { keepLargestComponent } from "./postprocess.ts";
 import { type PatchBatch, slidingWindowInference } from "./sliding_window.ts";
 import type { TrainConfig } from "../train/config.ts";
-import type { MethodModel } from "../train/methods.ts";
 import type { RunPlan } from "../train/run.ts";
-import { regionProbabilities } from "../train/regions.ts";
+import { regionProbabilities } from "./region_probabilities.ts";
+
+/** What the Predictor needs of a model (a method's, src/train/methods.ts, in evaluation mode). */
+export interface PredictorModel {
+  /** Modalities (indices) the model predicts, one logits tensor each from predict(). */
+  readonly outputs: readonly number[];
+  /** Nested region outputs (sigmoids), or null for one softmax over the classes. */
+  readonly regions: { readonly classes: readonly (readonly number[])[] } | null;
+  /** Logits per output from one image batch per modality (model input order). */
+  predict(images: Tensor[]): Tensor[];
+}
 
 /** What the Predictor needs of a run's plan (plan.json). */
 export type PredictorPlan = Pick<
@@ -192,14 +201,14 @@ function asNifti(img: CaseImage): NiftiImage {
 }
 
 export class Predictor {
-  readonly model: MethodModel;
+  readonly model: PredictorModel;
   readonly plan: PredictorPlan;
   readonly config: TrainConfig;
   /** Stand-ins for modalities a case lacks (unpaired data), re-centred on the case when used. */
   readonly partners: Readonly<Record<string, Volume>>;
 
   constructor(opts: {
-    model: MethodModel;
+    model: PredictorModel;
     plan: PredictorPlan;
     config: TrainConfig;
     partners?: Readonly<Record<string, Volume>>;

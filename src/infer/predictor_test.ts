@@ -10,7 +10,8 @@ import { trainTask } from "../train/run.ts";
 import { prepareData, setCacheRoot } from "../train/data.ts";
 import { evaluateValidation, validationPartners } from "../train/validate.ts";
 import { RunFolder } from "../train/run_folder.ts";
-import { casesFromDataset, loadRun, readPredictCase } from "./predict_run.ts";
+import { casesFromDataset, readPredictCase } from "./predict_run.ts";
+import { loadRun } from "../train/load_run.ts";
 import { FUSED_OUTPUT, Predictor } from "./predictor.ts";
 
 setCacheRoot(Deno.makeTempDirSync({ prefix: "comodal-predictor-cache-" }));

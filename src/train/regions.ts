@@ -11,17 +11,7 @@
  *
  * @module
  */
-import {
-  add,
-  affine,
-  concat,
-  mul,
-  mulScalar,
-  sigmoid,
-  slice,
-  type Tensor,
-  tensor,
-} from "../engine.ts";
+import { add, concat, mulScalar, slice, type Tensor, tensor } from "../engine.ts";
 import { IGNORE_INDEX } from "../util/ignore.ts";
 import { supervisedLoss } from "../losses/supervised.ts";
 
@@ -152,25 +142,5 @@ function sliceChannel(t: Tensor, c: number): Tensor {
   return slice(t, 1, c, 1);
 }
 
-/**
- * Class "probabilities" [B,K,...] from region logits [B,R,...] for the inference pipeline (window
- * averaging, mirroring, resampling, argmax): with s_r = sigmoid(z_r) and nested regions,
- * p(background) = 1 - s_1, and the class that is in region r but not r+1 gets s_1...s_r (1 - s_{r+1});
- * the innermost s_1...s_R. These sum to 1, and the argmax is the innermost region above one half
- * in the clear cases. A class of several in one ring takes the ring's lowest index.
- */
-export function regionProbabilities(logits: Tensor, regions: Regions, numClasses: number): Tensor {
-  const R = regions.classes.length;
-  const s = Array.from({ length: R }, (_, r) => sigmoid(sliceChannel(logits, r)));
-  const zero = mulScalar(s[0], 0);
-  const channels: Tensor[] = Array.from({ length: numClasses }, () => zero);
-  channels[0] = affine(s[0], -1, 1);
-  let prefix: Tensor | null = null;
-  for (let r = 0; r < R; r++) {
-    prefix = prefix ? mul(prefix, s[r]) : s[r];
-    const ring = regions.classes[r].filter((c) => !(regions.classes[r + 1] ?? []).includes(c));
-    const p = r + 1 < R ? mul(prefix, affine(s[r + 1], -1, 1)) : prefix;
-    channels[Math.min(...ring)] = p;
-  }
-  return concat(channels, 1);
-}
+/** Class probabilities from region logits, for inference (src/infer/region_probabilities.ts). */
+export { regionProbabilities } from "../infer/region_probabilities.ts";

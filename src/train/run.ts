@@ -48,7 +48,7 @@ import { SYNTH_TASKS as BUILT_IN_TASKS } from "../data/synth.ts";
 import { evaluateValidation, validationPartners, type ValidationResult } from "./validate.ts";
 import { Predictor } from "../infer/predictor.ts";
 import type { MetricsSummary } from "../metrics/metrics.ts";
-import { writePartners } from "../infer/partners.ts";
+import { writePartners } from "./partners.ts";
 
 export interface TrainTaskOptions {
   /** Continue from <out>/last.ckpt. */
@@ -596,7 +596,7 @@ export async function trainTask(
   }
   save(last, trainer.ctx.iteration);
   // Unpaired data: stand-ins for missing modalities, so `predict` needs no training data.
-  await writePartners(outDir, data, patch);
+  await writePartners(folder, data, patch);
 
   let metrics: MetricsSummary | null = null;
   let summaryText = `Trained ${c.method} on ${c.task} for ${trainer.ctx.iteration} iterations` +
