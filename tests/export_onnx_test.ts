@@ -1,5 +1,6 @@
 /**
- * `export` on briefly trained tiny runs (CMC, supervised, early fusion): the ONNX file carries the
+ * `export` on briefly trained tiny runs (CMC, supervised, early fusion; CMC and supervised with the
+ * ViT backbone): the ONNX file carries the
  * run's plan, runs in ONNX Runtime with the engine's logits on a random patch (max abs difference
  * 1e-4), and a whole case predicted through ONNX Runtime (sliding window driven from TS with the
  * session as network) matches `predict` to the voxel.
@@ -31,10 +32,15 @@ setCacheRoot(cache);
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
 const runs = new Map<string, { dir: string; synth: string }>();
-/** One tiny cardiac run per method (shared by the tests of that method). */
-async function tinyRun(method: string): Promise<{ dir: string; synth: string }> {
-  const have = runs.get(method);
+/** A tiny ViT backbone (tokens of 4 x 8 x 8 voxels). */
+const VIT = { patchSize: [4, 8, 8], dim: 16, depth: 2, heads: 2, mlpRatio: 2 };
+
+/** One tiny cardiac run per method ("vit-" first: the ViT backbone), shared by its tests. */
+async function tinyRun(kind: string): Promise<{ dir: string; synth: string }> {
+  const have = runs.get(kind);
   if (have) return have;
+  const vit = kind.startsWith("vit-");
+  const method = vit ? kind.slice(4) : kind;
   const dir = Deno.makeTempDirSync({ prefix: `comodal-export-${method}-` });
   const r = await trainTask({
     task: "cardiac",
@@ -44,7 +50,7 @@ async function tinyRun(method: string): Promise<{ dir: string; synth: string }> 
     syntheticCases: 6,
     labeled: 2,
     patchSize: [4, 32, 32],
-    network: { baseWidth: 8, maxLevels: 3 },
+    network: { baseWidth: 8, maxLevels: 3, ...(vit ? { backbone: "vit", vit: VIT } : {}) },
     optimizer: { warmup: 1 },
     validation: { every: 0, overlap: 0 },
     images: false,
@@ -55,7 +61,7 @@ async function tinyRun(method: string): Promise<{ dir: string; synth: string }> 
   const synth =
     JSON.parse(readFileSync(path.join(dir, "log.jsonl"), "utf8").split("\n")[0]).data.source;
   const run = { dir, synth };
-  runs.set(method, run);
+  runs.set(kind, run);
   return run;
 }
 
@@ -66,16 +72,18 @@ async function exportCli(dir: string): Promise<string> {
   return file;
 }
 
-for (const method of ["cmc", "supervised", "early-fusion"]) {
+for (const kind of ["cmc", "supervised", "early-fusion", "vit-cmc", "vit-supervised"]) {
+  const method = kind.replace(/^vit-/, "");
   Deno.test({
-    name: `export (${method}): the plan is in the metadata and the logits match the engine`,
+    name: `export (${kind}): the plan is in the metadata and the logits match the engine`,
     ...opts,
     fn: async () => {
-      const { dir } = await tinyRun(method);
+      const { dir } = await tinyRun(kind);
       const file = await exportCli(dir);
       const plan = JSON.parse(readOnnxMetadata(await Deno.readFile(file))[PLAN_KEY]);
       const runPlan = JSON.parse(readFileSync(path.join(dir, "plan.json"), "utf8"));
       assert.equal(plan.method, method);
+      assert.equal(plan.backbone, kind.startsWith("vit-") ? "vit" : "unet");
       assert.deepEqual(plan.modalities, runPlan.modalities);
       assert.deepEqual(plan.modalities.slice(0, 2), ["C0", "LGE"]);
       assert.deepEqual(plan.classes, runPlan.classes);
@@ -126,12 +134,12 @@ for (const method of ["cmc", "supervised", "early-fusion"]) {
   });
 }
 
-for (const method of ["cmc", "early-fusion"]) {
+for (const kind of ["cmc", "early-fusion", "vit-supervised"]) {
   Deno.test({
-    name: `a case predicted through ONNX Runtime (${method}) matches predict to the voxel`,
+    name: `a case predicted through ONNX Runtime (${kind}) matches predict to the voxel`,
     ...opts,
     fn: async () => {
-      const { dir, synth } = await tinyRun(method);
+      const { dir, synth } = await tinyRun(kind);
       const file = await exportCli(dir);
       const run = await loadRun(dir, { checkpoint: "best" });
       const onnx = await openOnnxModel(file);

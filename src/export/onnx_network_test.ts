@@ -12,11 +12,13 @@ import { buildMethod, type MethodModel } from "../train/methods.ts";
 import { networkGraph } from "./onnx_network.ts";
 
 const PATCH: [number, number, number] = [4, 16, 16];
+const VIT = { patchSize: 4, dim: 8, depth: 2, heads: 2, mlpRatio: 2 };
 
 function tinyModel(method: string, network: Record<string, unknown> = {}): MethodModel {
   const config = parseTrainConfig({
     task: "cardiac",
     method,
+    patchSize: PATCH,
     network: { baseWidth: 8, maxLevels: 3, ...network },
   });
   const plan = planUNet({ patchSize: PATCH, spacing: [1, 1, 1], maxLevels: 3, baseWidth: 8 });
@@ -37,14 +39,10 @@ function tinyModel(method: string, network: Record<string, unknown> = {}): Metho
   // values, so every term of the graph is exercised.
   const r = new Rng(3);
   for (const [name, p] of model.student.namedParameters()) {
-    if (/(norm\.|norms\.\d+\.)(weight|bias)$|gamma$|alpha$/.test(name)) {
-      assign(
-        p,
-        Float32Array.from(
-          { length: p.size },
-          () => 0.5 * r.normal() + (name.endsWith("weight") ? 1 : 0),
-        ),
-      );
+    const norm = /(norm\d?\.|norms\.\d+\.|neck\.[13]\.)(weight|bias)$/.test(name);
+    if (norm || /gamma$|alpha$|rel_pos_[dhw]$|adapter\.fc2\.weight$/.test(name)) {
+      const offset = norm && name.endsWith("weight") ? 1 : 0;
+      assign(p, Float32Array.from({ length: p.size }, () => 0.5 * r.normal() + offset));
     }
   }
   model.student.setTraining(false);
@@ -104,12 +102,27 @@ const KINDS: [string, string, Record<string, unknown>][] = [
   ["cmc", "CMC (concat fusion, shared decoder)", { fusion: "concat", sharedDecoder: true }],
   ["cmc", "CMC (add fusion without gate scale, no MIA)", { fusionZeroGate: false, mia: false }],
   ["mutual", "mutual learning", {}],
+  ["supervised", "ViT-backbone supervised", { backbone: "vit", vit: VIT }],
+  ["early-fusion", "ViT-backbone early fusion (adapters, relative positions)", {
+    backbone: "vit",
+    vit: { ...VIT, adapterDim: 4, relPos: true },
+  }],
+  ["cmc", "ViT-backbone CMC (windowed attention, relative positions)", {
+    backbone: "vit",
+    vit: { ...VIT, windowSize: [1, 3, 3], globalAttnIndexes: [1], relPos: true },
+  }],
+  ["cmc", "ViT-backbone CMC (neck wider than the deepest level)", {
+    backbone: "vit",
+    vit: { ...VIT, patchSize: [2, 4, 4], neckChannels: 12 },
+  }],
 ];
 
 for (const [method, label, network] of KINDS) {
   Deno.test(`ONNX export of a fresh ${label} network matches the engine`, async () => {
     const model = tinyModel(method, network);
     try {
+      const names = model.student.namedParameters().map(([n]) => n);
+      assert.equal(names.some((n) => n.endsWith("pos_embed")), network.backbone === "vit");
       const d = await compareOnnx(model, ["C0", "LGE"], PATCH);
       assert.ok(d <= 1e-4, `max abs logit difference ${d}`);
     } finally {
