@@ -17,10 +17,10 @@ CUDNN_DIR := $(TOOLS)/cudnn
 NVCC_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90
 
-.PHONY: setup deps deno npm native cuda test bench check clean
+.PHONY: setup deps browser deno npm native cuda test bench check clean
 
 ## setup: everything a fresh machine needs, then the native build
-setup: deps deno npm native
+setup: deps browser deno npm native
 
 # Debian packages: oneDNN (CPU kernels), nifti-bin (independent NIfTI reader for cross-checks).
 deps:
@@ -30,6 +30,16 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null) || \
 	  { echo "[setup] ERROR: could not install$$missing with apt-get; install them by hand (oneDNN is required for the CPU backend)"; exit 1; }; \
+	fi
+
+# Chromium (Debian's package) for the browser test of the reports' 3D viewer (headless, software
+# WebGL). Without it that one test is skipped outside CI, so a failed install is a warning here.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ] && [ -z "$${CHROMIUM_PATH:-}" ]; then \
+	  echo "[setup] installing Debian package: chromium"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
+	  echo "[setup] WARNING: could not install chromium with apt-get; the viewer's browser test will be skipped (set CHROMIUM_PATH to a Chromium or Chrome binary)"; \
 	fi
 
 deno: $(DENO)

@@ -12,6 +12,7 @@ const COMMANDS: string[] = [
   "import",
   "preprocess",
   "workflow",
+  "export",
 ];
 
 export async function main(argv: string[]): Promise<number> {

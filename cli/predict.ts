@@ -1,7 +1,8 @@
 /**
  * `predict --run DIR (--input DIR | --manifest FILE | --data DIR) --out DIR`: segments new images
- * with a trained run (see src/train/load_run.ts and src/infer/predict_run.ts) and writes <out>/<caseId>_<modality>.nii.gz on
- * each modality's original grid. On runs trained on unpaired data (cases lacking a modality, as in
+ * with a trained run (see src/train/load_run.ts and src/infer/predict_run.ts) and writes
+ * <out>/<caseId>_<modality>.nii.gz on each modality's original grid, and <out>/report.html with a
+ * 3D viewer page per case. On runs trained on unpaired data (cases lacking a modality, as in
  * AMOS) a case may lack modalities: the run's stored stand-ins fill in, and only the modalities the
  * case has are written.
  */
@@ -16,6 +17,7 @@ import {
 import { loadRun } from "../src/train/load_run.ts";
 import { progressBar } from "../src/data/progress.ts";
 import { RunFolder } from "../src/train/run_folder.ts";
+import { writeRunReport } from "../src/report/html_report.ts";
 
 interface PredictFlags {
   run: string;
@@ -123,11 +125,16 @@ export function register(program: Command): void {
           },
           onWindows: windows.onProgress,
         }).finally(() => windows.stop());
+        const report = await writeRunReport(o.out, {
+          runDir: o.run,
+          labelValues: o.labelValues,
+          cases: r.cases.map((c) => ({ ...c, images: cases.find((x) => x.id === c.id)!.images })),
+        });
         const files = r.cases.reduce((n, c) => n + Object.keys(c.files).length, 0);
         console.log(
           `wrote ${files} prediction(s) for ${r.cases.length} case(s) to ${o.out} in ${
             r.seconds.toFixed(1)
-          } s`,
+          } s${report ? `; report ${report}` : ""}`,
         );
       } finally {
         run.dispose();

@@ -100,7 +100,12 @@ Deno.test({
       "--quiet",
     ]);
     assert.equal(code, 0);
-    assert.deepEqual(readdirSync(out).sort(), ["scan_ct_CT.nii.gz", "scan_mr_MRI.nii.gz"]);
+    assert.deepEqual(readdirSync(out).sort(), [
+      "report.html",
+      "scan_ct_CT.nii.gz",
+      "scan_mr_MRI.nii.gz",
+      "viewer",
+    ]);
     assert.ok(!existsSync(preprocessed), "predict read the training cache");
     for (const [m, name] of [["CT", "scan_ct"], ["MRI", "scan_mr"]]) {
       const p = await readNifti(path.join(out, `${name}_${m}.nii.gz`));

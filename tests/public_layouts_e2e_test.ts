@@ -89,7 +89,7 @@ Deno.test({
       "predict --input",
     );
     const names = [...Deno.readDirSync(preds)].map((e) => e.name).sort();
-    assert.deepEqual(names, [`${ids[0]}.nii.gz`]);
+    assert.deepEqual(names, [`${ids[0]}.nii.gz`, "report.html", "viewer"]);
     const p0 = await readNifti(path.join(preds, `${ids[0]}.nii.gz`));
     assert.ok(p0.data.every((v) => v === 0 || v === 1 || v === 2 || v === 4), "file label values");
     // BraTS 2023-style names (<case>-<modality>) are read too.
@@ -106,7 +106,11 @@ Deno.test({
       await runCli(["predict", "--run", out, "--input", dashed, "--out", predsDashed, "--quiet"]),
       "predict dashed names",
     );
-    assert.deepEqual([...Deno.readDirSync(predsDashed)].map((e) => e.name), ["X-1.nii.gz"]);
+    assert.deepEqual([...Deno.readDirSync(predsDashed)].map((e) => e.name).sort(), [
+      "X-1.nii.gz",
+      "report.html",
+      "viewer",
+    ]);
     const predsAll = path.join(root, "preds_all");
     ok(
       await runCli([
@@ -222,7 +226,7 @@ Deno.test({
     );
     assert.deepEqual(
       [...Deno.readDirSync(predsTs)].map((e) => e.name).sort(),
-      m.cases.slice(0, 2).map((c) => `${c.id}.nii.gz`).sort(),
+      [...m.cases.slice(0, 2).map((c) => `${c.id}.nii.gz`), "report.html", "viewer"].sort(),
     );
     // Every case's fused prediction against the shared label folder.
     const mAll = path.join(root, "m_all.json");

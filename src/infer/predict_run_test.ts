@@ -146,6 +146,8 @@ Deno.test({
       "new1_LGE.nii.gz",
       "new2_C0.nii.gz",
       "new2_LGE.nii.gz",
+      "report.html",
+      "viewer",
     ]);
     const p = await readNifti(path.join(out, "new1_LGE.nii.gz"));
     const src = await readNifti(path.join(synthDir, "patient6_LGE.nii.gz"));

@@ -5,12 +5,26 @@
  *
  * Contents: a table of metrics per run (grouped by step, one column per matrix value), Dice
  * against every numeric setting that varies (labeled ratio, misalignment, ...) with one line per
- * combination of the other settings (method, ...), training curves from log.jsonl, overlays.
+ * combination of the other settings (method, ...), training curves from log.jsonl, overlays, and
+ * the predicted cases (a training run's predictions/ folder, or the cases `predict` wrote) with
+ * their scores and a link to each case's 3D viewer page (src/report/viewer.ts).
+ *
+ * Every train and predict run folder gets its own report.html (writeRunReport), viewer pages in
+ * <run>/viewer/; a workflow report writes viewer pages for the runs it shows into its own folder.
  */
 import { basename, join, relative } from "node:path";
 import { Buffer } from "node:buffer";
 import { escapeXml, lineChartSvg, type Series } from "./svg_plot.ts";
 import { RunFolder } from "../train/run_folder.ts";
+import {
+  type LabelLegend,
+  legendFromPlan,
+  legendHtml,
+  type ViewerCase,
+  type ViewerLink,
+  type ViewerView,
+  writeViewerPages,
+} from "./viewer.ts";
 
 export interface ClassScores {
   dice?: number;
@@ -34,6 +48,14 @@ export interface RunInfo {
   /** Training log records (event "iteration" and validation records). */
   log: Record<string, unknown>[];
   images: string[];
+  /** Predicted cases the 3D viewer can show (image, prediction and reference files). */
+  cases: ViewerCase[];
+  /** Class names and label values (from the run's plan.json). */
+  legend?: LabelLegend;
+  /** Per-prediction scores from metrics.json: "case/modality" -> class -> Dice. */
+  caseScores: Record<string, Record<string, number>>;
+  /** Viewer pages written for `cases` (relative to the report's folder). */
+  viewerLinks?: ViewerLink[];
 }
 
 export interface ReportOptions {
@@ -41,6 +63,10 @@ export interface ReportOptions {
   title?: string;
   /** Most overlay images embedded per run. */
   maxImagesPerRun?: number;
+  /** Most cases per run given a 3D viewer page (default 6; a run's own report: all). */
+  maxViewerCasesPerRun?: number;
+  /** Folders searched for runs below each input (default 4). */
+  maxDepth?: number;
 }
 
 function num(v: unknown): number | undefined {
@@ -173,6 +199,8 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
         )
           .map((e) => join(run.path("images"), e.name)).sort();
       } catch { /* none */ }
+      const plan = readJson(run.path("plan")) as RunPlanLike | undefined;
+      const legend = planLegend(plan);
       runs.push({
         dir,
         id: meta?.id ?? (relative(root, dir) || basename(dir)),
@@ -183,6 +211,9 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
         perClass: m.perClass,
         log: hasLog ? readJsonl(run.path("log")) : [],
         images,
+        cases: legend && plan ? trainingCases(dir, plan) : [],
+        legend,
+        caseScores: hasMetrics ? caseScores(readJson(run.path("metrics"))) : {},
       });
     }
     if (depth >= maxDepth) return;
@@ -193,7 +224,12 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
       return;
     }
     for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
-      if (e.isDirectory && !e.name.startsWith(".") && e.name !== "images" && e.name !== "logs") {
+      if (
+        e.isDirectory && !e.name.startsWith(".") && e.name !== "logs" &&
+        !(["images", "predictions", "viewer"] as const).some((f) =>
+          RunFolder.fileName(f) === e.name
+        )
+      ) {
         visit(join(dir, e.name), depth + 1, root);
       }
     }
@@ -202,13 +238,102 @@ export function collectRuns(inputs: string[], maxDepth = 4): RunInfo[] {
   return runs;
 }
 
+/** The fields of a run's plan.json the report reads. */
+interface RunPlanLike {
+  classes: string[];
+  modalities: string[];
+  preprocessedDir?: string;
+  dataset: { classes: Record<string, number>; labelMap: Record<string, string> | null };
+}
+
+function planLegend(plan: RunPlanLike | undefined): LabelLegend | undefined {
+  if (!plan || !Array.isArray(plan.classes) || !plan.dataset?.classes) return undefined;
+  return legendFromPlan(plan);
+}
+
+/** Per-prediction Dice of metrics.json's cases ({ id: "case/modality", classes: {...} }). */
+function caseScores(json: unknown): Record<string, Record<string, number>> {
+  const out: Record<string, Record<string, number>> = {};
+  const cases = (json as { cases?: unknown } | undefined)?.cases;
+  if (!Array.isArray(cases)) return out;
+  for (const c of cases) {
+    if (typeof c?.id !== "string" || typeof c.classes !== "object" || c.classes === null) continue;
+    const row: Record<string, number> = {};
+    for (const [k, v] of Object.entries(c.classes as Record<string, unknown>)) {
+      const d = num((v as { dice?: unknown })?.dice);
+      if (d !== undefined) row[k] = d;
+    }
+    out[c.id] = row;
+  }
+  return out;
+}
+
+/** A preprocessed case's sidecar (the fields the viewer needs: where each modality came from). */
+interface CaseSidecar {
+  modalities: Record<
+    string,
+    { source: { path: string; frame: number | null; labelPath: string | null } }
+  >;
+}
+
+/**
+ * The predicted cases of a training run: <run>/predictions/<case>.nii.gz (fused, shown on every
+ * modality) or <case>_<modality>.nii.gz, with the images and reference labels the preprocessing
+ * sidecars of the run's data name (cases whose sidecar is gone are left out).
+ */
+export function trainingCases(dir: string, plan: RunPlanLike): ViewerCase[] {
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(new RunFolder(dir).path("predictions"))].filter((e) =>
+      e.isFile && /\.nii(\.gz)?$/.test(e.name)
+    ).map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+  const pre = plan.preprocessedDir;
+  if (!pre) return [];
+  const sidecars = new Map<string, CaseSidecar | undefined>();
+  const sidecar = (id: string) => {
+    if (!sidecars.has(id)) {
+      sidecars.set(id, readJson(join(pre, "cases", `${id}.json`)) as CaseSidecar | undefined);
+    }
+    return sidecars.get(id);
+  };
+  const cases = new Map<string, ViewerView[]>();
+  for (const name of names) {
+    const stem = name.replace(/\.nii(\.gz)?$/, "");
+    const file = join(new RunFolder(dir).path("predictions"), name);
+    const mod = plan.modalities.find((m) =>
+      stem.endsWith(`_${m}`) && sidecar(stem.slice(0, -m.length - 1))?.modalities?.[m]
+    );
+    const id = mod ? stem.slice(0, -mod.length - 1) : stem;
+    const rec = sidecar(id);
+    if (!rec?.modalities) continue;
+    const views = cases.get(id) ?? [];
+    for (const m of mod ? [mod] : plan.modalities) {
+      const src = rec.modalities[m]?.source;
+      if (!src || !isFile(src.path)) continue;
+      views.push({
+        modality: m,
+        image: { path: src.path, frame: src.frame },
+        prediction: file,
+        ...(src.labelPath && isFile(src.labelPath) ? { reference: src.labelPath } : {}),
+      });
+    }
+    cases.set(id, views);
+  }
+  return [...cases].map(([id, views]) => ({ id, views }));
+}
+
 const CSS =
   `body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}
 .imgs{display:flex;flex-wrap:wrap;gap:8px}.imgs figure{margin:0}.imgs img{max-width:320px;image-rendering:pixelated;border:1px solid #ccc}
-figcaption{font-size:12px;color:#555}.muted{color:#888}`;
+figcaption{font-size:12px;color:#555}.muted{color:#888}
+.legend{list-style:none;padding:0;margin:4px 0;display:flex;flex-wrap:wrap;gap:14px}.legend li{display:flex;align-items:center;gap:4px}
+.sw{display:inline-block;width:14px;height:14px;border:1px solid #888}`;
 
 function f(v: number | undefined, digits = 3): string {
   if (v === undefined || Number.isNaN(v)) return "–";
@@ -351,6 +476,77 @@ function metricsTables(runs: RunInfo[]): string {
   return parts.join("");
 }
 
+/** The scores of a case's predictions ("case/modality" keys of metrics.json). */
+function scoresOf(r: RunInfo, id: string): [string, Record<string, number>][] {
+  return Object.entries(r.caseScores).filter(([k]) => k.startsWith(`${id}/`)).map((
+    [k, v],
+  ) => [k.slice(id.length + 1), v]);
+}
+
+/** One line of a case's Dice per prediction, for its viewer page. */
+function scoreNote(r: RunInfo, id: string): string | undefined {
+  const rows = scoresOf(r, id);
+  if (rows.length === 0) return undefined;
+  return "Dice " +
+    rows.map(([m, v]) => `${m}: ${Object.entries(v).map(([c, d]) => `${c} ${f(d)}`).join(", ")}`)
+      .join("; ");
+}
+
+/** The predicted cases of each run: scores per class and a link to the case's 3D viewer. */
+function casesSection(runs: RunInfo[]): string {
+  const shown = runs.filter((r) => r.cases.length > 0);
+  if (shown.length === 0) return "";
+  const parts: string[] = ["<h2>Cases</h2>"];
+  for (const r of shown) {
+    const links = new Map((r.viewerLinks ?? []).map((l) => [l.id, l.href]));
+    const classes = (r.legend?.classes ?? []).slice(1);
+    const scored = r.cases.some((c) => scoresOf(r, c.id).length > 0);
+    const head = `<tr><th class="l">case</th><th class="l">3D viewer</th>${
+      scored
+        ? `<th class="l">prediction</th>${
+          classes.map((c) => `<th>Dice ${escapeXml(c)}</th>`).join("")
+        }`
+        : ""
+    }</tr>`;
+    const rows = r.cases.map((c) => {
+      const href = links.get(c.id);
+      const link = href
+        ? `<a href="${escapeXml(href)}">open</a> <span class="muted">(${
+          c.views.map((v) => escapeXml(v.modality)).join(", ")
+        })</span>`
+        : `<span class="muted">not written</span>`;
+      const sc = scoresOf(r, c.id);
+      if (!scored) {
+        return `<tr><td class="l">${escapeXml(c.id)}</td><td class="l">${link}</td></tr>`;
+      }
+      const lines = sc.length ? sc : [["–", {}] as [string, Record<string, number>]];
+      return lines.map(([m, v], i) =>
+        `<tr>${
+          i === 0
+            ? `<td class="l" rowspan="${lines.length}">${
+              escapeXml(c.id)
+            }</td><td class="l" rowspan="${lines.length}">${link}</td>`
+            : ""
+        }<td class="l">${escapeXml(m)}</td>${
+          classes.map((k) => `<td>${f(v[k])}</td>`).join("")
+        }</tr>`
+      ).join("");
+    });
+    const hidden = r.cases.length - links.size;
+    parts.push(
+      (shown.length > 1 ? `<h3>${escapeXml(r.id)}</h3>` : "") +
+        (r.legend
+          ? legendHtml(r.legend, r.cases.some((c) => c.views.some((v) => v.reference)))
+          : "") +
+        `<table>${head}${rows.join("")}</table>` +
+        (hidden > 0 && links.size > 0
+          ? `<p class="muted">${hidden} more case(s) without a viewer page (see maxViewerCasesPerRun)</p>`
+          : ""),
+    );
+  }
+  return parts.join("\n");
+}
+
 /** Builds the HTML text of a report over the given runs. */
 export function renderReport(
   runs: RunInfo[],
@@ -372,6 +568,7 @@ export function renderReport(
   if (sp.length) body.push(`<h2>Dice against settings</h2><div class="plots">${sp.join("")}</div>`);
   const tp = trainingPlots(runs);
   if (tp.length) body.push(`<h2>Training curves</h2><div class="plots">${tp.join("")}</div>`);
+  body.push(casesSection(runs));
   const maxImg = opts.maxImagesPerRun ?? 6;
   const imgRuns = runs.filter((r) => r.images.length > 0);
   if (imgRuns.length) {
@@ -406,12 +603,110 @@ export async function writeReport(inputs: string[], opts: ReportOptions): Promis
       );
     }
   }
-  const runs = collectRuns(inputs);
-  const html = renderReport(runs, opts);
+  const runs = collectRuns(inputs, opts.maxDepth);
+  return await writeReportOfRuns(runs, opts);
+}
+
+/** Writes the viewer pages of the runs' cases, then <outDir>/report.html; returns its path. */
+async function writeReportOfRuns(runs: RunInfo[], opts: ReportOptions): Promise<string> {
   await Deno.mkdir(opts.outDir, { recursive: true });
-  const path = join(opts.outDir, "report.html");
+  const max = opts.maxViewerCasesPerRun ?? 6;
+  runs.forEach((r, i) => {
+    if (!r.legend || r.cases.length === 0) return;
+    const prefix = runs.length > 1 ? `${i + 1}-` : "";
+    const cases = r.cases.slice(0, max).map((c) => ({ ...c, note: c.note ?? scoreNote(r, c.id) }));
+    r.viewerLinks = writeViewerPages(opts.outDir, cases, r.legend, {
+      title: runs.length > 1 ? r.id : undefined,
+      backHref: "../report.html",
+      pageName: (c) => `${prefix}${c.id}`,
+    });
+  });
+  const html = renderReport(runs, opts);
+  const path = new RunFolder(opts.outDir).path("report");
   const tmp = `${path}.tmp-${Deno.pid}`;
   await Deno.writeTextFile(tmp, html);
   await Deno.rename(tmp, path);
   return path;
+}
+
+/** What `predict` wrote: the cases, their input images and their label maps. */
+export interface PredictedCases {
+  /** The training run the predictions come from (its plan.json names the classes). */
+  runDir: string;
+  /** Voxel values of the label maps: class indices ("index") or the dataset's values ("file"). */
+  labelValues?: "index" | "file";
+  cases: {
+    id: string;
+    /** Image per modality: a file, or one frame of a 4-D file. */
+    images: Record<string, string | { path: string; frame?: number }>;
+    /** Label map files written: "fused" (shown on every modality) or per modality. */
+    files: Record<string, string>;
+  }[];
+}
+
+/**
+ * The report of one run folder, <dir>/report.html with viewer pages in <dir>/viewer/: a training
+ * run (metrics, curves, its predictions/ folder) or, with `predicted`, the output folder of
+ * `predict`. Never throws: a report that cannot be written is a warning (the run's results are
+ * already on disk); returns the report's path, or null.
+ */
+export async function writeRunReport(
+  dir: string,
+  predicted?: PredictedCases,
+): Promise<string | null> {
+  try {
+    let runs: RunInfo[];
+    let title: string;
+    if (predicted) {
+      const planFile = new RunFolder(predicted.runDir).path("plan");
+      const plan = readJson(planFile) as RunPlanLike | undefined;
+      const legend = planLegend(plan);
+      if (!plan || !legend) throw new Error(`${planFile} is missing`);
+      if (predicted.labelValues === "file") {
+        legend.predictionValues = plan.classes.map((n, k) =>
+          k === 0 ? plan.dataset.classes.background ?? 0 : plan.dataset.classes[n]
+        );
+      }
+      const cases: ViewerCase[] = predicted.cases.map((c) => ({
+        id: c.id,
+        views: Object.entries(c.files).flatMap(([key, file]) =>
+          (key === "fused" ? plan.modalities : [key]).filter((m) => c.images[m] !== undefined)
+            .map((m) => {
+              const img = c.images[m];
+              return {
+                modality: m,
+                image: typeof img === "string" ? { path: img } : img,
+                prediction: file,
+              };
+            })
+        ),
+      }));
+      title = `predictions of ${basename(predicted.runDir)}`;
+      runs = [{
+        dir,
+        id: basename(dir),
+        settings: {},
+        perClass: {},
+        log: [],
+        images: [],
+        cases,
+        legend,
+        caseScores: {},
+      }];
+    } else {
+      runs = collectRuns([dir], 0);
+      title = `run ${basename(dir)}`;
+    }
+    return await writeReportOfRuns(runs, {
+      outDir: dir,
+      title,
+      maxImagesPerRun: 1000,
+      maxViewerCasesPerRun: 1000,
+    });
+  } catch (e) {
+    console.error(
+      `warning: could not write ${new RunFolder(dir).path("report")}: ${(e as Error).message}`,
+    );
+    return null;
+  }
 }

@@ -9,7 +9,8 @@
  * 3. trains with hooks: progress, JSONL log, periodic checkpoints, validation with sliding-window
  *    inference and a best checkpoint;
  * 4. predicts every validation case on each modality's original grid (NIfTI), evaluates Dice, HD95
- *    and ASSD against the original label files, and writes metrics and PNG overlays.
+ *    and ASSD against the original label files, and writes metrics and PNG overlays;
+ * 5. writes <out>/report.html with a 3D viewer page per predicted case (src/report/).
  */
 import { FLIPS_ONLY } from "../data/augment.ts";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
@@ -49,6 +50,7 @@ import { evaluateValidation, validationPartners, type ValidationResult } from ".
 import { Predictor } from "../infer/predictor.ts";
 import type { MetricsSummary } from "../metrics/metrics.ts";
 import { writePartners } from "./partners.ts";
+import { writeRunReport } from "../report/html_report.ts";
 
 export interface TrainTaskOptions {
   /** Continue from <out>/last.ckpt. */
@@ -625,6 +627,7 @@ export async function trainTask(
   }
   const seconds = (performance.now() - t0) / 1000;
   folder.writeText("summary", summaryText + `\nwall time ${seconds.toFixed(1)} s\n`);
+  await writeRunReport(outDir);
   return {
     outDir,
     config: c,

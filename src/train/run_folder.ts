@@ -10,7 +10,9 @@
  * - log.jsonl: one JSON record per event (config, iterations, validations, final metrics);
  * - predictions/, images/, metrics.json: the final evaluation of the validation cases;
  * - summary.txt: the closing summary;
- * - partners/: stand-ins for missing modalities (runs on unpaired data; src/infer/partners.ts).
+ * - partners/: stand-ins for missing modalities (runs on unpaired data; src/infer/partners.ts);
+ * - report.html and viewer/: the HTML report with a 3D viewer page per predicted case
+ *   (src/report/html_report.ts; `predict` writes them beside its label maps too).
  *
  * JSON and text files are written atomically (temporary file, then rename; src/util/atomic_write.ts),
  * so an interrupted write never leaves a half-written file under its name.
@@ -36,6 +38,8 @@ const FILES = {
   predictions: "predictions",
   images: "images",
   partners: "partners",
+  report: "report.html",
+  viewer: "viewer",
 } as const;
 
 export type RunFile = keyof typeof FILES;

@@ -222,7 +222,10 @@ export async function evaluateValidation(
       }
     }
     if (dirs && !opts.quick && config.images && rows.length) {
-      writeFileSync(path.join(dirs.img, `${cs.id}.png`), montagePng(rows, { count: 4, scale: 2 }));
+      writeFileSync(
+        path.join(dirs.img, `${cs.id}.png`),
+        montagePng(rows, { count: 4, scale: 2, classes: data.classes }),
+      );
     }
     done++;
     opts.onProgress?.(done, cases.length, cs.id);

@@ -6,11 +6,14 @@
  * (or the image border).
  *
  * Layout: a slice is `height` rows of `width` pixels, row-major (x fastest), drawn with row 0 at
- * the top. A montage takes volumes [D, H, W] and shows slices along D.
+ * the top. A montage takes volumes [D, H, W] and shows slices along D; given the class names, it
+ * gets a legend strip below the tiles (a swatch in each class's colour and its name, the same
+ * colours and names as the report's 3D viewer).
  *
  * @module
  */
 import { encodePng, type RawImage } from "./png.ts";
+import { drawText, GLYPH_HEIGHT, textWidth } from "./font.ts";
 
 /** Intensity window mapped to black..white. */
 export interface Windowing {
@@ -220,6 +223,65 @@ export interface MontageOptions {
   /** Black pixels between tiles (default 2). */
   gap?: number;
   palette?: readonly Rgb[];
+  /** Class names in index order, background first: draws the legend below the tiles. */
+  classes?: readonly string[];
+}
+
+/**
+ * A legend strip `width` pixels wide: per foreground class a solid swatch (prediction), a dashed
+ * one in the tint (reference, when `withReference`) and the class name, wrapped onto lines.
+ */
+export function legendRgb(
+  classes: readonly string[],
+  width: number,
+  opts: { palette?: readonly Rgb[]; withReference?: boolean; scale?: number } = {},
+): RawImage {
+  const palette = opts.palette ?? DEFAULT_PALETTE;
+  const fs = opts.scale ?? 1;
+  const sw = 7 * fs, pad = 4 * fs, lineH = GLYPH_HEIGHT * fs + 4 * fs;
+  const key = opts.withReference ? "solid: prediction, dashed: reference" : "prediction";
+  const items = classes.slice(1).map((name, i) => ({
+    k: i + 1,
+    name,
+    w: sw + (opts.withReference ? sw + fs : 0) + 2 * fs + textWidth(name, fs),
+  }));
+  // Line layout: items left to right, a new line when the next one does not fit.
+  const placed: { k: number; name: string; x: number; line: number }[] = [];
+  let x = pad, line = 0;
+  for (const it of items) {
+    if (x > pad && x + it.w > width - pad) {
+      x = pad;
+      line++;
+    }
+    placed.push({ k: it.k, name: it.name, x, line });
+    x += it.w + 3 * pad;
+  }
+  const keyLine = line + 1;
+  const H = (keyLine + 1) * lineH + pad;
+  const data = new Uint8Array(width * H * 3);
+  const rect = (x0: number, y0: number, w: number, h: number, c: Rgb, dashed = false) => {
+    for (let y = y0; y < y0 + h && y < H; y++) {
+      for (let xx = x0; xx < x0 + w && xx < width; xx++) {
+        if (dashed && Math.floor((xx - x0 + y - y0) / (2 * fs)) % 2 !== 0) continue;
+        const i = 3 * (y * width + xx);
+        data[i] = c[0], data[i + 1] = c[1], data[i + 2] = c[2];
+      }
+    }
+  };
+  const white: Rgb = [235, 235, 235];
+  for (const p of placed) {
+    const y0 = pad + p.line * lineH;
+    let xx = p.x;
+    rect(xx, y0, sw, sw, classColour(p.k, palette));
+    xx += sw + fs;
+    if (opts.withReference) {
+      rect(xx, y0, sw, sw, refColour(p.k, palette), true);
+      xx += sw + fs;
+    }
+    drawText(data, width, H, xx + fs, y0, p.name, white, fs);
+  }
+  drawText(data, width, H, pad, pad + keyLine * lineH, key, [160, 160, 160], fs);
+  return { data, width, height: H, channels: 3 };
 }
 
 /**
@@ -288,8 +350,18 @@ export function montagePng(rows: readonly MontageRow[], opts: MontageOptions = {
   const cols = Math.max(...tiles.map((t) => t.length));
   const tileW = Math.max(...tiles.flat().map((t) => t.width));
   const tileH = Math.max(...tiles.flat().map((t) => t.height));
-  const W = cols * tileW + (cols - 1) * gap, H = rows.length * tileH + (rows.length - 1) * gap;
+  const W = cols * tileW + (cols - 1) * gap;
+  const tilesH = rows.length * tileH + (rows.length - 1) * gap;
+  const legend = opts.classes && opts.classes.length > 1
+    ? legendRgb(opts.classes, W, {
+      palette: opts.palette,
+      withReference: rows.some((r) => r.ref),
+      scale: W >= 360 ? 2 : 1,
+    })
+    : null;
+  const H = tilesH + (legend ? gap + legend.height : 0);
   const data = new Uint8Array(W * H * 3);
+  if (legend) data.set(legend.data, (tilesH + gap) * W * 3);
   tiles.forEach((row, r) => {
     row.forEach((t, c) => {
       const x0 = c * (tileW + gap), y0 = r * (tileH + gap);

@@ -1,7 +1,16 @@
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert";
 import { deflateSync, inflateSync } from "node:zlib";
 import { crc32, decodePng, encodePng } from "./png.ts";
-import { classColour, montagePng, overlayPng, pickSlices, refColour } from "./overlay.ts";
+import {
+  classColour,
+  legendRgb,
+  montagePng,
+  overlayPng,
+  pickSlices,
+  refColour,
+} from "./overlay.ts";
+import { textWidth } from "./font.ts";
+import assert from "node:assert/strict";
 import { escapeXml, lineChartSvg, niceTicks } from "./chart.ts";
 
 function pixel(
@@ -204,4 +213,30 @@ Deno.test("line chart: SVG with one polyline per run, escaped text, ticks", () =
   assertEquals(pts[0], "64.00,36.00"); // left margin 64, top margin 36 with a title
   assertEquals(escapeXml(`a<b>&"'`), "a&lt;b&gt;&amp;&quot;&#39;");
   assertThrows(() => lineChartSvg([{ name: "x", x: [1], y: [] }]), /1 x values and 0 y values/);
+});
+
+Deno.test("montage legend: a swatch in each class colour (and the reference tint), names drawn", () => {
+  const dims = [2, 8, 8] as const;
+  const image = new Float32Array(128).map((_, i) => i);
+  const pred = new Int32Array(128), ref = new Int32Array(128);
+  pred[9] = 1;
+  ref[20] = 2;
+  const plain = decodePng(montagePng([{ image, dims, pred, ref }], { count: 1, scale: 8 }));
+  const png = decodePng(
+    montagePng([{ image, dims, pred, ref }], { count: 1, scale: 8, classes: ["bg", "LV", "RV"] }),
+  );
+  assert.equal(png.width, plain.width);
+  assert.ok(png.height > plain.height + 20, "legend strip below the tiles");
+  const legend = legendRgb(["bg", "LV", "RV"], 200, { withReference: true });
+  const has = (img: { data: Uint8Array; channels: number }, c: readonly number[]) => {
+    for (let i = 0; i < img.data.length; i += img.channels) {
+      if (img.data[i] === c[0] && img.data[i + 1] === c[1] && img.data[i + 2] === c[2]) return true;
+    }
+    return false;
+  };
+  for (const c of [classColour(1), classColour(2), refColour(2), [235, 235, 235]]) {
+    assert.ok(has(legend, c), `legend has ${c}`);
+  }
+  assert.ok(!has(legend, classColour(3)), "no swatch for a class that is not there");
+  assert.equal(textWidth("LV"), 11);
 });
