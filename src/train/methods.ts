@@ -258,6 +258,17 @@ function probsOf(logits: Tensor, regions: Regions | null): Tensor {
 }
 
 /** Number of output channels: the classes, or one per region. */
+/** The plan of one modality branch: widths scaled by network.branchWidth / network.baseWidth. */
+export function branchPlan(o: BuildOptions): UNetPlan {
+  const bw = o.config.network.branchWidth;
+  if (bw === undefined || bw === o.config.network.baseWidth) return o.plan;
+  const f = bw / o.config.network.baseWidth;
+  return {
+    ...o.plan,
+    levels: o.plan.levels.map((l) => ({ ...l, width: Math.max(1, Math.round(l.width * f)) })),
+  };
+}
+
 function outChannels(o: BuildOptions): number {
   return o.regions ? o.regions.classes.length : o.numClasses;
 }
@@ -286,7 +297,7 @@ class CmcMethod implements MethodModel {
       new CmcNet({
         modalities: o.modalities,
         numClasses: outChannels(o),
-        plan: o.plan,
+        plan: branchPlan(o),
         mia: c.network.mia,
         fusion: c.network.fusion,
         fusionZeroGate: c.network.fusionZeroGate,
@@ -326,7 +337,11 @@ class CmcMethod implements MethodModel {
     const w = rampUp(it, c.loss.rampFraction * total);
     terms.w = w;
     if (c.loss.lambdaCsc > 0) {
-      const lcsc = cscLoss(outs.map((o) => o.deep), { grid: c.loss.cscGrid, tau: c.loss.cscTau });
+      const lcsc = cscLoss(outs.map((o) => o.deep), {
+        grid: c.loss.cscGrid,
+        tau: c.loss.cscTau,
+        center: c.loss.cscCenter,
+      });
       terms.csc = num(lcsc);
       loss = add(loss, mulScalar(lcsc, w * c.loss.lambdaCsc));
     }
@@ -477,7 +492,7 @@ class MutualMethod implements MethodModel {
     this.student = new CmcNet({
       modalities: o.modalities,
       numClasses: o.numClasses,
-      plan: o.plan,
+      plan: branchPlan(o),
       mia: false,
       fusion: "none",
       deepSupervision: o.config.network.deepSupervision,
