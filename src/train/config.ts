@@ -134,11 +134,6 @@ export const TrainConfigSchema = z.strictObject({
     fusionZeroGate: z.boolean().default(true),
     sharedDecoder: z.boolean().default(false),
     /**
-     * Base width of each modality branch of CMC and mutual learning (encoder and decoder widths are
-     * scaled by branchWidth / baseWidth); absent: baseWidth, so every branch is as wide as one U-Net.
-     */
-    branchWidth: z.number().int().positive().optional(),
-    /**
      * Deep-supervision heads on the decoder levels below full resolution (at most levels - 2),
      * weighted 1/2^i as nnU-Net does; 0 = off.
      */
@@ -185,6 +180,11 @@ export const TrainConfigSchema = z.strictObject({
     rampFraction: z.number().min(0).max(1).default(0.4),
     cscGrid: z.number().int().positive().default(4),
     cscTau: z.number().positive().default(0.5),
+    /**
+     * CMC: weight of a supervised loss on the fused output (mean of the decoders' logits) of aligned
+     * labeled pairs, beside each decoder's own supervised loss.
+     */
+    lambdaFused: z.number().nonnegative().default(0),
     /** Centre L_csc's channel descriptors before normalising them (src/losses/csc.ts). */
     cscCenter: z.boolean().default(false),
     cacTau: z.number().positive().default(0.1),
@@ -210,6 +210,7 @@ export const TrainConfigSchema = z.strictObject({
     rampFraction: 0.4,
     cscGrid: 4,
     cscTau: 0.5,
+    lambdaFused: 0,
     cscCenter: false,
     cacTau: 0.1,
     cacMinMass: 1,
