@@ -42,6 +42,7 @@ const QUALITY_FLAGS = [
   "unlabeled",
   "test",
   "time",
+  "iterations",
   "recipe",
   "work",
   "regions",

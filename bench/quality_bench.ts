@@ -58,6 +58,8 @@ export interface QualityArgs {
   unlabeled: number;
   test: number;
   time: string;
+  /** Fixed training iterations instead of the --time budget (comparisons that must not depend on machine load). */
+  iterations?: number;
   recipe: ("defaults" | "reference")[];
   work: string;
   regions?: string;
@@ -375,8 +377,9 @@ export async function runQuality(
             method,
             "--seed",
             String(seed),
-            "--time",
-            a.time,
+            ...(a.iterations !== undefined
+              ? ["--iterations", String(a.iterations)]
+              : ["--time", a.time]),
             "--out",
             dir,
             ...(a.sets.length ? ["--set", ...a.sets] : []),
@@ -511,6 +514,7 @@ export function parseQualityArgs(v: Record<string, string | boolean | undefined>
     unlabeled: int("unlabeled", 2),
     test: int("test", 2),
     time: str("time") ?? "15m",
+    iterations: str("iterations") === undefined ? undefined : int("iterations", 0),
     recipe: recipe as QualityArgs["recipe"],
     work: str("work") ?? "runs/bench-quality",
     regions: str("regions"),
@@ -531,7 +535,9 @@ export const qualityBench: BenchModule = {
       name: "quality",
       title:
         `Segmentation quality on ${a.data}: ${a.labeled} labeled + ${a.unlabeled} unlabeled, ${a.test} test cases, ` +
-        `${a.folds} fold(s) x seeds ${a.seeds.join(",")}, budget ${a.time} (defaults)`,
+        `${a.folds} fold(s) x seeds ${a.seeds.join(",")}, budget ${
+          a.iterations !== undefined ? `${a.iterations} iterations` : a.time
+        } (defaults)`,
       columns: t.columns,
       rows: t.rows,
       notes: [

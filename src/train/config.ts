@@ -180,6 +180,13 @@ export const TrainConfigSchema = z.strictObject({
     rampFraction: z.number().min(0).max(1).default(0.4),
     cscGrid: z.number().int().positive().default(4),
     cscTau: z.number().positive().default(0.5),
+    /**
+     * CMC: weight of a supervised loss on the fused output (mean of the decoders' logits) of aligned
+     * labeled pairs, beside each decoder's own supervised loss.
+     */
+    lambdaFused: z.number().nonnegative().default(0),
+    /** Centre L_csc's channel descriptors before normalising them (src/losses/csc.ts). */
+    cscCenter: z.boolean().default(false),
     cacTau: z.number().positive().default(0.1),
     cacMinMass: z.number().nonnegative().default(1),
     /**
@@ -203,6 +210,8 @@ export const TrainConfigSchema = z.strictObject({
     rampFraction: 0.4,
     cscGrid: 4,
     cscTau: 0.5,
+    lambdaFused: 0,
+    cscCenter: false,
     cacTau: 0.1,
     cacMinMass: 1,
     cacMinFraction: 0.001,

@@ -45,7 +45,16 @@ import type { TrainConfig } from "./config.ts";
 /** One training batch on the engine: per modality [B,1,D,H,W] images and [B,1,D,H,W] i32 labels. */
 export interface TrainBatch {
   /** hasLabels[m][s]: whether labeled sample s has a label map for modality m (else all ignored). */
-  labeled: { images: Tensor[]; labels: Tensor[]; hasLabels: boolean[][] };
+  labeled: {
+    images: Tensor[];
+    labels: Tensor[];
+    hasLabels: boolean[][];
+    /**
+     * sharedLabels[s]: labeled sample s has one label map for every modality, voxel for voxel (an
+     * aligned case on one grid); absent: none known to be shared.
+     */
+    sharedLabels?: boolean[];
+  };
   /** Unlabeled cases: images only (there is no label field to read). */
   unlabeled: { images: Tensor[] } | null;
 }
@@ -323,10 +332,37 @@ class CmcMethod implements MethodModel {
       this.regions,
     );
     terms.sup = num(loss);
+    const shared = batch.labeled.sharedLabels ?? [];
+    if (c.loss.lambdaFused > 0 && shared.length > 0 && shared.every((x) => x)) {
+      // The fused output (mean of the decoders' logits) supervised too, on aligned labeled pairs.
+      const M = outs.length;
+      const mean = (ts: Tensor[]) =>
+        mulScalar(ts.slice(1).reduce((a, t) => add(a, t), ts[0]), 1 / M);
+      const fused = {
+        logits: mean(outs.map((o) => labeledPart(o.logits))),
+        deepLogits: outs[0].deepLogits.map((_, j) =>
+          mean(outs.map((o) => labeledPart(o.deepLogits[j])))
+        ),
+      };
+      const f = supervisedDeep(
+        fused,
+        batch.labeled.labels[0],
+        batch.labeled.hasLabels[0],
+        this.regions,
+      );
+      if (f) {
+        terms.fused = num(f.loss);
+        loss = add(loss, mulScalar(f.loss, c.loss.lambdaFused));
+      }
+    }
     const w = rampUp(it, c.loss.rampFraction * total);
     terms.w = w;
     if (c.loss.lambdaCsc > 0) {
-      const lcsc = cscLoss(outs.map((o) => o.deep), { grid: c.loss.cscGrid, tau: c.loss.cscTau });
+      const lcsc = cscLoss(outs.map((o) => o.deep), {
+        grid: c.loss.cscGrid,
+        tau: c.loss.cscTau,
+        center: c.loss.cscCenter,
+      });
       terms.csc = num(lcsc);
       loss = add(loss, mulScalar(lcsc, w * c.loss.lambdaCsc));
     }

@@ -180,3 +180,33 @@ Deno.test("mean teacher: student and teacher see independently perturbed inputs 
   assert.equal(cons(0), 0);
   assert.ok(cons(0.1) > 0, "noise makes the target differ from the student's own output");
 });
+
+Deno.test("CMC: the fused supervised term applies to labeled pairs with one shared label map only", () => {
+  const m = tinyModel("cmc", { loss: { lambdaCsc: 0, lambdaCac: 0, lambdaFused: 1 } });
+  const shared = toEngineBatch(batch(4, 1, 0));
+  assert.deepEqual(shared.labeled.sharedLabels, [true]);
+  const t1 = tidy(() => {
+    const r = m.loss(shared, 0, 10);
+    backward(r.loss);
+    return r.terms;
+  });
+  assert.ok(t1.fused > 0, JSON.stringify(t1));
+  // loss = mean of the decoders' supervised losses + the fused one.
+  assert.ok(Math.abs(t1.loss - (t1.sup + t1.fused)) < 1e-5, JSON.stringify(t1));
+  // The fused loss is not one decoder's loss: it is computed on the mean of both logits.
+  const perDecoder = m.loss(shared, 0, 10).terms;
+  assert.ok(Math.abs(perDecoder.fused - perDecoder.sup) > 1e-6, JSON.stringify(perDecoder));
+  zeroGrad(m.student.parameters());
+  // A case whose modalities have different label maps (misaligned) gets no fused term.
+  const own = batch(4, 1, 0);
+  own.labeled.labels[1][0] = own.labeled.labels[1][0] === 0 ? 1 : 0;
+  const b2 = toEngineBatch(own);
+  assert.deepEqual(b2.labeled.sharedLabels, [false]);
+  const t2 = tidy(() => m.loss(b2, 0, 10).terms);
+  assert.ok(!("fused" in t2), JSON.stringify(t2));
+  // Off by default.
+  const d = tinyModel("cmc", { loss: { lambdaCsc: 0, lambdaCac: 0 } });
+  assert.ok(!("fused" in tidy(() => d.loss(shared, 0, 10).terms)));
+  d.dispose();
+  m.dispose();
+});

@@ -123,15 +123,23 @@ export class Sgd implements Optimizer {
 
 export type ScheduleKind = "cosine" | "poly" | "constant";
 
+/** Longest warm-up as a fraction of the run: a short (time-budgeted) run is not mostly warm-up. */
+export const MAX_WARMUP_FRACTION = 0.1;
+
 /**
- * Learning rate at iteration t (0-based) of `total`: linear warm-up over `warmup` iterations, then
+ * Learning rate at iteration t (0-based) of `total`: linear warm-up over `warmup` iterations (at most
+ * MAX_WARMUP_FRACTION of the run), then
  * cosine decay to 0 ("cosine"), nnU-Net's poly decay (1 - t/T)^0.9 ("poly"), or constant.
  */
 export function learningRate(
   t: number,
   opts: { base: number; total: number; warmup?: number; kind?: ScheduleKind },
 ): number {
-  const warmup = Math.min(opts.warmup ?? 0, Math.max(0, opts.total - 1));
+  const warmup = Math.min(
+    opts.warmup ?? 0,
+    Math.max(0, opts.total - 1),
+    Math.ceil(MAX_WARMUP_FRACTION * opts.total),
+  );
   if (t < warmup) return (opts.base * (t + 1)) / warmup;
   const span = Math.max(1, opts.total - warmup);
   const x = Math.min(1, (t - warmup) / span);
