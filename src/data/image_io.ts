@@ -22,8 +22,10 @@
  */
 import * as path from "node:path";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { metaReadImageNode, nrrdReadImageNode, writeImageNode } from "@itk-wasm/image-io";
-import dcmjs from "dcmjs";
+// The format libraries load on first use (most processes, and the data loader's workers, read
+// NIfTI only).
+const itkIo = () => import("@itk-wasm/image-io");
+const dicomLib = async () => (await import("dcmjs")).default.data;
 import { det3, linear3, type Mat4, spacingOf, type Vec3 } from "./affine.ts";
 import {
   type NiftiDatatype,
@@ -123,7 +125,7 @@ export async function readImage(p: string, opts: ReadNiftiOptions = {}): Promise
     fail(p, "file not found");
   }
   let img: NiftiImage;
-  if (isDir) img = readDicomSeries(p);
+  if (isDir) img = await readDicomSeries(p);
   else if (fmt) img = await readItk(p, fmt);
   else {
     fail(
@@ -222,7 +224,8 @@ async function readItk(p: string, fmt: "metaimage" | "nrrd"): Promise<NiftiImage
       fail(p, `the ${kind} header names the data file ${data}, which does not exist`);
     }
   }
-  const reader = fmt === "metaimage" ? metaReadImageNode : nrrdReadImageNode;
+  const io = await itkIo();
+  const reader = fmt === "metaimage" ? io.metaReadImageNode : io.nrrdReadImageNode;
   const r = await captureItk(() => reader(p));
   if (r.error !== undefined || !r.value) {
     const msg = itkMessage(r.log) ||
@@ -396,8 +399,9 @@ export async function writeImage(
     metadata: new Map(),
     data,
   };
+  const io = await itkIo();
   const r = await captureItk(() =>
-    writeImageNode(itkImage as never, p, { useCompression: opts.compress ?? false })
+    io.writeImageNode(itkImage as never, p, { useCompression: opts.compress ?? false })
   );
   if (r.error !== undefined) {
     throw new Error(`Cannot write ${p}: ${itkMessage(r.log) || String(r.error)}`);
@@ -405,8 +409,6 @@ export async function writeImage(
 }
 
 // --- DICOM series through dcmjs --------------------------------------------------------------
-
-const { DicomMessage, DicomMetaDictionary } = dcmjs.data;
 
 /** Uncompressed transfer syntaxes (dcmjs inflates the deflated one). */
 const PLAIN_SYNTAXES: Record<string, string> = {
@@ -446,7 +448,10 @@ function nums(v: unknown): number[] {
   return [];
 }
 
-function readSlice(dir: string, file: string): Omit<Slice, "pos"> {
+type DicomData = Awaited<ReturnType<typeof dicomLib>>;
+
+function readSlice(dcm: DicomData, dir: string, file: string): Omit<Slice, "pos"> {
+  const { DicomMessage, DicomMetaDictionary } = dcm;
   const where = `Cannot read DICOM series ${dir}: ${path.basename(file)}`;
   let parsed: { meta: Record<string, { Value?: unknown[] }>; dict: Record<string, unknown> };
   try {
@@ -541,7 +546,8 @@ const dot = (a: number[], b: number[]) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2
 const fmtMm = (v: number) => `${Number(v.toFixed(3))} mm`;
 
 /** Reads the DICOM series in `dir` (see the module doc). */
-export function readDicomSeries(dir: string): NiftiImage {
+export async function readDicomSeries(dir: string): Promise<NiftiImage> {
+  const dcm = await dicomLib();
   const where = `Cannot read DICOM series ${dir}`;
   const files = dicomFilesIn(dir);
   if (files.length === 0) {
@@ -549,7 +555,7 @@ export function readDicomSeries(dir: string): NiftiImage {
       `${where}: the folder holds no DICOM file (files with "DICM" after a 128-byte preamble)`,
     );
   }
-  const raw = files.map((f) => readSlice(dir, f));
+  const raw = files.map((f) => readSlice(dcm, dir, f));
   const series = [...new Set(raw.map((s) => s.series))];
   if (series.length > 1) {
     throw new Error(
