@@ -17,7 +17,7 @@ CUDNN_DIR := $(TOOLS)/cudnn
 NVCC_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	-gencode arch=compute_90,code=compute_90
 
-.PHONY: setup deps browser deno npm native cuda test bench check clean
+.PHONY: setup deps browser deno npm native cuda test bench bench-env check clean
 
 ## setup: everything a fresh machine needs, then the native build
 setup: deps browser deno npm native
@@ -82,6 +82,16 @@ test: setup
 
 bench: setup
 	@$(DENO) task bench
+
+## bench-env: the PyTorch side of the bench, a virtual environment at .tools/torchvenv with
+## bench/requirements.txt (CPU PyTorch pinned), installed by pip from the package indexes it is
+## configured with (scripts/bench_env.sh; PIP_ARGS adds pip flags). The bench uses it by default.
+TORCH_VENV ?= $(TOOLS)/torchvenv
+bench-env: $(TORCH_VENV)/.requirements
+
+$(TORCH_VENV)/.requirements: bench/requirements.txt scripts/bench_env.sh
+	@bash scripts/bench_env.sh $(TORCH_VENV)
+	@cp bench/requirements.txt $@
 
 check: $(DENO)
 	@$(DENO) task check

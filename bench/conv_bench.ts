@@ -1,15 +1,15 @@
 /**
  * conv3d 3x3x3 (padding 1) forward and forward+backward through the engine, beside PyTorch measured
- * in the same run (bench/torch_conv.py, spawned with /tmp/torchvenv/bin/python or
- * COMODAL_TORCH_PYTHON). The first-layer case (2 input channels) needs no input gradient: both
+ * in the same run (bench/torch_conv.py, spawned with the Python of bench/torch_python.ts: the
+ * .tools/torchvenv of `make bench-env` unless --torch-python or COMODAL_TORCH_PYTHON says otherwise). The first-layer case (2 input channels) needs no input gradient: both
  * sides skip it.
  *
  * @module
  */
 
-import { existsSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
+import { BENCH_ENV_HINT, torchPython } from "./torch_python.ts";
 import * as E from "../src/engine.ts";
 import {
   type BenchModule,
@@ -151,8 +151,9 @@ async function timeTorch(
   cases: ConvCase[],
   opts: BenchOptions,
 ): Promise<{ version: string; cases: TorchTimes[] } | { error: string }> {
-  const python = Deno.env.get("COMODAL_TORCH_PYTHON") ?? "/tmp/torchvenv/bin/python";
-  if (!existsSync(python)) return { error: `${python} not found (set COMODAL_TORCH_PYTHON)` };
+  const found = torchPython();
+  if ("error" in found) return found;
+  const python = found.python;
   const script = fileURLToPath(new URL("./torch_conv.py", import.meta.url));
   const cfg = { threads: opts.threads, warmup: opts.warmup, runs: opts.runs, cases };
   try {
@@ -164,7 +165,11 @@ async function timeTorch(
       .output();
     if (!out.success) {
       const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" / ");
-      return { error: `${python} ${script} exited with code ${out.code}: ${err}` };
+      return {
+        error: `${python} ${script} exited with code ${out.code}: ${err}${
+          /No module named/.test(err) ? `; ${BENCH_ENV_HINT}` : ""
+        }`,
+      };
     }
     const doc = JSON.parse(new TextDecoder().decode(out.stdout));
     return { version: doc.torch, cases: doc.cases };

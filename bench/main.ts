@@ -6,6 +6,7 @@
  *   deno task bench --only conv3d        # some modules (comma-separated names)
  *   deno task bench --quick              # small sizes, a smoke run
  *   deno task bench --runs 7 --warmup 2 --threads 2 --list
+ *   deno task bench --torch-python /path/to/python   # PyTorch from elsewhere than .tools/torchvenv
  *
  * To add a benchmark: write bench/<name>_bench.ts exporting a BenchModule (see report.ts) and list
  * it in BENCHMARKS below.
@@ -20,6 +21,7 @@ import { ffiBench } from "./ffi_bench.ts";
 import { type BenchModule, type BenchOptions, formatTable, writeResult } from "./report.ts";
 import { trainStepBench } from "./train_step.ts";
 import { qualityBench } from "./quality_bench.ts";
+import { setTorchPython, torchPython } from "./torch_python.ts";
 
 /** Every benchmark module, in run order (quality only with --only quality: it trains for hours). */
 export const BENCHMARKS: readonly BenchModule[] = [
@@ -30,6 +32,8 @@ export const BENCHMARKS: readonly BenchModule[] = [
   qualityBench,
 ];
 const ON_REQUEST = new Set(["quality"]);
+/** Modules that compare with PyTorch. */
+const TORCH_MODULES = new Set(["conv3d", "train_step"]);
 
 /** Flags of the quality bench (bench/quality_bench.ts). */
 const QUALITY_FLAGS = [
@@ -71,6 +75,7 @@ export async function main(args: string[]): Promise<number> {
       list: { type: "boolean", default: false },
       "no-write": { type: "boolean", default: false },
       zscore: { type: "boolean", default: false },
+      "torch-python": { type: "string" },
       ...Object.fromEntries(QUALITY_FLAGS.map((f) => [f, { type: "string" as const }])),
     },
     allowPositionals: false,
@@ -103,6 +108,13 @@ export async function main(args: string[]): Promise<number> {
   const selected = BENCHMARKS.filter((m) =>
     wanted ? wanted.includes(m.name) : !ON_REQUEST.has(m.name)
   );
+  setTorchPython(values["torch-python"] ?? null);
+  const torch = torchPython();
+  if ("error" in torch && selected.some((m) => TORCH_MODULES.has(m.name))) {
+    console.error(
+      `PyTorch baseline unavailable: ${torch.error}. The tables give comodal's own figures only.\n`,
+    );
+  }
   let failed = 0;
   for (const m of selected) {
     try {

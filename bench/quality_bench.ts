@@ -17,7 +17,8 @@
  * gives mean +- standard deviation over folds x seeds, wall time of the training command and its
  * peak resident memory; bench/results/quality.json keeps every run.
  *
- * PyTorch comes from COMODAL_TORCH_PYTHON or /tmp/torchvenv/bin/python (with nibabel and scipy);
+ * PyTorch comes from bench/torch_python.ts (.tools/torchvenv of `make bench-env`, with nibabel and
+ * scipy; --torch-python or COMODAL_TORCH_PYTHON override it);
  * without it the reference rows are left out and the scorer cannot run (the bench says so).
  *
  * @module
@@ -25,6 +26,7 @@
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { BENCH_ENV_HINT, torchPython as findTorchPython } from "./torch_python.ts";
 import { importDataset } from "../src/data/importers.ts";
 import { loadManifest, type Manifest, refPath } from "../src/data/manifest.ts";
 import type { BenchModule, BenchOptions, BenchResult, Cell } from "./report.ts";
@@ -68,8 +70,8 @@ export interface QualityArgs {
 }
 
 function torchPython(): string | null {
-  const p = Deno.env.get("COMODAL_TORCH_PYTHON") ?? "/tmp/torchvenv/bin/python";
-  return existsSync(p) ? p : null;
+  const found = findTorchPython();
+  return "error" in found ? null : found.python;
 }
 
 interface Measured {
@@ -204,7 +206,7 @@ export async function runQuality(
   const py = torchPython();
   if (!py) {
     throw new Error(
-      "quality bench: no Python with torch, nibabel and scipy (set COMODAL_TORCH_PYTHON); the scorer needs it",
+      `quality bench: no Python with torch, nibabel and scipy (the scorer needs it): ${BENCH_ENV_HINT}`,
     );
   }
   const src = /\.(ya?ml|json)$/i.test(a.data)

@@ -8,7 +8,8 @@
  *         0.1 L_cac) at w = 1,
  *
  * beside the same networks in PyTorch (bench/torch_train_step.py, spawned with
- * /tmp/torchvenv/bin/python or COMODAL_TORCH_PYTHON), same threads, model by model (ours then
+ * the Python of bench/torch_python.ts: .tools/torchvenv from `make bench-env`, or --torch-python /
+ * COMODAL_TORCH_PYTHON), same threads, model by model (ours then
  * PyTorch) so both sides of a row see the same machine load. Each side of each model runs in its own
  * process, so resident-memory figures belong to that model alone:
  *
@@ -29,9 +30,10 @@
  * @module
  */
 
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
+import { BENCH_ENV_HINT, torchPython } from "./torch_python.ts";
 import {
   backward,
   getBackend,
@@ -414,8 +416,9 @@ export async function timeOursInWorker(cfg: StepConfig): Promise<OursResult> {
 
 /** The PyTorch side of one model; an error message when PyTorch cannot be used. */
 export async function timeTorch(cfg: StepConfig): Promise<TorchResult | { error: string }> {
-  const python = Deno.env.get("COMODAL_TORCH_PYTHON") ?? "/tmp/torchvenv/bin/python";
-  if (!existsSync(python)) return { error: `${python} not found (set COMODAL_TORCH_PYTHON)` };
+  const found = torchPython();
+  if ("error" in found) return found;
+  const python = found.python;
   const script = fileURLToPath(new URL("./torch_train_step.py", import.meta.url));
   const arg = JSON.stringify({
     model: cfg.model,
@@ -429,7 +432,8 @@ export async function timeTorch(cfg: StepConfig): Promise<TorchResult | { error:
   try {
     return await spawnJson(python, [script, arg], `${python} ${script}`) as TorchResult;
   } catch (e) {
-    return { error: (e as Error).message };
+    const msg = (e as Error).message;
+    return { error: /No module named/.test(msg) ? `${msg}; ${BENCH_ENV_HINT}` : msg };
   }
 }
 

@@ -3,7 +3,8 @@
  * listed module against the engine, and the report helpers are checked on fixed data. The GPU
  * benchmark's PyTorch twin of the CMC model (bench/gpu_torch.py) runs one step on the CPU at 32^3
  * beside ours (bench/gpu_train_step.ts): same parameter count and the same loss terms. It is skipped
- * when no Python can import torch (COMODAL_TORCH_PYTHON, /tmp/torchvenv/bin/python, python3), and
+ * when no Python can import torch (COMODAL_TORCH_PYTHON, .tools/torchvenv of `make bench-env`,
+ * python3), and
  * the GPU run's Markdown summary (bench/gpu_summary.py) is checked on fixed files.
  */
 import assert from "node:assert/strict";
@@ -13,6 +14,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { main as gpuTrainStep, type StepResult } from "../bench/gpu_train_step.ts";
 import { BENCHMARKS, main } from "../bench/main.ts";
+import { TORCH_VENV } from "../bench/torch_python.ts";
 import { CONV_CASES, convForwardBackwardFlops, convForwardFlops } from "../bench/conv_bench.ts";
 import {
   type BenchResult,
@@ -112,14 +114,14 @@ function pythonWith(
 
 const TORCH = pythonWith(
   "torch",
-  [Deno.env.get("COMODAL_TORCH_PYTHON"), "/tmp/torchvenv/bin/python", "python3"].filter(
+  [Deno.env.get("COMODAL_TORCH_PYTHON"), `${TORCH_VENV}/bin/python`, "python3"].filter(
     (p): p is string => !!p,
   ),
 );
 if (!TORCH.python) {
   console.warn(
     `bench_test: PyTorch twin test skipped: torch is not importable by ${TORCH.tried.join(", ")} ` +
-      `(set COMODAL_TORCH_PYTHON to a Python with torch)`,
+      `(make bench-env creates ${TORCH_VENV}; or set COMODAL_TORCH_PYTHON to a Python with torch)`,
   );
 }
 const PY3 = pythonWith("json", ["python3"]).python;

@@ -8,12 +8,15 @@
  *   and MRI ids from 500; CT and MRI come from different patients, so each case has one modality.
  * - Medical Segmentation Decathlon: dataset.json with "modality" and 4-D multi-channel images.
  * - nnU-Net raw (v2 "channel_names" and v1 "modality"): imagesTr/<case>_0000.nii.gz ... one file
- *   per channel, labelsTr/<case>.nii.gz.
+ *   per channel, labelsTr/<case>.nii.gz; "file_ending" may also be .mha, .mhd, .nrrd or .nhdr.
+ *
+ * Wherever a layout names .nii.gz files, MetaImage and NRRD files of the same names are taken too.
  * - BraTS (brain tumour, 2018-2021 and 2023 naming): one folder per case,
  *   BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz (labels 1, 2, 4) or
  *   BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz (labels 1, 2, 3).
  */
 import * as path from "node:path";
+import { IMAGE_FILE_RE, stripImageExt } from "./image_io.ts";
 import {
   assignSplits,
   type ImageRef,
@@ -46,7 +49,8 @@ async function walk(dir: string, out: string[] = []): Promise<string[]> {
   return out;
 }
 
-const NII = /\.nii(\.gz)?$/i;
+/** Image files: NIfTI, MetaImage, NRRD (src/data/image_io.ts). */
+const NII = IMAGE_FILE_RE;
 
 async function readJson(file: string): Promise<Record<string, unknown>> {
   let text: string;
@@ -86,7 +90,7 @@ function splitCases(
 }
 
 function stripNii(name: string): string {
-  return name.replace(NII, "");
+  return stripImageExt(name);
 }
 
 /** MS-CMRSeg 2019 (multi-sequence cardiac MR): bSSFP "C0", LGE and T2 per patient. */
@@ -405,9 +409,10 @@ export async function importNnUnetRaw(dir: string, opts: ImportOptions = {}): Pr
   const regionLabels = regionLabelsFromJson(ds.labels, jsonPath);
   const classes = regionLabels ? regionLabels.classes : labelsFromJson(ds.labels, jsonPath, ignore);
   const ending = typeof ds.file_ending === "string" ? ds.file_ending : ".nii.gz";
-  if (!/^\.nii(\.gz)?$/.test(ending)) {
+  if (!/^\.(nii|nii\.gz|mha|mhd|nrrd|nhdr)$/i.test(ending)) {
     throw new Error(
-      `Cannot import ${dir}: file_ending "${ending}" is not NIfTI; only .nii and .nii.gz are supported`,
+      `Cannot import ${dir}: file_ending "${ending}" is not a supported image format ` +
+        `(.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr)`,
     );
   }
   const scan = async (sub: string) => {

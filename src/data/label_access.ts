@@ -7,7 +7,8 @@
  * unlabeled there and has no label reference at all, so nothing downstream can even name its file.
  */
 import * as path from "node:path";
-import { type NiftiImage, readNifti, type ReadNiftiOptions } from "./nifti.ts";
+import type { NiftiImage, ReadNiftiOptions } from "./nifti.ts";
+import { readImage } from "./image_io.ts";
 import { type ImageRef, type Manifest, type ManifestCase, refPath } from "./manifest.ts";
 
 /** The label references of a case (per modality, or "shared"). */
@@ -78,6 +79,6 @@ export class LabelAccess {
         ),
       );
     }
-    return readNifti(p, opts);
+    return readImage(p, opts);
   }
 }

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { z } from "zod";
 import * as YAML from "yaml";
 import { writeFileAtomic } from "./nifti.ts";
+import { isDicomSeriesDir } from "./image_io.ts";
 import { Rng } from "./rng.ts";
 import { IGNORE_INDEX } from "../util/ignore.ts";
 
@@ -204,7 +205,13 @@ export async function validateManifest(
           const p = refPath(ref);
           checks.push(
             Deno.stat(p).then((st) => {
-              if (!st.isFile) errs.push(`cases[${i}].${kind}.${k}: not a file (${p})`);
+              if (!st.isFile && !(st.isDirectory && isDicomSeriesDir(p))) {
+                errs.push(
+                  `cases[${i}].${kind}.${k}: not a file${
+                    st.isDirectory ? " (a folder without DICOM files)" : ""
+                  } (${p})`,
+                );
+              }
             }, () => {
               errs.push(`cases[${i}].${kind}.${k}: file not found (${p})`);
             }),

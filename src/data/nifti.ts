@@ -72,6 +72,8 @@ const CODE_NAMES: Record<number, string> = {
 
 /** Header facts kept beside the voxels. */
 export interface NiftiHeaderInfo {
+  /** The file's format (absent: NIfTI); the other fields describe a NIfTI file only. */
+  format?: "nifti" | "metaimage" | "nrrd" | "dicom";
   niftiVersion: 1 | 2;
   /** Datatype stored in the file (before scaling). */
   datatype: NiftiDatatype;
@@ -80,8 +82,8 @@ export interface NiftiHeaderInfo {
   sclInter: number;
   qformCode: number;
   sformCode: number;
-  /** Which transform the affine came from. */
-  affineSource: "sform" | "qform" | "pixdim";
+  /** Which transform the affine came from ("geometry": another format's origin/spacing/direction). */
+  affineSource: "sform" | "qform" | "pixdim" | "geometry";
   intentCode: number;
   intentName: string;
   descrip: string;
@@ -456,6 +458,11 @@ let readHook: ((path: string) => void) | null = null;
 /** Test hook: `fn` sees the path of every file readNifti opens, before it is opened (null: none). */
 export function setNiftiReadHook(fn: ((path: string) => void) | null): void {
   readHook = fn;
+}
+
+/** Calls the read hook for an image file opened by another reader (src/data/image_io.ts). */
+export function notifyImageRead(path: string): void {
+  readHook?.(path);
 }
 
 /** Reads a .nii or .nii.gz file. Errors name the file and what is wrong with it. */

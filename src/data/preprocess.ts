@@ -14,7 +14,8 @@
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { type Mat4, maxAbsDiff, mul4, spacingOf, type Vec3 } from "./affine.ts";
-import { type NiftiImage, readNifti, splitFrames, writeFileAtomic } from "./nifti.ts";
+import { type NiftiImage, splitFrames, writeFileAtomic } from "./nifti.ts";
+import { readImage } from "./image_io.ts";
 import {
   indexMapOf,
   rasReorientation,
@@ -125,7 +126,7 @@ export class ImageCache {
   }
   async raw(p: string): Promise<NiftiImage> {
     if (this.lastRaw?.path === p) return this.lastRaw;
-    const img = await readNifti(p);
+    const img = await readImage(p);
     this.lastRaw = img.frames > 1 ? img : null;
     return img;
   }
@@ -152,7 +153,7 @@ export async function readImageRef(
     ? await (opts.labels ?? LabelAccess.none("this reader")).read(p)
     : opts.cache
     ? await opts.cache.raw(p)
-    : await readNifti(p);
+    : await readImage(p);
   if (frame === undefined && img.frames > 1) {
     throw new Error(
       `Cannot read ${p}: header says 4 dimensions (${

@@ -28,7 +28,8 @@ import * as path from "node:path";
 import { type ImageRef, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
 import { ImageCache, readImageRef } from "../data/preprocess.ts";
-import { type NiftiImage, readNifti, writeNifti } from "../data/nifti.ts";
+import { type NiftiImage, writeNifti } from "../data/nifti.ts";
+import { IMAGE_FILE_RE, isDicomSeriesDir, readImage, stripImageExt } from "../data/image_io.ts";
 import type { TrainConfig } from "../train/config.ts";
 import type { Volume } from "../data/cases.ts";
 import { partnerFiles } from "./partners.ts";
@@ -91,15 +92,16 @@ function fail(what: string, why: string): never {
   throw new Error(`${what}: ${why}`);
 }
 
-const NIFTI_RE = /\.nii(\.gz)?$/i;
-
 /**
  * Cases from a folder of <caseId>_<modality>.nii(.gz) files (modality as the run names it, or its
  * nnU-Net channel index in the training dataset's modality order: <caseId>_0000.nii.gz; BraTS 2023
- * names such as <caseId>-t1c.nii.gz work too). Files whose name has no modality tag (a label
- * beside the images, say) are skipped; when no file has one, each file is one case: a 4-D file
- * with one frame per modality of the training dataset (Decathlon imagesTs), or the one modality.
- * Hidden files (macOS "._" copies) are skipped.
+ * names such as <caseId>-t1c.nii.gz work too). MetaImage (.mha, .mhd) and NRRD (.nrrd, .nhdr)
+ * files are named the same way, and so are sub-folders holding a DICOM series (<caseId>_<modality>/
+ * with the series' files). Files whose name has no modality tag (a label beside the images, say)
+ * are skipped; when no file has one, each file is one case: a 4-D file with one frame per modality
+ * of the training dataset (Decathlon imagesTs), or the one modality. A folder that is itself a
+ * DICOM series is one case of a one-modality model, named after the folder. Hidden files (macOS
+ * "._" copies) are skipped.
  */
 export async function casesFromFolder(dir: string, run: PredictRun): Promise<PredictCase[]> {
   const root = path.resolve(dir);
@@ -109,11 +111,20 @@ export async function casesFromFolder(dir: string, run: PredictRun): Promise<Pre
   const mods = run.plan.dataset.modalities;
   const byLower = new Map(mods.map((m) => [m.toLowerCase(), m]));
   const cases = new Map<string, Record<string, ImageRef>>();
-  const names = (await readdir(root)).filter((n) => NIFTI_RE.test(n) && !n.startsWith(".")).sort();
+  const names = (await readdir(root)).filter((n) =>
+    !n.startsWith(".") &&
+    (IMAGE_FILE_RE.test(n)
+      ? !statSync(path.join(root, n)).isDirectory()
+      : isDicomSeriesDir(path.join(root, n)))
+  ).sort();
+  if (names.length === 0 && mods.length === 1 && isDicomSeriesDir(root)) {
+    const id = path.basename(root).replace(/[^A-Za-z0-9._-]+/g, "_");
+    return [{ id, images: { [mods[0]]: root }, aligned: true }];
+  }
   const modOf = (tag: string) =>
     byLower.get(tag.toLowerCase()) ?? (/^\d{4}$/.test(tag) ? mods[Number(tag)] : undefined);
   for (const name of names) {
-    const stem = name.replace(NIFTI_RE, "");
+    const stem = stripImageExt(name);
     let id = "", mod: string | undefined;
     for (const sep of ["_", "-"]) {
       const at = stem.lastIndexOf(sep);
@@ -139,7 +150,7 @@ export async function casesFromFolder(dir: string, run: PredictRun): Promise<Pre
     // No tagged file: 4-D files with one frame per modality (or plain files for one modality).
     for (const name of names) {
       const file = path.join(root, name);
-      const frames = mods.length === 1 ? 1 : (await readNifti(file)).frames;
+      const frames = mods.length === 1 ? 1 : (await readImage(file)).frames;
       if (frames !== mods.length) {
         fail(
           `Cannot read input ${root}`,
@@ -151,7 +162,7 @@ export async function casesFromFolder(dir: string, run: PredictRun): Promise<Pre
         );
       }
       cases.set(
-        name.replace(NIFTI_RE, ""),
+        stripImageExt(name),
         mods.length === 1
           ? { [mods[0]]: file }
           : Object.fromEntries(mods.map((m, i) => [m, { path: file, frame: i }])),
@@ -163,7 +174,8 @@ export async function casesFromFolder(dir: string, run: PredictRun): Promise<Pre
       `Cannot read input ${root}`,
       `no <caseId>_<modality>.nii.gz files for the run's modalities (${
         run.plan.modalities.join(", ")
-      }); the folder has no NIfTI files`,
+      }); the folder has no image files (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr) and no DICOM ` +
+        `series folders`,
     );
   }
   // Modalities on one grid are treated like the training data's aligned cases (one common crop);

@@ -10,7 +10,8 @@
  */
 import { basename, join } from "node:path";
 import { parse as parseYaml } from "yaml";
-import { type NiftiImage, readNifti } from "../data/nifti.ts";
+import type { NiftiImage } from "../data/nifti.ts";
+import { IMAGE_FILE_RE, readImage } from "../data/image_io.ts";
 import { LabelAccess } from "../data/label_access.ts";
 import {
   type CaseMetrics,
@@ -57,7 +58,8 @@ export interface EvaluationReport {
   warnings: string[];
 }
 
-const NIFTI_EXT = /\.nii(\.gz)?$/i;
+/** Image files a folder pairs: NIfTI, MetaImage or NRRD (src/data/image_io.ts). */
+const NIFTI_EXT = IMAGE_FILE_RE;
 const LABEL_SUFFIXES = /_(manual|gt|label|labels|seg|segmentation|pred|prediction)$/i;
 
 /**
@@ -188,7 +190,9 @@ export async function pairCases(
   }
   const refs = await niftiFiles(ref), allPreds = await niftiFiles(pred);
   if (refs.length === 0) {
-    throw new Error(`Cannot evaluate: reference folder ${ref} holds no .nii or .nii.gz file`);
+    throw new Error(
+      `Cannot evaluate: reference folder ${ref} holds no image file (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr)`,
+    );
   }
   const tag = opts.modality ? `_${opts.modality}`.toLowerCase() : "";
   const preds = tag ? allPreds.filter((p) => caseId(p).toLowerCase().endsWith(tag)) : allPreds;
@@ -360,7 +364,7 @@ export async function evaluateNiftiCases(
   let done = 0;
   for (const pair of pairs) {
     const [pi, ri] = await Promise.all([
-      readNifti(pair.pred, { expectDims: 3 }),
+      readImage(pair.pred, { expectDims: 3 }),
       refs.read(pair.ref, { expectDims: 3 }),
     ]);
     geometryCheck(pi, ri, pair, warnings);
