@@ -139,7 +139,10 @@ Deno.test({
       await runCli(["predict", "--run", out, "--input", input, "--out", preds, "--quiet"]),
       "predict a folder of scans",
     );
-    const names = [...Deno.readDirSync(preds)].map((e) => e.name).sort();
+    // Beside the predictions: the report and its viewer (MetaImage, NRRD and DICOM shown as NIfTI).
+    const all = [...Deno.readDirSync(preds)].map((e) => e.name).sort();
+    assert.ok(all.includes("report.html") && all.includes("viewer"), `${all}`);
+    const names = all.filter((n) => n !== "report.html" && n !== "viewer");
     assert.equal(names.length, 3, `${names}`);
     for (
       const [scan, source] of [["scanA", path.join(input, "scanA_T2.mha")], [
@@ -171,7 +174,8 @@ Deno.test({
       await runCli(["predict", "--run", out, "--input", series, "--out", single, "--quiet"]),
       "predict one DICOM series",
     );
-    const singleNames = [...Deno.readDirSync(single)].map((e) => e.name);
+    const singleNames = [...Deno.readDirSync(single)].map((e) => e.name)
+      .filter((n) => n !== "report.html" && n !== "viewer");
     assert.equal(singleNames.length, 1, `${singleNames}`);
     assert.ok(singleNames[0].startsWith("scanD_T2"), `${singleNames}`);
 

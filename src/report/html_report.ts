@@ -16,6 +16,8 @@ import { basename, join, relative } from "node:path";
 import { Buffer } from "node:buffer";
 import { escapeXml, lineChartSvg, type Series } from "./svg_plot.ts";
 import { RunFolder } from "../train/run_folder.ts";
+import { readImage } from "../data/image_io.ts";
+import { encodeNifti } from "../data/nifti.ts";
 import {
   type LabelLegend,
   legendFromPlan,
@@ -654,6 +656,7 @@ export async function writeRunReport(
   dir: string,
   predicted?: PredictedCases,
 ): Promise<string | null> {
+  const tmpDirs: string[] = [];
   try {
     let runs: RunInfo[];
     let title: string;
@@ -667,20 +670,31 @@ export async function writeRunReport(
           k === 0 ? plan.dataset.classes.background ?? 0 : plan.dataset.classes[n]
         );
       }
-      const cases: ViewerCase[] = predicted.cases.map((c) => ({
-        id: c.id,
-        views: Object.entries(c.files).flatMap(([key, file]) =>
-          (key === "fused" ? plan.modalities : [key]).filter((m) => c.images[m] !== undefined)
-            .map((m) => {
-              const img = c.images[m];
-              return {
-                modality: m,
-                image: typeof img === "string" ? { path: img } : img,
-                prediction: file,
-              };
-            })
-        ),
-      }));
+      // NiiVue is given NIfTI: MetaImage, NRRD and DICOM inputs are converted to a temporary copy.
+      const asNifti = async (img: { path: string; frame?: number | null }) => {
+        if (/\.nii(\.gz)?$/i.test(img.path)) return img;
+        const im = await readImage(img.path);
+        tmpDirs.push(Deno.makeTempDirSync({ prefix: "comodal-viewer-" }));
+        const file = join(tmpDirs.at(-1)!, `${basename(img.path).replace(/\.[^.]*$/, "")}.nii`);
+        Deno.writeFileSync(file, encodeNifti(im));
+        return { ...img, path: file };
+      };
+      const cases: ViewerCase[] = [];
+      for (const c of predicted.cases) {
+        const views: ViewerCase["views"] = [];
+        for (const [key, file] of Object.entries(c.files)) {
+          for (const m of key === "fused" ? plan.modalities : [key]) {
+            const img = c.images[m];
+            if (img === undefined) continue;
+            views.push({
+              modality: m,
+              image: await asNifti(typeof img === "string" ? { path: img } : img),
+              prediction: file,
+            });
+          }
+        }
+        cases.push({ id: c.id, views });
+      }
       title = `predictions of ${basename(predicted.runDir)}`;
       runs = [{
         dir,
@@ -708,5 +722,7 @@ export async function writeRunReport(
       `warning: could not write ${new RunFolder(dir).path("report")}: ${(e as Error).message}`,
     );
     return null;
+  } finally {
+    for (const d of tmpDirs) Deno.removeSync(d, { recursive: true });
   }
 }
