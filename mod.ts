@@ -73,7 +73,7 @@ export { FUSED_OUTPUT, Predictor } from "./src/infer/predictor.ts";
 export { type NiftiImage, readNifti, writeNifti } from "./src/data/nifti.ts";
 export { loadManifest, type Manifest } from "./src/data/manifest.ts";
 export { importDataset } from "./src/data/importers.ts";
-export { preprocessDataset } from "./src/data/preprocess.ts";
+export { preprocessDataset } from "./src/data/prepared_cache.ts";
 export { loadPreprocessedCases } from "./src/data/cases.ts";
 export { PatchSampler } from "./src/data/sampler.ts";
 export { Rng } from "./src/data/rng.ts";

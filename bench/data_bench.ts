@@ -17,7 +17,7 @@ import {
 import { readNifti, writeNifti } from "../src/data/nifti.ts";
 import type { Manifest } from "../src/data/manifest.ts";
 import { loadManifest } from "../src/data/manifest.ts";
-import { preprocessDataset } from "../src/data/preprocess.ts";
+import { preprocessDataset } from "../src/data/prepared_cache.ts";
 import { synthesize } from "../src/data/synth.ts";
 import { PatchLoader } from "../src/data/loader.ts";
 import { Rng } from "../src/data/rng.ts";

@@ -5,7 +5,7 @@
  */
 import type { Command } from "commander";
 import { loadManifest, type ManifestCase } from "../src/data/manifest.ts";
-import { preprocessDataset } from "../src/data/preprocess.ts";
+import { preprocessDataset } from "../src/data/prepared_cache.ts";
 import { progressBar } from "../src/data/progress.ts";
 import { PatchLoader } from "../src/data/loader.ts";
 

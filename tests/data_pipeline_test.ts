@@ -7,7 +7,7 @@ import { register as registerSynth } from "../cli/synth.ts";
 import { register as registerImport } from "../cli/import.ts";
 import { register as registerPreprocess } from "../cli/preprocess.ts";
 import { loadManifest } from "../src/data/manifest.ts";
-import { loadPlan } from "../src/data/preprocess.ts";
+import { loadPlan } from "../src/data/prepared_cache.ts";
 import { decodePng } from "../src/viz/png.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "comodal_data_cli_" });

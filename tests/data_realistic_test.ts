@@ -5,7 +5,7 @@
  */
 import { writeNifti } from "../src/data/nifti.ts";
 import { importDecathlon } from "../src/data/importers.ts";
-import { preprocessDataset } from "../src/data/preprocess.ts";
+import { preprocessDataset } from "../src/data/prepared_cache.ts";
 import { loadPreprocessedCases } from "../src/data/cases.ts";
 import { PatchLoader } from "../src/data/loader.ts";
 import { fromLinear, mul3, rotation3 } from "../src/data/affine.ts";

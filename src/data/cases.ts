@@ -7,12 +7,8 @@
 import * as path from "node:path";
 import { inv4, type Mat4, mul4, type Vec3 } from "./affine.ts";
 import { sampleGrid } from "./geometry.ts";
-import {
-  loadCaseRecord,
-  loadPlan,
-  type PreprocessedCase,
-  type PreprocessPlan,
-} from "./preprocess.ts";
+import { loadCaseRecord, loadPlan, type PreprocessedCase } from "./prepared_cache.ts";
+import type { PreprocessPlan } from "./preprocess_plan.ts";
 import { Rng } from "./rng.ts";
 
 /** One modality's preprocessed volume. */

@@ -9,7 +9,8 @@
  */
 import type { AugmentOptions, MisalignOptions } from "./augment.ts";
 import { type LabeledCase, loadPreprocessedCases, type UnlabeledCase } from "./cases.ts";
-import { loadPlan, type PreprocessPlan } from "./preprocess.ts";
+import { loadPlan } from "./prepared_cache.ts";
+import type { PreprocessPlan } from "./preprocess_plan.ts";
 import { Rng } from "./rng.ts";
 import { PatchSampler } from "./sampler.ts";
 

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects } from "./testing.ts";
 import { synthesize } from "./synth.ts";
 import { loadManifest, selectLabeled } from "./manifest.ts";
-import { preprocessDataset } from "./preprocess.ts";
+import { preprocessDataset } from "./prepared_cache.ts";
 import { PatchLoader } from "./loader.ts";
 import { IGNORE_INDEX } from "../util/ignore.ts";
 

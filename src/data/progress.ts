@@ -1,6 +1,12 @@
-/** A terminal progress bar (cli-progress) behind the `onProgress(done, total, label)` callbacks. */
+/**
+ * Progress reporting of the data pipeline: the `onProgress(done, total, label)` callback that
+ * synthesis, the fingerprint and preprocessing call, and a terminal progress bar (cli-progress)
+ * behind it.
+ */
 import cliProgress from "cli-progress";
-import type { ProgressFn } from "./preprocess.ts";
+
+/** Called after each unit of work: `done` of `total`, and what was just done. */
+export type ProgressFn = (done: number, total: number, label: string) => void;
 
 export interface ProgressBar {
   onProgress: ProgressFn;

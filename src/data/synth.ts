@@ -23,7 +23,7 @@ import { render, type Scene, type Shape } from "./phantom.ts";
 import { Rng } from "./rng.ts";
 import { importAmos, importMsCmrSeg } from "./importers.ts";
 import { assignSplits, type Manifest, saveManifest } from "./manifest.ts";
-import type { ProgressFn } from "./preprocess.ts";
+import type { ProgressFn } from "./progress.ts";
 
 export type SynthTask = "cardiac" | "abdomen" | "orbit";
 export const SYNTH_TASKS: readonly SynthTask[] = ["cardiac", "abdomen", "orbit"];

@@ -27,7 +27,7 @@ import { mkdir, readdir } from "node:fs/promises";
 import * as path from "node:path";
 import { type ImageRef, loadManifest, type Manifest, refPath } from "../data/manifest.ts";
 import { importDataset } from "../data/importers.ts";
-import { ImageCache, readImageRef } from "../data/preprocess.ts";
+import { ImageCache, readImageRef } from "../data/case_reader.ts";
 import { type NiftiImage, writeNifti } from "../data/nifti.ts";
 import { IMAGE_FILE_RE, isDicomSeriesDir, readImage, stripImageExt } from "../data/image_io.ts";
 import type { TrainConfig } from "../train/config.ts";

@@ -7,7 +7,7 @@
  * post-processing). It takes a case in memory (an image per modality on its original grid) and
  *
  * 1. preprocesses it with the same per-case transform as training (`transformCase` in
- *    src/data/preprocess.ts: RAS reorientation, resampling to the target spacing, body crop,
+ *    src/data/case_transform.ts: RAS reorientation, resampling to the target spacing, body crop,
  *    normalisation with the training statistics for CT);
  * 2. runs Gaussian-weighted sliding-window inference (optionally averaged over axis flips), one
  *    pass per distinct modality grid, a stand-in volume filling in for a modality the case lacks
@@ -28,12 +28,12 @@ import type { Volume } from "../data/cases.ts";
 import type { NiftiImage } from "../data/nifti.ts";
 import {
   type CaseModalityInput,
+  type Normalisation,
   type PreprocessedGrid,
-  type PreprocessedModality,
   probabilitiesToOriginal,
   rasImage,
   transformCase,
-} from "../data/preprocess.ts";
+} from "../data/case_transform.ts";
 import { extract } from "../data/sampler.ts";
 import { argmaxLabels } from "./labels.ts";
 import { keepLargestComponent } from "./postprocess.ts";
@@ -88,7 +88,7 @@ export interface PreparedCase {
   volumes: Record<string, Volume>;
   grids: Record<string, PreprocessedGrid>;
   /** The normalisation applied to each modality. */
-  norm: Record<string, PreprocessedModality["norm"]>;
+  norm: Record<string, Normalisation>;
 }
 
 export interface ProbabilityOptions {
@@ -247,7 +247,7 @@ export class Predictor {
     });
     const volumes: Record<string, Volume> = {};
     const grids: Record<string, PreprocessedGrid> = {};
-    const norm: Record<string, PreprocessedModality["norm"]> = {};
+    const norm: Record<string, Normalisation> = {};
     for (const [m, x] of Object.entries(t)) {
       volumes[m] = {
         data: x.data,

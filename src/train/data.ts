@@ -9,7 +9,8 @@ import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { importDataset } from "../data/importers.ts";
 import { labelValueMap, loadManifest, type Manifest, selectLabeled } from "../data/manifest.ts";
-import { loadCaseRecord, preprocessDataset, type PreprocessPlan } from "../data/preprocess.ts";
+import { loadCaseRecord, preprocessDataset } from "../data/prepared_cache.ts";
+import type { PreprocessPlan } from "../data/preprocess_plan.ts";
 import {
   type LabeledCase,
   loadedBytes,

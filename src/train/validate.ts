@@ -13,7 +13,7 @@ import * as path from "node:path";
 import type { LabeledCase, Volume } from "../data/cases.ts";
 import { writeNifti } from "../data/nifti.ts";
 import { LabelAccess } from "../data/label_access.ts";
-import { loadCaseRecord } from "../data/preprocess.ts";
+import { loadCaseRecord } from "../data/prepared_cache.ts";
 import { finalLabels, FUSED_OUTPUT, type Predictor } from "../infer/predictor.ts";
 import {
   type CaseMetrics,
