@@ -42,7 +42,12 @@ export function register(program: Command): void {
       "labeled training cases: a whole count or a ratio in (0, 1]",
       labeledArg,
     )
-    .option("--method <name>", `one of ${METHODS.join(", ")}`)
+    .option(
+      "--method <name>",
+      `auto (default: early-fusion for co-registered modalities, cmc otherwise) or one of ${
+        METHODS.join(", ")
+      }`,
+    )
     .option("--iterations <n>", "training iterations", intArg("--iterations"))
     .option(
       "--time <duration>",

@@ -36,7 +36,13 @@ Deno.test({
     const out = path.join(root, "run");
     ok(
       await runCli(
-        tinyTrainArgs(manifestFile, out, "modalities=[t1,t1ce,t2,flair]", "patchSize=[8,16,16]"),
+        tinyTrainArgs(
+          manifestFile,
+          out,
+          "method=cmc",
+          "modalities=[t1,t1ce,t2,flair]",
+          "patchSize=[8,16,16]",
+        ),
       ),
       "train",
     );
@@ -169,7 +175,7 @@ Deno.test({
     const out = path.join(root, "run");
     // Patch depth 8 > 4..6 slices: the volume is padded; anisotropic spacing pools in-plane first.
     ok(
-      await runCli(tinyTrainArgs(manifestFile, out, "patchSize=[8,32,32]")),
+      await runCli(tinyTrainArgs(manifestFile, out, "method=cmc", "patchSize=[8,32,32]")),
       "train",
     );
     const plan = JSON.parse(readFileSync(path.join(out, "plan.json"), "utf8"));
@@ -184,6 +190,15 @@ Deno.test({
     const auto = path.join(root, "run-auto");
     const r = await runCli(tinyTrainArgs(manifestFile, auto, "patchVoxels=4096"));
     ok(r, "train with a planned patch");
+    // method=auto (the default): co-registered T2 + ADC train as early fusion, and the run says so.
+    assert.match(
+      r.err + r.out,
+      /Method early-fusion \(method=auto: every case has T2, ADC co-registered/,
+    );
+    assert.equal(
+      JSON.parse(readFileSync(path.join(auto, "config.json"), "utf8")).method,
+      "early-fusion",
+    );
     const planned =
       JSON.parse(readFileSync(path.join(auto, "plan.json"), "utf8")).network.patchSize;
     assert.match(

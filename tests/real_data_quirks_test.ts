@@ -94,7 +94,13 @@ Deno.test({
     const out = path.join(root, "run");
     ok(
       await runCli(
-        tinyTrainArgs(manifestFile, out, "modalities=[CT,T1,T2]", "patchSize=[4,16,16]"),
+        tinyTrainArgs(
+          manifestFile,
+          out,
+          "method=cmc",
+          "modalities=[CT,T1,T2]",
+          "patchSize=[4,16,16]",
+        ),
       ),
       "train",
     );

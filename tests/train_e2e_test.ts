@@ -190,7 +190,7 @@ Deno.test({
       /does not exist/,
     );
     await assert.rejects(
-      () => trainTask({ ...tiny(out), modalities: ["C0"] }, { quiet: true }),
+      () => trainTask({ ...tiny(out), method: "cmc", modalities: ["C0"] }, { quiet: true }),
       /at least 2 modalities/,
     );
     // A checkpoint from a different model config is refused.

@@ -86,6 +86,7 @@ Deno.test({
     const r = await trainTask({
       task: file,
       out,
+      method: "cmc",
       modalities: manifest.modalities,
       iterations: 3,
       patchSize: [4, 16, 16],

@@ -64,6 +64,8 @@ const VIT_DEFAULTS = {
 
 export const METHODS = ["cmc", "supervised", "early-fusion", "mean-teacher", "mutual"] as const;
 export type Method = typeof METHODS[number];
+/** `method` as given: one of METHODS, or "auto" (resolved from the data by `autoMethod`). */
+export const METHOD_CHOICES = ["auto", ...METHODS] as const;
 
 export const TrainConfigSchema = z.strictObject({
   /** Task name (cardiac, abdomen, orbit) or a manifest path. */
@@ -72,7 +74,12 @@ export const TrainConfigSchema = z.strictObject({
   data: z.string().optional(),
   /** Output run folder; default runs/<task>-<method>-<date>-<time>, a new folder per run. */
   out: z.string().optional(),
-  method: z.enum(METHODS).default("cmc"),
+  /**
+   * "auto" (default): early-fusion when every case has all the run's modalities co-registered,
+   * cmc when they are not (unpaired or misaligned), supervised for one modality (src/train/data.ts
+   * autoMethod). A run stores the resolved method in config.json.
+   */
+  method: z.enum(METHOD_CHOICES).default("auto"),
   /** Modalities to use (names from the manifest); default: all of them (cardiac: the first two). */
   modalities: z.array(z.string()).optional(),
   /** For `supervised`: the one modality it trains on (default: the first). */

@@ -20,7 +20,7 @@ import {
 import { Rng } from "../data/rng.ts";
 import { LabelAccess } from "../data/label_access.ts";
 import { SYNTH_TASKS, synthesize, type SynthTask } from "../data/synth.ts";
-import type { TrainConfig } from "./config.ts";
+import type { Method, TrainConfig } from "./config.ts";
 import type { Vec3 } from "../data/affine.ts";
 import { autoPatchSize } from "../nn/plan.ts";
 import type { Triple } from "../nn/layers.ts";
@@ -242,11 +242,65 @@ async function resolveManifest(
   return { manifest, source: dir };
 }
 
+/**
+ * What `method: auto` trains on a manifest: early fusion when every case has each of `modalities`
+ * and is marked aligned (co-registered: BraTS, Decathlon, nnU-Net raw), since at equal wall time
+ * CMC's encoder and decoder per modality make it several times slower per iteration on such data
+ * (README, "Results on real data"); CMC when modalities are unpaired or misaligned, where voxel-wise
+ * channel stacking has no meaning; supervised when there is one modality.
+ */
+export function autoMethod(
+  manifest: Manifest,
+  modalities: readonly string[],
+): { method: Method; why: string } {
+  if (modalities.length < 2) {
+    return { method: "supervised", why: `one modality (${modalities.join(", ") || "none"})` };
+  }
+  const apart = manifest.cases.filter((k) =>
+    k.aligned !== true || modalities.some((m) => k.images[m] === undefined)
+  );
+  if (apart.length === 0) {
+    return {
+      method: "early-fusion",
+      why: `every case has ${modalities.join(", ")} co-registered`,
+    };
+  }
+  return {
+    method: "cmc",
+    why: `${apart.length} of ${manifest.cases.length} cases lack a modality or are not marked ` +
+      `co-registered (first: ${apart[0].id})`,
+  };
+}
+
+/** The modalities a run uses: `modalities`, else all (cardiac with a two-branch method: the first two). */
+function runModalities(c: TrainConfig, manifest: Manifest): string[] {
+  return c.modalities ??
+    (c.task === "cardiac" &&
+        (c.method === "cmc" || c.method === "early-fusion" || c.method === "mutual" ||
+          c.method === "auto")
+      ? manifest.modalities.slice(0, 2)
+      : [...manifest.modalities]);
+}
+
+/** Resolves `method: auto` in place from the data (see autoMethod); prints the choice unless quiet. */
+export async function resolveMethod(c: TrainConfig, opts: { quiet?: boolean } = {}): Promise<void> {
+  if (c.method !== "auto") return;
+  const { manifest } = await resolveManifest(c, opts.quiet ?? false);
+  const r = autoMethod(manifest, runModalities(c, manifest));
+  c.method = r.method;
+  if (!opts.quiet) {
+    console.error(
+      `Method ${r.method} (method=auto: ${r.why}; give --method to choose, e.g. --method cmc)`,
+    );
+  }
+}
+
 export async function prepareData(
   c: TrainConfig,
   opts: { quiet?: boolean } = {},
 ): Promise<PreparedData> {
   const quiet = opts.quiet ?? false;
+  if (c.method === "auto") await resolveMethod(c, opts);
   const { manifest: found, source } = await resolveManifest(c, quiet);
   // Unlabeled means never opened: the run's label files are decided here, once, and from here on
   // the manifest names no label file of an unlabeled or test case (see labelsInUse).
@@ -254,11 +308,7 @@ export async function prepareData(
   const manifest = labels.restrict(found);
   // Every modality of the data by default (BraTS: four sequences), except on the cardiac task, whose
   // default is the paper's pair (the first two sequences, bSSFP and LGE); `modalities` overrides.
-  const modalities = c.modalities ??
-    (c.task === "cardiac" &&
-        (c.method === "cmc" || c.method === "early-fusion" || c.method === "mutual")
-      ? manifest.modalities.slice(0, 2)
-      : [...manifest.modalities]);
+  const modalities = runModalities(c, manifest);
   for (const m of modalities) {
     if (!manifest.modalities.includes(m)) {
       throw new Error(

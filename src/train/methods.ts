@@ -591,5 +591,9 @@ function buildMethodModel(o: BuildOptions): MethodModel {
       return new UNetMethod(o.config.method, o);
     case "mutual":
       return new MutualMethod(o);
+    case "auto":
+      throw new Error(
+        "method auto is resolved from the data before the model is built (prepareData); give a method",
+      );
   }
 }

@@ -36,7 +36,7 @@ import { resolvePatchSize } from "./patch.ts";
 import { progressBar } from "../data/progress.ts";
 import { everyHook, JsonlLog, logHook, progressHook, timeBudgetHook } from "./hooks.ts";
 import { type HostBatch, NonFiniteLossError, Trainer, type TrainerHook } from "./trainer.ts";
-import { prepareData, type PreparedData } from "./data.ts";
+import { prepareData, type PreparedData, resolveMethod } from "./data.ts";
 import {
   checkResumedData,
   commitRunFolder,
@@ -358,6 +358,8 @@ export async function trainTask(
   if (!c.out && opts.resume) {
     throw new Error("Cannot resume: give the run folder to continue with --out");
   }
+  // method=auto is resolved from the data first: the run folder is named after the method it trains.
+  if (c.method === "auto" && !opts.resume) await resolveMethod(c, { quiet: opts.quiet });
   if (!c.out) {
     const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
     c.out = path.join(
