@@ -1,13 +1,12 @@
 /**
- * Shape ops: reshape, expand, permute, slice, split, concat, clone, and the zeros used by slice's
- * gradient.
+ * Shape ops: reshape, permute, slice, split, concat, clone, and the zeros used by slice's gradient.
+ * (expand, whose gradient is a sum, lives with the reductions in reduce.ts.)
  * @module
  */
-import { broadcastsTo, checkShape, formatShape, normAxis, sizeOf } from "../tensor/shape.ts";
+import { checkShape, formatShape, normAxis, sizeOf } from "../tensor/shape.ts";
 import { allocTensor, recordNode, SliceGrad, type Tensor } from "../tensor/tensor.ts";
 import { checkTensor, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
-import { reduceTo } from "./reduce.ts";
 
 function shapeParams(shape: readonly number[]) {
   return { ndim: shape.length, dims: shape };
@@ -64,22 +63,6 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (needsGrad(x)) {
     const from = x.shape;
     recordNode(fn, [x], [y], [], (g) => [reshape(g[0]!, from)]);
-  }
-  return y;
-}
-
-/** Broadcasts x to shape (NumPy rules). */
-export function expand(x: Tensor, shape: readonly number[]): Tensor {
-  const fn = "expand";
-  checkTensor(fn, "x", x);
-  checkShape(shape, fn);
-  if (!broadcastsTo(x.shape, shape)) {
-    throw new Error(`${fn}: x ${x.describe()} does not broadcast to ${formatShape(shape)}`);
-  }
-  const y = exec1("EXPAND", fn, [x], shapeParams(shape), shape, x.dtype, ["x"]);
-  if (needsGrad(x)) {
-    const from = x.shape;
-    recordNode(fn, [x], [y], [], (g) => [reduceTo(g[0]!, from)]);
   }
   return y;
 }

@@ -1,12 +1,12 @@
 import { deepStrictEqual, throws } from "node:assert/strict";
 import { tensor } from "../tensor/factories.ts";
 import { tidy } from "../tensor/scope.ts";
-import { clone, concat, expand, permute, reshape, slice, split } from "./shape_ops.ts";
+import { clone, concat, permute, reshape, slice, split } from "./shape_ops.ts";
 import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
 import { backward } from "../tensor/autograd.ts";
 import { add, mul } from "./binary.ts";
 import { setOpProfiler } from "./exec.ts";
-import { sum } from "./reduce.ts";
+import { expand, sum } from "./reduce.ts";
 
 const iota = (n: number) => Float32Array.from({ length: n }, (_, i) => i);
 
