@@ -247,7 +247,8 @@ export interface RelPosTables {
 
 /**
  * The gathered tables of SAM's decomposed relative position bias for a batch of `b` query sets on
- * the grid `size` (computed once per attention call and shared by the heads): per axis a,
+ * the grid `size`, as the ONNX export stores them (the engine's attention uses relPosRows and
+ * relPosBias directly): per axis a,
  * R_a[i, j] = table_a[i - j + s_a - 1] ([s_a, s_a, c], relPosRows), then each query's rows
  * R_a[t_a] side by side.
  */
@@ -278,19 +279,29 @@ export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosT
 }
 
 /**
- * SAM's decomposed relative position bias for queries q [B, T, c] on the attention grid (T its
- * token count, d-major; keys on the same grid), with `r` from relPosTables(grid, tables, B):
- * bias[b, t, (kd, kh, kw)] = q[b, t] . (Rd[t_d, kd] + Rh[t_h, kh] + Rw[t_w, kw]), the three
- * per-axis terms broadcast over the key grid and added. Returns [B, T, T].
+ * SAM's decomposed relative position bias (add_decomposed_rel_pos) for query sets q [M, T, c] on the
+ * attention grid `size` (T = s_0 s_1 s_2 tokens d-major; keys on the same grid), with the per-axis
+ * lookups rows[a] = R_a [s_a, s_a, c] of relPosRows:
+ * bias[m, t, (kd, kh, kw)] = q[m, t] . Rd[t_d, kd] + q[m, t] . Rh[t_h, kh] + q[m, t] . Rw[t_w, kw].
+ * Per axis, as SAM's einsum: that axis of the queries moved to the front (a permute), one product
+ * batched over its coordinate, moved back; the three terms are broadcast over the key grid and
+ * added. Returns [M, T, T].
  */
-export function relPosBias(q: Tensor, r: RelPosTables): Tensor {
-  const [b, t, c] = q.shape;
-  const [d, h, w] = r.size;
-  const terms = reshape(matmul(reshape(q, [b * t, 1, c]), r.rows, { transB: true }), [b * t, -1]);
-  const td = reshape(slice(terms, 1, 0, d), [b * t, d, 1, 1]);
-  const th = reshape(slice(terms, 1, d, h), [b * t, 1, h, 1]);
-  const tw = reshape(slice(terms, 1, d + h, w), [b * t, 1, 1, w]);
-  return reshape(add(add(td, th), tw), [b, t, t]);
+export function relPosBias(q: Tensor, size: Triple, rows: Tensor[]): Tensor {
+  const [m, t, c] = q.shape;
+  const q5 = reshape(q, [m, ...size, c]);
+  const term = (a: number): Tensor => {
+    const g = size[a];
+    const order = [1 + a, ...[0, 1, 2, 3].filter((k) => k !== 1 + a), 4]; // axis a first
+    const qa = reshape(permute(q5, order), [g, -1, c]);
+    const r = matmul(qa, rows[a], { transB: true }); // [g, M * (other axes), g keys]
+    const moved = reshape(r, [...order.slice(0, 4).map((k) => q5.shape[k]), g]);
+    const back = permute(moved, order.map((_, i) => order.indexOf(i))); // [M, d, h, w, g keys]
+    const shape = [m * t, 1, 1, 1];
+    shape[1 + a] = g;
+    return reshape(back, shape);
+  };
+  return reshape(add(add(term(0), term(1)), term(2)), [m, t, t]);
 }
 
 export class Attention extends Module {
@@ -333,10 +344,12 @@ export class Attention extends Module {
   }
   /**
    * x [B, N, C] -> [B, N, C]; softmax(q k^T / sqrt(d) [+ rel-pos bias]) v per head (q, k, v in
-   * SAM's qkv order). With relative positions N must be the token count of relSize (d-major).
+   * SAM's qkv order), all heads in one batch of B * heads. With relative positions N must be the
+   * token count of relSize (d-major).
    */
   forward(x: Tensor): Tensor {
-    const qkv = this.qkv.forward(x);
+    const [b, n] = x.shape;
+    const heads = this.heads;
     const hd = this.headDim;
     const scale = 1 / Math.sqrt(hd);
     const rel = this.relSize;
@@ -346,19 +359,22 @@ export class Attention extends Module {
           `${rel.join("x")} grid`,
       );
     }
-    const tables = rel
-      ? relPosTables(rel, [this.rel_pos_d!, this.rel_pos_h!, this.rel_pos_w!], x.shape[0])
-      : null;
-    const outs: Tensor[] = [];
-    for (let h = 0; h < this.heads; h++) {
-      const q = slice(qkv, 2, h * hd, hd);
-      const k = slice(qkv, 2, this.dim + h * hd, hd);
-      const v = slice(qkv, 2, 2 * this.dim + h * hd, hd);
-      let logits = matmul(mulScalar(q, scale), k, { transB: true }); // [B, N, N]
-      if (rel) logits = add(logits, relPosBias(q, tables!)); // SAM: from the unscaled q
-      outs.push(matmul(softmax(logits, 2), v)); // [B, N, hd]
+    // [B, N, 3, heads, hd] -> [3, B * heads, N, hd] (SAM's reshape + permute)
+    const qkv = reshape(
+      permute(reshape(this.qkv.forward(x), [b, n, 3, heads, hd]), [2, 0, 3, 1, 4]),
+      [3, b * heads, n, hd],
+    );
+    const [q, k, v] = [0, 1, 2].map((i) => reshape(slice(qkv, 0, i, 1), [b * heads, n, hd]));
+    let logits = matmul(mulScalar(q, scale), k, { transB: true }); // [B * heads, N, N]
+    if (rel) {
+      const tables = [this.rel_pos_d!, this.rel_pos_h!, this.rel_pos_w!];
+      const rows = tables.map((t, a) => relPosRows(t, rel[a]));
+      logits = add(logits, relPosBias(q, rel, rows)); // SAM: from the unscaled q
     }
-    return this.proj.forward(outs.length === 1 ? outs[0] : concat(outs, 2));
+    const o = matmul(softmax(logits, 2), v); // [B * heads, N, hd]
+    // [B, heads, N, hd] -> [B, N, heads, hd] = [B, N, C]
+    const merged = reshape(permute(reshape(o, [b, heads, n, hd]), [0, 2, 1, 3]), [b, n, this.dim]);
+    return this.proj.forward(merged);
   }
 }
 
