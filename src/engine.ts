@@ -72,12 +72,13 @@ export {
   tanh,
 } from "./ops/unary.ts";
 export { add, div, equal, maximum, mul, sub } from "./ops/binary.ts";
-export { clone, concat, expand, reshape, slice, split } from "./ops/shape_ops.ts";
+export { clone, concat, permute, reshape, slice, split } from "./ops/shape_ops.ts";
 export { matmul, type MatmulOptions } from "./ops/matmul.ts";
 export { softmax } from "./ops/softmax.ts";
 export {
   argmax,
   type ArgmaxOptions,
+  expand,
   max,
   mean,
   type ReduceOptions,

@@ -326,6 +326,16 @@ def shape_cases() -> list[Case]:
     g = gen_for("reshape_c16_blocked_flatten")
     out.append(Case("reshape_c16_blocked_flatten", "reshape", {"shape": [1, 16, -1]},
                     [Inp("x", randn(g, (1, 16, 2, 3, 2)))], lambda x: {"y": x.reshape(1, 16, -1)}))
+
+    def perm(name, shape, order):
+        g = gen_for(name)
+        out.append(Case(name, "permute", {"order": order}, [Inp("x", randn(g, shape))],
+                        lambda x: {"y": x.permute(*order)}))
+
+    perm("permute_last_two", (2, 3, 4), [0, 2, 1])
+    perm("permute_reverse_4d_size1", (2, 3, 1, 4), [3, 2, 1, 0])
+    perm("permute_c16_blocked_channels_last", (1, 16, 2, 3, 2), [0, 2, 3, 4, 1])
+    perm("permute_6d_windows", (2, 3, 2, 2, 3, 2), [0, 2, 4, 1, 3, 5])
     return out
 
 

@@ -140,6 +140,7 @@ export const OP_SPECS: Readonly<Record<string, OpSpec>> = {
     run: (xs, a) => ({ y: E.expand(xs[0], a.shape as number[]) }),
   },
   reshape: { kernels: ["RESHAPE"], run: (xs, a) => ({ y: E.reshape(xs[0], a.shape as number[]) }) },
+  permute: { kernels: ["PERMUTE"], run: (xs, a) => ({ y: E.permute(xs[0], a.order as number[]) }) },
   matmul: {
     kernels: ["MATMUL", "REDUCE"],
     run: (xs, a) => ({

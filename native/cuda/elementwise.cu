@@ -1,7 +1,8 @@
 // elementwise.cu — unary activations (forward and backward), broadcast binary ops, affine scalar,
-// fill, copy, reshape, expand, concat and slice.
+// fill, copy, reshape, permute, expand, concat and slice.
 #include <cmath>
 
+#include "../common/permute_plan.hpp"
 #include "internal.cuh"
 
 namespace cmocu {
@@ -272,6 +273,46 @@ void reshape(const KernelArgs& a) {
   copy_device(a.backend, y->data, x->data, x->bytes, op);
 }
 
+// PERMUTE: one thread per output element of the plan (native/common/permute_plan.hpp: size-1 axes
+// dropped, neighbouring axes merged), reading x at the plan's strides. Writes are coalesced; reads
+// are strided along the transposed axis.
+template <typename T>
+void permute_typed(Backend* be, const void* src, void* dst, const cmo_common::PermutePlan& pl, int64_t n,
+                   const char* op) {
+  const T* xp = static_cast<const T*>(src);
+  T* yp = static_cast<T*>(dst);
+  Dims6 g{};
+  g.ndim = pl.ndim;
+  for (int k = 0; k < pl.ndim; k++) {
+    g.d[k] = pl.dims[k];
+    g.s[k] = pl.strides[k];
+  }
+  launch_elementwise(be, n, [=] __device__(int64_t i) {
+    int64_t off = 0, rem = i;
+    for (int k = g.ndim - 1; k >= 0; k--) {
+      off += (rem % g.d[k]) * g.s[k];
+      rem /= g.d[k];
+    }
+    yp[i] = xp[off];
+  }, op);
+}
+
+void permute(const KernelArgs& a) {
+  const char* op = "PERMUTE";
+  const auto& p = a.p<cmo_permute_params>(op);
+  const Buffer* x = a.in[0];
+  const cmo_common::PermutePlan pl = cmo_common::permute_plan(x->shape, p);
+  Buffer* y = a.output(0, pl.out, x->dtype, op);
+  if (pl.contiguous) {
+    copy_device(a.backend, y->data, x->data, x->bytes, op);
+    return;
+  }
+  if (dtype_size(x->dtype) == 4)
+    permute_typed<uint32_t>(a.backend, x->data, y->data, pl, x->numel(), op);
+  else
+    permute_typed<uint8_t>(a.backend, x->data, y->data, pl, x->numel(), op);
+}
+
 template <typename T>
 void fill_typed(Backend* be, Buffer* y, T v, const char* op) {
   T* yp = static_cast<T*>(y->data);
@@ -372,5 +413,6 @@ CMO_REGISTER_KERNEL(CMO_OP_EXPAND, expand);
 CMO_REGISTER_KERNEL(CMO_OP_COPY, copy);
 CMO_REGISTER_KERNEL(CMO_OP_FILL, fill);
 CMO_REGISTER_KERNEL(CMO_OP_RESHAPE, reshape);
+CMO_REGISTER_KERNEL(CMO_OP_PERMUTE, permute);
 
 }  // namespace cmocu

@@ -153,7 +153,8 @@ cmo_status cmo_buffer_read(const cmo_buffer* buffer, void* host, int64_t bytes);
   X(32, COPY, 1, 1, cmo_copy_params)                                         \
   X(33, FILL, 0, 1, cmo_fill_params)                                         \
   X(34, REDUCE_MAX_BACKWARD, 3, 1, cmo_reduce_params)                        \
-  X(35, RESHAPE, 1, 1, cmo_shape_params)
+  X(35, RESHAPE, 1, 1, cmo_shape_params)                                     \
+  X(36, PERMUTE, 1, 1, cmo_permute_params)
 
 typedef enum {
 #define CMO_OP_ENUM_(id, name, nin, nout, params) CMO_OP_##name = id,
@@ -279,6 +280,15 @@ typedef struct {
   int64_t ndim;
   int64_t dims[CMO_MAX_DIMS];
 } cmo_shape_params;
+
+/* PERMUTE  in: x   out: y PLAIN with y.dims[i] = x.dims[order[i]] and
+ *          y[i_0, .., i_{n-1}] = x[j] where j[order[k]] = i_k (PyTorch's x.permute(order));
+ *          ndim must equal x's rank and order must hold each of 0..ndim-1 once. Any dtype; a blocked
+ *          x is read in place. The gradient is PERMUTE of dy by the inverse order (no backward op). */
+typedef struct {
+  int64_t ndim;
+  int64_t order[CMO_MAX_DIMS];
+} cmo_permute_params;
 
 /* ADAPTIVE_AVG_POOL3D_FORWARD   in: x[N,C,D,H,W]   out: y[N,C,od,oh,ow] (PyTorch bin rule:
  *   start = floor(i*In/Out), end = ceil((i+1)*In/Out))

@@ -463,6 +463,59 @@ void test_shape() {
     Buf none;
     CHECK(run(CMO_OP_FILL, {}, {&none}, cmo_fill_params{1}) == CMO_ERR_INVALID_ARGUMENT, "fill without slot rejected");
   }
+  g_test = "permute";
+  {
+    // y[i] = x[j] with j[order[k]] = i_k, for a plain and a blocked x of the same values.
+    auto ref_perm = [](const V& v, const Dims& d, const std::vector<int>& order) {
+      Dims yd;
+      for (int o : order) yd.push_back(d[(size_t)o]);
+      std::vector<int64_t> xst(d.size(), 1);
+      for (int i = (int)d.size() - 2; i >= 0; i--) xst[(size_t)i] = xst[(size_t)i + 1] * d[(size_t)i + 1];
+      V y((size_t)numel(yd));
+      std::vector<int64_t> idx;
+      for (int64_t i = 0; i < numel(yd); i++) {
+        unravel(i, yd, idx);
+        int64_t off = 0;
+        for (size_t k = 0; k < order.size(); k++) off += idx[k] * xst[(size_t)order[k]];
+        y[(size_t)i] = v[(size_t)off];
+      }
+      return y;
+    };
+    auto params = [](const std::vector<int>& order) {
+      cmo_permute_params p{};
+      p.ndim = (int64_t)order.size();
+      for (size_t i = 0; i < order.size(); i++) p.order[i] = order[i];
+      return p;
+    };
+    struct PCase {
+      Dims d;
+      std::vector<int> order;
+      cmo_layout layout;
+    };
+    for (const PCase& c : {PCase{{3, 4}, {1, 0}, CMO_LAYOUT_PLAIN}, PCase{{2, 5, 3}, {0, 2, 1}, CMO_LAYOUT_PLAIN},
+                           PCase{{2, 1, 3, 4}, {3, 0, 2, 1}, CMO_LAYOUT_PLAIN},
+                           PCase{{2, 3, 2, 2, 3, 2}, {0, 2, 4, 1, 3, 5}, CMO_LAYOUT_PLAIN},
+                           PCase{{4, 1, 5}, {1, 0, 2}, CMO_LAYOUT_PLAIN},
+                           PCase{{2, 32, 2, 3, 2}, {0, 2, 3, 4, 1}, CMO_LAYOUT_BLOCKED16},
+                           PCase{{1, 16, 3, 2, 2}, {4, 1, 0, 3, 2}, CMO_LAYOUT_BLOCKED16}}) {
+      V v = rnd((size_t)numel(c.d));
+      Buf x = F(c.d, v, c.layout), y;
+      std::string what = "permute " + std::to_string(c.d.size()) + "-D" +
+                         (c.layout == CMO_LAYOUT_BLOCKED16 ? " blocked" : "");
+      if (ok(CMO_OP_PERMUTE, {&x}, {&y}, params(c.order))) {
+        CHECK(describe(y).layout == CMO_LAYOUT_PLAIN, what + ": output plain");
+        close(readf(y), ref_perm(v, c.d, c.order), 0, 0, what);
+      }
+    }
+    Buf xi = I({2, 3}, {1, 2, 3, 4, 5, 6}), yi;
+    if (ok(CMO_OP_PERMUTE, {&xi}, {&yi}, params({1, 0}))) CHECK((readi(yi) == VI{1, 4, 2, 5, 3, 6}), "permute i32");
+    Buf xb = F({2, 3}, rnd(6)), yb, yc;
+    CHECK(run(CMO_OP_PERMUTE, {&xb}, {&yb}, params({0, 0})) == CMO_ERR_INVALID_ARGUMENT &&
+              has(cmo_last_error(), "not a permutation"),
+          "permute with a repeated axis rejected");
+    CHECK(run(CMO_OP_PERMUTE, {&xb}, {&yc}, params({0, 1, 2})) == CMO_ERR_INVALID_ARGUMENT,
+          "permute with the wrong rank rejected");
+  }
   g_test = "argmax";
   {
     // [2,3,4] along axis 1, with a tie (first index wins)
@@ -1003,7 +1056,7 @@ void test_supported() {
                  CMO_OP_L2_NORMALIZE_FORWARD, CMO_OP_L2_NORMALIZE_BACKWARD, CMO_OP_SOFTMAX_CROSS_ENTROPY_FORWARD,
                  CMO_OP_SOFTMAX_CROSS_ENTROPY_BACKWARD, CMO_OP_DICE_STATS_FORWARD, CMO_OP_DICE_STATS_BACKWARD,
                  CMO_OP_SGD_UPDATE, CMO_OP_ADAMW_UPDATE, CMO_OP_EMA_UPDATE, CMO_OP_ARGMAX, CMO_OP_COPY, CMO_OP_FILL,
-                 CMO_OP_REDUCE_MAX_BACKWARD, CMO_OP_RESHAPE})
+                 CMO_OP_REDUCE_MAX_BACKWARD, CMO_OP_RESHAPE, CMO_OP_PERMUTE})
     CHECK(cmo_backend_supports_op(g_be, op) == 1, "op " + std::to_string(op) + " supported");
 }
 

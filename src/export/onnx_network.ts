@@ -32,6 +32,24 @@ import type { Triple } from "../nn/layers.ts";
 import type { MethodModel } from "../train/methods.ts";
 import { type Dim, GraphBuilder } from "./onnx_graph.ts";
 
+/**
+ * The [s_0 + s_1 + s_2, T] 0/1 matrix whose row (a, i) marks the keys with coordinate i along axis a
+ * (keys d-major on the grid): per-axis relative-position terms side by side times it give the bias
+ * over all keys, term_d[kd] + term_h[kh] + term_w[kw] (one MatMul in the graph).
+ */
+function keyExpansion(size: Triple): { data: Float32Array; dims: number[] } {
+  const [d, h, w] = size;
+  const t = d * h * w;
+  const e = new Float32Array((d + h + w) * t);
+  for (let k = 0; k < t; k++) {
+    const kd = Math.floor(k / (h * w)), kh = Math.floor(k / w) % h, kw = k % w;
+    e[kd * t + k] = 1;
+    e[(d + kh) * t + k] = 1;
+    e[(d + h + kw) * t + k] = 1;
+  }
+  return { data: e, dims: [d + h + w, t] };
+}
+
 /** A graph input or output and the modality it belongs to. */
 export interface OnnxPort {
   name: string;
@@ -197,22 +215,18 @@ class Emitter {
     if (a.relSize) {
       // The gathered tables depend on the weights only: computed here, stored as constants.
       const size = a.relSize;
-      const { rows, keys, rowDims, keyDims } = tidy(() =>
+      const { rows, rowDims } = tidy(() =>
         noGrad(() => {
           const r = relPosTables(size, [a.rel_pos_d!, a.rel_pos_h!, a.rel_pos_w!], 1);
-          return {
-            rows: r.rows.toArray() as Float32Array,
-            keys: r.keys.toArray() as Float32Array,
-            rowDims: [...r.rows.shape],
-            keyDims: [...r.keys.shape],
-          };
+          return { rows: r.rows.toArray() as Float32Array, rowDims: [...r.rows.shape] };
         })
       );
+      const keys = keyExpansion(size);
       // rows [T, S, c] -> [T, c, S] for a product per query position.
       const rowsT = this.g.op("Transpose", [this.g.constant("relpos_rows", rows, rowDims)], {
         perm: [0, 2, 1],
       });
-      rel = { rows: rowsT, keys: this.g.constant("relpos_keys", keys, keyDims) };
+      rel = { rows: rowsT, keys: this.g.constant("relpos_keys", keys.data, keys.dims) };
     }
     const outs: string[] = [];
     for (let h = 0; h < a.heads; h++) {

@@ -29,9 +29,10 @@
  * src/io/load_weights.ts), including blocks.{i}.attn.rel_pos_d/h/w with relPos on.
  *
  * Layout: tokens are token-major [B, N, C] so that layer norm over channels is one normalisation
- * op over rows (see LayerNorm). The engine has no transpose op: the one transpose (conv output to
- * tokens) is a product with an identity matrix, which is exact in float32; projections from tokens
- * back to feature maps are products that produce the channel-major layout directly.
+ * op over rows (see LayerNorm). The conv output becomes tokens by one permute (channels last);
+ * projections from tokens back to feature maps are products that produce the channel-major layout
+ * directly. Everything here is built from engine ops on the module's own tensors: no constant
+ * matrices, no caches.
  */
 import {
   add,
@@ -42,20 +43,19 @@ import {
   div,
   expand,
   gelu,
-  getBackend,
   groupNorm,
   instanceNorm,
   matmul,
   mean,
   mul,
   mulScalar,
+  permute,
   reshape,
   slice,
   softmax,
   sqrt,
   sub,
   type Tensor,
-  tensor,
   zeros,
 } from "../engine.ts";
 import { loadSafetensorsInto, type LoadWeightsReport } from "../io/load_weights.ts";
@@ -185,31 +185,9 @@ export class ChannelLayerNorm extends AffineNorm {
   }
 }
 
-// Per-backend cache of the constant 0/1 matrices below (kept tensors, built once per key): they
-// depend only on sizes, so every forward reuses them instead of filling and uploading them again.
-const constants = new WeakMap<object, Map<string, Tensor>>();
-
-function constant(key: string, shape: number[], fill: (data: Float32Array) => void): Tensor {
-  const be = getBackend();
-  let m = constants.get(be);
-  if (!m) constants.set(be, m = new Map());
-  let t = m.get(key);
-  if (!t || t.disposed) {
-    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    fill(data);
-    t = tensor(data, shape).keep();
-    m.set(key, t);
-  }
-  return t;
-}
-
-/** x [B, C, N] -> [B, N, C], as x^T I (exact: one nonzero term per output). */
+/** x [B, C, N] -> [B, N, C] (a permute: exact). */
 export function channelsToTokens(x: Tensor): Tensor {
-  const c = x.shape[1];
-  const eye = constant(`eye:${c}`, [c, c], (e) => {
-    for (let i = 0; i < c; i++) e[i * c + i] = 1;
-  });
-  return matmul(x, eye, { transA: true });
+  return permute(x, [0, 2, 1]);
 }
 
 class PatchEmbed extends Module {
@@ -224,16 +202,21 @@ class PatchEmbed extends Module {
 }
 
 /**
- * One-hot [g*g, 2g-1] whose row i*g + j selects table row i - j + g - 1: SAM's get_rel_pos for
- * query and key grids of g tokens (relative position i - j, offset to be non-negative).
+ * R[i, j] = table[i - j + g - 1], [g, g, c] for a table [2g - 1, c]: SAM's get_rel_pos for query
+ * and key grids of g tokens (relative position i - j, offset to be non-negative). Copies only, by
+ * the relative shift of Transformer-XL: g copies of the table end to end, read from row g - 1 on
+ * in rows of 2g - 2, hold V[r, s] = table[g - 1 - r + s] in their first g columns, and R is V with
+ * its two axes swapped. (Exact, and its gradient is the matching sums of the table rows.)
  */
-function relPosSelection(g: number): Tensor {
-  const r = 2 * g - 1;
-  return constant(`relpos:${g}`, [g * g, r], (sel) => {
-    for (let i = 0; i < g; i++) {
-      for (let j = 0; j < g; j++) sel[(i * g + j) * r + i - j + g - 1] = 1;
-    }
-  });
+export function relPosRows(table: Tensor, g: number): Tensor {
+  const [rows, c] = table.shape;
+  if (rows !== 2 * g - 1) {
+    throw new Error(`relPosRows: table ${table.describe()} needs ${2 * g - 1} rows (2 x ${g} - 1)`);
+  }
+  if (g === 1) return reshape(table, [1, 1, c]);
+  const tiled = reshape(expand(reshape(table, [1, rows, c]), [g, rows, c]), [g * rows, c]);
+  const v = reshape(slice(tiled, 0, g - 1, g * (2 * g - 2)), [g, 2 * g - 2, c]);
+  return permute(slice(v, 1, 0, g), [1, 0, 2]);
 }
 
 /**
@@ -254,19 +237,20 @@ export function resampleRelPos(table: Float32Array, rows: number, n: number): Fl
   return out;
 }
 
-/** relPosTables' output: every query's gathered table rows and the constant key expansion. */
+/** relPosTables' output: every query's gathered table rows, and the attention grid. */
 export interface RelPosTables {
   /** [B * T, s_0 + s_1 + s_2, c]: for query t, the rows R_d[t_d, :], R_h[t_h, :], R_w[t_w, :]. */
   rows: Tensor;
-  /** keyExpansion of the grid, [s_0 + s_1 + s_2, T]. */
-  keys: Tensor;
+  /** The attention grid (s_0, s_1, s_2), T = s_0 s_1 s_2 tokens d-major. */
+  size: Triple;
 }
 
 /**
  * The gathered tables of SAM's decomposed relative position bias for a batch of `b` query sets on
- * the grid `size` (computed once per attention call and shared by the heads): per axis a,
- * R_a[i, j] = table_a[i - j + s_a - 1] ([s_a, s_a, c], a product with a constant one-hot matrix),
- * then each query's rows R_a[t_a] side by side.
+ * the grid `size`, as the ONNX export stores them (the engine's attention uses relPosRows and
+ * relPosBias directly): per axis a,
+ * R_a[i, j] = table_a[i - j + s_a - 1] ([s_a, s_a, c], relPosRows), then each query's rows
+ * R_a[t_a] side by side.
  */
 export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosTables {
   const [d, h, w] = size;
@@ -281,7 +265,7 @@ export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosT
           `${2 * g - 1} (2 x ${g} - 1)`,
       );
     }
-    const r = matmul(relPosSelection(g), tables[a]); // [g * g, c]
+    const r = relPosRows(tables[a], g); // [g, g, c]
     const at = [1, 1, 1, g, c];
     at[a] = g;
     per.push(reshape(expand(reshape(r, at), [d, h, w, g, c]), [t, g, c]));
@@ -291,36 +275,33 @@ export function relPosTables(size: Triple, tables: Tensor[], b: number): RelPosT
   if (b > 1) {
     rows = reshape(expand(reshape(rows, [1, t, -1, c]), [b, t, d + h + w, c]), [b * t, -1, c]);
   }
-  return { rows, keys: keyExpansion(size) };
+  return { rows, size: [d, h, w] };
 }
 
 /**
- * Constant [s_0 + s_1 + s_2, T] 0/1 matrix: row (a, i) marks the keys whose coordinate along axis a
- * is i (keys d-major on the grid). Per-axis terms [.., s_a] side by side times it give the bias
- * over all keys, term_d[kd] + term_h[kh] + term_w[kw] (its gradient is a product too).
+ * SAM's decomposed relative position bias (add_decomposed_rel_pos) for query sets q [M, T, c] on the
+ * attention grid `size` (T = s_0 s_1 s_2 tokens d-major; keys on the same grid), with the per-axis
+ * lookups rows[a] = R_a [s_a, s_a, c] of relPosRows:
+ * bias[m, t, (kd, kh, kw)] = q[m, t] . Rd[t_d, kd] + q[m, t] . Rh[t_h, kh] + q[m, t] . Rw[t_w, kw].
+ * Per axis, as SAM's einsum: that axis of the queries moved to the front (a permute), one product
+ * batched over its coordinate, moved back; the three terms are broadcast over the key grid and
+ * added. Returns [M, T, T].
  */
-function keyExpansion(size: Triple): Tensor {
-  const [d, h, w] = size;
-  const t = d * h * w;
-  return constant(`keys:${size.join("x")}`, [d + h + w, t], (e) => {
-    for (let k = 0; k < t; k++) {
-      const kd = Math.floor(k / (h * w)), kh = Math.floor(k / w) % h, kw = k % w;
-      e[kd * t + k] = 1;
-      e[(d + kh) * t + k] = 1;
-      e[(d + h + kw) * t + k] = 1;
-    }
-  });
-}
-
-/**
- * SAM's decomposed relative position bias for queries q [B, T, c] on the attention grid (T its
- * token count, d-major; keys on the same grid), with `r` from relPosTables(grid, tables, B):
- * bias[b, t, (kd, kh, kw)] = q[b, t] . (Rd[t_d, kd] + Rh[t_h, kh] + Rw[t_w, kw]). Returns [B, T, T].
- */
-export function relPosBias(q: Tensor, r: RelPosTables): Tensor {
-  const [b, t, c] = q.shape;
-  const terms = matmul(reshape(q, [b * t, 1, c]), r.rows, { transB: true }); // [B*T, 1, sum g]
-  return matmul(reshape(terms, [b, t, -1]), r.keys);
+export function relPosBias(q: Tensor, size: Triple, rows: Tensor[]): Tensor {
+  const [m, t, c] = q.shape;
+  const q5 = reshape(q, [m, ...size, c]);
+  const term = (a: number): Tensor => {
+    const g = size[a];
+    const order = [1 + a, ...[0, 1, 2, 3].filter((k) => k !== 1 + a), 4]; // axis a first
+    const qa = reshape(permute(q5, order), [g, -1, c]);
+    const r = matmul(qa, rows[a], { transB: true }); // [g, M * (other axes), g keys]
+    const moved = reshape(r, [...order.slice(0, 4).map((k) => q5.shape[k]), g]);
+    const back = permute(moved, order.map((_, i) => order.indexOf(i))); // [M, d, h, w, g keys]
+    const shape = [m * t, 1, 1, 1];
+    shape[1 + a] = g;
+    return reshape(back, shape);
+  };
+  return reshape(add(add(term(0), term(1)), term(2)), [m, t, t]);
 }
 
 export class Attention extends Module {
@@ -363,10 +344,12 @@ export class Attention extends Module {
   }
   /**
    * x [B, N, C] -> [B, N, C]; softmax(q k^T / sqrt(d) [+ rel-pos bias]) v per head (q, k, v in
-   * SAM's qkv order). With relative positions N must be the token count of relSize (d-major).
+   * SAM's qkv order), all heads in one batch of B * heads. With relative positions N must be the
+   * token count of relSize (d-major).
    */
   forward(x: Tensor): Tensor {
-    const qkv = this.qkv.forward(x);
+    const [b, n] = x.shape;
+    const heads = this.heads;
     const hd = this.headDim;
     const scale = 1 / Math.sqrt(hd);
     const rel = this.relSize;
@@ -376,19 +359,22 @@ export class Attention extends Module {
           `${rel.join("x")} grid`,
       );
     }
-    const tables = rel
-      ? relPosTables(rel, [this.rel_pos_d!, this.rel_pos_h!, this.rel_pos_w!], x.shape[0])
-      : null;
-    const outs: Tensor[] = [];
-    for (let h = 0; h < this.heads; h++) {
-      const q = slice(qkv, 2, h * hd, hd);
-      const k = slice(qkv, 2, this.dim + h * hd, hd);
-      const v = slice(qkv, 2, 2 * this.dim + h * hd, hd);
-      let logits = matmul(mulScalar(q, scale), k, { transB: true }); // [B, N, N]
-      if (rel) logits = add(logits, relPosBias(q, tables!)); // SAM: from the unscaled q
-      outs.push(matmul(softmax(logits, 2), v)); // [B, N, hd]
+    // [B, N, 3, heads, hd] -> [3, B * heads, N, hd] (SAM's reshape + permute)
+    const qkv = reshape(
+      permute(reshape(this.qkv.forward(x), [b, n, 3, heads, hd]), [2, 0, 3, 1, 4]),
+      [3, b * heads, n, hd],
+    );
+    const [q, k, v] = [0, 1, 2].map((i) => reshape(slice(qkv, 0, i, 1), [b * heads, n, hd]));
+    let logits = matmul(mulScalar(q, scale), k, { transB: true }); // [B * heads, N, N]
+    if (rel) {
+      const tables = [this.rel_pos_d!, this.rel_pos_h!, this.rel_pos_w!];
+      const rows = tables.map((t, a) => relPosRows(t, rel[a]));
+      logits = add(logits, relPosBias(q, rel, rows)); // SAM: from the unscaled q
     }
-    return this.proj.forward(outs.length === 1 ? outs[0] : concat(outs, 2));
+    const o = matmul(softmax(logits, 2), v); // [B * heads, N, hd]
+    // [B, heads, N, hd] -> [B, N, heads, hd] = [B, N, C]
+    const merged = reshape(permute(reshape(o, [b, heads, n, hd]), [0, 2, 1, 3]), [b, n, this.dim]);
+    return this.proj.forward(merged);
   }
 }
 
@@ -428,9 +414,9 @@ function windowLayout(grid: Triple, win: Triple): { n: Triple; padded: Triple } 
 /**
  * SAM's window_partition3D: tokens x [B, N, C] on `grid` (d-major) -> windows [B * nW, w0*w1*w2, C]
  * (batch-major, windows in (d, h, w) order, tokens d-major inside a window), the grid zero-padded at
- * the end of each axis to a multiple of the window. The engine has no permute: padding is a concat
- * with zeros, the windows are slices taken axis by axis (so a gradient costs about
- * (nD + nH + nW) copies of the padded grid, not one per window) and a concat.
+ * the end of each axis to a multiple of the window: padding is a concat with zeros, the windows one
+ * permute of [B n0, w0, n1, w1, n2, w2 C] to [B n0, n1, n2, w0, w1, w2 C] (as SAM's view + permute,
+ * with the axes that stay together merged to fit 6 dimensions).
  */
 export function windowPartition(x: Tensor, grid: Triple, win: Triple): Tensor {
   const [b, , c] = x.shape;
@@ -444,15 +430,9 @@ export function windowPartition(x: Tensor, grid: Triple, win: Triple): Tensor {
     t = concat([t, zeros(zshape)], 1 + a);
   }
   const size = win[0] * win[1] * win[2];
-  let pieces = [t];
-  for (let a = 0; a < 3; a++) {
-    if (n[a] === 1) continue;
-    pieces = pieces.flatMap((p) =>
-      Array.from({ length: n[a] }, (_, i) => slice(p, 1 + a, i * win[a], win[a]))
-    );
-  }
-  if (pieces.length === 1) return reshape(t, [b, size, c]);
-  return reshape(concat(pieces.map((p) => reshape(p, [b, 1, size * c])), 1), [-1, size, c]);
+  if (n.every((k) => k === 1)) return reshape(t, [b, size, c]);
+  const axes = [b * n[0], win[0], n[1], win[1], n[2], win[2] * c];
+  return reshape(permute(reshape(t, axes), [0, 2, 4, 1, 3, 5]), [-1, size, c]);
 }
 
 /**
@@ -464,19 +444,11 @@ export function windowPartition(x: Tensor, grid: Triple, win: Triple): Tensor {
 export function windowUnpartition(y: Tensor, grid: Triple, win: Triple, b: number): Tensor {
   const c = y.shape[2];
   const { n, padded } = windowLayout(grid, win);
-  // Split the windows axis by axis: [B, n0, rest] -> n0 x [B, n1, rest'] -> ...
-  const take = (t: Tensor, a: number): Tensor[] => {
-    const r = reshape(t, [b, n[a], -1]);
-    return n[a] === 1 ? [r] : Array.from({ length: n[a] }, (_, i) => slice(r, 1, i, 1));
-  };
-  const join = (ts: Tensor[], axis: number) => (ts.length === 1 ? ts[0] : concat(ts, axis));
-  const rows = take(y, 0).map((pd) =>
-    join(
-      take(pd, 1).map((ph) => join(take(ph, 2).map((pw) => reshape(pw, [b, ...win, c])), 3)),
-      2,
-    )
+  // [B n0, n1, n2, w0, w1, w2 C] -> [B n0, w0, n1, w1, n2, w2 C] = [B, Dp, Hp, Wp, C]
+  let t = n.every((k) => k === 1) ? reshape(y, [b, ...padded, c]) : reshape(
+    permute(reshape(y, [b * n[0], n[1], n[2], win[0], win[1], win[2] * c]), [0, 3, 1, 4, 2, 5]),
+    [b, ...padded, c],
   );
-  let t = join(rows, 1); // [B, Dp, Hp, Wp, C]
   for (let a = 0; a < 3; a++) if (padded[a] > grid[a]) t = slice(t, 1 + a, 0, grid[a]);
   return reshape(t, [b, -1, c]);
 }
@@ -863,7 +835,8 @@ export class VitEncoder extends Module implements Encoder {
     }
     const p = this.patch_embed.proj;
     const f = conv3d(x, p.weight, p.bias, { stride: this.patch, padding: [0, 0, 0] });
-    const tokens = channelsToTokens(reshape(f, [f.shape[0], this.settings.dim, -1]));
+    // [B, C, d, h, w] -> [B, d, h, w, C]: one permute, reading a blocked conv output in place
+    const tokens = reshape(permute(f, [0, 2, 3, 4, 1]), [f.shape[0], -1, this.settings.dim]);
     return add(tokens, reshape(this.pos_embed, [1, -1, this.settings.dim]));
   }
 

@@ -25,6 +25,7 @@ import {
   channelsToTokens,
   LayerNorm,
   loadVitWeights,
+  relPosRows,
   resampleRelPos,
   VitBlock,
   VitEncoder,
@@ -119,6 +120,27 @@ Deno.test("ViT: channelsToTokens is an exact transpose", () => {
       for (let n = 0; n < 3; n++) assert.equal(y[b * 15 + n * 5 + c], x[b * 15 + c * 3 + n]);
     }
   }
+});
+
+Deno.test("ViT: relPosRows gathers R[i, j] = table[i - j + g - 1] exactly, with the gradient of the gather", () => {
+  for (const g of [1, 2, 3, 5]) {
+    const c = 3;
+    const table = randn((2 * g - 1) * c, rng(10 + g));
+    const y = tidy(() => relPosRows(tensor(table, [2 * g - 1, c]), g).toArray() as Float32Array);
+    assert.equal(y.length, g * g * c);
+    for (let i = 0; i < g; i++) {
+      for (let j = 0; j < g; j++) {
+        for (let k = 0; k < c; k++) {
+          assert.equal(
+            y[(i * g + j) * c + k],
+            table[(i - j + g - 1) * c + k],
+            `g ${g} [${i},${j},${k}]`,
+          );
+        }
+      }
+    }
+  }
+  gradCheck((xs) => relPosRows(xs[0], 3), [{ data: randn(5 * 2, rng(9)), shape: [5, 2] }]);
 });
 
 Deno.test("ViT: outputs have the U-Net encoder's shapes for the same plan (grid finer and coarser than levels)", () => {

@@ -42,6 +42,7 @@ export const PARAMS_STRUCTS: Readonly<Record<string, readonly ParamField[]>> = {
   cmo_matmul_params: [i64("trans_a"), i64("trans_b")],
   cmo_reduce_params: [i64("kind"), i64("axes_mask")],
   cmo_shape_params: [i64("ndim"), i64("dims", 6)],
+  cmo_permute_params: [i64("ndim"), i64("order", 6)],
   cmo_pool_params: [i64("out_dims", 3), i64("in_dims", 3)],
   cmo_l2_normalize_params: [i64("axis"), f64("eps")],
   cmo_cross_entropy_params: [i64("ignore_index")],
@@ -96,6 +97,7 @@ const ROWS: [number, string, number, number, string][] = [
   [33, "FILL", 0, 1, "cmo_fill_params"],
   [34, "REDUCE_MAX_BACKWARD", 3, 1, "cmo_reduce_params"],
   [35, "RESHAPE", 1, 1, "cmo_shape_params"],
+  [36, "PERMUTE", 1, 1, "cmo_permute_params"],
 ];
 
 /** Names of the native ops, e.g. "CONV3D_FORWARD". */
@@ -134,7 +136,8 @@ export type OpName =
   | "COPY"
   | "FILL"
   | "REDUCE_MAX_BACKWARD"
-  | "RESHAPE";
+  | "RESHAPE"
+  | "PERMUTE";
 
 /** Every op of CMO_OP_LIST, in header order. */
 export const OP_DECLS: readonly OpDecl[] = ROWS.map((

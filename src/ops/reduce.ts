@@ -1,14 +1,16 @@
 /**
- * Reductions: sum, mean, max (with their gradients), argmax, and reduceTo (the sum that brings a
- * broadcast gradient back to an input's shape).
+ * Reductions: sum, mean, max (with their gradients), argmax, reduceTo (the sum that brings a
+ * broadcast gradient back to an input's shape), and expand, broadcasting, whose gradient is that sum
+ * (the two are each other's adjoint, so they live in one module; shape_ops.ts does not import this
+ * one).
  * @module
  */
-import { formatShape, normAxis, sameShape } from "../tensor/shape.ts";
+import { broadcastsTo, checkShape, formatShape, normAxis, sameShape } from "../tensor/shape.ts";
 import { noGrad } from "../tensor/scope.ts";
 import { recordNode, type Tensor } from "../tensor/tensor.ts";
 import { checkF32, checkTensor, needsGrad } from "./check.ts";
 import { exec1 } from "./exec.ts";
-import { expand, reshape } from "./shape_ops.ts";
+import { reshape } from "./shape_ops.ts";
 import { affine } from "./unary.ts";
 
 /** Options of sum, mean and max. */
@@ -184,4 +186,20 @@ export function reduceTo(g: Tensor, shape: readonly number[]): Tensor {
   const out = reshape(s, shape);
   s.dispose();
   return out;
+}
+
+/** Broadcasts x to shape (NumPy rules); the gradient sums back over the broadcast axes. */
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  const fn = "expand";
+  checkTensor(fn, "x", x);
+  checkShape(shape, fn);
+  if (!broadcastsTo(x.shape, shape)) {
+    throw new Error(`${fn}: x ${x.describe()} does not broadcast to ${formatShape(shape)}`);
+  }
+  const y = exec1("EXPAND", fn, [x], { ndim: shape.length, dims: shape }, shape, x.dtype, ["x"]);
+  if (needsGrad(x)) {
+    const from = x.shape;
+    recordNode(fn, [x], [y], [], (g) => [reduceTo(g[0]!, from)]);
+  }
+  return y;
 }

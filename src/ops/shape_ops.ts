@@ -1,12 +1,12 @@
 /**
- * Shape ops: reshape, expand, slice, split, concat, clone, and the zeros used by slice's gradient.
+ * Shape ops: reshape, permute, slice, split, concat, clone, and the zeros used by slice's gradient.
+ * (expand, whose gradient is a sum, lives with the reductions in reduce.ts.)
  * @module
  */
-import { broadcastsTo, checkShape, formatShape, normAxis, sizeOf } from "../tensor/shape.ts";
+import { checkShape, formatShape, normAxis, sizeOf } from "../tensor/shape.ts";
 import { allocTensor, recordNode, SliceGrad, type Tensor } from "../tensor/tensor.ts";
 import { checkTensor, needsGrad } from "./check.ts";
 import { exec1, execOp } from "./exec.ts";
-import { reduceTo } from "./reduce.ts";
 
 function shapeParams(shape: readonly number[]) {
   return { ndim: shape.length, dims: shape };
@@ -67,18 +67,35 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   return y;
 }
 
-/** Broadcasts x to shape (NumPy rules). */
-export function expand(x: Tensor, shape: readonly number[]): Tensor {
-  const fn = "expand";
+/** The order that undoes `order` (inverse[order[i]] = i). */
+export function inverseOrder(order: readonly number[]): number[] {
+  const inv = new Array<number>(order.length);
+  order.forEach((o, i) => inv[o] = i);
+  return inv;
+}
+
+/**
+ * x with its axes reordered: y.shape[i] = x.shape[order[i]] (PyTorch's x.permute(order)); negative
+ * entries count from the end. The gradient is the permute by the inverse order.
+ */
+export function permute(x: Tensor, order: readonly number[]): Tensor {
+  const fn = "permute";
   checkTensor(fn, "x", x);
-  checkShape(shape, fn);
-  if (!broadcastsTo(x.shape, shape)) {
-    throw new Error(`${fn}: x ${x.describe()} does not broadcast to ${formatShape(shape)}`);
+  const r = x.shape.length;
+  if (!Array.isArray(order) || order.length !== r) {
+    throw new Error(
+      `${fn}: order [${order}] must list each of the ${r} axes of x ${x.describe()} once`,
+    );
   }
-  const y = exec1("EXPAND", fn, [x], shapeParams(shape), shape, x.dtype, ["x"]);
+  const ord = order.map((a) => normAxis(a, r, fn));
+  if (new Set(ord).size !== r) {
+    throw new Error(`${fn}: order [${order}] lists an axis twice for x ${x.describe()}`);
+  }
+  const shape = ord.map((a) => x.shape[a]);
+  const y = exec1("PERMUTE", fn, [x], { ndim: r, order: ord }, shape, x.dtype, ["x"]);
   if (needsGrad(x)) {
-    const from = x.shape;
-    recordNode(fn, [x], [y], [], (g) => [reduceTo(g[0]!, from)]);
+    const inv = inverseOrder(ord);
+    recordNode(fn, [x], [y], [], (g) => [permute(g[0]!, inv)]);
   }
   return y;
 }

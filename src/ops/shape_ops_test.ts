@@ -1,12 +1,12 @@
 import { deepStrictEqual, throws } from "node:assert/strict";
 import { tensor } from "../tensor/factories.ts";
 import { tidy } from "../tensor/scope.ts";
-import { clone, concat, expand, reshape, slice, split } from "./shape_ops.ts";
+import { clone, concat, permute, reshape, slice, split } from "./shape_ops.ts";
 import { assertClose, gradCheck, randData, seededRng } from "./test_util.ts";
 import { backward } from "../tensor/autograd.ts";
 import { add, mul } from "./binary.ts";
 import { setOpProfiler } from "./exec.ts";
-import { sum } from "./reduce.ts";
+import { expand, sum } from "./reduce.ts";
 
 const iota = (n: number) => Float32Array.from({ length: n }, (_, i) => i);
 
@@ -32,6 +32,64 @@ Deno.test("reshape of a blocked 5-D tensor (C = 16) keeps logical order", () => 
     const y = expand(x, [2, 16, 2, 2, 2]); // an op output, may be blocked natively
     assertClose(reshape(y, [32, 8]).toArray(), iota(256));
   });
+});
+
+/** x.permute(order) of row-major data, computed directly. */
+function permuteRef(data: Float32Array, shape: number[], order: number[]): Float32Array {
+  const out = new Float32Array(data.length);
+  const ys = order.map((a) => shape[a]);
+  const xst = shape.map((_, i) => shape.slice(i + 1).reduce((p, d) => p * d, 1));
+  for (let i = 0; i < out.length; i++) {
+    let rem = i;
+    let off = 0;
+    for (let k = ys.length - 1; k >= 0; k--) {
+      off += (rem % ys[k]) * xst[order[k]];
+      rem = Math.floor(rem / ys[k]);
+    }
+    out[i] = data[off];
+  }
+  return out;
+}
+
+Deno.test("permute reorders axes as x.permute(order) (plain, blocked, size-1 axes, i32, 6-D)", () => {
+  tidy(() => {
+    const cases: [number[], number[]][] = [
+      [[2, 3, 4], [0, 2, 1]],
+      [[2, 3, 4], [2, 0, 1]],
+      [[1, 5, 3], [0, 2, 1]],
+      [[2, 1, 3, 1], [3, 2, 1, 0]],
+      [[2, 3, 2, 2, 3, 2], [0, 2, 4, 1, 3, 5]],
+      [[2, 3, 4], [0, 1, 2]],
+      [[4, 1, 5], [1, 0, 2]],
+    ];
+    for (const [shape, order] of cases) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const y = permute(tensor(iota(n), shape), order);
+      deepStrictEqual(y.shape, order.map((a) => shape[a]));
+      assertClose(y.toArray(), permuteRef(iota(n), shape, order), { msg: `${shape} ${order}` });
+    }
+    // An op output that may be blocked natively (5-D, C = 16), to channels-last.
+    const shape = [2, 16, 2, 3, 2];
+    const b = expand(tensor(iota(384), shape), shape);
+    assertClose(
+      permute(b, [0, 2, 3, 4, 1]).toArray(),
+      permuteRef(iota(384), shape, [0, 2, 3, 4, 1]),
+    );
+    assertClose(
+      permute(b, [1, 0, 4, 3, 2]).toArray(),
+      permuteRef(iota(384), shape, [1, 0, 4, 3, 2]),
+    );
+    const xi = tensor(Int32Array.from({ length: 6 }, (_, i) => i - 2), [2, 3], { dtype: "i32" });
+    deepStrictEqual([...permute(xi, [-1, 0]).toArray()], [-2, 1, -1, 2, 0, 3]);
+    const x = tensor(iota(24), [2, 3, 4]);
+    throws(() => permute(x, [0, 1]), /must list each of the 3 axes/);
+    throws(() => permute(x, [0, 1, 1]), /lists an axis twice/);
+    throws(() => permute(x, [0, 1, 3]), /out of range|axis 3/);
+  });
+  const rng = seededRng(8);
+  const a = { data: randData([2, 3, 4], rng), shape: [2, 3, 4] };
+  gradCheck((xs) => permute(xs[0], [2, 0, 1]), [a]);
+  gradCheck((xs) => mul(permute(xs[0], [1, 0, 2]), permute(xs[0], [1, 0, 2])), [a]);
 });
 
 Deno.test("slice, split and concat match JS references", () => {

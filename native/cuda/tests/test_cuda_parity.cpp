@@ -481,6 +481,20 @@ std::vector<Case> build_cases() {
     rp.dims[1] = 120;
     cs.push_back(mk("reshape", CMO_OP_RESHAPE, {randf({2, 16, 4, 5, 6})}, 1, pbytes(rp), 0, 0));
   }
+  {
+    // PERMUTE: the ViT's transposes (tokens <-> channels, window partition) and a size-1 axis.
+    auto pp = [](std::initializer_list<int64_t> order) {
+      cmo_permute_params p{};
+      p.ndim = (int64_t)order.size();
+      int64_t i = 0;
+      for (int64_t o : order) p.order[i++] = o;
+      return pbytes(p);
+    };
+    cs.push_back(mk("permute [B,C,N] -> [B,N,C]", CMO_OP_PERMUTE, {randf({2, 48, 64})}, 1, pp({0, 2, 1}), 0, 0));
+    cs.push_back(mk("permute channels last", CMO_OP_PERMUTE, {randf({2, 16, 4, 5, 6})}, 1, pp({0, 2, 3, 4, 1}), 0, 0));
+    cs.push_back(mk("permute 6-D windows", CMO_OP_PERMUTE, {randf({2, 3, 4, 2, 3, 8})}, 1, pp({0, 2, 4, 1, 3, 5}), 0, 0));
+    cs.push_back(mk("permute i32 size-1 axis", CMO_OP_PERMUTE, {randi({3, 1, 7}, -5, 5)}, 1, pp({2, 1, 0}), 0, 0));
+  }
   cs.push_back(mk("copy f32", CMO_OP_COPY, {randf({2, 16, 3, 4, 5})}, 1, pbytes(cmo_copy_params{CMO_LAYOUT_ANY}), 0, 0));
   cs.push_back(mk("copy i32", CMO_OP_COPY, {randi({7, 9}, -5, 5)}, 1, pbytes(cmo_copy_params{CMO_LAYOUT_PLAIN}), 0, 0));
   {
