@@ -8,6 +8,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { fileURLToPath } from "node:url";
+import { ratioPlotSvg } from "./ratio_plot.ts";
 
 /** Folder that receives <name>.json. */
 export const RESULTS_DIR = fileURLToPath(new URL("./results/", import.meta.url));
@@ -119,7 +120,10 @@ export function machineInfo(): Record<string, unknown> {
   };
 }
 
-/** Writes bench/results/<name>.json (table, Markdown, machine, details); returns its path. */
+/**
+ * Writes bench/results/<name>.json (table, Markdown, machine, details), and <name>.svg (our time /
+ * PyTorch's per workload) when the table has both times; returns the JSON's path.
+ */
 export function writeResult(r: BenchResult, opts: BenchOptions, dir: string = RESULTS_DIR): string {
   mkdirSync(dir, { recursive: true });
   const path = `${dir.replace(/\/$/, "")}/${r.name}.json`;
@@ -136,5 +140,8 @@ export function writeResult(r: BenchResult, opts: BenchOptions, dir: string = RE
     details: r.details,
   };
   writeFileSync(path, JSON.stringify(doc, null, 2) + "\n");
+  // Workloads timed against PyTorch also get the plot of the ratios (bench/ratio_plot.ts).
+  const svg = ratioPlotSvg(r);
+  if (svg) writeFileSync(path.replace(/\.json$/, ".svg"), svg);
   return path;
 }

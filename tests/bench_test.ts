@@ -8,7 +8,7 @@
  * the GPU run's Markdown summary (bench/gpu_summary.py) is checked on fixed files.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,6 +16,7 @@ import { main as gpuTrainStep, type StepResult } from "../bench/gpu_train_step.t
 import { BENCHMARKS, main } from "../bench/main.ts";
 import { TORCH_VENV } from "../bench/torch_python.ts";
 import { CONV_CASES, convForwardBackwardFlops, convForwardFlops } from "../bench/conv_bench.ts";
+import { ratioBars, ratioPlotSvg } from "../bench/ratio_plot.ts";
 import {
   type BenchResult,
   formatMarkdown,
@@ -85,9 +86,40 @@ Deno.test("bench: writeResult writes the table, Markdown and machine description
     assert.ok(doc.markdown.startsWith("| case | ours ms | torch ms |"));
     assert.ok(typeof doc.machine.cores === "number" && doc.machine.cores > 0);
     assert.ok(!Number.isNaN(Date.parse(doc.date)));
+    // Beside it, the plot of our time / PyTorch's: one bar for the row that has both times.
+    const svg = readFileSync(join(dir, "demo.svg"), "utf8");
+    assert.equal((svg.match(/class="bar"/g) ?? []).length, 1);
+    assert.match(svg, />a<\/text>/);
+    assert.match(svg, new RegExp(`>${(1234.5 / 0.01234).toFixed(2)}<`));
+    // A table without PyTorch times writes no plot.
+    writeResult({ ...RESULT, name: "solo", columns: ["case", "ours ms"] }, {
+      runs: 1,
+      warmup: 0,
+      threads: 1,
+      quick: true,
+    }, dir);
+    assert.ok(!existsSync(join(dir, "solo.svg")));
   } finally {
     rmSync(dir, { recursive: true });
   }
+});
+
+Deno.test("bench: ratio bars take row labels from the text cells and skip rows without both times", () => {
+  const bars = ratioBars({
+    columns: ["case", "pass", "ours ms", "torch ms"],
+    rows: [["64^3", "forward", 50, 100], ["64^3", "fwd+bwd", 300, 200], ["x", "y", 5, null]],
+  });
+  assert.deepEqual(bars, [
+    { label: "64^3 forward", ratio: 0.5 },
+    { label: "64^3 fwd+bwd", ratio: 1.5 },
+  ]);
+  const svg = ratioPlotSvg({
+    title: "t",
+    columns: ["case", "pass", "ours ms", "torch ms"],
+    rows: [["a", "b", 1, 2], ["c", "d", 3, 2]],
+  })!;
+  assert.match(svg, /fill="#2b8a3e"/, "faster than PyTorch in green");
+  assert.match(svg, /fill="#c92a2a"/, "slower in red");
 });
 
 const BENCH_DIR = fileURLToPath(new URL("../bench/", import.meta.url));
