@@ -311,12 +311,26 @@ function onPreprocessedGrid(
   m: PreprocessedGrid,
   frames: number,
 ): NiftiImage {
+  return inMemoryImage(data, m.dims, m.affine, m.spacing, frames);
+}
+
+/**
+ * A float32 image held in memory (no file behind it) in the reader's NiftiImage form, for the
+ * resampler and the RAS reorientation.
+ */
+export function inMemoryImage(
+  data: Float32Array,
+  dims: readonly number[],
+  affine: readonly number[],
+  spacing: readonly number[],
+  frames = 1,
+): NiftiImage {
   return {
     data,
-    dims: m.dims,
+    dims: [...dims] as Vec3,
     frames,
-    affine: m.affine,
-    spacing: m.spacing,
+    affine: [...affine] as Mat4,
+    spacing: [...spacing] as Vec3,
     header: {
       niftiVersion: 1,
       datatype: "float32",

@@ -28,6 +28,7 @@ import type { Volume } from "../data/cases.ts";
 import type { NiftiImage } from "../data/nifti.ts";
 import {
   type CaseModalityInput,
+  inMemoryImage,
   type Normalisation,
   type PreprocessedGrid,
   probabilitiesToOriginal,
@@ -175,29 +176,7 @@ export function finalLabels(
 
 /** An in-memory image as the resampler reads it. */
 function asNifti(img: CaseImage): NiftiImage {
-  const affine = [...img.affine] as Mat4;
-  return {
-    data: img.data,
-    dims: [...img.dims] as Vec3,
-    frames: 1,
-    affine,
-    spacing: spacingOf(affine),
-    header: {
-      niftiVersion: 1,
-      datatype: "float32",
-      datatypeCode: 16,
-      sclSlope: 1,
-      sclInter: 0,
-      qformCode: 1,
-      sformCode: 1,
-      affineSource: "sform",
-      intentCode: 0,
-      intentName: "",
-      descrip: "",
-      unitScale: 1,
-      dim: [],
-    },
-  };
+  return inMemoryImage(img.data, img.dims, img.affine, spacingOf(img.affine as Mat4));
 }
 
 export class Predictor {

@@ -282,10 +282,23 @@ function runModalities(c: TrainConfig, manifest: Manifest): string[] {
       : [...manifest.modalities]);
 }
 
-/** Resolves `method: auto` in place from the data (see autoMethod); prints the choice unless quiet. */
-export async function resolveMethod(c: TrainConfig, opts: { quiet?: boolean } = {}): Promise<void> {
-  if (c.method !== "auto") return;
-  const { manifest } = await resolveManifest(c, opts.quiet ?? false);
+/** The task's manifest and where it came from, found once and handed on to `prepareData`. */
+export interface FoundData {
+  manifest: Manifest;
+  source: string;
+}
+
+/**
+ * Resolves `method: auto` in place from the data (see autoMethod); prints the choice unless quiet.
+ * Returns the manifest it read (undefined when the method was given), for `prepareData`.
+ */
+export async function resolveMethod(
+  c: TrainConfig,
+  opts: { quiet?: boolean } = {},
+): Promise<FoundData | undefined> {
+  if (c.method !== "auto") return undefined;
+  const found = await resolveManifest(c, opts.quiet ?? false);
+  const manifest = found.manifest;
   const r = autoMethod(manifest, runModalities(c, manifest));
   c.method = r.method;
   if (!opts.quiet) {
@@ -293,15 +306,16 @@ export async function resolveMethod(c: TrainConfig, opts: { quiet?: boolean } = 
       `Method ${r.method} (method=auto: ${r.why}; give --method to choose, e.g. --method cmc)`,
     );
   }
+  return found;
 }
 
 export async function prepareData(
   c: TrainConfig,
-  opts: { quiet?: boolean } = {},
+  opts: { quiet?: boolean; found?: FoundData } = {},
 ): Promise<PreparedData> {
   const quiet = opts.quiet ?? false;
-  if (c.method === "auto") await resolveMethod(c, opts);
-  const { manifest: found, source } = await resolveManifest(c, quiet);
+  const { manifest: found, source } = opts.found ?? await resolveMethod(c, opts) ??
+    await resolveManifest(c, quiet);
   // Unlabeled means never opened: the run's label files are decided here, once, and from here on
   // the manifest names no label file of an unlabeled or test case (see labelsInUse).
   const { labels, labeledIds } = labelsInUse(found, c);

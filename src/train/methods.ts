@@ -50,10 +50,11 @@ export interface TrainBatch {
     labels: Tensor[];
     hasLabels: boolean[][];
     /**
-     * sharedLabels[s]: labeled sample s has one label map for every modality, voxel for voxel (an
-     * aligned case on one grid); absent: none known to be shared.
+     * sharedLabels()[s]: labeled sample s has one label map for every modality, voxel for voxel
+     * (an aligned case on one grid); computed on call, so a step that does not ask pays nothing.
+     * Absent: none known to be shared.
      */
-    sharedLabels?: boolean[];
+    sharedLabels?: () => boolean[];
   };
   /** Unlabeled cases: images only (there is no label field to read). */
   unlabeled: { images: Tensor[] } | null;
@@ -332,8 +333,8 @@ class CmcMethod implements MethodModel {
       this.regions,
     );
     terms.sup = num(loss);
-    const shared = batch.labeled.sharedLabels ?? [];
-    if (c.loss.lambdaFused > 0 && shared.length > 0 && shared.every((x) => x)) {
+    const shared = c.loss.lambdaFused > 0 ? batch.labeled.sharedLabels?.() ?? [] : [];
+    if (shared.length > 0 && shared.every((x) => x)) {
       // The fused output (mean of the decoders' logits) supervised too, on aligned labeled pairs.
       const M = outs.length;
       const mean = (ts: Tensor[]) =>

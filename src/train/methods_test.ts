@@ -184,7 +184,7 @@ Deno.test("mean teacher: student and teacher see independently perturbed inputs 
 Deno.test("CMC: the fused supervised term applies to labeled pairs with one shared label map only", () => {
   const m = tinyModel("cmc", { loss: { lambdaCsc: 0, lambdaCac: 0, lambdaFused: 1 } });
   const shared = toEngineBatch(batch(4, 1, 0));
-  assert.deepEqual(shared.labeled.sharedLabels, [true]);
+  assert.deepEqual(shared.labeled.sharedLabels?.(), [true]);
   const t1 = tidy(() => {
     const r = m.loss(shared, 0, 10);
     backward(r.loss);
@@ -201,7 +201,7 @@ Deno.test("CMC: the fused supervised term applies to labeled pairs with one shar
   const own = batch(4, 1, 0);
   own.labeled.labels[1][0] = own.labeled.labels[1][0] === 0 ? 1 : 0;
   const b2 = toEngineBatch(own);
-  assert.deepEqual(b2.labeled.sharedLabels, [false]);
+  assert.deepEqual(b2.labeled.sharedLabels?.(), [false]);
   const t2 = tidy(() => m.loss(b2, 0, 10).terms);
   assert.ok(!("fused" in t2), JSON.stringify(t2));
   // Off by default.

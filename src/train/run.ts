@@ -359,7 +359,9 @@ export async function trainTask(
     throw new Error("Cannot resume: give the run folder to continue with --out");
   }
   // method=auto is resolved from the data first: the run folder is named after the method it trains.
-  if (c.method === "auto" && !opts.resume) await resolveMethod(c, { quiet: opts.quiet });
+  const found = c.method === "auto" && !opts.resume
+    ? await resolveMethod(c, { quiet: opts.quiet })
+    : undefined;
   if (!c.out) {
     const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
     c.out = path.join(
@@ -384,7 +386,7 @@ export async function trainTask(
     threads: c.threads || undefined,
     deterministic: c.deterministic,
   });
-  const data = await prepareData(c, { quiet: opts.quiet });
+  const data = await prepareData(c, { quiet: opts.quiet, found });
   const numClasses = data.classes.length;
   // Regions resolved once and stored (config.json then says which outputs the model has).
   if (c.method === "mutual" && c.regions !== "auto" && c.regions !== "none") {

@@ -94,16 +94,17 @@ export function toEngineBatch(b: HostBatch): TrainBatch {
     )
   );
   // A sample's label maps are shared when every modality's map equals the first one, voxel for voxel.
-  const sharedLabels = [...Array(b.labeled.count).keys()].map((s) => {
-    const first = b.labeled.labels[0]?.subarray(s * nv, (s + 1) * nv);
-    if (!first || !hasLabels[0][s]) return false;
-    return b.labeled.labels.every((a, m) => {
-      if (m === 0) return true;
-      const x = a.subarray(s * nv, (s + 1) * nv);
-      for (let i = 0; i < nv; i++) if (x[i] !== first[i]) return false;
-      return true;
+  const sharedLabels = () =>
+    [...Array(b.labeled.count).keys()].map((s) => {
+      const first = b.labeled.labels[0]?.subarray(s * nv, (s + 1) * nv);
+      if (!first || !hasLabels[0][s]) return false;
+      return b.labeled.labels.every((a, m) => {
+        if (m === 0) return true;
+        const x = a.subarray(s * nv, (s + 1) * nv);
+        for (let i = 0; i < nv; i++) if (x[i] !== first[i]) return false;
+        return true;
+      });
     });
-  });
   return {
     labeled: {
       images: b.labeled.images.map((a) => img(a, b.labeled.count)),
