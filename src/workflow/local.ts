@@ -71,8 +71,11 @@ export async function runProcess(
   // watcher ignores SIGTERM/SIGINT/SIGHUP so that it still acts if the orchestrator dies during
   // a stop's grace period. Without setsid (not Linux) the step would share the orchestrator's
   // group, which the watcher must not kill, so there is no watcher there.
+  // The step starts only after a "go" line on that pipe, which the orchestrator writes once the
+  // step's pid is recorded (onSpawn: the step lock), so the step never sees its lock without it.
   const script = own
     ? "exec 3<&0 </dev/null\n" +
+      "read -r _ <&3 || exit 1\n" +
       "(trap '' TERM INT HUP; read -r _ <&3; kill -KILL 0) &\n" +
       'exec "$@" 3<&- >>"$COMODAL_LOG" 2>&1'
     : 'exec "$@" </dev/null >>"$COMODAL_LOG" 2>&1';
@@ -95,6 +98,7 @@ export async function runProcess(
   const lifeline = child.stdin.getWriter();
   try {
     opts.onSpawn?.(child.pid);
+    if (own) await lifeline.write(new TextEncoder().encode("go\n"));
   } catch (err) {
     killGroup(child.pid, "SIGKILL", own);
     await child.status;
